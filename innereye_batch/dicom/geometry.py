@@ -1,0 +1,120 @@
+"""Geometry of a 3-D image grid: shape, spacing, origin and direction in LPS, as SimpleITK defines them.
+
+Conventions (used everywhere in the package):
+- arrays are indexed (z, y, x): slice, row, column;
+- ``shape`` and ``spacing`` follow the array's axis order (z, y, x);
+- ``origin`` is the LPS position (x, y, z) in mm of the centre of voxel (0, 0, 0);
+- ``direction`` is SimpleITK's 3x3 matrix flattened row-major: its column c is the LPS unit vector along index
+  axis c, where index axes are ordered (x, y, z) = (column, row, slice), exactly as ``Image.GetDirection()``.
+This is the one place that converts geometry to a NIfTI (RAS) affine and to and from SimpleITK images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+# Flip of the first two axes: LPS <-> RAS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a (z, y, x) voxel grid sits in patient space (LPS, mm)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if (
+            len(self.shape) != 3
+            or len(self.spacing) != 3
+            or len(self.origin) != 3
+            or len(self.direction) != 9
+        ):
+            raise ValueError(f"malformed geometry: {self}")
+
+    @property
+    def spacing_xyz(self) -> tuple[float, float, float]:
+        """Spacing in SimpleITK's (x, y, z) order."""
+        z, y, x = self.spacing
+        return (x, y, z)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """The 3x3 direction matrix (columns: LPS unit vectors of the x, y, z index axes)."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def lps_affine(self) -> np.ndarray:
+        """4x4 matrix mapping a voxel index (x, y, z, 1) to its LPS position in mm."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction_matrix @ np.diag(self.spacing_xyz)
+        affine[:3, 3] = self.origin
+        return affine
+
+    def nifti_affine(self) -> np.ndarray:
+        """4x4 NIfTI (RAS) affine for the array transposed to (x, y, z), as NIfTI stores it."""
+        return _LPS_TO_RAS @ self.lps_affine()
+
+    def index_to_lps(self, index_zyx: tuple[float, float, float]) -> np.ndarray:
+        """LPS position (mm) of a (z, y, x) voxel index."""
+        z, y, x = index_zyx
+        return (self.lps_affine() @ np.array([x, y, z, 1.0]))[:3]
+
+    def with_grid(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> Geometry:
+        """The same origin and direction with another voxel grid (used when resampling)."""
+        return Geometry(
+            shape=tuple(int(s) for s in shape),  # type: ignore[arg-type]
+            spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            origin=self.origin,
+            direction=self.direction,
+        )
+
+    def is_close(self, other: Geometry, tol_mm: float = 1e-4) -> bool:
+        """True when both grids have the same shape and agree within ``tol_mm`` (direction within 1e-6)."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol_mm, rtol=0)
+            and np.allclose(self.origin, other.origin, atol=tol_mm, rtol=0)
+            and np.allclose(self.direction, other.direction, atol=1e-6, rtol=0)
+        )
+
+    def to_sitk(self, array_zyx: np.ndarray) -> sitk.Image:
+        """A SimpleITK image holding ``array_zyx`` on this grid."""
+        import SimpleITK as sitk
+
+        if tuple(array_zyx.shape) != self.shape:
+            raise ValueError(f"array shape {array_zyx.shape} does not match geometry shape {self.shape}")
+        image = sitk.GetImageFromArray(array_zyx)
+        image.SetSpacing(self.spacing_xyz)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> Geometry:
+        """The geometry of a 3-D SimpleITK image."""
+        x, y, z = image.GetSize()
+        sx, sy, sz = image.GetSpacing()
+        return cls(
+            shape=(z, y, x),
+            spacing=(sz, sy, sx),
+            origin=tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in image.GetDirection()),
+        )
+
+    def to_json(self) -> dict[str, list[float] | list[int]]:
+        """Plain lists for JSON: shape and spacing (z, y, x), origin (x, y, z), direction row-major."""
+        return {
+            "shape": list(self.shape),
+            "spacing_mm": [round(float(s), 6) for s in self.spacing],
+            "origin_mm": [round(float(o), 6) for o in self.origin],
+            "direction": [round(float(d), 8) for d in self.direction],
+        }

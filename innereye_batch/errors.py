@@ -1,0 +1,49 @@
+"""One small hierarchy of errors; every message names the file or series and the reason."""
+
+from __future__ import annotations
+
+# Process exit codes used by the CLI.
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+class InnerEyeBatchError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
+class DicomError(InnerEyeBatchError):
+    """A DICOM file or series cannot be read or turned into a volume."""
+
+
+class SeriesError(DicomError):
+    """A whole series is unusable (missing slices, inconsistent geometry, bad pixel data)."""
+
+    def __init__(self, series_uid: str, reason: str) -> None:
+        super().__init__(f"series {series_uid}: {reason}")
+        self.series_uid = series_uid
+        self.reason = reason
+
+
+class ModelFolderError(InnerEyeBatchError):
+    """The registered model folder is missing something or holds something invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class CheckpointError(ModelFolderError):
+    """A checkpoint cannot be loaded safely or does not match the architecture."""
+
+
+class UsageError(InnerEyeBatchError):
+    """The command line asks for something impossible (bad option values, missing folders)."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputLockedError(InnerEyeBatchError):
+    """Another run holds the output folder's lock."""
+
+    exit_code = EXIT_USAGE

@@ -1,0 +1,1 @@
+"""The registered model folder: configuration, checkpoints, architectures. Nothing here reads DICOM."""

@@ -1,0 +1,138 @@
+"""Value objects describing a model package: what the network is, what it expects, what it outputs.
+
+Built once per run by ``innereye_batch.model.package.load_model_package`` and immutable afterwards. Sizes and
+spacings follow the array order (z, y, x).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Task = Literal["segmentation", "classification"]
+NormalisationMethod = Literal["ct_window", "zscore", "mri_window", "none"]
+Stitching = Literal["gaussian", "average"]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One output class: a segmented structure (foreground label i = index + 1) or a classification label."""
+
+    name: str
+    colour: tuple[int, int, int] = (255, 0, 0)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One checkpoint file of the package (several make an ensemble)."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A registered architecture name and its hyper-parameters (see ``model.architectures``)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One input channel and the rules that pick its series within a study.
+
+    Every rule that is set must match: ``modality`` equals DICOM Modality; ``series_description`` is a regular
+    expression searched (case-insensitive) in SeriesDescription.
+    """
+
+    name: str
+    modality: str | None = None
+    series_description: str | None = None
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Intensity normalisation of one channel.
+
+    ``ct_window``: [level - window/2, level + window/2] mapped linearly onto ``output_range`` and clipped
+    (InnerEye's CtWindow). ``zscore``: per-image mean 0, standard deviation 1. ``mri_window``: InnerEye's
+    MriWindow (Otsu foreground, robust window from ``sharpen`` and ``tail``). ``none``: unchanged.
+    """
+
+    method: NormalisationMethod = "none"
+    level: float | None = None
+    window: float | None = None
+    output_range: tuple[float, float] = (-1.0, 1.0)
+    sharpen: float = 1.9
+    tail: tuple[float, ...] = (1.0,)
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """How the network is applied to a volume.
+
+    ``patch_size`` None means whole-volume inference. ``stride`` defaults to half the patch size.
+    ``stitching``: ``gaussian`` blends overlaps with Gaussian importance weights; ``average`` averages them
+    uniformly, as InnerEye does (MONAI's ``mode="constant"``).
+    """
+
+    patch_size: tuple[int, int, int] | None = None
+    stride: tuple[int, int, int] | None = None
+    stitching: Stitching = "gaussian"
+    size_multiple: int = 1
+    """Padded input sizes must be multiples of this (2 ** downsampling for InnerEye's UNet3D)."""
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """Post-processing in InnerEye's order: smoothing, argmax, largest component, hole filling."""
+
+    posterior_smoothing_mm: tuple[float, float, float] | None = None
+    largest_component: tuple[str, ...] = ()
+    fill_holes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A registered model folder, validated and resolved: everything a run needs to know about the model."""
+
+    folder: Path
+    name: str
+    task: Task
+    structures: tuple[Structure, ...]
+    """Foreground structures (segmentation, label i = index + 1) or classes (classification)."""
+    checkpoints: tuple[CheckpointRef, ...]
+    architecture: ArchitectureSpec
+    channels: tuple[ChannelSpec, ...] = (ChannelSpec(name="ct", modality="CT"),)
+    normalisation: tuple[Normalisation, ...] = (Normalisation(),)
+    """One per channel."""
+    target_spacing: tuple[float, float, float] | None = None
+    inference: InferenceSpec = InferenceSpec()
+    postprocessing: PostProcessing = PostProcessing()
+    model_configs_namespace: str = ""
+    source: str = "inference block"
+    """Where the inference settings came from: ``inference block`` or ``preset <name>``."""
+    version: str = ""
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: structures + background for segmentation, classes for classification."""
+        return len(self.structures) + 1 if self.task == "segmentation" else len(self.structures)
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.structures)
+
+    def fingerprint(self) -> str:
+        """sha256 over the checkpoints' hashes and every setting that changes outputs (for resumable runs)."""
+        settings = asdict(self)
+        settings.pop("folder")
+        settings["checkpoints"] = [c.sha256 for c in self.checkpoints]
+        blob = json.dumps(settings, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()

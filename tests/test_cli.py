@@ -1,0 +1,22 @@
+"""The command line starts fast and answers --help / --version."""
+
+import subprocess
+import sys
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from innereye_batch.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "assert 'scan' in r.output and 'inspect' in r.output;"
+        "heavy = [m for m in ('torch', 'highdicom', 'SimpleITK') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "innereye_batch", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("innereye-batch ")

@@ -1,0 +1,38 @@
+"""Write a (z, y, x) label map as a NIfTI-1 file whose affine puts every voxel where the DICOM series has it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from innereye_batch.dicom.geometry import Geometry
+
+# NIfTI xform codes: 1 = scanner-based anatomical coordinates, 2 = aligned to another file's anatomy.
+_SFORM_CODE_SCANNER = 1
+_QFORM_CODE_ALIGNED = 2
+
+
+def write_label_map(path: Path, labels: np.ndarray, geometry: Geometry) -> None:
+    """Write ``labels`` (z, y, x, uint8) to ``path`` (``.nii.gz``) on ``geometry``'s grid, RAS affine.
+
+    NIfTI stores arrays (x, y, z); the affine is ``geometry.nifti_affine()`` for that order. Both sform and qform
+    carry it: the qform is exact because a DICOM grid's direction is a rotation (possibly with a reflection,
+    which NIfTI encodes in qfac).
+    """
+    import nibabel as nib
+
+    if tuple(labels.shape) != tuple(geometry.shape):
+        raise ValueError(f"label map shape {labels.shape} does not match geometry shape {geometry.shape}")
+    data = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).transpose(2, 1, 0))
+    affine = geometry.nifti_affine()
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(data, affine, header)
+    image.set_sform(affine, code=_SFORM_CODE_SCANNER)
+    image.set_qform(affine, code=_QFORM_CODE_ALIGNED)
+    image.header.set_xyzt_units(xyz="mm")
+    # A label map: readers should not rescale it.
+    image.header["scl_slope"] = 1.0
+    image.header["scl_inter"] = 0.0
+    nib.save(image, str(path))

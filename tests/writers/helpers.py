@@ -1,0 +1,88 @@
+"""Inputs for writer tests: a SeriesInfo built straight from a generated series, a small ModelPackage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from innereye_batch.dicom.series import SeriesInfo, SliceRef
+from innereye_batch.model.spec import ArchitectureSpec, CheckpointRef, ModelPackage, Structure
+from tests.factory import GeneratedSeries
+
+
+def series_info_from(generated: GeneratedSeries) -> SeriesInfo:
+    """The SeriesInfo a correct scan would build for ``generated`` (slices in slice order)."""
+    first = pydicom.dcmread(generated.paths[0], stop_before_pixels=True)
+    slices = tuple(
+        SliceRef(
+            path=path,
+            sop_instance_uid=sop_uid,
+            position=tuple(float(v) for v in generated.geometry.index_to_lps((k, 0, 0))),  # type: ignore[arg-type]
+        )
+        for k, (path, sop_uid) in enumerate(zip(generated.paths, generated.sop_instance_uids, strict=True))
+    )
+    return SeriesInfo(
+        series_instance_uid=generated.series_instance_uid,
+        study_instance_uid=generated.study_instance_uid,
+        frame_of_reference_uid=generated.frame_of_reference_uid,
+        modality=str(first.Modality),
+        sop_class_uid=str(first.SOPClassUID),
+        series_description=str(first.SeriesDescription),
+        slices=slices,
+        geometry=generated.geometry,
+        transfer_syntaxes=(str(first.file_meta.TransferSyntaxUID),),
+        series_number=int(first.SeriesNumber),
+    )
+
+
+DEFAULT_STRUCTURES = (
+    Structure("liver", (200, 60, 40)),
+    Structure("spleen", (40, 160, 220)),
+    Structure("left kidney", (250, 220, 0)),
+)
+
+
+def make_package(
+    folder: Path,
+    structures: Sequence[Structure] = DEFAULT_STRUCTURES,
+    *,
+    name: str = "TestOrgans",
+    task: str = "segmentation",
+    version: str = "",
+    checkpoints: int = 2,
+) -> ModelPackage:
+    """A ModelPackage with well-formed (fake) checkpoint references; nothing is read from ``folder``."""
+    refs = tuple(
+        CheckpointRef(
+            path=folder / "checkpoints" / f"model_{i}.ckpt",
+            sha256=f"{i:02x}" + "ab" * 31,
+            size_bytes=1000 + i,
+        )
+        for i in range(checkpoints)
+    )
+    return ModelPackage(
+        folder=folder,
+        name=name,
+        task=task,  # type: ignore[arg-type]
+        structures=tuple(structures),
+        checkpoints=refs,
+        architecture=ArchitectureSpec("unet3d", {"feature_channels": [4, 8], "kernel_size": 3}),
+        version=version,
+    )
+
+
+def blob_labels(shape: tuple[int, int, int], num_structures: int, seed: int = 0) -> np.ndarray:
+    """A uint8 label map with one box per structure, sized to the grid, plus a few random voxels of each."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.uint8)
+    z, y, x = shape
+    for i in range(num_structures):
+        z0 = (i * z) // (num_structures + 1)
+        labels[z0 : z0 + max(1, z // 3), y // 4 : y // 2 + i, x // 5 + i : x // 2 + 2 * i] = i + 1
+    noise = rng.integers(0, num_structures + 1, size=shape)
+    keep = rng.random(shape) < 0.02
+    labels[keep] = noise[keep]
+    return labels

@@ -1,4 +1,4 @@
-"""Write a (z, y, x) label map as a NIfTI-1 file whose affine puts every voxel where the DICOM series has it."""
+"""Write a (z, y, x) label map as NIfTI-1 whose affine puts every voxel where the DICOM series has it."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ _QFORM_CODE_ALIGNED = 2
 def write_label_map(path: Path, labels: np.ndarray, geometry: Geometry) -> None:
     """Write ``labels`` (z, y, x, uint8) to ``path`` (``.nii.gz``) on ``geometry``'s grid, RAS affine.
 
-    NIfTI stores arrays (x, y, z); the affine is ``geometry.nifti_affine()`` for that order. Both sform and qform
-    carry it: the qform is exact because a DICOM grid's direction is a rotation (possibly with a reflection,
-    which NIfTI encodes in qfac).
+    NIfTI stores arrays (x, y, z); the affine is ``geometry.nifti_affine()`` for that order. Both sform and
+    qform carry it: the qform is exact because a DICOM grid's direction is a rotation (a reflection would go
+    into qfac).
     """
     import nibabel as nib
 

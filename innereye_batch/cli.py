@@ -6,6 +6,7 @@ Heavy libraries (torch, highdicom, SimpleITK) are imported inside the commands, 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,9 +51,7 @@ def _fail(error: InnerEyeBatchError) -> typer.Exit:
 @app.command()
 def scan(
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")] = False,
     workers: Annotated[int, typer.Option(help="Header-reading threads (0 = automatic).")] = 0,
 ) -> None:
     """Find every series under --input (headers only) and report geometry and problems."""
@@ -75,9 +74,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")] = False,
     trust_checkpoint: Annotated[
         bool,
-        typer.Option(
-            help="Allow checkpoints that need arbitrary code to unpickle. Only for files you trust."
-        ),
+        typer.Option(help="Allow checkpoints that need arbitrary code to unpickle. Only for files you trust."),
     ] = False,
 ) -> None:
     """Describe a registered model folder: structures, checkpoints, architecture, pre-processing."""
@@ -92,12 +89,85 @@ def inspect(
         raise typer.Exit(EXIT_USAGE)
 
 
+def _split(values: list[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+@app.command()
+def run(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Registered model folder (final_model/).")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one sub-folder per series).")],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).")] = 2,
+    patch_batch: Annotated[int, typer.Option(help="Patches per forward pass.")] = 1,
+    amp: Annotated[bool, typer.Option(help="Mixed precision (bf16/fp16) on CUDA.")] = False,
+    formats: Annotated[
+        str, typer.Option(help="Comma-separated outputs: nifti, dicom-seg, json.")
+    ] = "nifti,dicom-seg,json",
+    series: Annotated[
+        list[str] | None, typer.Option("--series", help="Only this SeriesInstanceUID (repeatable).")
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option("--modality", help="Only series of this Modality (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Redo series that are already done.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List what would run, write nothing.")] = False,
+    fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed series.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables (for cron).")] = False,
+    log_json: Annotated[bool, typer.Option(help="One JSON line per event on stderr (for cron).")] = False,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(help="Allow checkpoints that need arbitrary code to unpickle. Only for files you trust."),
+    ] = False,
+) -> None:
+    """Run the model over every series under --input; write NIfTI, DICOM-SEG and JSON per series.
+
+    Exit code 0 when every series succeeded (or was already done), 1 when some failed, 2 for usage errors.
+    Safe to rerun: finished series are skipped, interrupted ones are redone.
+    """
+    from innereye_batch.pipeline.progress import RunProgress
+    from innereye_batch.pipeline.render import render_dry_run, render_run_report
+    from innereye_batch.pipeline.run import RunOptions, run_batch
+
+    options = RunOptions(
+        model=model,
+        input=input,
+        output=output,
+        device=device,
+        workers=workers,
+        patch_batch=patch_batch,
+        amp=amp,
+        formats=_split([formats]),
+        series_uids=_split(series or []),
+        modalities=_split(modality or []),
+        overwrite=overwrite,
+        dry_run=dry_run,
+        fail_fast=fail_fast,
+        trust_checkpoint=trust_checkpoint,
+    )
+    progress = RunProgress(quiet=quiet, log_json=log_json, console=console)
+    report = run_batch(options, progress)
+    if dry_run:
+        render_dry_run(report, stdout)
+        return
+    if not quiet and not log_json:
+        render_run_report(report, output, stdout)
+    raise typer.Exit(report.exit_code)
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except InnerEyeBatchError as error:
         raise SystemExit(_fail(error).exit_code) from error
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (cron's timeout, systemd) stops like Ctrl-C: writes in flight finish, the summary is written."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

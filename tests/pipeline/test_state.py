@@ -1,0 +1,112 @@
+"""Output state: sanitised names, atomic writes, done records and the run lock."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from innereye_batch.errors import OutputLockedError
+from innereye_batch.pipeline.state import (
+    DONE_RECORD,
+    atomic_write,
+    is_done,
+    mark_done,
+    mark_not_done,
+    output_lock,
+    remove_stale_temporaries,
+    safe_folder_name,
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("1.2.840.113619.2.55", "1.2.840.113619.2.55"),
+        ("../../etc/passwd", "_.._etc_passwd"),
+        ("..", "unnamed"),
+        ("a/b\\c d", "a_b_c_d"),
+        ("", "unnamed"),
+        ("1.2.3.stack2", "1.2.3.stack2"),
+    ],
+)
+def test_safe_folder_name_never_escapes(key: str, expected: str) -> None:
+    name = safe_folder_name(key)
+    assert name == expected
+    assert "/" not in name and not name.startswith(".")
+
+
+def test_atomic_write_leaves_no_partial_file_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "segmentation.nii.gz"
+
+    def broken(temp: Path) -> None:
+        temp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_atomic_write_keeps_suffix_for_format_detection(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def write(temp: Path) -> None:
+        seen.append(temp.name)
+        temp.write_text("x")
+
+    atomic_write(tmp_path / "segmentation.nii.gz", write)
+    assert seen[0].endswith("segmentation.nii.gz") and seen[0] != "segmentation.nii.gz"
+    assert (tmp_path / "segmentation.nii.gz").read_text() == "x"
+
+
+def test_done_record_round_trip_and_invalidation(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    nifti = folder / "segmentation.nii.gz"
+    nifti.write_bytes(b"12345")
+    mark_done(folder, "in-fp", "model-fp", {"nifti": nifti})
+    assert is_done(folder, "in-fp", "model-fp", ("nifti",))
+    assert not is_done(folder, "other-input", "model-fp", ("nifti",))
+    assert not is_done(folder, "in-fp", "other-model", ("nifti",))
+    assert not is_done(folder, "in-fp", "model-fp", ("nifti", "json"))  # json was never written
+    nifti.write_bytes(b"123")  # truncated behind our back
+    assert not is_done(folder, "in-fp", "model-fp", ("nifti",))
+    nifti.write_bytes(b"12345")
+    mark_not_done(folder)
+    assert not (folder / DONE_RECORD).exists()
+    assert not is_done(folder, "in-fp", "model-fp", ("nifti",))
+
+
+def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".tmp-123-segmentation.dcm").write_bytes(b"partial")
+    (tmp_path / "a" / "segmentation.dcm").write_bytes(b"complete")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["segmentation.dcm"]
+
+
+def _hold_lock(folder: str, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    with output_lock(Path(folder)):
+        ready.set()
+        time.sleep(60)
+
+
+def test_lock_refuses_second_run_and_is_released_when_holder_is_killed(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    holder = context.Process(target=_hold_lock, args=(str(tmp_path), ready))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"), output_lock(tmp_path):
+            pass
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        holder.join()
+    with output_lock(tmp_path):  # the kernel released the dead holder's lock
+        pass

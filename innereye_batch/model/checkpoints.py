@@ -1,0 +1,236 @@
+"""Detect a checkpoint's format from its content, load it safely, and build the package's networks from it.
+
+Formats (detected from the bytes, never from the file name):
+
+- ``lightning``: InnerEye's PyTorch-Lightning ``.ckpt``, a dict whose ``state_dict`` keys carry a ``model.`` prefix.
+- ``legacy``: InnerEye's older ``<epoch>_checkpoint.pth.tar``, a dict with ``epoch`` and a bare ``state_dict``.
+- ``state_dict``: a plain mapping of parameter names to tensors.
+- ``torchscript``: a ``torch.jit.save`` archive.
+- ``torch_export``: a ``torch.export.save`` program (``.pt2``).
+- ``pickled_module``: a whole pickled ``nn.Module`` (only ever loads with ``trust_checkpoint``).
+
+Safety: pickles load with ``torch.load(weights_only=True)``, which rebuilds tensors and plain containers only and
+never calls arbitrary code. A pickle that needs more is refused with ``CheckpointError`` unless
+``trust_checkpoint`` is set. TorchScript and ``torch.export`` archives are refused without ``trust_checkpoint``
+too: they cannot run arbitrary Python, but they are programs (PyTorch's security policy says to treat models
+as code: a TorchScript archive carries source that is compiled on load), and their deserialisers are a far larger
+attack surface than the weights-only unpickler. With trust, only their weights are used: ``load_networks``
+copies the archive's state dict into our own registered architecture (strictly), so the computation that runs
+is always ours and the archive's graph never runs -- unless the package names the architecture
+``from_checkpoint``, which runs the archive's own program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from innereye_batch.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+    from innereye_batch.model.spec import ModelPackage
+
+CheckpointFormat = Literal["lightning", "legacy", "state_dict", "torchscript", "torch_export", "pickled_module"]
+FROM_CHECKPOINT = "from_checkpoint"
+"""Architecture name that runs a TorchScript / torch.export archive's own program instead of a registered one."""
+
+_TRUST_HINT = (
+    "Only if you trust whoever produced this file, run again with --trust-checkpoint "
+    "(Python: trust_checkpoint=True); better, re-save it as a plain state dict "
+    "(torch.save(model.state_dict(), path))."
+)
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What one checkpoint file holds: its format, the network weights (bare names), and a module if any."""
+
+    path: Path
+    format: CheckpointFormat
+    state_dict: dict[str, Any]
+    """Parameter and buffer tensors keyed by the network's own names (``model.`` prefix removed)."""
+    module: Any = None
+    """The deserialised program (TorchScript module or ``torch.export`` program's module), or a pickled module."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """``epoch`` and ``global_step`` where the checkpoint records them."""
+
+
+def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _archive_kind(path: Path) -> str:
+    """``torchscript``, ``torch_export`` or ``pickle`` from a zip archive's member names; ``pickle`` if not zip."""
+    if not zipfile.is_zipfile(path):
+        return "pickle"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return "torchscript"
+    if any(
+        name.endswith("/archive_format") or "serialized_exported_program" in name or "/models/" in name
+        for name in names
+    ):
+        return "torch_export"
+    return "pickle"
+
+
+def _refuse_program(path: Path, kind: str) -> CheckpointError:
+    what = "a TorchScript archive" if kind == "torchscript" else "a torch.export program (.pt2)"
+    return CheckpointError(
+        f"checkpoint {path}: is {what}, which is a program, not just weights; it is not loaded by default. "
+        + _TRUST_HINT
+    )
+
+
+def _torch_load_safely(path: Path, trust_checkpoint: bool) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except pickle.UnpicklingError as error:
+        if trust_checkpoint or "weights only load failed" not in str(error).lower():
+            raise CheckpointError(f"checkpoint {path}: cannot be unpickled: {error}") from error
+        needed = ""
+        try:
+            globals_needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if globals_needed:
+                needed = f" (it needs: {', '.join(sorted(globals_needed)[:8])})"
+        except Exception:  # listing the globals is a courtesy; never mask the real refusal
+            needed = ""
+        raise CheckpointError(
+            f"checkpoint {path}: refused: unpickling it needs more than tensors and plain containers{needed}, "
+            f"so it could run arbitrary code. " + _TRUST_HINT
+        ) from error
+    except Exception as error:  # torch.load raises many types for damaged or foreign files
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read as a PyTorch checkpoint ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _is_tensor_mapping(value: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(value, dict)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
+
+
+def _strip_common_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    if state and all(key.startswith(prefix) for key in state):
+        return {key[len(prefix) :]: value for key, value in state.items()}
+    return state
+
+
+def _classify_pickle(path: Path, content: Any) -> LoadedCheckpoint:
+    import torch
+
+    if isinstance(content, torch.nn.Module):
+        return LoadedCheckpoint(path, "pickled_module", dict(content.state_dict()), module=content)
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        state = content["state_dict"]
+        metadata = {k: content[k] for k in ("epoch", "global_step") if isinstance(content.get(k), int)}
+        model_keys = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        if model_keys:
+            return LoadedCheckpoint(path, "lightning", model_keys, metadata=metadata)
+        if not _is_tensor_mapping(state):
+            raise CheckpointError(f"checkpoint {path}: its 'state_dict' holds something other than named tensors")
+        return LoadedCheckpoint(path, "legacy", _strip_common_prefix(state, "module."), metadata=metadata)
+    if _is_tensor_mapping(content):
+        return LoadedCheckpoint(path, "state_dict", _strip_common_prefix(content, "module."))
+    keys = sorted(content)[:10] if isinstance(content, dict) else type(content).__name__
+    raise CheckpointError(
+        f"checkpoint {path}: unrecognised content ({keys}); expected a Lightning checkpoint (dict with "
+        f"'state_dict' keyed 'model.<name>'), an InnerEye .pth.tar (dict with 'epoch' and 'state_dict'), a plain "
+        f"state dict, a TorchScript archive or a torch.export program"
+    )
+
+
+def load_checkpoint(path: Path, *, trust_checkpoint: bool = False) -> LoadedCheckpoint:
+    """Load one checkpoint file safely, detecting its format from its content."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    kind = _archive_kind(path)
+    if kind in ("torchscript", "torch_export"):
+        if not trust_checkpoint:
+            raise _refuse_program(path, kind)
+        try:
+            if kind == "torchscript":
+                module = torch.jit.load(str(path), map_location="cpu")
+                return LoadedCheckpoint(path, "torchscript", dict(module.state_dict()), module=module)
+            program = torch.export.load(path)
+            return LoadedCheckpoint(path, "torch_export", dict(program.state_dict), module=program.module())
+        except Exception as error:
+            raise CheckpointError(f"checkpoint {path}: cannot load the {kind} archive: {error}") from error
+    return _classify_pickle(path, _torch_load_safely(path, trust_checkpoint))
+
+
+def _mismatch_report(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{key}: checkpoint {tuple(found[key].shape)} vs network {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(found))
+        if tuple(found[key].shape) != tuple(expected[key].shape)
+    ]
+
+    def listing(title: str, items: list[str]) -> list[str]:
+        if not items:
+            return []
+        more = f" ... and {len(items) - 6} more" if len(items) > 6 else ""
+        return [f"{title} ({len(items)}): {', '.join(items[:6])}{more}"]
+
+    return listing("missing keys", missing) + listing("unexpected keys", unexpected) + listing("shape mismatch", shapes)
+
+
+def load_networks(
+    package: ModelPackage, *, device: torch.device | str = "cpu", trust_checkpoint: bool = False
+) -> list[torch.nn.Module]:
+    """One network per checkpoint of the package, weights loaded strictly, in eval mode, on ``device``."""
+    from innereye_batch.model.architectures import build_network
+
+    networks = []
+    in_channels = len(package.channels)
+    for ref in package.checkpoints:
+        loaded = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint)
+        if package.architecture.name == FROM_CHECKPOINT:
+            if loaded.module is None:
+                raise CheckpointError(
+                    f"checkpoint {ref.path}: architecture '{FROM_CHECKPOINT}' needs a TorchScript or torch.export "
+                    f"archive, but this is a {loaded.format} checkpoint holding only weights"
+                )
+            network = loaded.module
+            # an exported program's module may have no train/eval switch; it is inference-only anyway
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                network.eval()
+            networks.append(network.to(device))
+            continue
+        else:
+            network = build_network(package.architecture, in_channels, package.num_outputs)
+            problems = _mismatch_report(dict(network.state_dict()), loaded.state_dict)
+            if problems:
+                raise CheckpointError(
+                    f"checkpoint {ref.path} ({loaded.format}) does not match architecture "
+                    f"{package.architecture.name} {dict(package.architecture.params)} with {in_channels} input "
+                    f"channel(s) and {package.num_outputs} outputs: " + "; ".join(problems)
+                )
+            network.load_state_dict(loaded.state_dict, strict=True)
+        networks.append(network.to(device).eval())
+    return networks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +14,7 @@ from innereye_batch.writers.nifti import write_label_map
 from tests.factory import read_with_simpleitk, rotation_direction, write_series
 from tests.writers.helpers import blob_labels
 
-OBLIQUE_ROW, OBLIQUE_COL = rotation_direction((1.0, 2.0, 0.5), 25.0)
+OBLIQUE_ROW, OBLIQUE_COL = (tuple(v) for v in rotation_direction((1.0, 2.0, 0.5), 25.0))
 
 GRIDS = {
     "axial": {},
@@ -55,7 +56,7 @@ def test_header_is_uint8_with_scanner_sform_and_aligned_qform(tmp_path: Path) ->
 
     write_label_map(out, labels, generated.geometry)
 
-    image = nib.load(str(out))
+    image: Any = nib.load(str(out))
     assert image.get_data_dtype() == np.uint8
     assert int(image.header["sform_code"]) == 1
     assert int(image.header["qform_code"]) == 2

@@ -1,0 +1,198 @@
+"""Write a (z, y, x) label map as a DICOM Segmentation (highdicom) that references every source image.
+
+One segment per structure of the model package (label i = segment i), labelled with the structure's name, its
+colour as the recommended CIELab display value, SNOMED-CT category "Anatomical Structure" and a property type
+looked up by name in DICOM CID 7192 (with a Left/Right modifier when the name says so; SCT "Organ" otherwise),
+and algorithm identification naming the model, its version and its checkpoints.
+
+Empty frames are omitted. A label map with no foreground at all is still written (every frame, all empty):
+"nothing found" is a result, and a SEG cannot have zero frames; dciodvfy accepts it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.errors import SeriesError
+from innereye_batch.model.spec import ModelPackage, Structure
+from innereye_batch.writers.predictions import checkpoint_relative_path
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+    from pydicom.sr.coding import Code
+
+SegmentationType = Literal["BINARY", "LABELMAP"]
+
+MANUFACTURER = "innereye-batch"
+SERIES_NUMBER_OFFSET = 1000
+"""The SEG series number is the source's plus this (1000 when the source has none)."""
+_LO_MAX = 64  # DICOM "Long String" length limit
+_CS_MAX = 16  # DICOM "Code String" length limit
+_LEFT_WORDS = frozenset({"left", "l", "lt", "links"})
+_RIGHT_WORDS = frozenset({"right", "r", "rt", "rechts"})
+
+
+def write_dicom_seg(
+    path: Path,
+    labels: np.ndarray,
+    series: SeriesInfo,
+    package: ModelPackage,
+    *,
+    software_version: str,
+    segmentation_type: SegmentationType = "BINARY",
+) -> None:
+    """Write ``labels`` (z, y, x; 0 background, i = ``package.structures[i - 1]``) to ``path`` as DICOM-SEG.
+
+    ``labels`` rows follow ``series.slices``. ``BINARY`` (Segmentation Storage) is what viewers and PACS read
+    today; ``LABELMAP`` (Label Map Segmentation Storage, 2024) is smaller and faster but newer.
+    Multi-frame sources are supported when the whole stack comes from one file.
+    """
+    import highdicom as hd
+
+    if tuple(labels.shape) != tuple(series.geometry.shape):
+        raise ValueError(f"label map shape {labels.shape} does not match series shape {series.geometry.shape}")
+    if len(series.slices) != labels.shape[0]:
+        raise ValueError(f"label map has {labels.shape[0]} slices, series {series.key} has {len(series.slices)}")
+    labels = np.asarray(labels, dtype=np.uint8)
+    num_structures = len(package.structures)
+    if num_structures == 0:
+        raise ValueError(f"model {package.name} has no structures to write as segments")
+    if int(labels.max(initial=0)) > num_structures:
+        raise ValueError(f"label map holds label {int(labels.max())} but the model has {num_structures} structures")
+
+    source_images, frames = _source_images_and_frames(series, labels)
+    algorithm = _algorithm_identification(package)
+    segments = [
+        _segment_description(number, structure, algorithm)
+        for number, structure in enumerate(package.structures, start=1)
+    ]
+    segmentation = hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=frames,
+        segmentation_type=segmentation_type,
+        segment_descriptions=segments,
+        series_instance_uid=hd.UID(),
+        series_number=(series.series_number or 0) + SERIES_NUMBER_OFFSET,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=package.name[:_LO_MAX],
+        software_versions=software_version[:_LO_MAX],
+        device_serial_number=package.fingerprint()[:16],
+        # A SEG needs at least one frame: with no foreground anywhere, keep them all (empty).
+        omit_empty_frames=bool(frames.any()),
+        content_label=_content_label(package.name),
+        content_description=f"{package.name} segmentation, {num_structures} structures"[:_LO_MAX],
+        series_description=f"innereye-batch {package.name}"[:_LO_MAX],
+    )
+    segmentation.save_as(path, enforce_file_format=True)
+
+
+def _source_images_and_frames(series: SeriesInfo, labels: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
+    """Source headers (no pixel data) and the label frames in the order highdicom pairs them with sources."""
+    import pydicom
+
+    multi_frame = [s for s in series.slices if s.frame is not None]
+    if not multi_frame:
+        return [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files], labels
+    if len(series.files) != 1 or len(multi_frame) != len(series.slices):
+        raise SeriesError(
+            series.key, "DICOM-SEG output supports a multi-frame source only when one file holds the whole stack"
+        )
+    source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    # Frames of the file that are not in this stack (another stack of a split series) stay empty.
+    frames = np.zeros((int(source.NumberOfFrames), *labels.shape[1:]), dtype=np.uint8)
+    for label_slice, ref in zip(labels, series.slices, strict=True):
+        frames[ref.frame] = label_slice
+    return [source], frames
+
+
+def _algorithm_identification(package: ModelPackage) -> Any:
+    """AlgorithmIdentificationSequence: AI family, model name, version and checkpoint hashes as parameters."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    version = package.version or "sha256:" + "+".join(c.sha256[:8] for c in package.checkpoints)
+    if len(version) > _LO_MAX:
+        version = f"fingerprint:{package.fingerprint()[:16]}"
+    parameters = {
+        "architecture": package.architecture.name,
+        "fingerprint": package.fingerprint(),
+        **{f"checkpoint {checkpoint_relative_path(package, c)}": f"sha256 {c.sha256}" for c in package.checkpoints},
+    }
+    return hd.AlgorithmIdentificationSequence(
+        name=package.name[:_LO_MAX],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=version,
+        source=MANUFACTURER,
+        parameters={k.replace(",", " ").replace("=", " "): v.replace(",", " ") for k, v in parameters.items()},
+    )
+
+
+def _segment_description(number: int, structure: Structure, algorithm: Any) -> Any:
+    """One segment: the structure's name, colour, coded category and type, and the algorithm."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    property_type, laterality = segmented_property_type(structure.name)
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=structure.name[:_LO_MAX],
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=property_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*structure.colour),
+    )
+    if laterality is not None:
+        type_item = description.SegmentedPropertyTypeCodeSequence[0]
+        type_item.SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept(laterality.value, laterality.scheme_designator, laterality.meaning)
+        ]
+    return description
+
+
+def segmented_property_type(structure_name: str) -> tuple[Code, Code | None]:
+    """SNOMED-CT type for a structure name (CID 7192 keyword match, else "Organ") and its laterality, if any.
+
+    Words such as ``left``/``l``/``right``/``r`` give the laterality; the other words, joined, are matched
+    case-insensitively against the keywords of CID 7192 ("Anatomical Structure Segmentation Property Type"),
+    also without a plural ``s``: ``spinal_cord`` -> Spinal cord, ``kidney_l`` -> Kidney + Left.
+    """
+    from pydicom.sr.codedict import codes
+
+    words = [w for w in re.split(r"[^a-z0-9]+", structure_name.lower()) if w]
+    laterality = None
+    if len(words) > 1:  # a lone "l" or "right" is a name, not a side
+        if any(w in _LEFT_WORDS for w in words):
+            laterality = codes.SCT.Left
+        elif any(w in _RIGHT_WORDS for w in words):
+            laterality = codes.SCT.Right
+        if laterality is not None:
+            words = [w for w in words if w not in _LEFT_WORDS | _RIGHT_WORDS]
+    key = "".join(words)
+    keywords = _anatomical_type_keywords()
+    keyword = keywords.get(key) or keywords.get(key.removesuffix("s"))
+    if keyword is None:
+        return codes.SCT.Organ, laterality
+    return getattr(codes.CID7192, keyword), laterality
+
+
+@functools.lru_cache(maxsize=1)
+def _anatomical_type_keywords() -> dict[str, str]:
+    """CID 7192 keywords by their lower-case form."""
+    from pydicom.sr.codedict import codes
+
+    return {keyword.lower(): keyword for keyword in codes.CID7192.dir()}
+
+
+def _content_label(model_name: str) -> str:
+    """ContentLabel (a DICOM Code String): upper-case letters, digits, underscores, at most 16 characters."""
+    label = re.sub(r"[^A-Z0-9_]+", "_", model_name.upper()).strip("_")[:_CS_MAX]
+    return label or "SEGMENTATION"

@@ -1,0 +1,272 @@
+"""DICOM-SEG output validates with dciodvfy, reads back with highdicom into the same masks, on the same grid."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from innereye_batch.dicom.series import SeriesInfo, SliceRef
+from innereye_batch.errors import SeriesError
+from innereye_batch.model.spec import Structure
+from innereye_batch.writers.dicom_seg import segmented_property_type, write_dicom_seg
+from tests.factory import rotation_direction, write_series
+from tests.writers.helpers import blob_labels, make_package, series_info_from
+
+SOFTWARE_VERSION = "0.1.0-test"
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy reports for ``path`` (it writes its report to stderr)."""
+    exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
+    report = out.stdout + out.stderr
+    assert "Segmentation" in report, f"dciodvfy did not recognise a Segmentation IOD:\n{report}"
+    return [line for line in report.splitlines() if "Error" in line]
+
+
+def read_back_labels(path: Path, series: SeriesInfo) -> np.ndarray:
+    """The SEG's segments combined into a label map aligned to the source images, in slice order."""
+    seg = hd.seg.segread(path)
+    return seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(series.sop_instance_uids), combine_segments=True, dtype=np.uint8
+    )
+
+
+def assert_frames_on_source_grid(path: Path, series: SeriesInfo) -> None:
+    """Every frame's position and the shared orientation equal those of the source image it references."""
+    seg = pydicom.dcmread(path)
+    positions = {s.sop_instance_uid: np.asarray(s.position) for s in series.slices}
+    orientation = np.asarray(seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient)
+    np.testing.assert_allclose(orientation, series.geometry.direction_matrix[:, :2].T.ravel(), atol=1e-6)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=np.float64)
+        np.testing.assert_allclose(position, positions[source_uid], atol=1e-4)
+
+
+GRIDS = {
+    "axial": {},
+    "oblique": dict(zip(("row_direction", "column_direction"), rotation_direction((1.0, 2.0, 0.5), 25.0), strict=True)),
+    "normal_minus_z": {"column_direction": (0.0, -1.0, 0.0)},
+}
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_seg_validates_and_reads_back_equal(tmp_path: Path, grid: str) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(6, 12, 10), **GRIDS[grid])  # type: ignore[arg-type]
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model")
+    labels = blob_labels(series.geometry.shape, 3)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION)
+
+    assert dciodvfy_errors(out) == []
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)
+    assert_frames_on_source_grid(out, series)
+
+
+def test_seg_header_describes_model_and_references_every_source_image(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(5, 8, 8), series_number=7)
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model", version="2.1")
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, blob_labels(series.geometry.shape, 3), series, package, software_version=SOFTWARE_VERSION)
+
+    seg = pydicom.dcmread(out)
+    assert seg.SOPClassUID == pydicom.uid.SegmentationStorage
+    assert seg.SegmentationType == "BINARY"
+    assert seg.SeriesDescription == "innereye-batch TestOrgans"
+    assert seg.Manufacturer == "innereye-batch"
+    assert seg.SoftwareVersions == SOFTWARE_VERSION
+    assert seg.InstanceNumber == 1
+    assert seg.SeriesNumber == 1007
+    assert seg.ContentLabel == "TESTORGANS"
+    assert seg.SeriesInstanceUID != generated.series_instance_uid
+    assert seg.StudyInstanceUID == generated.study_instance_uid
+    assert seg.FrameOfReferenceUID == generated.frame_of_reference_uid
+    assert "PatientName" in seg  # a SEG belongs to the patient's study, so it carries the patient module
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == generated.series_instance_uid
+    assert [i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence] == list(
+        generated.sop_instance_uids
+    )
+
+    segments = seg.SegmentSequence
+    assert [s.SegmentLabel for s in segments] == ["liver", "spleen", "left kidney"]
+    assert [s.SegmentNumber for s in segments] == [1, 2, 3]
+    for segment, structure in zip(segments, package.structures, strict=True):
+        colour = hd.color.CIELabColor.from_dicom_value(tuple(segment.RecommendedDisplayCIELabValue))
+        assert np.abs(np.subtract(colour.to_rgb(), structure.colour)).max() <= 1
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
+        (algorithm,) = segment.SegmentationAlgorithmIdentificationSequence
+        assert algorithm.AlgorithmName == "TestOrgans"
+        assert algorithm.AlgorithmVersion == "2.1"
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeMeaning == "Artificial Intelligence"
+        for checkpoint in package.checkpoints:
+            assert checkpoint.sha256 in algorithm.AlgorithmParameters
+    assert segments[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Liver"
+    kidney_type = segments[2].SegmentedPropertyTypeCodeSequence[0]
+    assert kidney_type.CodeMeaning == "Kidney"
+    assert kidney_type.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+
+
+def test_version_defaults_to_checkpoint_hash_prefixes(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(3, 6, 6))
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model", checkpoints=3)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, blob_labels(series.geometry.shape, 3), series, package, software_version=SOFTWARE_VERSION)
+
+    algorithm = pydicom.dcmread(out).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmVersion == "sha256:" + "+".join(c.sha256[:8] for c in package.checkpoints)
+
+
+def test_only_frames_with_foreground_are_stored(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(6, 8, 8))
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model")
+    labels = np.zeros(series.geometry.shape, np.uint8)
+    labels[2:4, 3:6, 2:5] = 2  # one structure present, on two slices
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION)
+
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert seg.NumberOfFrames == 2
+    assert len(seg.SegmentSequence) == 3  # absent structures are still described
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)
+
+
+def test_empty_label_map_still_writes_a_valid_seg(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(4, 8, 8))
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model")
+    labels = np.zeros(series.geometry.shape, np.uint8)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION)
+
+    assert dciodvfy_errors(out) == []
+    assert pydicom.dcmread(out).NumberOfFrames == 4 * 3  # every frame kept, all empty
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)
+
+
+def test_labelmap_segmentation_type(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(5, 10, 9))
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model")
+    labels = blob_labels(series.geometry.shape, 3)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION, segmentation_type="LABELMAP")
+
+    assert dciodvfy_errors(out) == []
+    assert pydicom.dcmread(out).SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)
+
+
+def _multi_frame_series(tmp_path: Path) -> tuple[SeriesInfo, Path]:
+    """A legacy-converted enhanced CT (one multi-frame file) made from a generated single-frame series.
+
+    highdicom orders the frames itself (today: descending along the slice normal); the SliceRefs follow.
+    """
+    generated = write_series(tmp_path / "dicom", shape=(5, 8, 7))
+    datasets = [pydicom.dcmread(p) for p in generated.paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        datasets, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1
+    )
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    single = series_info_from(generated)
+    frame_of = {
+        tuple(np.round(np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float), 3)): i
+        for i, f in enumerate(enhanced.PerFrameFunctionalGroupsSequence)
+    }
+    slices = tuple(
+        SliceRef(path, enhanced.SOPInstanceUID, s.position, frame=frame_of[tuple(np.round(s.position, 3))])
+        for s in single.slices
+    )
+    series = replace(
+        single,
+        series_instance_uid=enhanced.SeriesInstanceUID,
+        sop_class_uid=enhanced.SOPClassUID,
+        slices=slices,
+    )
+    return series, path
+
+
+def test_multi_frame_source(tmp_path: Path) -> None:
+    series, _ = _multi_frame_series(tmp_path)
+    assert sorted(s.frame for s in series.slices) == [0, 1, 2, 3, 4]  # type: ignore[type-var]
+    package = make_package(tmp_path / "model")
+    labels = blob_labels(series.geometry.shape, 3)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION)
+
+    assert dciodvfy_errors(out) == []
+    seg = hd.seg.segread(out)
+    (source_uid,) = series.sop_instance_uids
+    by_frame = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=source_uid,
+        source_frame_numbers=[s.frame + 1 for s in series.slices],  # type: ignore[operator]
+        combine_segments=True,
+        dtype=np.uint8,
+    )
+    np.testing.assert_array_equal(by_frame, labels)
+
+
+def test_multi_frame_stack_over_several_files_is_refused(tmp_path: Path) -> None:
+    series, path = _multi_frame_series(tmp_path)
+    other = tmp_path / "copy.dcm"
+    shutil.copy(path, other)
+    split = replace(series, slices=(*series.slices[:2], *(replace(s, path=other) for s in series.slices[2:])))
+    with pytest.raises(SeriesError, match="multi-frame"):
+        write_dicom_seg(
+            tmp_path / "x.dcm",
+            blob_labels(series.geometry.shape, 3),
+            split,
+            make_package(tmp_path / "model"),
+            software_version=SOFTWARE_VERSION,
+        )
+
+
+def test_labels_beyond_the_structures_are_refused(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(3, 6, 6))
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model", structures=[Structure("liver")])
+    labels = np.full(series.geometry.shape, 2, np.uint8)
+    with pytest.raises(ValueError, match="label 2"):
+        write_dicom_seg(tmp_path / "x.dcm", labels, series, package, software_version=SOFTWARE_VERSION)
+
+
+@pytest.mark.parametrize(
+    ("name", "meaning", "side"),
+    [
+        ("liver", "Liver", None),
+        ("spinal_cord", "Spinal cord", None),
+        ("SpinalCord", "Spinal cord", None),
+        ("kidney_l", "Kidney", "Left"),
+        ("Right Kidney", "Kidney", "Right"),
+        ("seminal vesicles", "Seminal Vesicle", None),
+        ("external", codes.SCT.Organ.meaning, None),
+        ("tumour_mass_x", codes.SCT.Organ.meaning, None),
+    ],
+)
+def test_segmented_property_type_by_name(name: str, meaning: str, side: str | None) -> None:
+    code, laterality = segmented_property_type(name)
+    assert code.meaning == meaning
+    assert (laterality.meaning if laterality else None) == side

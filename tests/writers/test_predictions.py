@@ -34,7 +34,9 @@ def test_schema_is_valid_draft_2020_12() -> None:
 
 
 def test_structure_stats_counts_voxels_and_millilitres() -> None:
-    geometry = Geometry(shape=(4, 5, 6), spacing=(2.0, 0.5, 0.8), origin=(0.0, 0.0, 0.0), direction=np.eye(3).ravel())
+    geometry = Geometry(
+        shape=(4, 5, 6), spacing=(2.0, 0.5, 0.8), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel())
+    )
     labels = np.zeros(geometry.shape, np.uint8)
     labels[0, :2, :3] = 1  # 6 voxels
     labels[3] = 3  # 30 voxels
@@ -47,7 +49,9 @@ def test_structure_stats_counts_voxels_and_millilitres() -> None:
 
 
 def test_structure_stats_refuses_unknown_labels() -> None:
-    geometry = Geometry(shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3).ravel())
+    geometry = Geometry(
+        shape=(2, 2, 2), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel())
+    )
     with pytest.raises(ValueError, match="label 2"):
         structure_stats(np.full((2, 2, 2), 2, np.uint8), geometry, ["only"])
 

@@ -1,0 +1,133 @@
+"""Write the run summary (summary.json and summary.csv), each replaced atomically since runs rewrite them."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, get_args
+
+from innereye_batch.pipeline.result import SeriesResult, Status
+
+SUMMARY_SCHEMA_VERSION = "1.0"
+SUMMARY_JSON = "summary.json"
+SUMMARY_CSV = "summary.csv"
+_FIXED_COLUMNS = ("key", "series_instance_uid", "study_instance_uid", "modality", "status", "reason")
+
+
+def write_summary(
+    output_dir: Path, results: Sequence[SeriesResult], *, run_info: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``output_dir/summary.json`` and ``output_dir/summary.csv``; return their paths (json, csv).
+
+    ``run_info`` (tool version, model name and fingerprint, start and finish times, ...) is copied into the
+    JSON as ``run``; values that are not JSON types are written as strings. Each file is written to a
+    temporary file in ``output_dir`` and renamed over the old one, so readers never see half a summary.
+    """
+    json_path = output_dir / SUMMARY_JSON
+    csv_path = output_dir / SUMMARY_CSV
+    document = {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "run": dict(run_info),
+        "counts": status_counts(results),
+        "series": [series_record(r) for r in results],
+    }
+    json_text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
+    _replace_atomically(json_path, json_text)
+    _replace_atomically(csv_path, summary_csv_text(results))
+    return json_path, csv_path
+
+
+def status_counts(results: Sequence[SeriesResult]) -> dict[str, int]:
+    """Number of series per status (every status listed, zero included) and the total."""
+    counts = Counter(r.status for r in results)
+    return {**{status: counts.get(status, 0) for status in get_args(Status)}, "total": len(results)}
+
+
+def series_record(result: SeriesResult) -> dict[str, Any]:
+    """One series in summary.json."""
+    record: dict[str, Any] = {
+        "key": result.key,
+        "series_instance_uid": result.series_instance_uid,
+        "study_instance_uid": result.study_instance_uid,
+        "modality": result.modality,
+        "status": result.status,
+        "reason": result.reason,
+        "structures": [
+            {"name": s.name, "voxel_count": s.voxel_count, "volume_ml": s.volume_ml, "present": s.present}
+            for s in result.structures
+        ],
+        "timings_s": dict(result.timings),
+        "total_s": total_seconds(result),
+        "outputs": dict(result.outputs),
+    }
+    if result.probabilities is not None:
+        record["probabilities"] = dict(result.probabilities)
+    return record
+
+
+def total_seconds(result: SeriesResult) -> float:
+    """The series' ``total`` timing when recorded, else the sum of its stage timings."""
+    if "total" in result.timings:
+        return float(result.timings["total"])
+    return float(sum(result.timings.values()))
+
+
+def summary_csv_text(results: Sequence[SeriesResult]) -> str:
+    """summary.csv: one row per series; a ``<structure>_ml`` column per structure seen in any result, then
+    a ``<class>_probability`` column per class seen, then ``total_s``. Missing values are empty cells."""
+    structure_names = _union(s.name for r in results for s in r.structures)
+    class_names = _union(name for r in results for name in (r.probabilities or {}))
+    volume_columns = [f"{name}_ml" for name in structure_names]
+    probability_columns = [f"{name}_probability" for name in class_names]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([*_FIXED_COLUMNS, *volume_columns, *probability_columns, "total_s"])
+    for r in results:
+        volumes = {s.name: _number(s.volume_ml) for s in r.structures}
+        probabilities = {name: _number(p) for name, p in (r.probabilities or {}).items()}
+        writer.writerow(
+            [
+                r.key,
+                r.series_instance_uid,
+                r.study_instance_uid,
+                r.modality,
+                r.status,
+                r.reason,
+                *(volumes.get(name, "") for name in structure_names),
+                *(probabilities.get(name, "") for name in class_names),
+                _number(total_seconds(r)) if r.timings else "",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _union(names: Any) -> list[str]:
+    """Distinct names in first-seen order."""
+    return list(dict.fromkeys(names))
+
+
+def _number(value: float) -> str:
+    return f"{float(value):.6g}"
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, and rename it over ``path``."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the summary is meant to be read by others
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

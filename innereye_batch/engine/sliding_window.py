@@ -1,0 +1,249 @@
+"""Sliding-window inference: cut a volume into patches, run them in batches, stitch softmax posteriors back.
+
+Patch grid (per axis, as MONAI's ``dense_patch_slices``): starts at 0, stride, 2 * stride, ... while the patch
+ends inside the volume, then one last patch flush with the far border. Stitching: ``gaussian`` weighs each patch
+voxel by exp(-d^2 / (2 sigma^2)), d the distance to the patch centre ((size - 1) / 2) and sigma = size / 8 per
+axis, floored at 1e-3 so corners still count (the same map as MONAI's ``compute_importance_map``); ``average``
+weighs every voxel 1 (InnerEye's stitching, MONAI's ``mode="constant"``). Posteriors are the weighted sum divided
+by the summed weights, accumulated in float32.
+
+Memory: the full-volume accumulators (classes + 1 float32 volumes) live on ``output_device``. When they would
+not fit there (a CUDA OutOfMemoryError on allocation, free memory below the estimate, or ``max_output_bytes``
+exceeded), they are kept on the CPU while patches still run on the image's device; this is logged as a warning
+and the returned tensor is then on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
+from innereye_batch.engine.preprocess import PaddingMode, pad_to_multiple
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+StitchingMode = Literal["gaussian", "average"]
+GAUSSIAN_SIGMA_SCALE = 0.125
+GAUSSIAN_MIN_WEIGHT = 1e-3
+# Fraction of the free CUDA memory the accumulators may take; the rest is left for the patches' activations.
+_CUDA_ACCUMULATOR_SHARE = 0.5
+
+
+def patch_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Start indices of patches along one axis: every ``stride``, the last one flush with the border."""
+    if patch >= size:
+        return [0]
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    starts: list[int] = []
+    start = 0
+    while True:
+        starts.append(min(start, size - patch))
+        if start + patch >= size:
+            return starts
+        start += stride
+
+
+def gaussian_importance_map(patch_size: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """Importance weights of one patch (z, y, x): separable Gaussian, sigma = size / 8, floored at 1e-3."""
+    import torch
+
+    weights: torch.Tensor | None = None
+    for size in patch_size:
+        sigma = size * GAUSSIAN_SIGMA_SCALE
+        distance = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2.0
+        profile = torch.exp(distance**2 / (-2 * sigma**2))
+        weights = profile if weights is None else weights.unsqueeze(-1) * profile
+    assert weights is not None
+    floor = max(float(weights.min()), GAUSSIAN_MIN_WEIGHT)
+    return weights.clamp_(min=floor)
+
+
+def sliding_window_inference(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    *,
+    num_outputs: int,
+    patch_size: tuple[int, int, int] | None,
+    stride: tuple[int, int, int] | None = None,
+    stitching: StitchingMode = "gaussian",
+    patch_batch: int = 1,
+    size_multiple: int = 1,
+    output_device: torch.device | None = None,
+    amp: bool = False,
+    padding: PaddingMode = "edge",
+    max_output_bytes: int | None = None,
+) -> torch.Tensor:
+    """Posteriors (num_outputs, Z, Y, X) float32 for a (C, Z, Y, X) image: softmax of ``predict``'s logits.
+
+    ``predict`` maps (N, C, z, y, x) to logits (N, num_outputs, z, y, x) of the same spatial size. ``patch_size``
+    None runs the whole volume at once (padded to ``size_multiple``). A patch larger than the volume is shrunk to
+    the volume padded to ``size_multiple``; a volume smaller than a patch is padded (``padding``: edge or zero).
+    ``stride`` defaults to half the patch. ``patch_batch`` patches go through each forward pass; with ``amp``
+    the forward pass runs under bf16 (fp16 without bf16 support) autocast on CUDA only. Patches run on the
+    image's device; see the module docstring for where the accumulators live.
+    """
+    import torch
+
+    if image.dim() != 4:
+        raise ValueError(f"sliding_window_inference needs a (C, Z, Y, X) image, got shape {tuple(image.shape)}")
+    if stitching not in ("gaussian", "average"):
+        raise ValueError(f"unknown stitching mode {stitching!r}: use 'gaussian' or 'average'")
+    if patch_batch < 1:
+        raise ValueError(f"patch_batch must be >= 1, got {patch_batch}")
+    spatial = tuple(int(s) for s in image.shape[1:])
+    target = output_device if output_device is not None else image.device
+    forward = _forward(predict, image.device, amp)
+    if patch_size is None:
+        return _whole_volume(forward, image, num_outputs, size_multiple, padding).to(target)
+    patch = _effective_patch(patch_size, spatial, size_multiple)
+    steps = stride if stride is not None else tuple(max(1, p // 2) for p in patch_size)
+    padded, crop = pad_to_multiple(image, 1, min_shape=patch, mode=padding)
+    grid = tuple(int(s) for s in padded.shape[1:])
+    posteriors, weights = _allocate_accumulators(num_outputs, grid, target, max_output_bytes)
+    importance = (
+        gaussian_importance_map(patch, device=image.device)
+        if stitching == "gaussian"
+        else torch.ones(patch, dtype=torch.float32, device=image.device)
+    )
+    patch_weight = importance.to(posteriors.device)
+    corners = [
+        (z, y, x)
+        for z in patch_starts(grid[0], patch[0], steps[0])
+        for y in patch_starts(grid[1], patch[1], steps[1])
+        for x in patch_starts(grid[2], patch[2], steps[2])
+    ]
+    for batch_corners in _chunks(corners, patch_batch):
+        windows = [_window(corner, patch) for corner in batch_corners]
+        inputs = torch.stack([padded[(slice(None), *window)] for window in windows])
+        probabilities = _softmax_posteriors(forward(inputs), num_outputs, patch)
+        weighted = probabilities.mul_(importance).to(posteriors.device)
+        for k, window in enumerate(windows):
+            posteriors[(slice(None), *window)] += weighted[k]
+            weights[window] += patch_weight
+    posteriors /= weights
+    return posteriors[(slice(None), *crop)]
+
+
+def _forward(
+    predict: Callable[[torch.Tensor], torch.Tensor], device: torch.device, amp: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``predict`` under torch.inference_mode, and under autocast when ``amp`` is on and the device is CUDA."""
+    import torch
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), amp_autocast(device, amp):
+            return predict(inputs)
+
+    return forward
+
+
+def _whole_volume(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    num_outputs: int,
+    size_multiple: int,
+    padding: PaddingMode,
+) -> torch.Tensor:
+    padded, crop = pad_to_multiple(image, size_multiple, mode=padding)
+    probabilities = _softmax_posteriors(predict(padded[None]), num_outputs, tuple(padded.shape[1:]))
+    return probabilities[(0, slice(None), *crop)]
+
+
+def _softmax_posteriors(logits: torch.Tensor, num_outputs: int, patch: Sequence[int]) -> torch.Tensor:
+    import torch
+
+    expected = (num_outputs, *patch)
+    if logits.dim() != 5 or tuple(logits.shape[1:]) != expected:
+        raise ValueError(
+            f"the network returned shape {tuple(logits.shape)} for input patches of {tuple(patch)}; expected "
+            f"(N, {', '.join(str(e) for e in expected)}): {num_outputs} output channels, same spatial size"
+        )
+    return torch.softmax(logits.float(), dim=1)
+
+
+def _effective_patch(patch_size: Sequence[int], spatial: Sequence[int], size_multiple: int) -> tuple[int, int, int]:
+    for p in patch_size:
+        if p < 1 or p % size_multiple:
+            raise ValueError(f"patch size {tuple(patch_size)} must be positive multiples of {size_multiple}")
+    sizes = [min(p, math.ceil(s / size_multiple) * size_multiple) for p, s in zip(patch_size, spatial, strict=True)]
+    return sizes[0], sizes[1], sizes[2]
+
+
+def _window(corner: Sequence[int], patch: Sequence[int]) -> tuple[slice, slice, slice]:
+    return (
+        slice(corner[0], corner[0] + patch[0]),
+        slice(corner[1], corner[1] + patch[1]),
+        slice(corner[2], corner[2] + patch[2]),
+    )
+
+
+def _chunks(items: list[tuple[int, int, int]], size: int) -> Iterator[list[tuple[int, int, int]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def accumulator_bytes(num_outputs: int, grid: Sequence[int]) -> int:
+    """Bytes of the float32 accumulators for a padded grid: one volume per output plus the weights."""
+    return (num_outputs + 1) * math.prod(grid) * 4
+
+
+def _allocate_accumulators(
+    num_outputs: int, grid: tuple[int, ...], device: torch.device, max_output_bytes: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    cpu = torch.device("cpu")
+    needed = accumulator_bytes(num_outputs, grid)
+    reason = _accumulators_too_big(needed, device, max_output_bytes)
+    if reason is None:
+        try:
+            return _zeros(num_outputs, grid, device)
+        except torch.cuda.OutOfMemoryError:
+            reason = "out of memory on allocation"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    log.warning(
+        "posterior accumulators (%.2f GiB) kept on the CPU instead of %s (%s); patches still run on %s",
+        needed / 2**30,
+        device,
+        reason,
+        "the image's device",
+    )
+    return _zeros(num_outputs, grid, cpu)
+
+
+def _accumulators_too_big(needed: int, device: torch.device, max_output_bytes: int | None) -> str | None:
+    import torch
+
+    if max_output_bytes is not None and needed > max_output_bytes:
+        return f"{needed} bytes > max_output_bytes {max_output_bytes}"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if needed > free * _CUDA_ACCUMULATOR_SHARE:
+            return f"{free / 2**30:.2f} GiB free on the device"
+    return None
+
+
+def _zeros(num_outputs: int, grid: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    posteriors = torch.zeros((num_outputs, *grid), dtype=torch.float32, device=device)
+    weights = torch.zeros(grid, dtype=torch.float32, device=device)
+    return posteriors, weights
+
+
+def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast (fp16 where bf16 is unsupported) when ``amp`` is on and ``device`` is CUDA; else nothing."""
+    import torch
+
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)

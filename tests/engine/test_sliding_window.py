@@ -1,0 +1,194 @@
+"""Sliding window: MONAI parity (gaussian and constant), whole-volume equivalence, batching, padding, fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from monai.data.utils import compute_importance_map
+from monai.inferers import sliding_window_inference as monai_sliding_window
+
+from innereye_batch.engine import sliding_window
+from innereye_batch.engine.sliding_window import (
+    gaussian_importance_map,
+    patch_starts,
+    sliding_window_inference,
+)
+from tests.engine.conftest import conv_net
+
+
+def _monai_posteriors(
+    net: torch.nn.Module, image: torch.Tensor, patch: tuple[int, int, int], overlap: object, mode: str
+) -> torch.Tensor:
+    with torch.no_grad():
+        out = monai_sliding_window(
+            image[None],
+            roi_size=patch,
+            sw_batch_size=3,
+            predictor=lambda x: torch.softmax(net(x), dim=1),
+            overlap=overlap,
+            mode=mode,
+        )
+    assert isinstance(out, torch.Tensor)
+    return out[0]
+
+
+@pytest.mark.parametrize(
+    ("patch", "stride", "overlap"),
+    [((8, 8, 8), (4, 4, 4), 0.5), ((8, 6, 10), (6, 4, 7), (0.25, 0.25, 0.25))],
+)
+@pytest.mark.parametrize(("ours", "theirs"), [("gaussian", "gaussian"), ("average", "constant")])
+def test_matches_monai(
+    image: torch.Tensor,
+    patch: tuple[int, int, int],
+    stride: tuple[int, int, int],
+    overlap: object,
+    ours: str,
+    theirs: str,
+) -> None:
+    # a 3x3x3 net sees patch borders differently in every patch, so the stitching weights really matter
+    net = conv_net(2, 3, seed=1)
+    expected = _monai_posteriors(net, image, patch, overlap, theirs)
+    result = sliding_window_inference(
+        net,
+        image,
+        num_outputs=3,
+        patch_size=patch,
+        stride=stride,
+        stitching=ours,
+        patch_batch=2,  # type: ignore[arg-type]
+    )
+    assert result.shape == (3, 20, 18, 22)
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+    # and the stitching is not trivially the same in both modes
+    other = sliding_window_inference(
+        net,
+        image,
+        num_outputs=3,
+        patch_size=patch,
+        stride=stride,
+        stitching="average" if ours == "gaussian" else "gaussian",
+    )
+    assert float((other - result).abs().max()) > 1e-4
+
+
+def test_importance_map_matches_monai() -> None:
+    for patch in [(8, 8, 8), (7, 12, 5), (16, 32, 32)]:
+        torch.testing.assert_close(
+            gaussian_importance_map(patch), compute_importance_map(patch, mode="gaussian"), rtol=0, atol=1e-7
+        )
+
+
+def test_patch_grid_ends_flush_with_the_border() -> None:
+    assert patch_starts(20, 8, 4) == [0, 4, 8, 12]
+    assert patch_starts(22, 8, 4) == [0, 4, 8, 12, 14]
+    assert patch_starts(18, 6, 4) == [0, 4, 8, 12]
+    assert patch_starts(8, 8, 4) == [0]
+    assert patch_starts(5, 8, 4) == [0]
+
+
+def test_whole_volume_equals_sliding_for_a_pointwise_net(image: torch.Tensor) -> None:
+    net = conv_net(2, 4, seed=2, kernel=1)
+    whole = sliding_window_inference(net, image, num_outputs=4, patch_size=None, size_multiple=8)
+    assert whole.shape == (4, 20, 18, 22)
+    expected = torch.softmax(net(image[None]), dim=1)[0].detach()
+    torch.testing.assert_close(whole, expected, rtol=0, atol=1e-6)
+    for stitching in ("gaussian", "average"):
+        patched = sliding_window_inference(
+            net, image, num_outputs=4, patch_size=(8, 8, 8), stitching=stitching, size_multiple=8
+        )
+        torch.testing.assert_close(patched, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(whole.sum(dim=0), torch.ones(20, 18, 22), rtol=0, atol=1e-5)
+
+
+def test_patch_batch_does_not_change_the_result(image: torch.Tensor) -> None:
+    net = conv_net(2, 3, seed=3)
+    one = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), patch_batch=1)
+    four = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), patch_batch=4)
+    torch.testing.assert_close(one, four, rtol=0, atol=1e-6)
+
+
+def test_forward_passes_carry_patch_batch_patches(image: torch.Tensor) -> None:
+    net = conv_net(2, 3, seed=3)
+    batch_sizes: list[int] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        assert torch.is_inference_mode_enabled()
+        batch_sizes.append(x.shape[0])
+        return net(x)
+
+    sliding_window_inference(predict, image, num_outputs=3, patch_size=(8, 8, 8), stride=(4, 4, 4), patch_batch=4)
+    patches = 4 * 4 * 5  # starts per axis for 20, 18, 22 with patch 8 and stride 4
+    assert sum(batch_sizes) == patches
+    assert batch_sizes == [4] * (patches // 4)
+
+
+def test_small_volume_is_padded_and_cropped_back() -> None:
+    net = conv_net(1, 2, seed=4, kernel=1)
+    small = torch.randn((1, 5, 6, 7))
+    seen: list[tuple[int, ...]] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape[2:]))
+        return net(x)
+
+    out = sliding_window_inference(predict, small, num_outputs=2, patch_size=(16, 16, 16), size_multiple=4)
+    assert out.shape == (2, 5, 6, 7)
+    # the patch shrinks to the volume padded to the size multiple, so one forward pass of (8, 8, 8)
+    assert seen == [(8, 8, 8)]
+    torch.testing.assert_close(out, torch.softmax(net(small[None]), 1)[0].detach(), rtol=0, atol=1e-6)
+
+
+def test_bad_network_output_is_explained(image: torch.Tensor) -> None:
+    net = conv_net(2, 3, seed=5)
+    with pytest.raises(ValueError, match="4 output channels"):
+        sliding_window_inference(net, image, num_outputs=4, patch_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), size_multiple=16)
+
+
+def test_cpu_accumulators_when_allocation_runs_out_of_memory(
+    image: torch.Tensor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = conv_net(2, 3, seed=6)
+    reference = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+    real_zeros = sliding_window._zeros
+    calls: list[torch.device] = []
+
+    def zeros_failing_once(num_outputs: int, grid: tuple[int, ...], device: torch.device):  # type: ignore[no-untyped-def]
+        calls.append(device)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_zeros(num_outputs, grid, device)
+
+    monkeypatch.setattr(sliding_window, "_zeros", zeros_failing_once)
+    with caplog.at_level(logging.WARNING, logger="innereye_batch.engine.sliding_window"):
+        result = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+    assert len(calls) == 2 and calls[1] == torch.device("cpu")
+    assert "kept on the CPU" in caplog.text and "out of memory" in caplog.text
+    assert torch.equal(result, reference)
+
+
+def test_cpu_accumulators_when_the_estimate_exceeds_the_limit(
+    image: torch.Tensor, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = conv_net(2, 3, seed=6)
+    reference = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+    with caplog.at_level(logging.WARNING, logger="innereye_batch.engine.sliding_window"):
+        result = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), max_output_bytes=1000)
+    assert "max_output_bytes" in caplog.text
+    assert result.device == torch.device("cpu")
+    assert torch.equal(result, reference)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="innereye_batch.engine.sliding_window"):
+        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), max_output_bytes=10**9)
+    assert "kept on the CPU" not in caplog.text
+
+
+def test_amp_is_ignored_on_cpu(image: torch.Tensor) -> None:
+    net = conv_net(2, 3, seed=7)
+    plain = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+    amp = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), amp=True)
+    assert torch.equal(plain, amp)

@@ -1,0 +1,128 @@
+"""`innereye-batch inspect`: describe a model folder as a JSON-ready dict and render it for people."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from innereye_batch.errors import InnerEyeBatchError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from innereye_batch.model.spec import ModelPackage, Normalisation
+
+
+_NORMALISATION_KEYS = {
+    "ct_window": ("level", "window", "output_range"),
+    "mri_window": ("sharpen", "tail", "output_range"),
+    "zscore": (),
+    "none": (),
+}
+
+
+def _describe_normalisation(normalisation: Normalisation) -> dict[str, Any]:
+    values = asdict(normalisation)
+    described = {"method": normalisation.method}
+    for key in _NORMALISATION_KEYS[normalisation.method]:
+        described[key] = list(values[key]) if isinstance(values[key], tuple) else values[key]
+    return described
+
+
+def _describe_package(package: ModelPackage) -> dict[str, Any]:
+    inference = package.inference
+    return {
+        "name": package.name,
+        "task": package.task,
+        "source": package.source,
+        "model_configs_namespace": package.model_configs_namespace,
+        "structures": [
+            {"label": i + 1, "name": s.name, "colour": list(s.colour)} for i, s in enumerate(package.structures)
+        ],
+        "architecture": {"name": package.architecture.name, "params": dict(package.architecture.params)},
+        "expected_input": {
+            "channels": [asdict(c) for c in package.channels],
+            "normalisation": [_describe_normalisation(n) for n in package.normalisation],
+            "target_spacing": list(package.target_spacing) if package.target_spacing else None,
+            "patch_size": list(inference.patch_size) if inference.patch_size else None,
+            "stride": list(inference.stride) if inference.stride else None,
+            "stitching": inference.stitching,
+            "size_multiple": inference.size_multiple,
+        },
+        "postprocessing": {
+            "posterior_smoothing_mm": list(package.postprocessing.posterior_smoothing_mm or []) or None,
+            "largest_component": list(package.postprocessing.largest_component),
+            "fill_holes": list(package.postprocessing.fill_holes),
+        },
+        "checkpoints": [
+            {"path": str(c.path.relative_to(package.folder)), "size_bytes": c.size_bytes, "sha256": c.sha256}
+            for c in package.checkpoints
+        ],
+        "fingerprint": package.fingerprint(),
+    }
+
+
+def inspect_model(folder: Path, *, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Everything known about a model folder; ``loadable`` False and ``error`` set when it cannot be used."""
+    from innereye_batch.model.checkpoints import load_checkpoint, load_networks
+    from innereye_batch.model.package import load_model_package
+
+    report: dict[str, Any] = {"folder": str(folder), "loadable": False}
+    try:
+        package = load_model_package(folder)
+        report.update(_describe_package(package))
+        for entry, ref in zip(report["checkpoints"], package.checkpoints, strict=True):
+            entry["format"] = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint).format
+        networks = load_networks(package, trust_checkpoint=trust_checkpoint)
+        report["parameter_count"] = sum(p.numel() for p in networks[0].parameters())
+        report["ensemble_size"] = len(networks)
+        report["loadable"] = True
+    except InnerEyeBatchError as error:
+        report["error"] = str(error)
+    return report
+
+
+def render_inspect(report: dict[str, Any], console: Console) -> None:
+    """Print a report from ``inspect_model`` as text."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(f"[bold]Model folder[/bold] {escape(report['folder'])}")
+    if "name" in report:
+        console.print(
+            f"name: {escape(report['name'])}   task: {report['task']}   settings from: {escape(report['source'])}"
+        )
+        table = Table("label", "structure", "colour", title="Structures")
+        for s in report["structures"]:
+            r, g, b = s["colour"]
+            table.add_row(str(s["label"]), escape(s["name"]), f"[rgb({r},{g},{b})]■[/] ({r}, {g}, {b})")
+        console.print(table)
+        arch = report["architecture"]
+        params = ", ".join(f"{k}={v}" for k, v in arch["params"].items())
+        count = report.get("parameter_count")
+        console.print(
+            f"architecture: {arch['name']}({escape(params)})" + (f"   parameters: {count:,}" if count else "")
+        )
+        expected = report["expected_input"]
+        for channel, norm in zip(expected["channels"], expected["normalisation"], strict=True):
+            console.print(f"input channel {escape(channel['name'])} (modality {channel['modality']}): {norm}")
+        console.print(
+            f"spacing: {expected['target_spacing'] or 'native grid'}   "
+            f"patch: {expected['patch_size'] or 'whole volume'}   stride: {expected['stride']}   "
+            f"stitching: {expected['stitching']}   "
+            f"size multiple: {expected['size_multiple']}"
+        )
+        post = report["postprocessing"]
+        console.print(
+            f"post-processing: smoothing {post['posterior_smoothing_mm'] or 'none'} mm; largest component "
+            f"{', '.join(post['largest_component']) or 'none'}; fill holes {', '.join(post['fill_holes']) or 'none'}"
+        )
+        checkpoints = Table("checkpoint", "format", "size", "sha256", title="Checkpoints")
+        for c in report["checkpoints"]:
+            checkpoints.add_row(escape(c["path"]), c.get("format", "?"), f"{c['size_bytes']:,}", c["sha256"])
+        console.print(checkpoints)
+    if report["loadable"]:
+        console.print("[green]verdict: loadable[/green]")
+    else:
+        console.print(f"[red]verdict: cannot load:[/red] {escape(report.get('error', 'unknown error'))}")

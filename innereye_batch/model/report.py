@@ -24,7 +24,7 @@ _NORMALISATION_KEYS = {
 
 def _describe_normalisation(normalisation: Normalisation) -> dict[str, Any]:
     values = asdict(normalisation)
-    described = {"method": normalisation.method}
+    described: dict[str, Any] = {"method": normalisation.method}
     for key in _NORMALISATION_KEYS[normalisation.method]:
         described[key] = list(values[key]) if isinstance(values[key], tuple) else values[key]
     return described

@@ -14,15 +14,19 @@ from tests.factory import GeneratedSeries
 
 
 def series_info_from(generated: GeneratedSeries) -> SeriesInfo:
-    """The SeriesInfo a correct scan would build for ``generated`` (slices in slice order)."""
-    first = pydicom.dcmread(generated.paths[0], stop_before_pixels=True)
+    """The SeriesInfo a correct scan would build for ``generated`` (slices in slice order).
+
+    SOP Instance UIDs come from the files: compressing in the factory gives instances new UIDs.
+    """
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in generated.paths]
+    first = headers[0]
     slices = tuple(
         SliceRef(
             path=path,
-            sop_instance_uid=sop_uid,
+            sop_instance_uid=str(header.SOPInstanceUID),
             position=tuple(float(v) for v in generated.geometry.index_to_lps((k, 0, 0))),  # type: ignore[arg-type]
         )
-        for k, (path, sop_uid) in enumerate(zip(generated.paths, generated.sop_instance_uids, strict=True))
+        for k, (path, header) in enumerate(zip(generated.paths, headers, strict=True))
     )
     return SeriesInfo(
         series_instance_uid=generated.series_instance_uid,

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
+from pydicom.uid import JPEGLSLossless
 
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
@@ -57,6 +58,7 @@ GRIDS = {
     "axial": {},
     "oblique": dict(zip(("row_direction", "column_direction"), rotation_direction((1.0, 2.0, 0.5), 25.0), strict=True)),
     "normal_minus_z": {"column_direction": (0.0, -1.0, 0.0)},
+    "mr_jpeg_ls_source": {"modality": "MR", "transfer_syntax": JPEGLSLossless},
 }
 
 

@@ -1,0 +1,128 @@
+"""Post-processing of posteriors into a label map, in InnerEye's order: smoothing, argmax, largest component, holes.
+
+Matches InnerEye's ``InferencePipeline.post_process`` and ``image_util``:
+- posterior smoothing (``gaussian_smooth_posteriors``): every class volume is filtered by
+  ``scipy.ndimage.gaussian_filter`` with sigma = posterior_smoothing_mm / spacing, element-wise in (z, y, x)
+  order (InnerEye passes both as (Z, Y, X)); SciPy's defaults (reflect at borders, truncate at 4 sigma);
+- argmax over classes (first class wins ties);
+- largest connected component (``extract_largest_foreground_connected_component``): ``scipy.ndimage.label``
+  with its default structure, i.e. 6-connectivity (faces only) in 3-D; voxels of smaller components become
+  background (0); ties between equal components keep the lowest-numbered one;
+- hole filling: InnerEye fills holes only when drawing RT-struct contours; here each configured structure's
+  mask is filled in 3-D (``binary_fill_holes``, 6-connected background), and only background voxels are
+  relabelled, so a structure enclosed by another keeps its own label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from innereye_batch.model.spec import PostProcessing
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+def postprocess(
+    posteriors: torch.Tensor | np.ndarray,
+    spacing: tuple[float, float, float],
+    spec: PostProcessing,
+    structure_names: Sequence[str],
+) -> np.ndarray:
+    """uint8 label map (Z, Y, X) from posteriors (K, Z, Y, X): 0 background, i the i-th structure (K = n + 1)."""
+    if len(posteriors.shape) != 4:
+        raise ValueError(f"posteriors must be (classes, Z, Y, X), got shape {tuple(posteriors.shape)}")
+    if posteriors.shape[0] != len(structure_names) + 1:
+        raise ValueError(
+            f"posteriors have {posteriors.shape[0]} classes but {len(structure_names)} structures + background"
+        )
+    if spec.posterior_smoothing_mm is not None and any(spec.posterior_smoothing_mm):
+        labels = argmax_labels(smooth_posteriors(posteriors, spec.posterior_smoothing_mm, spacing))
+    else:
+        labels = argmax_labels(posteriors)
+    for name in spec.largest_component:
+        keep_largest_component(labels, _label_of(name, structure_names))
+    for name in spec.fill_holes:
+        fill_holes(labels, _label_of(name, structure_names))
+    return labels
+
+
+def argmax_labels(posteriors: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 (Z, Y, X) index of the most probable class of (K, Z, Y, X) posteriors (first class on ties)."""
+    import numpy as np
+
+    if posteriors.shape[0] > 256:
+        raise ValueError(f"{posteriors.shape[0]} classes do not fit a uint8 label map")
+    if isinstance(posteriors, np.ndarray):
+        return np.argmax(posteriors, axis=0).astype(np.uint8)
+    return posteriors.argmax(dim=0).to(dtype=_uint8()).cpu().numpy()
+
+
+def smooth_posteriors(
+    posteriors: torch.Tensor | np.ndarray,
+    smoothing_mm: Sequence[float],
+    spacing: Sequence[float],
+) -> np.ndarray:
+    """Each class volume Gaussian-filtered with sigma = smoothing_mm / spacing voxels per (z, y, x) axis."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    if len(smoothing_mm) != 3 or len(spacing) != 3:
+        raise ValueError(f"smoothing {smoothing_mm} and spacing {spacing} must be (z, y, x) triples")
+    if any(s < 0 for s in smoothing_mm):
+        raise ValueError(f"posterior smoothing must be >= 0 mm per axis, got {smoothing_mm}")
+    sigma = np.asarray(smoothing_mm, dtype=np.float64) / np.asarray(spacing, dtype=np.float64)
+    array = _to_numpy(posteriors)
+    return np.stack([gaussian_filter(volume, sigma=sigma) for volume in array], axis=0)
+
+
+def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
+    """In place: voxels of ``label`` outside its largest 6-connected component become background. Returns labels."""
+    import numpy as np
+    from scipy.ndimage import label as connected_components
+
+    mask = labels == label
+    if not mask.any():
+        return labels
+    components, count = connected_components(mask)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    labels[mask & (components != int(np.argmax(sizes)))] = 0
+    return labels
+
+
+def fill_holes(labels: np.ndarray, label: int) -> np.ndarray:
+    """In place: background voxels enclosed (in 3-D) by ``label``'s mask are set to ``label``. Returns labels."""
+    from scipy.ndimage import binary_fill_holes
+
+    mask = labels == label
+    if not mask.any():
+        return labels
+    filled = binary_fill_holes(mask)
+    labels[filled & (labels == 0)] = label
+    return labels
+
+
+def _label_of(name: str, structure_names: Sequence[str]) -> int:
+    try:
+        return list(structure_names).index(name) + 1
+    except ValueError:
+        raise ValueError(f"post-processing names structure {name!r}, not one of {list(structure_names)}") from None
+
+
+def _to_numpy(posteriors: Any) -> np.ndarray:
+    import numpy as np
+
+    if isinstance(posteriors, np.ndarray):
+        return posteriors.astype(np.float32, copy=False)
+    return posteriors.detach().float().cpu().numpy()
+
+
+def _uint8() -> torch.dtype:
+    import torch
+
+    return torch.uint8

@@ -11,6 +11,7 @@ from monai.inferers import sliding_window_inference as monai_sliding_window
 
 from innereye_batch.engine import sliding_window
 from innereye_batch.engine.sliding_window import (
+    StitchingMode,
     gaussian_importance_map,
     patch_starts,
     sliding_window_inference,
@@ -19,7 +20,11 @@ from tests.engine.conftest import conv_net
 
 
 def _monai_posteriors(
-    net: torch.nn.Module, image: torch.Tensor, patch: tuple[int, int, int], overlap: object, mode: str
+    net: torch.nn.Module,
+    image: torch.Tensor,
+    patch: tuple[int, int, int],
+    overlap: float | tuple[float, ...],
+    mode: str,
 ) -> torch.Tensor:
     with torch.no_grad():
         out = monai_sliding_window(
@@ -43,8 +48,8 @@ def test_matches_monai(
     image: torch.Tensor,
     patch: tuple[int, int, int],
     stride: tuple[int, int, int],
-    overlap: object,
-    ours: str,
+    overlap: float | tuple[float, ...],
+    ours: StitchingMode,
     theirs: str,
 ) -> None:
     # a 3x3x3 net sees patch borders differently in every patch, so the stitching weights really matter
@@ -57,7 +62,7 @@ def test_matches_monai(
         patch_size=patch,
         stride=stride,
         stitching=ours,
-        patch_batch=2,  # type: ignore[arg-type]
+        patch_batch=2,
     )
     assert result.shape == (3, 20, 18, 22)
     assert result.dtype == torch.float32
@@ -157,7 +162,9 @@ def test_cpu_accumulators_when_allocation_runs_out_of_memory(
     real_zeros = sliding_window._zeros
     calls: list[torch.device] = []
 
-    def zeros_failing_once(num_outputs: int, grid: tuple[int, ...], device: torch.device):  # type: ignore[no-untyped-def]
+    def zeros_failing_once(
+        num_outputs: int, grid: tuple[int, ...], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         calls.append(device)
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -175,7 +175,7 @@ def write_series(
             del ds.RescaleIntercept
         ds.PixelData = stored[k].tobytes()
         if transfer_syntax != ExplicitVRLittleEndian:
-            ds.compress(transfer_syntax)
+            ds.compress(transfer_syntax, generate_instance_uid=False)
         entries.append((k, ds, sop_uid))
 
     if modality == "MR":  # MR images carry no rescale: voxels are the stored values

@@ -104,6 +104,8 @@ def sliding_window_inference(
         return _whole_volume(forward, image, num_outputs, size_multiple, padding).to(target)
     patch = _effective_patch(patch_size, spatial, size_multiple)
     steps = stride if stride is not None else tuple(max(1, p // 2) for p in patch_size)
+    if len(steps) != 3 or any(not 1 <= s <= p for s, p in zip(steps, patch_size, strict=True)):
+        raise ValueError(f"stride {tuple(steps)} must be between 1 and the patch size {tuple(patch_size)} per axis")
     padded, crop = pad_to_multiple(image, 1, min_shape=patch, mode=padding)
     grid = tuple(int(s) for s in padded.shape[1:])
     posteriors, weights = _allocate_accumulators(num_outputs, grid, target, max_output_bytes)

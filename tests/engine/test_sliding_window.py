@@ -150,6 +150,8 @@ def test_bad_network_output_is_explained(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=5)
     with pytest.raises(ValueError, match="4 output channels"):
         sliding_window_inference(net, image, num_outputs=4, patch_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="stride"):
+        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), stride=(4, 9, 4))
     with pytest.raises(ValueError, match="multiples of 16"):
         sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), size_multiple=16)
 

@@ -1,10 +1,14 @@
-"""Inputs for writer tests: a SeriesInfo built straight from a generated series, a small ModelPackage."""
+"""Writer-test helpers: SeriesInfo from a generated series, a small ModelPackage, SEG validation and read-back."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 
@@ -90,3 +94,20 @@ def blob_labels(shape: tuple[int, int, int], num_structures: int, seed: int = 0)
     keep = rng.random(shape) < 0.02
     labels[keep] = noise[keep]
     return labels
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy reports for ``path`` (it writes its report to stderr)."""
+    exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
+    out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
+    report = out.stdout + out.stderr
+    assert "Segmentation" in report, f"dciodvfy did not recognise a Segmentation IOD:\n{report}"
+    return [line for line in report.splitlines() if "Error" in line]
+
+
+def read_back_labels(path: Path, series: SeriesInfo) -> np.ndarray:
+    """The SEG's segments combined into a label map aligned to the source images, in slice order."""
+    seg = hd.seg.segread(path)
+    return seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(series.sop_instance_uids), combine_segments=True, dtype=np.uint8
+    )

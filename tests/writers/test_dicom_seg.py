@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,26 +18,9 @@ from innereye_batch.errors import SeriesError
 from innereye_batch.model.spec import Structure
 from innereye_batch.writers.dicom_seg import segmented_property_type, write_dicom_seg
 from tests.factory import rotation_direction, write_series
-from tests.writers.helpers import blob_labels, make_package, series_info_from
+from tests.writers.helpers import blob_labels, dciodvfy_errors, make_package, read_back_labels, series_info_from
 
 SOFTWARE_VERSION = "0.1.0-test"
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """The "Error" lines dciodvfy reports for ``path`` (it writes its report to stderr)."""
-    exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
-    out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
-    report = out.stdout + out.stderr
-    assert "Segmentation" in report, f"dciodvfy did not recognise a Segmentation IOD:\n{report}"
-    return [line for line in report.splitlines() if "Error" in line]
-
-
-def read_back_labels(path: Path, series: SeriesInfo) -> np.ndarray:
-    """The SEG's segments combined into a label map aligned to the source images, in slice order."""
-    seg = hd.seg.segread(path)
-    return seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=list(series.sop_instance_uids), combine_segments=True, dtype=np.uint8
-    )
 
 
 def assert_frames_on_source_grid(path: Path, series: SeriesInfo) -> None:

@@ -101,18 +101,21 @@ def _torch_load_safely(path: Path, trust_checkpoint: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as error:
-        if trust_checkpoint or "weights only load failed" not in str(error).lower():
+        if trust_checkpoint:
             raise CheckpointError(f"checkpoint {path}: cannot be unpickled: {error}") from error
-        needed = ""
         try:
-            globals_needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            if globals_needed:
-                needed = f" (it needs: {', '.join(sorted(globals_needed)[:8])})"
-        except Exception:  # listing the globals is a courtesy; never mask the real refusal
-            needed = ""
+            needed: list[str] | None = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # the listing is a courtesy; the refusal stands either way
+            needed = None
+        if needed:
+            raise CheckpointError(
+                f"checkpoint {path}: refused: unpickling it needs more than tensors and plain containers "
+                f"(it calls {', '.join(needed[:8])}), so it could run arbitrary code. " + _TRUST_HINT
+            ) from error
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"checkpoint {path}: refused: unpickling it needs more than tensors and plain containers{needed}, "
-            f"so it could run arbitrary code. " + _TRUST_HINT
+            f"checkpoint {path}: cannot be read with the safe (weights-only) loader: {first_line}. If it is a "
+            f"checkpoint that needs more than weights: " + _TRUST_HINT
         ) from error
     except Exception as error:  # torch.load raises many types for damaged or foreign files
         raise CheckpointError(

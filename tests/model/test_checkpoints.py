@@ -1,0 +1,179 @@
+"""Checkpoints: every format round-trips strictly with identical outputs; unsafe pickles and programs are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from innereye_batch.errors import CheckpointError
+from innereye_batch.model.checkpoints import load_checkpoint, load_networks, sha256_file
+from innereye_batch.model.export import lightning_checkpoint, write_model_folder
+from innereye_batch.model.package import load_model_package
+from innereye_batch.model.spec import ArchitectureSpec
+from tests.model.conftest import tiny_network
+
+INPUT = torch.linspace(-1, 1, 2 * 8 * 8 * 8).reshape(2, 1, 8, 8, 8)
+
+
+def _save_lightning(network: torch.nn.Module, path: Path) -> None:
+    torch.save(lightning_checkpoint(network, epoch=3, global_step=12), path)
+
+
+def _save_legacy(network: torch.nn.Module, path: Path) -> None:
+    optimiser = torch.optim.Adam(network.parameters())
+    torch.save({"epoch": 120, "state_dict": network.state_dict(), "opt_dict": optimiser.state_dict()}, path)
+
+
+def _save_plain(network: torch.nn.Module, path: Path) -> None:
+    torch.save(network.state_dict(), path)
+
+
+def _save_torchscript(network: torch.nn.Module, path: Path) -> None:
+    torch.jit.script(network).save(str(path))
+
+
+def _save_export(network: torch.nn.Module, path: Path) -> None:
+    torch.export.save(torch.export.export(network, (INPUT,)), path)
+
+
+# File names deliberately disagree with the content: the format must come from the bytes.
+FORMATS = [
+    ("lightning", _save_lightning, "weights.bin", False),
+    ("legacy", _save_legacy, "120_checkpoint.pth.tar", False),
+    ("state_dict", _save_plain, "model.ckpt", False),
+    ("torchscript", _save_torchscript, "model.pt2", True),
+    ("torch_export", _save_export, "program.pth", True),
+]
+
+
+def _package_with(tmp_path: Path, block: dict[str, Any], checkpoint: Path) -> Any:
+    folder = write_model_folder(tmp_path / "final_model", [tiny_network()], model_name="Tiny", inference_block=block)
+    package = load_model_package(folder)
+    ref = dataclasses.replace(package.checkpoints[0], path=checkpoint)
+    return dataclasses.replace(package, checkpoints=(ref,))
+
+
+@pytest.mark.parametrize(("expected_format", "save", "filename", "needs_trust"), FORMATS)
+def test_round_trip_gives_identical_outputs(
+    tmp_path: Path, block: dict[str, Any], expected_format: str, save: Any, filename: str, needs_trust: bool
+) -> None:
+    original = tiny_network(seed=5)
+    path = tmp_path / filename
+    save(original, path)
+    loaded = load_checkpoint(path, trust_checkpoint=needs_trust)
+    assert loaded.format == expected_format
+    assert set(loaded.state_dict) == set(original.state_dict())
+    [network] = load_networks(_package_with(tmp_path, block, path), trust_checkpoint=needs_trust)
+    assert not network.training
+    with torch.inference_mode():
+        assert torch.equal(network(INPUT), original(INPUT))
+
+
+def test_lightning_metadata_and_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    _save_lightning(tiny_network(), path)
+    raw = torch.load(path, weights_only=True)
+    assert all(key.startswith("model.") for key in raw["state_dict"])
+    loaded = load_checkpoint(path)
+    assert loaded.metadata == {"epoch": 3, "global_step": 12}
+    assert not any(key.startswith("model.") for key in loaded.state_dict)
+
+
+@pytest.mark.parametrize(("save", "filename"), [(_save_torchscript, "m.ts"), (_save_export, "m.pt2")])
+def test_programs_are_refused_without_trust(tmp_path: Path, save: Any, filename: str) -> None:
+    path = tmp_path / filename
+    save(tiny_network(), path)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint") as caught:
+        load_checkpoint(path)
+    assert str(path) in str(caught.value)
+
+
+class _RunsShell:
+    """Unpickling this calls os.system: the classic malicious checkpoint."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, (self.command,))
+
+
+def _malicious_checkpoint(tmp_path: Path, marker: Path) -> Path:
+    path = tmp_path / "last.ckpt"
+    payload = lightning_checkpoint(tiny_network())
+    payload["callbacks"] = {"evil": _RunsShell(f"touch {shlex.quote(str(marker))}")}
+    torch.save(payload, path)
+    return path
+
+
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = _malicious_checkpoint(tmp_path, marker)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert str(path) in message and "--trust-checkpoint" in message and "system" in message
+    assert not marker.exists()
+
+
+def test_malicious_pickle_loads_when_trusted(tmp_path: Path) -> None:
+    marker = tmp_path / "harmless-marker"
+    path = _malicious_checkpoint(tmp_path, marker)
+    loaded = load_checkpoint(path, trust_checkpoint=True)
+    assert marker.exists()  # trusting a file means its code runs: here, a harmless touch
+    assert loaded.format == "lightning"
+
+
+def test_mismatched_checkpoint_names_file_and_keys(tmp_path: Path, block: dict[str, Any]) -> None:
+    path = tmp_path / "last.ckpt"
+    network = tiny_network()
+    state = {f"model.{k}": v for k, v in network.state_dict().items()}
+    del state["model.output_layer.bias"]
+    state["model.extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state, "epoch": 1}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_networks(_package_with(tmp_path, block, path))
+    message = str(caught.value)
+    assert str(path) in message
+    assert "missing keys (1): output_layer.bias" in message
+    assert "unexpected keys (1): extra.weight" in message
+
+
+def test_shape_mismatch_is_reported(tmp_path: Path, block: dict[str, Any]) -> None:
+    path = tmp_path / "last.ckpt"
+    _save_lightning(tiny_network(), path)
+    package = _package_with(tmp_path, block, path)
+    wider = dataclasses.replace(
+        package, architecture=ArchitectureSpec("UNet3D", {"initial_feature_channels": 4, "num_downsampling_paths": 2})
+    )
+    expected = r"shape mismatch \(\d+\): .*_layers.0.block1.conv1.weight: checkpoint \(2, 1, 3, 3, 3\) vs network \(4,"
+    with pytest.raises(CheckpointError, match=expected):
+        load_networks(wider)
+
+
+def test_damaged_and_foreign_files_give_checkpoint_errors(tmp_path: Path) -> None:
+    junk = tmp_path / "last.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot be read") as caught:
+        load_checkpoint(junk)
+    assert "refused" not in str(caught.value)
+    listing = tmp_path / "list.pt"
+    torch.save([1, 2, 3], listing)
+    with pytest.raises(CheckpointError, match="unrecognised content"):
+        load_checkpoint(listing)
+    with pytest.raises(CheckpointError, match="file not found"):
+        load_checkpoint(tmp_path / "absent.ckpt")
+
+
+def test_sha256_file_streams_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    data = os.urandom(3 * 1024 + 17)
+    path.write_bytes(data)
+    assert sha256_file(path, chunk_bytes=1000) == hashlib.sha256(data).hexdigest()

@@ -37,7 +37,7 @@ class SegmentationRunner:
         timings: dict[str, float] = {}
         start = time.perf_counter()
         image = image.to(self.device, non_blocking=True).float()
-        channels = [normalise(image[c], spec) for c, spec in enumerate(package.normalisation)]
+        channels = [normalise(image[c], spec, channel_index=c) for c, spec in enumerate(package.normalisation)]
         prepared = torch.stack(channels)
         spacing = geometry.spacing
         if package.target_spacing is not None:

@@ -227,3 +227,15 @@ def test_missing_config_and_bad_json(tmp_path: Path) -> None:
         load_model_package(folder)
     with pytest.raises(ModelFolderError, match="model folder not found"):
         load_model_package(tmp_path / "nowhere")
+
+
+def test_documented_example_is_valid_and_matches_the_prostate_preset() -> None:
+    from innereye_batch.model.package import parse_inference_block
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "model-folder.md"
+    example = json.loads(doc.read_text().split("```json\n", 1)[1].split("```", 1)[0])
+    documented = parse_inference_block(example["inference"], doc)
+    preset = find_preset(example["model_name"])
+    assert preset is not None
+    from_preset = parse_inference_block(preset[1], doc)
+    assert documented == from_preset

@@ -69,7 +69,7 @@ class Normalisation:
     level: float | None = None
     window: float | None = None
     output_range: tuple[float, float] = (-1.0, 1.0)
-    sharpen: float = 1.9
+    sharpen: float = 0.9
     tail: tuple[float, ...] = (1.0,)
 
 

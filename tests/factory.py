@@ -224,3 +224,110 @@ def read_with_simpleitk(paths: Sequence[Path]):  # type: ignore[no-untyped-def]
     reader.SetFileNames(names)
     reader.SetOutputPixelType(sitk.sitkFloat32)
     return reader.Execute()
+
+
+ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
+
+
+def recode_file(path: Path, transfer_syntax: UID) -> None:
+    """Rewrite one file in place with another transfer syntax (compressed with pydicom, or deflated)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    elif transfer_syntax != ds.file_meta.TransferSyntaxUID:
+        ds.compress(transfer_syntax)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_enhanced_series(
+    path: Path,
+    *,
+    shape: tuple[int, int, int] = (6, 10, 8),
+    spacing: tuple[float, float, float] = (2.0, 0.9, 0.8),
+    origin: Sequence[float] = (-50.0, -60.0, 20.0),
+    row_direction: Sequence[float] = (1.0, 0.0, 0.0),
+    column_direction: Sequence[float] = (0.0, 1.0, 0.0),
+    rescale_per_frame: Sequence[tuple[float, float]] | None = None,
+    shuffle_frames: bool = False,
+    seed: int = 0,
+) -> GeneratedSeries:
+    """Write one Enhanced CT multi-frame file: positions per frame, orientation and spacing shared.
+
+    ``rescale_per_frame`` gives (slope, intercept) per slice (in slice order) in per-frame
+    PixelValueTransformationSequence items; otherwise one shared transformation (1, -1024) is written.
+    Frames are stored in slice order, or shuffled. The truth is returned in slice order.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row, col = unit(row_direction), unit(column_direction)
+    normal = np.cross(row, col)
+    voxels = phantom_voxels(shape, seed)
+    rescales = list(rescale_per_frame) if rescale_per_frame else [(1.0, -1024.0)] * shape[0]
+    stored = np.stack([np.round((voxels[k] - b) / m) for k, (m, b) in enumerate(rescales)]).astype(np.int16)
+    expected = np.stack([(stored[k].astype(np.float64) * m + b) for k, (m, b) in enumerate(rescales)]).astype(
+        np.float32
+    )
+    order = list(range(shape[0]))
+    if shuffle_frames:
+        random.Random(seed).shuffle(order)
+    sz, sy, sx = spacing
+    origin_v = np.asarray(origin, dtype=np.float64)
+
+    def item(**attributes: object) -> Dataset:
+        ds = Dataset()
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    sop_uid, series_uid, study_uid, for_uid = (generate_uid() for _ in range(4))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT_IMAGE_STORAGE, sop_uid
+    ds.PatientName, ds.PatientID = "Doe^Jane", "PAT001"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 7, 1
+    ds.SeriesDescription = "enhanced"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = int(shape[1]), int(shape[2]), int(shape[0])
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = item(
+        PixelMeasuresSequence=[item(PixelSpacing=[f"{sy:.6f}", f"{sx:.6f}"], SliceThickness=f"{sz:.6f}")],
+        PlaneOrientationSequence=[item(ImageOrientationPatient=[f"{v:.8f}" for v in (*row, *col)])],
+    )
+    if not rescale_per_frame:
+        shared.PixelValueTransformationSequence = [item(RescaleSlope="1", RescaleIntercept="-1024", RescaleType="HU")]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in order:
+        groups = item(
+            PlanePositionSequence=[item(ImagePositionPatient=[f"{v:.6f}" for v in origin_v + k * sz * normal])]
+        )
+        if rescale_per_frame:
+            m, b = rescales[k]
+            groups.PixelValueTransformationSequence = [
+                item(RescaleSlope=f"{m:g}", RescaleIntercept=f"{b:g}", RescaleType="HU")
+            ]
+        frames.append(groups)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = stored[order].tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return GeneratedSeries(
+        folder=path.parent,
+        paths=(path,),
+        geometry=Geometry(
+            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            spacing=(float(sz), float(sy), float(sx)),
+            origin=tuple(float(v) for v in origin_v),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel()),
+        ),
+        voxels=expected,
+        series_instance_uid=series_uid,
+        study_instance_uid=study_uid,
+        frame_of_reference_uid=for_uid,
+        sop_instance_uids=(sop_uid,),
+    )

@@ -8,13 +8,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    UID,
 )
 
 from innereye_batch.dicom.volume import load_volume

@@ -123,14 +123,18 @@ def _walk(
     """
     values: dict[int, Any] = {}
     end = len(buf)
+    unpack = struct.unpack_from
     while offset + 8 <= end:
-        group, element = struct.unpack_from("<HH", buf, offset)
+        group, element = unpack("<HH", buf, offset)
         tag = group << 16 | element
-        if stop_group is not None and group != stop_group:
+        if (stop_group is not None and group != stop_group) or tag in PIXEL_DATA_TAGS:
             return values, offset
-        if tag in PIXEL_DATA_TAGS:
-            return values, offset
-        start, length = _element_header(buf, offset, implicit)
+        if implicit:  # the element header, inlined: this loop runs for every element of every file
+            start, length = offset + 8, unpack("<I", buf, offset + 4)[0]
+        elif buf[offset + 4 : offset + 6] in _LONG_VRS:
+            start, length = offset + 12, unpack("<I", buf, offset + 8)[0]
+        else:
+            start, length = offset + 8, unpack("<H", buf, offset + 6)[0]
         if length == 0xFFFFFFFF:
             if tag in wanted:
                 raise _Unhandled("wanted sequence")

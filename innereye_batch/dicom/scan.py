@@ -6,6 +6,7 @@ lands in exactly one series (stack) or in the skipped list with a reason; the sc
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import defaultdict
@@ -48,7 +49,7 @@ class ScanResult:
     skipped: tuple[SkippedFile, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per image, in the hot loop
 class _Image:
     """One 2-D image from a header: a single-frame file or one frame of a multi-frame file."""
 
@@ -66,7 +67,7 @@ class _Image:
     """SpacingBetweenSlices, used for the z spacing of a single-slice stack."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per image, in the hot loop
 class _FileHeader:
     """What one readable image file contributes to a series."""
 
@@ -97,7 +98,7 @@ class _Unreadable:
 def scan_tree(root: Path, *, workers: int | None = None) -> ScanResult:
     """Find every image series under ``root`` from headers only; never raises for a bad file."""
     paths = list(_walk(Path(root)))
-    workers = workers or min(16, 4 * (os.cpu_count() or 1))
+    workers = workers or min(8, os.cpu_count() or 1)  # parsing holds the GIL: more threads only help slow disks
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -173,7 +174,7 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
         numbers = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         return None
-    if len(numbers) != count or not all(np.isfinite(numbers)):
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
         return None
     return numbers
 
@@ -187,13 +188,14 @@ def _orientation(value: Any) -> tuple[float, ...] | None:
     cosines = _floats(value, 6)
     if cosines is None:
         return None
-    row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
-    if np.linalg.norm(row) < 0.5 or np.linalg.norm(col) < 0.5:
+    row_norm, col_norm = math.hypot(*cosines[:3]), math.hypot(*cosines[3:])
+    if row_norm < 0.5 or col_norm < 0.5:
         return None
-    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
-    if abs(float(row @ col)) > 1e-3:
+    row = [v / row_norm for v in cosines[:3]]
+    col = [v / col_norm for v in cosines[3:]]
+    if abs(sum(r * c for r, c in zip(row, col, strict=True))) > 1e-3:
         return None
-    return tuple(float(v) for v in (*row, *col))
+    return (*row, *col)
 
 
 def _first_item(source: RawHeader | Dataset | None, sequence: str) -> Dataset | None:
@@ -336,7 +338,7 @@ def _group_by_series(headers: list[_FileHeader]) -> dict[str, list[_FileHeader]]
 def _same_grid(a: _Image, b: _Image) -> bool:
     return (
         (a.rows, a.columns) == (b.rows, b.columns)
-        and np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3, atol=1e-4)
+        and all(abs(x - y) <= 1e-4 + 1e-3 * abs(y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=True))
         and a.orientation is not None
         and b.orientation is not None
         and max(abs(x - y) for x, y in zip(a.orientation, b.orientation, strict=True)) <= ORIENTATION_TOLERANCE

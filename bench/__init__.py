@@ -1,0 +1,1 @@
+"""Benchmarks run by `make bench`: each module named ``*_bench.py`` exposes ``run() -> str`` (a markdown section)."""

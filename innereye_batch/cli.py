@@ -5,11 +5,13 @@ Heavy libraries (torch, highdicom, SimpleITK) are imported inside the commands, 
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec
 
 import typer
 from rich.console import Console
@@ -25,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+P = ParamSpec("P")
 stdout = Console()
 
 
@@ -48,7 +51,21 @@ def _fail(error: InnerEyeBatchError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
+def _reports_errors(command: Callable[P, None]) -> Callable[P, None]:
+    """Turn the package's own errors into a one-line message and their exit code (2 for usage errors)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except InnerEyeBatchError as error:
+            raise _fail(error) from error
+
+    return wrapper
+
+
 @app.command()
+@_reports_errors
 def scan(
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")] = False,
@@ -69,6 +86,7 @@ def scan(
 
 
 @app.command()
+@_reports_errors
 def inspect(
     model: Annotated[Path, typer.Option("--model", "-m", help="Registered model folder (final_model/).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")] = False,
@@ -94,6 +112,7 @@ def _split(values: list[str]) -> tuple[str, ...]:
 
 
 @app.command()
+@_reports_errors
 def run(
     model: Annotated[Path, typer.Option("--model", "-m", help="Registered model folder (final_model/).")],
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
@@ -159,10 +178,7 @@ def run(
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
-    try:
-        app()
-    except InnerEyeBatchError as error:
-        raise SystemExit(_fail(error).exit_code) from error
+    app()
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -1,0 +1,62 @@
+"""A run killed with SIGKILL part-way through, then run again, ends exactly as an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from innereye_batch.cli import app
+from tests.factory import write_series
+from tests.pipeline.cohort import labels_from_nifti, model_folder
+
+SERIES = 6
+
+
+def run_args(model: Path, scans: Path, out: Path) -> list[str]:
+    return ["run", "--model", str(model), "--input", str(scans), "--output", str(out), "--quiet"]
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    uids = [write_series(scans / f"s{i}", shape=(16, 40, 40), seed=i).series_instance_uid for i in range(SERIES)]
+    model = model_folder(tmp_path / "model", members=2)
+    reference = tmp_path / "reference"
+    assert CliRunner().invoke(app, [*run_args(model, scans, reference), "--workers", "0"]).exit_code == 0
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "innereye_batch", *run_args(model, scans, out), "--workers", "1"],
+        start_new_session=True,  # its own process group: the kill takes the DataLoader workers too
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 180
+    while not list(out.glob("*/done.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = {p.parent.name for p in out.glob("*/done.json")}
+    assert 0 < len(done_before) < SERIES, "the kill must land part-way through the run"
+    assert not (out / "summary.json").exists()  # the killed run never got to its summary
+
+    result = CliRunner().invoke(app, [*run_args(model, scans, out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    with open(out / "summary.csv", newline="") as handle:
+        rows = {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
+    for uid in uids:
+        expected = "skipped" if uid in done_before else "ok"
+        assert rows[uid]["status"] == expected, rows[uid]
+        assert (out / uid / "done.json").is_file()
+        np.testing.assert_array_equal(
+            labels_from_nifti(out / uid / "segmentation.nii.gz"),
+            labels_from_nifti(reference / uid / "segmentation.nii.gz"),
+        )
+        assert sorted(p.name for p in (out / uid).iterdir()) == sorted(p.name for p in (reference / uid).iterdir())
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]

@@ -10,11 +10,11 @@ import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from innereye_batch.dicom.scan import scan_tree
 from typer.testing import CliRunner
 
 from innereye_batch.cli import app
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.engine.device import resolve_device
 from innereye_batch.model.checkpoints import load_networks
 from innereye_batch.model.package import load_model_package

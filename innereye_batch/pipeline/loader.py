@@ -11,6 +11,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +91,8 @@ class SeriesDataset(Dataset[LoadedItem]):
         return LoadedItem(index, torch.from_numpy(array), geometry, time.perf_counter() - start)
 
 
-def _single(item: LoadedItem) -> LoadedItem:
+def _single(item: Any) -> Any:
+    """No collation: one work item per step (batch_size=None)."""
     return item
 
 

@@ -48,7 +48,7 @@ def input_fingerprint(series: SeriesInfo) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(temp_path)`` then rename the finished file onto ``path`` (same folder, so atomic).
 
     The temporary name keeps the final name's suffixes (writers such as nibabel infer the format from them).

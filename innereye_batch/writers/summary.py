@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
 from innereye_batch.pipeline.result import SeriesResult, Status
+from innereye_batch.pipeline.state import atomic_write
 
 SUMMARY_SCHEMA_VERSION = "1.0"
 SUMMARY_JSON = "summary.json"
@@ -39,8 +37,9 @@ def write_summary(
         "series": [series_record(r) for r in results],
     }
     json_text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
-    _replace_atomically(json_path, json_text)
-    _replace_atomically(csv_path, summary_csv_text(results))
+    csv_text = summary_csv_text(results)
+    atomic_write(json_path, lambda temp: temp.write_text(json_text, encoding="utf-8"))
+    atomic_write(csv_path, lambda temp: temp.write_text(csv_text, encoding="utf-8", newline=""))
     return json_path, csv_path
 
 
@@ -115,19 +114,3 @@ def _union(names: Any) -> list[str]:
 
 def _number(value: float) -> str:
     return f"{float(value):.6g}"
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, and rename it over ``path``."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the summary is meant to be read by others
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise

@@ -231,13 +231,11 @@ ENHANCED_CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2.1")
 
 def recode_file(path: Path, transfer_syntax: UID) -> None:
     """Rewrite one file in place with another transfer syntax (compressed with pydicom, or deflated)."""
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
     ds = pydicom.dcmread(path)
-    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+    if transfer_syntax.is_compressed:  # keep the SOP Instance UID (pydicom would make a new one)
+        ds.compress(transfer_syntax, generate_instance_uid=False)
+    else:
         ds.file_meta.TransferSyntaxUID = transfer_syntax
-    elif transfer_syntax != ds.file_meta.TransferSyntaxUID:
-        ds.compress(transfer_syntax)
     ds.save_as(path, enforce_file_format=True)
 
 

@@ -33,12 +33,7 @@ class Geometry:
     direction: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if (
-            len(self.shape) != 3
-            or len(self.spacing) != 3
-            or len(self.origin) != 3
-            or len(self.direction) != 9
-        ):
+        if len(self.shape) != 3 or len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise ValueError(f"malformed geometry: {self}")
 
     @property

@@ -58,9 +58,7 @@ class SeriesInfo:
     @property
     def key(self) -> str:
         """A unique name for this stack: the SeriesInstanceUID, suffixed ``.stackN`` for split series."""
-        return (
-            self.series_instance_uid if self.stack == 0 else f"{self.series_instance_uid}.stack{self.stack}"
-        )
+        return self.series_instance_uid if self.stack == 0 else f"{self.series_instance_uid}.stack{self.stack}"
 
     @property
     def files(self) -> tuple[Path, ...]:

@@ -1,7 +1,8 @@
-"""Walk a folder tree, read DICOM headers in parallel, and group the images into sorted, checked series.
+"""Walk a folder tree, read every file's DICOM header with pydicom (in parallel), and hand images to stacks.py.
 
-Only headers are read (pixel data is located and its length checked, never decoded). Every file either
-lands in exactly one series (stack) or in the skipped list with a reason; the scan never raises for a file.
+Only headers are read: the pixel data element is located and its length checked against the file, never
+decoded. Every file either lands in exactly one series (stack) or in the skipped list with a reason; the scan
+never raises for a file.
 """
 
 from __future__ import annotations
@@ -14,15 +15,26 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.encaps import parse_basic_offsets, parse_fragments
+from pydicom.filereader import data_element_generator
+from pydicom.pixels.utils import get_expected_length
+from pydicom.tag import Tag
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
-from innereye_batch.dicom.geometry import Geometry
-from innereye_batch.dicom.headers import RawHeader, pixel_data_problem, read_header
-from innereye_batch.dicom.series import Problem, SeriesInfo, SkippedFile, SliceRef
+from innereye_batch.dicom.series import SeriesInfo, SkippedFile
+from innereye_batch.dicom.stacks import IDENTITY_ROWS, FileHeader, ImageHeader, build_series
 
 _BARE_DICOM_STARTS = (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02")
 """First bytes of a file without preamble that starts with group 0008 or 0002 (either byte order)."""
@@ -32,12 +44,33 @@ _NOT_IMAGES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "segmentation object (DICOM-SEG), not an image series",
     "1.2.840.10008.5.1.4.1.1.66.5": "surface segmentation object, not an image series",
 }
-_IDENTITY_ROWS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-ORIENTATION_TOLERANCE = 1e-3
-"""Largest difference between direction cosines of images that belong to one stack."""
-DUPLICATE_TOLERANCE_MM = 1e-3
-GAP_FACTOR = 1.5
-"""A step larger than this many median steps means missing slices."""
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "SeriesDescription",
+    "SpacingBetweenSlices",
+    "ImagerPixelSpacing",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "FrameOfReferenceUID",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "BitsAllocated",
+    "GridFrameOffsetVector",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
+"""The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read)."""
+_HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
+_PIXEL_DATA_TAGS = [Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")]
 
 
 @dataclass(frozen=True)
@@ -47,44 +80,6 @@ class ScanResult:
     series: tuple[SeriesInfo, ...]
     """Sorted by study UID, series number and key."""
     skipped: tuple[SkippedFile, ...]
-
-
-@dataclass(slots=True)  # not frozen: built once per image, in the hot loop
-class _Image:
-    """One 2-D image from a header: a single-frame file or one frame of a multi-frame file."""
-
-    path: Path
-    sop_instance_uid: str
-    frame: int | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    """Row and column direction cosines (6 numbers), normalised; None when absent or unusable."""
-    pixel_spacing: tuple[float, float]
-    """(between rows, between columns) in mm, i.e. (y, x)."""
-    rows: int
-    columns: int
-    slice_spacing: float | None
-    """SpacingBetweenSlices, used for the z spacing of a single-slice stack."""
-
-
-@dataclass(slots=True)  # not frozen: built once per image, in the hot loop
-class _FileHeader:
-    """What one readable image file contributes to a series."""
-
-    path: Path
-    series_instance_uid: str
-    study_instance_uid: str
-    frame_of_reference_uid: str
-    modality: str
-    sop_class_uid: str
-    series_description: str
-    series_number: int | None
-    transfer_syntax: str
-    images: tuple[_Image, ...]
-    is_2d: bool
-    """A projection image or an image without usable position: a series of its own."""
-    frame_geometry_missing: bool
-    """A multi-frame file without per-frame positions (cine, secondary capture)."""
 
 
 @dataclass(frozen=True)
@@ -98,19 +93,19 @@ class _Unreadable:
 def scan_tree(root: Path, *, workers: int | None = None) -> ScanResult:
     """Find every image series under ``root`` from headers only; never raises for a bad file."""
     paths = list(_walk(Path(root)))
-    workers = workers or min(8, os.cpu_count() or 1)  # parsing holds the GIL: more threads only help slow disks
+    workers = workers or min(4, os.cpu_count() or 1)  # pydicom holds the GIL: threads only overlap file I/O
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # pydicom warns about every odd value; problems are reported below
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = list(pool.map(_read_header_safely, paths, chunksize=16))
-    headers = [o for o in outcomes if isinstance(o, _FileHeader)]
+    headers = [o for o in outcomes if isinstance(o, FileHeader)]
     skipped = [o for o in outcomes if isinstance(o, SkippedFile)]
     damaged: dict[str, list[Path]] = defaultdict(list)
     for o in outcomes:
         if isinstance(o, _Unreadable):
             skipped.append(o.skipped)
             damaged[o.series_instance_uid].append(o.skipped.path)
-    series = [s for group in _group_by_series(headers).values() for s in _build_series(group, damaged)]
+    series = build_series(headers, damaged)
     series.sort(key=lambda s: (s.study_instance_uid, s.series_number is None, s.series_number or 0, s.key))
     skipped.sort(key=lambda s: str(s.path))
     return ScanResult(series=tuple(series), skipped=tuple(skipped))
@@ -123,17 +118,29 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(folder) / name
 
 
-# ---------------------------------------------------------------------------------------------- headers
-
-
-def _read_header_safely(path: Path) -> _FileHeader | SkippedFile | _Unreadable:
+def _read_header_safely(path: Path) -> FileHeader | SkippedFile | _Unreadable:
     try:
         return _read_header(path)
     except Exception as error:  # any malformed file is skipped, never fatal to the scan
         return SkippedFile(path, f"unreadable DICOM header: {type(error).__name__}: {error}")
 
 
-def _read_header(path: Path) -> _FileHeader | SkippedFile | _Unreadable:
+_Fields = dict[str, Any]
+"""Top-level header values by keyword, converted by pydicom; absent and empty elements left out."""
+
+
+def _fields(ds: Dataset) -> _Fields:
+    """Every element pydicom read (only the wanted tags), each converted once."""
+    return {element.keyword: element.value for element in ds if element.value is not None and element.value != ""}
+
+
+def _value(source: Dataset | _Fields | None, keyword: str) -> Any:
+    """The element's value, or None when it is absent or empty."""
+    value = source.get(keyword) if source is not None else None
+    return None if value is None or value == "" else value
+
+
+def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
     size = path.stat().st_size
     if size == 0:
         return SkippedFile(path, "empty file (0 bytes)")
@@ -142,31 +149,111 @@ def _read_header(path: Path) -> _FileHeader | SkippedFile | _Unreadable:
         bare = start[128:132] != b"DICM"
         if bare and start[:2] not in _BARE_DICOM_STARTS:
             return SkippedFile(path, "not a DICOM file (no 'DICM' prefix and no DICOM tags at its start)")
-        header = read_header(fp, size, force=bare)
-        sop_class = str(header.get("SOPClassUID") or header.media_sop_class_uid)
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)
+        syntax = _transfer_syntax(ds)
+        fields = _fields(ds)
+        meta = getattr(ds, "file_meta", None)
+        sop_class = str(fields.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
         if sop_class in _NOT_IMAGES:
             return SkippedFile(path, _NOT_IMAGES[sop_class])
-        pixel_problem = pixel_data_problem(fp, header, size)
+        if syntax == DeflatedExplicitVRLittleEndian:  # inflated in memory: read it again, pixel data included
+            fp.seek(0)
+            ds = pydicom.dcmread(fp, specific_tags=_HEADER_TAGS + _PIXEL_DATA_TAGS, force=bare)
+            fields = _fields(ds)
+            pixel_problem = _inflated_pixel_problem(ds)
+        else:
+            pixel_problem = _pixel_data_problem(fp, ds, size)
     if pixel_problem is not None:
         fatal_to_series, reason = pixel_problem
         if not fatal_to_series:
             reason = f"{reason} ({UID(sop_class).name or 'unknown SOP class'})"
-        series_uid = str(header.get("SeriesInstanceUID", ""))
+        series_uid = str(fields.get("SeriesInstanceUID", ""))
         if fatal_to_series and series_uid:
             return _Unreadable(SkippedFile(path, reason), series_uid)
         return SkippedFile(path, reason)
     for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
-        if not header.get(keyword):
+        if not fields.get(keyword):
             return SkippedFile(path, f"missing {keyword}")
-    samples = int(header.get("SamplesPerPixel", 1))
-    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+    samples = int(fields.get("SamplesPerPixel", 1))
+    photometric = str(fields.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return SkippedFile(
             path, f"colour image ({photometric}, {samples} samples per pixel): only greyscale is supported"
         )
-    if int(header.get("BitsAllocated", 16)) == 1:
+    if int(fields.get("BitsAllocated", 16)) == 1:
         return SkippedFile(path, "1-bit (binary) image: not an image series")
-    return _header_from_fields(path, header, sop_class)
+    return _header_from_fields(path, fields, sop_class, syntax)
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    """The file's transfer syntax, or the one its encoding implies when it has no file meta."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax:
+        return syntax
+    implicit, little = ds.original_encoding
+    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str] | None:
+    """Check, without reading it, that the pixel data element after the header is present and whole.
+
+    ``fp`` is where ``dcmread(stop_before_pixels=True)`` left it: at the pixel data element, or at the end of
+    a file without one. Returns (whether the damage concerns the file's series, reason), or None when fine.
+    """
+    implicit, little = ds.original_encoding
+    element_start = fp.tell()
+    try:  # defer_size=0: pydicom skips the value and reports its position and declared length
+        element = next(data_element_generator(fp, bool(implicit), little is not False, defer_size=0), None)
+    except EOFError:
+        return True, "truncated file: compressed pixel data has no end (sequence delimiter missing)"
+    except Exception:  # struct.error: the element header itself is cut
+        return True, "truncated file: ends inside the pixel data element"
+    if element is None:
+        if element_start < size:
+            return True, "truncated file: ends inside the pixel data element"
+        return False, "no pixel data"
+    if not isinstance(element, RawDataElement) or element.tag not in _PIXEL_DATA_TAGS:
+        return False, "no pixel data"
+    if element.length == 0xFFFFFFFF:
+        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">")
+    start, length = element.value_tell, element.length
+    if start + length > size:
+        return True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"
+    return _length_problem(ds, length)
+
+
+def _encapsulated_problem(fp: BinaryIO, value_start: int, order: str) -> tuple[bool, str] | None:
+    """Pydicom found the sequence delimiter; check that the items before it are well formed."""
+    fp.seek(value_start)
+    try:
+        parse_basic_offsets(fp, endianness=order)
+        parse_fragments(fp, endianness=order)
+    except Exception as error:
+        return True, f"corrupt compressed pixel data: {error}"
+    return None
+
+
+def _inflated_pixel_problem(ds: Dataset) -> tuple[bool, str] | None:
+    """Pixel data of a deflated file, inflated by pydicom (a truncated stream fails before this)."""
+    element = next((ds[tag] for tag in _PIXEL_DATA_TAGS if tag in ds), None)
+    if element is None:
+        return False, "no pixel data"
+    if element.is_undefined_length:
+        return None
+    return _length_problem(ds, len(element.value or b""))
+
+
+def _length_problem(ds: Dataset, length: int) -> tuple[bool, str] | None:
+    """Native pixel data shorter than the header's Rows x Columns x frames x samples x bits announce."""
+    try:
+        expected = int(get_expected_length(ds, unit="bytes"))
+    except Exception:  # the header lacks the numbers: nothing to compare with
+        return None
+    if length < expected:
+        return True, f"pixel data too short: {length} bytes for {expected} expected from the header"
+    return None
 
 
 def _floats(value: Any, count: int) -> tuple[float, ...] | None:
@@ -198,292 +285,116 @@ def _orientation(value: Any) -> tuple[float, ...] | None:
     return (*row, *col)
 
 
-def _first_item(source: RawHeader | Dataset | None, sequence: str) -> Dataset | None:
+def _first_item(source: Dataset | _Fields | None, sequence: str) -> Dataset | None:
     items = source.get(sequence) if source is not None else None
     return items[0] if items else None
 
 
-def _header_from_fields(path: Path, header: RawHeader, sop_class: str) -> _FileHeader:
-    modality = str(header.get("Modality", "") or "")
-    rows, columns = int(header.get("Rows")), int(header.get("Columns"))
-    frames = int(header.get("NumberOfFrames", 1) or 1)
-    sop_uid = str(header.get("SOPInstanceUID"))
-    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+def _header_from_fields(path: Path, header: _Fields, sop_class: str, syntax: str) -> FileHeader:
+    modality = str(_value(header, "Modality") or "")
+    size = (int(header["Rows"]), int(header["Columns"]))
+    frames = int(_value(header, "NumberOfFrames") or 1)
+    sop_uid = str(header["SOPInstanceUID"])
+    per_frame = _value(header, "PerFrameFunctionalGroupsSequence")
     if per_frame or frames > 1:
         images = (
-            _enhanced_images(path, sop_uid, header) if per_frame else _legacy_multiframe_images(path, sop_uid, header)
+            _enhanced_images(path, sop_uid, header, size)
+            if per_frame
+            else _legacy_multiframe_images(path, sop_uid, header, size, frames)
         )
         frame_geometry_missing = any(im.position is None or im.orientation is None for im in images)
         if frame_geometry_missing:
             images = [
-                _Image(path, sop_uid, i, (0.0, 0.0, float(i)), _IDENTITY_ROWS, im.pixel_spacing, rows, columns, 1.0)
+                ImageHeader(path, sop_uid, i, (0.0, 0.0, float(i)), IDENTITY_ROWS, im.pixel_spacing, *size, 1.0)
                 for i, im in enumerate(images)
             ]
     else:
         images = [
-            _Image(
+            ImageHeader(
                 path=path,
                 sop_instance_uid=sop_uid,
                 frame=None,
-                position=_position(header.get("ImagePositionPatient")),
-                orientation=_orientation(header.get("ImageOrientationPatient")),
+                position=_position(_value(header, "ImagePositionPatient")),
+                orientation=_orientation(_value(header, "ImageOrientationPatient")),
                 pixel_spacing=_pixel_spacing(header),
-                rows=rows,
-                columns=columns,
-                slice_spacing=_single_float(header.get("SpacingBetweenSlices")),
+                rows=size[0],
+                columns=size[1],
+                slice_spacing=_single_float(_value(header, "SpacingBetweenSlices")),
             )
         ]
         frame_geometry_missing = False
     is_2d = len(images) == 1 and (
         modality in _PROJECTION_MODALITIES or images[0].position is None or images[0].orientation is None
     )
-    number = header.get("SeriesNumber")
-    return _FileHeader(
+    number = _value(header, "SeriesNumber")
+    return FileHeader(
         path=path,
-        series_instance_uid=str(header.get("SeriesInstanceUID")),
-        study_instance_uid=str(header.get("StudyInstanceUID", "") or ""),
-        frame_of_reference_uid=str(header.get("FrameOfReferenceUID", "") or ""),
+        series_instance_uid=str(header["SeriesInstanceUID"]),
+        study_instance_uid=str(_value(header, "StudyInstanceUID") or ""),
+        frame_of_reference_uid=str(_value(header, "FrameOfReferenceUID") or ""),
         modality=modality,
         sop_class_uid=sop_class,
-        series_description=str(header.get("SeriesDescription", "") or ""),
-        series_number=int(number) if number not in (None, "") else None,
-        transfer_syntax=header.transfer_syntax,
+        series_description=str(_value(header, "SeriesDescription") or ""),
+        series_number=int(number) if number is not None else None,
+        transfer_syntax=syntax,
         images=tuple(images),
         is_2d=is_2d,
         frame_geometry_missing=frame_geometry_missing,
     )
 
 
-def _pixel_spacing(source: RawHeader | Dataset | None) -> tuple[float, float]:
+def _pixel_spacing(source: Dataset | _Fields | None) -> tuple[float, float]:
     """PixelSpacing, else ImagerPixelSpacing, else 1 mm: (between rows, between columns)."""
     if source is None:
         return (1.0, 1.0)
-    spacing = _floats(source.get("PixelSpacing"), 2) or _floats(source.get("ImagerPixelSpacing"), 2)
+    spacing = _floats(_value(source, "PixelSpacing"), 2) or _floats(_value(source, "ImagerPixelSpacing"), 2)
     return (spacing[0], spacing[1]) if spacing and min(spacing) > 0 else (1.0, 1.0)
 
 
 def _single_float(value: Any) -> float | None:
-    number = _floats([value], 1) if value not in (None, "") else None
+    number = _floats([value], 1) if value is not None else None
     return number[0] if number else None
 
 
-def _enhanced_images(path: Path, sop_uid: str, header: RawHeader) -> list[_Image]:
+def _enhanced_images(path: Path, sop_uid: str, header: _Fields, size: tuple[int, int]) -> list[ImageHeader]:
     """One image per frame of an enhanced multi-frame file, from its per-frame and shared groups."""
     shared = _first_item(header, "SharedFunctionalGroupsSequence")
     images = []
-    for index, groups in enumerate(header.get("PerFrameFunctionalGroupsSequence")):
+    for index, groups in enumerate(header["PerFrameFunctionalGroupsSequence"]):
         plane = _first_item(groups, "PlanePositionSequence") or _first_item(shared, "PlanePositionSequence")
         orientation = _first_item(groups, "PlaneOrientationSequence") or _first_item(shared, "PlaneOrientationSequence")
         measures = _first_item(groups, "PixelMeasuresSequence") or _first_item(shared, "PixelMeasuresSequence")
         images.append(
-            _Image(
+            ImageHeader(
                 path=path,
                 sop_instance_uid=sop_uid,
                 frame=index,
-                position=_position(plane.get("ImagePositionPatient")) if plane else None,
-                orientation=_orientation(orientation.get("ImageOrientationPatient")) if orientation else None,
+                position=_position(_value(plane, "ImagePositionPatient")),
+                orientation=_orientation(_value(orientation, "ImageOrientationPatient")),
                 pixel_spacing=_pixel_spacing(measures),
-                rows=int(header.get("Rows")),
-                columns=int(header.get("Columns")),
-                slice_spacing=_single_float(measures.get("SpacingBetweenSlices")) if measures else None,
+                rows=size[0],
+                columns=size[1],
+                slice_spacing=_single_float(_value(measures, "SpacingBetweenSlices")),
             )
         )
     return images
 
 
-def _legacy_multiframe_images(path: Path, sop_uid: str, header: RawHeader) -> list[_Image]:
+def _legacy_multiframe_images(
+    path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], frames: int
+) -> list[ImageHeader]:
     """Frames of a multi-frame file without functional groups, placed by GridFrameOffsetVector (RT dose)."""
-    frames = int(header.get("NumberOfFrames"))
-    origin = _position(header.get("ImagePositionPatient"))
-    orientation = _orientation(header.get("ImageOrientationPatient"))
-    offsets = _floats(header.get("GridFrameOffsetVector"), frames)
-    placed = origin is not None and orientation is not None and offsets is not None
-    normal = np.cross(orientation[:3], orientation[3:]) if placed else np.zeros(3)  # type: ignore[index]
+    origin = _position(_value(header, "ImagePositionPatient"))
+    orientation = _orientation(_value(header, "ImageOrientationPatient"))
+    offsets = _floats(_value(header, "GridFrameOffsetVector"), frames)
+    spacing = _pixel_spacing(header)
+    positions: list[tuple[float, float, float] | None] = [None] * frames
+    if origin is not None and orientation is not None and offsets is not None:
+        normal = np.cross(orientation[:3], orientation[3:])
+        for index, offset in enumerate(offsets):
+            x, y, z = (float(v) for v in np.asarray(origin) + offset * normal)
+            positions[index] = (x, y, z)
     return [
-        _Image(
-            path=path,
-            sop_instance_uid=sop_uid,
-            frame=index,
-            position=tuple(float(v) for v in np.asarray(origin) + offsets[index] * normal)  # type: ignore[arg-type,index]
-            if placed
-            else None,
-            orientation=orientation,
-            pixel_spacing=_pixel_spacing(header),
-            rows=int(header.get("Rows")),
-            columns=int(header.get("Columns")),
-            slice_spacing=None,
-        )
-        for index in range(frames)
+        ImageHeader(path, sop_uid, index, position, orientation, spacing, size[0], size[1], None)
+        for index, position in enumerate(positions)
     ]
-
-
-# ------------------------------------------------------------------------------------- series and stacks
-
-
-@dataclass
-class _Stack:
-    """Images that share one grid (orientation, size, pixel spacing), before sorting."""
-
-    images: list[_Image]
-    geometry_missing: bool = False
-
-
-def _group_by_series(headers: list[_FileHeader]) -> dict[str, list[_FileHeader]]:
-    groups: dict[str, list[_FileHeader]] = defaultdict(list)
-    for header in sorted(headers, key=lambda h: str(h.path)):
-        groups[header.series_instance_uid].append(header)
-    return groups
-
-
-def _same_grid(a: _Image, b: _Image) -> bool:
-    return (
-        (a.rows, a.columns) == (b.rows, b.columns)
-        and all(abs(x - y) <= 1e-4 + 1e-3 * abs(y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=True))
-        and a.orientation is not None
-        and b.orientation is not None
-        and max(abs(x - y) for x, y in zip(a.orientation, b.orientation, strict=True)) <= ORIENTATION_TOLERANCE
-    )
-
-
-def _split_into_stacks(group: list[_FileHeader]) -> list[_Stack]:
-    """dcm2niix-style: 2-D images alone; other images together when their grids agree."""
-    stacks: list[_Stack] = []
-    volumetric: list[_Stack] = []
-    for header in group:
-        if header.is_2d or header.frame_geometry_missing:
-            stacks.append(_Stack(list(header.images), geometry_missing=header.frame_geometry_missing))
-            continue
-        for image in header.images:
-            home = next((s for s in volumetric if _same_grid(s.images[0], image)), None)
-            if home is None:
-                home = _Stack([])
-                volumetric.append(home)
-                stacks.append(home)
-            home.images.append(image)
-    return stacks
-
-
-def _build_series(group: list[_FileHeader], damaged: dict[str, list[Path]]) -> list[SeriesInfo]:
-    stacks = _split_into_stacks(group)
-    by_path = {h.path: h for h in group}
-    broken = damaged.get(group[0].series_instance_uid, [])
-    result = []
-    for number, stack in enumerate(stacks, start=1):
-        slices, geometry, problems = _sort_and_check(stack)
-        first = by_path[slices[0].path]
-        syntaxes = tuple(sorted({by_path[p].transfer_syntax for p in dict.fromkeys(s.path for s in slices)}))
-        if len(syntaxes) > 1:
-            names = ", ".join(UID(t).name or t for t in syntaxes)
-            problems.append(Problem("mixed_transfer_syntaxes", f"files use {len(syntaxes)} syntaxes: {names}"))
-        if broken:
-            names = ", ".join(p.name for p in broken[:5]) + (" ..." if len(broken) > 5 else "")
-            problems.append(
-                Problem("unreadable_file", f"{len(broken)} file(s) of this series are damaged: {names}", True)
-            )
-        result.append(
-            SeriesInfo(
-                series_instance_uid=first.series_instance_uid,
-                study_instance_uid=first.study_instance_uid,
-                frame_of_reference_uid=first.frame_of_reference_uid,
-                modality=first.modality,
-                sop_class_uid=first.sop_class_uid,
-                series_description=first.series_description,
-                slices=slices,
-                geometry=geometry,
-                transfer_syntaxes=syntaxes,
-                problems=tuple(problems),
-                stack=0 if len(stacks) == 1 else number,
-                series_number=first.series_number,
-            )
-        )
-    return result
-
-
-def _sort_and_check(stack: _Stack) -> tuple[tuple[SliceRef, ...], Geometry, list[Problem]]:
-    """Sort along the slice normal; geometry as SimpleITK defines it; the stack's spacing problems."""
-    images = stack.images
-    reference = images[0]
-    cosines = reference.orientation or _IDENTITY_ROWS
-    row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
-    normal = np.cross(row, col)
-    positions = np.array([im.position or (0.0, 0.0, 0.0) for im in images], dtype=np.float64)
-    along = positions @ normal
-    order = sorted(range(len(images)), key=lambda i: (along[i], str(images[i].path), images[i].frame or 0))
-    positions, along = positions[order], along[order]
-    problems: list[Problem] = []
-    if stack.geometry_missing:
-        problems.append(
-            Problem("no_frame_geometry", "multi-frame image without per-frame positions or orientation", True)
-        )
-    if len(images) == 1:
-        spacing_z = reference.slice_spacing if reference.slice_spacing and reference.slice_spacing > 0 else 1.0
-    else:
-        spacing_z, spacing_problems = _spacing_problems(np.diff(along))
-        problems += spacing_problems
-        problems += _tilt_problems(positions, normal, min(reference.pixel_spacing))
-    slices = tuple(
-        SliceRef(
-            path=images[i].path,
-            sop_instance_uid=images[i].sop_instance_uid,
-            position=(float(p[0]), float(p[1]), float(p[2])),
-            frame=images[i].frame,
-        )
-        for i, p in zip(order, positions, strict=True)
-    )
-    geometry = Geometry(
-        shape=(len(images), reference.rows, reference.columns),
-        spacing=(float(spacing_z), float(reference.pixel_spacing[0]), float(reference.pixel_spacing[1])),
-        origin=(float(positions[0][0]), float(positions[0][1]), float(positions[0][2])),
-        direction=tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel()),
-    )
-    return slices, geometry, problems
-
-
-def _spacing_problems(steps: np.ndarray) -> tuple[float, list[Problem]]:
-    """The median step between slices, and duplicate / missing / uneven slices."""
-    problems = []
-    duplicates = steps <= DUPLICATE_TOLERANCE_MM
-    if duplicates.any():
-        problems.append(
-            Problem("duplicate_positions", f"{int(duplicates.sum())} slice(s) share a position with another", True)
-        )
-    distinct = steps[~duplicates]
-    if distinct.size == 0:
-        return 1.0, problems
-    median = float(np.median(distinct))
-    gaps = distinct > GAP_FACTOR * median
-    if gaps.any():
-        missing = int(sum(round(g / median) - 1 for g in distinct[gaps]))
-        problems.append(
-            Problem(
-                "missing_slices",
-                f"{int(gaps.sum())} gap(s) up to {float(distinct[gaps].max()):.3g} mm for a median step of "
-                f"{median:.3g} mm: about {max(missing, 1)} slice(s) missing",
-                True,
-            )
-        )
-    uneven = np.abs(distinct[~gaps] - median) > max(DUPLICATE_TOLERANCE_MM, 0.01 * median)
-    if uneven.any():
-        problems.append(
-            Problem(
-                "non_uniform_spacing",
-                f"steps between slices range {float(distinct.min()):.4g}-{float(distinct.max()):.4g} mm "
-                f"(median {median:.4g} mm used)",
-            )
-        )
-    return median, problems
-
-
-def _tilt_problems(positions: np.ndarray, normal: np.ndarray, pixel_mm: float) -> list[Problem]:
-    """Slices whose positions drift within the image plane: gantry tilt or a sheared stack."""
-    offsets = positions - positions[0]
-    lateral = offsets - np.outer(offsets @ normal, normal)
-    drift = float(np.linalg.norm(lateral, axis=1).max())
-    if drift <= 0.01 * pixel_mm:
-        return []
-    span = float(abs((positions[-1] - positions[0]) @ normal)) or 1.0
-    angle = float(np.degrees(np.arctan2(float(np.linalg.norm(lateral[-1])), span)))
-    message = f"slices drift {drift:.3g} mm within the image plane (tilt about {angle:.2f} degrees)"
-    if drift <= 0.5 * pixel_mm:
-        return [Problem("gantry_tilt", message + "; under half a pixel, ignored")]
-    return [Problem("gantry_tilt", message, True)]

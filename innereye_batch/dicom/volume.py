@@ -1,4 +1,8 @@
-"""Decode pixel data of a scanned series into a Volume: float32 (z, y, x) voxels with their geometry."""
+"""Decode pixel data of a scanned series into a Volume: float32 (z, y, x) voxels with their geometry.
+
+pydicom decodes every transfer syntax (its native reader, or the pylibjpeg / pyjpegls plugins for compressed
+data); this module only checks each file against the scan, applies the rescale and fills one float32 array.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.pixels import pixel_array
+from pydicom.tag import Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from innereye_batch.dicom.geometry import Geometry
-from innereye_batch.dicom.headers import RawHeader, pixel_element, read_header
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
 
@@ -32,9 +37,17 @@ class Volume:
         return self.series.sop_instance_uids
 
 
-_NATIVE_LITTLE_ENDIAN = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-_INTEGER_TYPES = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): np.uint16, (16, 1): np.int16}
-_INTEGER_TYPES |= {(32, 0): np.uint32, (32, 1): np.int32}
+_LOAD_TAGS: list[int] = [
+    Tag(keyword)
+    for keyword in (
+        "SOPInstanceUID",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "SharedFunctionalGroupsSequence",
+        "PerFrameFunctionalGroupsSequence",
+    )
+]
+"""Read with the pixel data besides the Image Pixel module (group 0028), which pydicom always returns."""
 
 
 def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
@@ -51,13 +64,15 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     for z, ref in enumerate(series.slices):
         targets.setdefault(ref.path, []).append((z, ref))
     jobs = list(targets.items())
-    workers = workers or min(8, os.cpu_count() or 1)
+    deflated = DeflatedExplicitVRLittleEndian in series.transfer_syntaxes
+    workers = workers or min(4, os.cpu_count() or 1)
     if workers <= 1 or len(jobs) <= 1:
         for path, slots in jobs:
-            _decode_file(series, path, slots, output)
+            _decode_file(series, path, slots, output, deflated)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(_decode_file, series, path, slots, output) for path, slots in jobs]:
+            futures = [pool.submit(_decode_file, series, path, slots, output, deflated) for path, slots in jobs]
+            for future in futures:
                 future.result()
     return Volume(array=output, geometry=series.geometry, series=series)
 
@@ -66,17 +81,20 @@ def _stack_label(series: SeriesInfo) -> str:
     return f"stack {series.stack} " if series.stack else ""
 
 
-def _decode_file(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], output: np.ndarray) -> None:
-    """Decode one file and write its frames into their slices of ``output``."""
+def _decode_file(
+    series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], output: np.ndarray, deflated: bool
+) -> None:
+    """Decode one file with pydicom and write its frames into their slices of ``output``."""
     uid = series.series_instance_uid
     try:
-        with open(path, "rb") as fp:
-            header = read_header(fp, os.fstat(fp.fileno()).st_size)
+        if deflated:  # the dataset must be inflated in memory first: pydicom cannot decode it from the file
+            header: Dataset = pydicom.dcmread(path)
             _check_unchanged(series, path, slots, header)
-            frames = _native_frames(fp, header)
-            if frames is None:
-                fp.seek(0)
-                frames = np.asarray(pydicom.dcmread(fp).pixel_array)
+            frames = pixel_array(header)
+        else:  # reads the header up to the pixel data, then decodes straight from the file
+            header = Dataset()
+            frames = pixel_array(path, ds_out=header, specific_tags=_LOAD_TAGS)
+            _check_unchanged(series, path, slots, header)
     except SeriesError:
         raise
     except Exception as error:
@@ -94,48 +112,22 @@ def _decode_file(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef
             output[z] = stored.astype(np.float64) * slope + intercept
 
 
-def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], header: RawHeader) -> None:
+def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], header: Dataset) -> None:
     uid = series.series_instance_uid
     expected, found = slots[0][1].sop_instance_uid, str(header.get("SOPInstanceUID", ""))
     if found != expected:
         raise SeriesError(uid, f"{path}: SOPInstanceUID changed since the scan ({expected} -> {found})")
     _, rows, columns = series.geometry.shape
-    size = (int(header.get("Rows", 0)), int(header.get("Columns", 0)))
+    size = (int(header.get("Rows") or 0), int(header.get("Columns") or 0))
     if size != (rows, columns):
         raise SeriesError(uid, f"{path}: image size changed since the scan ({rows}x{columns} -> {size[0]}x{size[1]})")
-    if int(header.get("SamplesPerPixel", 1)) != 1:
+    if int(header.get("SamplesPerPixel") or 1) != 1:
         raise SeriesError(uid, f"{path}: colour images are not supported")
 
 
-def _native_frames(fp: BinaryIO, header: RawHeader) -> np.ndarray | None:
-    """Stored values (frames, rows, columns) read straight from an uncompressed little-endian file, or None."""
-    allocated = int(header.get("BitsAllocated", 0))
-    stored = int(header.get("BitsStored", allocated))
-    signed = int(header.get("PixelRepresentation", 0))
-    dtype = _INTEGER_TYPES.get((allocated, signed))
-    if (
-        dtype is None
-        or header.transfer_syntax not in _NATIVE_LITTLE_ENDIAN
-        or header.pixel_offset is None
-        or int(header.get("HighBit", stored - 1)) != stored - 1
-    ):
-        return None
-    start, length = pixel_element(fp, header)
-    count = int(header.get("Rows")) * int(header.get("Columns")) * int(header.get("NumberOfFrames", 1))
-    nbytes = count * np.dtype(dtype).itemsize
-    if length == 0xFFFFFFFF or length < nbytes:
-        raise ValueError(f"pixel data holds {length} bytes, {nbytes} expected")
-    fp.seek(start)
-    values = np.frombuffer(fp.read(nbytes), dtype=np.dtype(dtype).newbyteorder("<"), count=count)
-    if stored < allocated:  # clear unused high bits, extending the sign of signed values
-        shift = allocated - stored
-        values = (values << shift) >> shift if signed else values & ((1 << stored) - 1)
-    return values
-
-
-def _rescale(source: RawHeader, frame: int | None) -> tuple[float, float]:
+def _rescale(source: Dataset, frame: int | None) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept: per frame for enhanced images, else shared, else top-level, else (1, 0)."""
-    found: RawHeader | Dataset = source
+    found: Dataset = source
     for groups in _frame_groups(source, frame):
         items = groups.get("PixelValueTransformationSequence")
         if items and "RescaleSlope" in items[0]:
@@ -148,7 +140,7 @@ def _rescale(source: RawHeader, frame: int | None) -> tuple[float, float]:
     )
 
 
-def _frame_groups(source: RawHeader, frame: int | None) -> list[Dataset]:
+def _frame_groups(source: Dataset, frame: int | None) -> list[Dataset]:
     groups = []
     per_frame = source.get("PerFrameFunctionalGroupsSequence")
     if frame is not None and per_frame and frame < len(per_frame):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -150,8 +151,11 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
         if bare and start[:2] not in _BARE_DICOM_STARTS:
             return SkippedFile(path, "not a DICOM file (no 'DICM' prefix and no DICOM tags at its start)")
         fp.seek(0)
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)
-        syntax = _transfer_syntax(ds)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)
+        except struct.error:  # pydicom could not unpack an element's tag, VR or length: the file ends there
+            return SkippedFile(path, "truncated file: ends inside a data element header")
+        syntax = transfer_syntax_of(ds)
         fields = _fields(ds)
         meta = getattr(ds, "file_meta", None)
         sop_class = str(fields.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
@@ -186,7 +190,7 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
     return _header_from_fields(path, fields, sop_class, syntax)
 
 
-def _transfer_syntax(ds: Dataset) -> str:
+def transfer_syntax_of(ds: Dataset) -> str:
     """The file's transfer syntax, or the one its encoding implies when it has no file meta."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""

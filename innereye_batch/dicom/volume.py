@@ -16,9 +16,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import pixel_array
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.scan import transfer_syntax_of
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
 
@@ -87,14 +88,8 @@ def _decode_file(
     """Decode one file with pydicom and write its frames into their slices of ``output``."""
     uid = series.series_instance_uid
     try:
-        if deflated:  # the dataset must be inflated in memory first: pydicom cannot decode it from the file
-            header: Dataset = pydicom.dcmread(path)
-            _check_unchanged(series, path, slots, header)
-            frames = pixel_array(header)
-        else:  # reads the header up to the pixel data, then decodes straight from the file
-            header = Dataset()
-            frames = pixel_array(path, ds_out=header, specific_tags=_LOAD_TAGS)
-            _check_unchanged(series, path, slots, header)
+        header, frames = _read_pixels(path, deflated)
+        _check_unchanged(series, path, slots, header)
     except SeriesError:
         raise
     except Exception as error:
@@ -110,6 +105,21 @@ def _decode_file(
             np.add(stored, np.float32(intercept), out=output[z], dtype=np.float32)  # exact in float32
         else:
             output[z] = stored.astype(np.float64) * slope + intercept
+
+
+def _read_pixels(path: Path, deflated: bool) -> tuple[Dataset, np.ndarray]:
+    """The file's header (Image Pixel module and the elements in ``_LOAD_TAGS``) and its decoded frames."""
+    if not deflated:
+        header = Dataset()
+        try:  # pydicom reads the header up to the pixel data, then decodes straight from the file
+            return header, pixel_array(path, ds_out=header, specific_tags=_LOAD_TAGS)
+        except AttributeError:  # no file meta (or no pixel data): read the whole dataset below
+            pass
+    # A deflated dataset is inflated in memory first; a file without file meta gets the syntax pydicom read it in.
+    dataset = pydicom.dcmread(path, force=True)
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        dataset.file_meta.TransferSyntaxUID = UID(transfer_syntax_of(dataset))
+    return dataset, pixel_array(dataset)
 
 
 def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], header: Dataset) -> None:

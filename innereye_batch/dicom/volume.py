@@ -66,13 +66,19 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
         targets.setdefault(ref.path, []).append((z, ref))
     jobs = list(targets.items())
     deflated = DeflatedExplicitVRLittleEndian in series.transfer_syntaxes
+    first = _decode_file(series, *jobs[0], output, deflated, view_only=False)
+    # Where the first file uses every allocated bit, pydicom may hand out read-only views of the file's bytes
+    # (no copy); with unused high bits it must copy to clear them (and would log a warning for each view).
+    view_only = first.get("BitsStored") == first.get("BitsAllocated")
     workers = workers or min(4, os.cpu_count() or 1)
-    if workers <= 1 or len(jobs) <= 1:
-        for path, slots in jobs:
-            _decode_file(series, path, slots, output, deflated)
+    if workers <= 1 or len(jobs) <= 2:
+        for path, slots in jobs[1:]:
+            _decode_file(series, path, slots, output, deflated, view_only)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_decode_file, series, path, slots, output, deflated) for path, slots in jobs]
+            futures = [
+                pool.submit(_decode_file, series, path, slots, output, deflated, view_only) for path, slots in jobs[1:]
+            ]
             for future in futures:
                 future.result()
     return Volume(array=output, geometry=series.geometry, series=series)
@@ -83,12 +89,17 @@ def _stack_label(series: SeriesInfo) -> str:
 
 
 def _decode_file(
-    series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], output: np.ndarray, deflated: bool
-) -> None:
-    """Decode one file with pydicom and write its frames into their slices of ``output``."""
+    series: SeriesInfo,
+    path: Path,
+    slots: list[tuple[int, SliceRef]],
+    output: np.ndarray,
+    deflated: bool,
+    view_only: bool,
+) -> Dataset:
+    """Decode one file with pydicom, write its frames into their slices of ``output``; return its header."""
     uid = series.series_instance_uid
     try:
-        header, frames = _read_pixels(path, deflated)
+        header, frames = _read_pixels(path, deflated, view_only)
         _check_unchanged(series, path, slots, header)
     except SeriesError:
         raise
@@ -105,14 +116,15 @@ def _decode_file(
             np.add(stored, np.float32(intercept), out=output[z], dtype=np.float32)  # exact in float32
         else:
             output[z] = stored.astype(np.float64) * slope + intercept
+    return header
 
 
-def _read_pixels(path: Path, deflated: bool) -> tuple[Dataset, np.ndarray]:
+def _read_pixels(path: Path, deflated: bool, view_only: bool) -> tuple[Dataset, np.ndarray]:
     """The file's header (Image Pixel module and the elements in ``_LOAD_TAGS``) and its decoded frames."""
     if not deflated:
         header = Dataset()
         try:  # pydicom reads the header up to the pixel data, then decodes straight from the file
-            return header, pixel_array(path, ds_out=header, specific_tags=_LOAD_TAGS)
+            return header, pixel_array(path, ds_out=header, specific_tags=_LOAD_TAGS, view_only=view_only)
         except AttributeError:  # no file meta (or no pixel data): read the whole dataset below
             pass
     # A deflated dataset is inflated in memory first; a file without file meta gets the syntax pydicom read it in.

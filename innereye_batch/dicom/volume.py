@@ -10,13 +10,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.pixels import pixel_array
 from pydicom.tag import Tag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.scan import transfer_syntax_of
@@ -38,17 +41,27 @@ class Volume:
         return self.series.sop_instance_uids
 
 
-_LOAD_TAGS: list[int] = [
-    Tag(keyword)
-    for keyword in (
-        "SOPInstanceUID",
-        "RescaleSlope",
-        "RescaleIntercept",
-        "SharedFunctionalGroupsSequence",
-        "PerFrameFunctionalGroupsSequence",
-    )
-]
-"""Read with the pixel data besides the Image Pixel module (group 0028), which pydicom always returns."""
+_LOAD_KEYWORDS = (
+    "SOPInstanceUID",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
+_LOAD_TAGS: list[int] = [Tag(keyword) for keyword in _LOAD_KEYWORDS]
+"""The only top-level elements read from each file besides its pixel data (pydicom skips the others)."""
+_NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+"""Transfer syntaxes whose pixel data are the stored values as little-endian integers, nothing to decode."""
+_PIXEL_DATA = Tag("PixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
@@ -64,23 +77,20 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     targets: dict[Path, list[tuple[int, SliceRef]]] = {}
     for z, ref in enumerate(series.slices):
         targets.setdefault(ref.path, []).append((z, ref))
-    jobs = list(targets.items())
+    native = set(series.transfer_syntaxes) <= _NATIVE_LITTLE_ENDIAN
     deflated = DeflatedExplicitVRLittleEndian in series.transfer_syntaxes
-    first = _decode_file(series, *jobs[0], output, deflated, view_only=False)
-    # Where the first file uses every allocated bit, pydicom may hand out read-only views of the file's bytes
-    # (no copy); with unused high bits it must copy to clear them (and would log a warning for each view).
-    view_only = first.get("BitsStored") == first.get("BitsAllocated")
+
+    def decode(path: Path, slots: list[tuple[int, SliceRef]]) -> None:
+        _decode_file(series, path, slots, output, native, deflated)
+
     workers = workers or min(4, os.cpu_count() or 1)
-    if workers <= 1 or len(jobs) <= 2:
-        for path, slots in jobs[1:]:
-            _decode_file(series, path, slots, output, deflated, view_only)
-    else:
+    if workers <= 1 or len(targets) <= 2:
+        for path, slots in targets.items():
+            decode(path, slots)
+    else:  # file reads and numpy conversions release the GIL and overlap pydicom's header parsing
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [
-                pool.submit(_decode_file, series, path, slots, output, deflated, view_only) for path, slots in jobs[1:]
-            ]
-            for future in futures:
-                future.result()
+            for done in [pool.submit(decode, path, slots) for path, slots in targets.items()]:
+                done.result()
     return Volume(array=output, geometry=series.geometry, series=series)
 
 
@@ -93,13 +103,14 @@ def _decode_file(
     path: Path,
     slots: list[tuple[int, SliceRef]],
     output: np.ndarray,
+    native: bool,
     deflated: bool,
-    view_only: bool,
-) -> Dataset:
-    """Decode one file with pydicom, write its frames into their slices of ``output``; return its header."""
+) -> None:
+    """Decode one file with pydicom, write its frames into their slices of ``output``."""
     uid = series.series_instance_uid
     try:
-        header, frames = _read_pixels(path, deflated, view_only)
+        found = _read_native_pixels(path) if native else None
+        header, frames = found if found is not None else _read_pixels(path, deflated)
         _check_unchanged(series, path, slots, header)
     except SeriesError:
         raise
@@ -116,25 +127,80 @@ def _decode_file(
             np.add(stored, np.float32(intercept), out=output[z], dtype=np.float32)  # exact in float32
         else:
             output[z] = stored.astype(np.float64) * slope + intercept
-    return header
 
 
-def _read_pixels(path: Path, deflated: bool, view_only: bool) -> tuple[Dataset, np.ndarray]:
+_Header = dict[str, Any]
+"""A file's top-level elements in ``_LOAD_TAGS`` by keyword, each value converted by pydicom once."""
+
+
+def _header(dataset: Dataset) -> _Header:
+    return {element.keyword: element.value for element in dataset}
+
+
+def _read_native_pixels(path: Path) -> tuple[_Header, np.ndarray] | None:
+    """Header and stored values of an uncompressed little-endian file, each byte read once; None where
+    the file is encoded otherwise or its pixel data element is absent, encapsulated or short (the general
+    path then lets pydicom say what is wrong).
+
+    pydicom parses the header and locates the pixel data element (value skipped, ``defer_size=0``). When
+    every allocated bit is stored, the values are read straight into an array of the integer type that
+    BitsAllocated and PixelRepresentation give, as pydicom's native decoder reinterprets them; otherwise
+    pydicom's ``pixel_array`` decodes the bytes (masking unused high bits, extending signs).
+    """
+    with open(path, "rb") as fp:
+        dataset = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_LOAD_TAGS, force=True)
+        implicit, little = dataset.original_encoding
+        syntax = transfer_syntax_of(dataset)
+        if syntax not in _NATIVE_LITTLE_ENDIAN or little is False:
+            return None
+        element = next(data_element_generator(fp, bool(implicit), True, defer_size=0), None)
+        if not isinstance(element, RawDataElement) or element.tag != _PIXEL_DATA:
+            return None
+        header = _header(dataset)
+        dtype = _stored_dtype(header)
+        count = int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * int(header.get("NumberOfFrames") or 1)
+        needed = count * (dtype.itemsize if dtype is not None else 0)
+        if element.length == _UNDEFINED_LENGTH or element.length < needed:
+            return None
+        fp.seek(element.value_tell)
+        if dtype is None:
+            dataset.PixelData = fp.read(element.length)
+            dataset.file_meta.TransferSyntaxUID = UID(syntax)
+            return header, pixel_array(dataset)
+        values = np.empty(count, dtype=dtype)
+        if fp.readinto(values.data) != values.nbytes:
+            return None
+    return header, values
+
+
+def _stored_dtype(header: _Header) -> np.dtype | None:
+    """Little-endian integer type of one stored value, when it uses every allocated bit; else None."""
+    allocated, stored = header.get("BitsAllocated"), header.get("BitsStored")
+    representation = header.get("PixelRepresentation")
+    if allocated not in (8, 16, 32) or stored != allocated or representation not in (0, 1):
+        return None
+    if int(header.get("SamplesPerPixel") or 1) != 1 or not header.get("Rows") or not header.get("Columns"):
+        return None
+    return np.dtype(f"<{'i' if representation else 'u'}{allocated // 8}")
+
+
+def _read_pixels(path: Path, deflated: bool) -> tuple[_Header, np.ndarray]:
     """The file's header (Image Pixel module and the elements in ``_LOAD_TAGS``) and its decoded frames."""
     if not deflated:
-        header = Dataset()
+        dataset = Dataset()
         try:  # pydicom reads the header up to the pixel data, then decodes straight from the file
-            return header, pixel_array(path, ds_out=header, specific_tags=_LOAD_TAGS, view_only=view_only)
+            frames = pixel_array(path, ds_out=dataset, specific_tags=_LOAD_TAGS)
+            return _header(dataset), frames
         except AttributeError:  # no file meta (or no pixel data): read the whole dataset below
             pass
     # A deflated dataset is inflated in memory first; a file without file meta gets the syntax pydicom read it in.
     dataset = pydicom.dcmread(path, force=True)
     if "TransferSyntaxUID" not in dataset.file_meta:
         dataset.file_meta.TransferSyntaxUID = UID(transfer_syntax_of(dataset))
-    return dataset, pixel_array(dataset)
+    return _header(dataset), pixel_array(dataset)
 
 
-def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], header: Dataset) -> None:
+def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, SliceRef]], header: _Header) -> None:
     uid = series.series_instance_uid
     expected, found = slots[0][1].sop_instance_uid, str(header.get("SOPInstanceUID", ""))
     if found != expected:
@@ -147,9 +213,9 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
         raise SeriesError(uid, f"{path}: colour images are not supported")
 
 
-def _rescale(source: Dataset, frame: int | None) -> tuple[float, float]:
+def _rescale(source: _Header, frame: int | None) -> tuple[float, float]:
     """RescaleSlope and RescaleIntercept: per frame for enhanced images, else shared, else top-level, else (1, 0)."""
-    found: Dataset = source
+    found: _Header | Dataset = source
     for groups in _frame_groups(source, frame):
         items = groups.get("PixelValueTransformationSequence")
         if items and "RescaleSlope" in items[0]:
@@ -162,7 +228,7 @@ def _rescale(source: Dataset, frame: int | None) -> tuple[float, float]:
     )
 
 
-def _frame_groups(source: Dataset, frame: int | None) -> list[Dataset]:
+def _frame_groups(source: _Header, frame: int | None) -> list[Dataset]:
     groups = []
     per_frame = source.get("PerFrameFunctionalGroupsSequence")
     if frame is not None and per_frame and frame < len(per_frame):

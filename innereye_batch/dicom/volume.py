@@ -67,6 +67,9 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     """Decode every slice of ``series`` into float32 (z, y, x) modality values (rescale applied).
 
+    ``workers`` threads decode files at once. By default an uncompressed series is read in this thread: its
+    cost is pydicom's header parsing, which holds the GIL, and threads measured slower (bench/load_bench.py);
+    a compressed one uses up to 4 threads. More threads can hide latency of network storage.
     Raises SeriesError for a series with fatal problems, a file that changed since the scan, or pixel data
     that cannot be decoded; the message names the file and the reason.
     """
@@ -83,11 +86,11 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     def decode(path: Path, slots: list[tuple[int, SliceRef]]) -> None:
         _decode_file(series, path, slots, output, native, deflated)
 
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or (1 if native else min(4, os.cpu_count() or 1))
     if workers <= 1 or len(targets) <= 2:
         for path, slots in targets.items():
             decode(path, slots)
-    else:  # file reads and numpy conversions release the GIL and overlap pydicom's header parsing
+    else:  # file reads and decoders in C release the GIL
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for done in [pool.submit(decode, path, slots) for path, slots in targets.items()]:
                 done.result()

@@ -1,7 +1,9 @@
 """Decode pixel data of a scanned series into a Volume: float32 (z, y, x) voxels with their geometry.
 
-pydicom decodes every transfer syntax (its native reader, or the pylibjpeg / pyjpegls plugins for compressed
-data); this module only checks each file against the scan, applies the rescale and fills one float32 array.
+pydicom parses every file once and decodes every transfer syntax (its native reader, or the pylibjpeg /
+pyjpegls plugins for compressed data); uncompressed little-endian values that use every allocated bit are read
+as they lie at the offset pydicom gives. This module only checks each file against the scan, applies the
+rescale and fills one float32 array.
 """
 
 from __future__ import annotations

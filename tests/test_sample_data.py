@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -15,6 +16,7 @@ from pydicom.uid import RLELossless
 
 from innereye_batch.model.spec import ModelPackage
 from tests.factory import rotation_direction, write_series
+from tools.make_sample import SCANS as SHIPPED_SCANS
 from tools.phantom import STRUCTURE_NAMES, Phantom, make_phantom
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ MODEL = SAMPLE / "final_model"
 SCANS = SAMPLE / "scans"
 CHECKPOINTS = {"checkpoints/last.ckpt", "checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/OTHER_RUNS/2/last.ckpt"}
 HELD_OUT_SEEDS = (1000, 1001)
-"""New seeds: neither training (100-131), validation (200-203) nor the shipped scans (300-303)."""
+"""New seeds: not training (100-131), validation (200-203) nor the shipped scans (300-303)."""
 MIN_DICE = 0.9
 PER_STRUCTURE_SLACK = 0.005
 """Per structure the ensemble may trail its members' mean by a hair; over all structures it must not."""
@@ -61,6 +63,26 @@ def single_checkpoint_labels(package: ModelPackage, network: torch.nn.Module, ph
     image = normalise(torch.from_numpy(phantom.ct_hu), package.normalisation[0])[None]
     posteriors = predict_posteriors([network], image, package.inference, num_outputs=package.num_outputs)
     return postprocess(posteriors, phantom.spacing, package.postprocessing, package.structure_names)
+
+
+def test_phantom_is_reproducible_and_places_structures_as_documented() -> None:
+    first, again, other = make_phantom(7), make_phantom(7), make_phantom(8)
+    assert np.array_equal(first.ct_hu, again.ct_hu) and np.array_equal(first.labels, again.labels)
+    assert not np.array_equal(first.ct_hu, other.ct_hu)
+    assert first.ct_hu.dtype == np.float32 and first.labels.dtype == np.uint8
+    assert first.structure_names == STRUCTURE_NAMES
+    centres = {
+        name: np.argwhere(first.labels == label).mean(axis=0) for label, name in enumerate(STRUCTURE_NAMES, start=1)
+    }
+    z, y, x = 0, 1, 2
+    # LPS grid: x grows to the patient's left, y to the back, z to the head.
+    assert centres["liver"][x] < centres["spine"][x] < centres["kidney_left"][x]
+    assert centres["kidney_right"][x] < centres["spine"][x]
+    assert centres["spine"][y] > centres["liver"][y]
+    assert centres["liver"][z] > centres["kidney_left"][z]
+    by_label = [float(np.median(first.ct_hu[first.labels == label])) for label in range(5)]
+    assert by_label[0] < by_label[1] < by_label[2] < by_label[4]  # background < liver < kidney < bone
+    assert float(first.ct_hu.min()) < -900
 
 
 def test_shipped_model_folder_has_innereye_ensemble_layout_and_loads() -> None:
@@ -107,19 +129,17 @@ def test_shipped_scans_are_synthetic_ct_series_axial_oblique_and_compressed() ->
 
 
 @pytest.fixture(scope="module")
-def held_out_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Phantom], Path]:
-    """New phantoms written as DICOM (one axial, one oblique and RLE-compressed), segmented by the CLI."""
-    root = tmp_path_factory.mktemp("held_out")
-    phantoms = {}
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Phantom], dict[str, Phantom], Path]:
+    """One `innereye-batch run` with the shipped model over new phantoms (one axial, one oblique and
+    RLE-compressed) and a copy of the shipped scans; returns the truth by SeriesInstanceUID and the output."""
+    root = tmp_path_factory.mktemp("sample_run")
+    held_out = {}
     row, column = rotation_direction((0.3, 1.0, 0.0), 15.0)
-    for seed, options in zip(
-        HELD_OUT_SEEDS,
-        ({}, {"row_direction": row, "column_direction": column, "transfer_syntax": RLELossless}),
-        strict=True,
-    ):
+    oblique_rle = {"row_direction": row, "column_direction": column, "transfer_syntax": RLELossless}
+    for seed, options in zip(HELD_OUT_SEEDS, ({}, oblique_rle), strict=True):
         phantom = make_phantom(seed)
         written = write_series(
-            root / "dicom" / str(seed),
+            root / "dicom" / f"held_out_{seed}",
             voxels=phantom.ct_hu,
             spacing=phantom.spacing,
             patient_id=f"HELDOUT{seed}",
@@ -127,33 +147,48 @@ def held_out_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Ph
             seed=seed,
             **options,  # type: ignore[arg-type]
         )
-        phantoms[written.series_instance_uid] = phantom
+        held_out[written.series_instance_uid] = phantom
+    shutil.copytree(SCANS, root / "dicom" / "shipped")
+    shipped = {}
+    for plan in SHIPPED_SCANS:
+        first = next((SCANS / plan.folder).glob("*.dcm"))
+        shipped[pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID] = make_phantom(plan.seed)
     output = root / "out"
     command = [sys.executable, "-m", "innereye_batch", "run", "--model", str(MODEL), "--input", str(root / "dicom")]
     command += ["--output", str(output), "--device", "cpu", "--workers", "0", "--formats", "nifti", "--quiet"]
     finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    return phantoms, output
+    return held_out, shipped, output
 
 
-def test_cli_segments_held_out_phantoms_with_dice_at_least_0_9(
-    held_out_run: tuple[dict[str, Phantom], Path],
+def test_cli_segments_new_phantoms_with_dice_at_least_0_9(
+    cli_run: tuple[dict[str, Phantom], dict[str, Phantom], Path],
 ) -> None:
-    phantoms, output = held_out_run
-    for uid, phantom in phantoms.items():
+    held_out, _, output = cli_run
+    for uid, phantom in held_out.items():
         labels = read_label_map(output / uid / "segmentation.nii.gz")
         assert labels.shape == phantom.labels.shape
         scores = dice_per_structure(labels, phantom.labels)
         assert min(scores.values()) >= MIN_DICE, f"series {uid}: {scores}"
 
 
+def test_demo_command_segments_every_shipped_scan(
+    cli_run: tuple[dict[str, Phantom], dict[str, Phantom], Path],
+) -> None:
+    _, shipped, output = cli_run
+    assert len(shipped) == len(SHIPPED_SCANS)
+    for uid, phantom in shipped.items():
+        scores = dice_per_structure(read_label_map(output / uid / "segmentation.nii.gz"), phantom.labels)
+        assert min(scores.values()) >= MIN_DICE, f"shipped series {uid}: {scores}"
+
+
 def test_ensemble_is_not_worse_than_its_mean_single_checkpoint(
-    held_out_run: tuple[dict[str, Phantom], Path],
+    cli_run: tuple[dict[str, Phantom], dict[str, Phantom], Path],
 ) -> None:
     from innereye_batch.model.checkpoints import load_networks
     from innereye_batch.model.package import load_model_package
 
-    phantoms, output = held_out_run
+    phantoms, _, output = cli_run
     package = load_model_package(MODEL)
     networks = load_networks(package)
     ensemble: dict[str, list[float]] = defaultdict(list)

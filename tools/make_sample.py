@@ -12,10 +12,12 @@ import argparse
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from tools.phantom import DEFAULT_SPACING, STRUCTURE_COLOURS, STRUCTURE_NAMES, make_phantom
 
@@ -29,8 +31,6 @@ TRAIN_SEEDS: tuple[int, ...] = tuple(range(100, 132))
 VALIDATION_SEEDS: tuple[int, ...] = (200, 201, 202, 203)
 MEMBER_SEEDS: tuple[int, ...] = (0, 1, 2)
 """One training run per seed (network initialisation and batch order); the first is checkpoints/last.ckpt."""
-SCAN_SEEDS: tuple[int, ...] = (300, 301, 302, 303)
-"""Phantoms written to sample_data/scans/; tests use seeds >= 1000. None of these is used in training."""
 
 ARCHITECTURE_NAME = "UNet3D"
 ARCHITECTURE_PARAMS: dict[str, Any] = {
@@ -207,9 +207,14 @@ def validation_dice(folder: Path) -> dict[str, dict[str, float]]:
 
     package = load_model_package(folder)
     networks = load_networks(package)
-    members: dict[str, list[torch.nn.Module]] = {
-        str(ref.path.relative_to(folder)): [network] for ref, network in zip(package.checkpoints, networks, strict=True)
-    }
+    named = sorted(
+        (
+            (ref.path.relative_to(folder).as_posix(), net)
+            for ref, net in zip(package.checkpoints, networks, strict=True)
+        ),
+        key=lambda item: (item[0] != "checkpoints/last.ckpt", item[0]),
+    )
+    members: dict[str, list[torch.nn.Module]] = {name: [network] for name, network in named}
     members["ensemble"] = networks
     scores: dict[str, dict[str, list[float]]] = {}
     for seed in VALIDATION_SEEDS:
@@ -221,43 +226,65 @@ def validation_dice(folder: Path) -> dict[str, dict[str, float]]:
     return {who: {name: float(np.mean(v)) for name, v in by_name.items()} for who, by_name in scores.items()}
 
 
-def write_scans(folder: Path) -> list[str]:
-    """Write the held-out phantoms as DICOM CT series (axial, oblique, RLE, JPEG 2000); return their names."""
-    from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+@dataclass(frozen=True)
+class ScanPlan:
+    """One shipped sample series: its folder under scans/, phantom seed, patient and how it is written."""
 
+    folder: str
+    seed: int
+    patient: str
+    series_number: int
+    description: str
+    oblique: bool = False
+    transfer_syntax: str = ExplicitVRLittleEndian
+
+
+SCANS: tuple[ScanPlan, ...] = (
+    ScanPlan("phantom_one_axial", 300, "ONE", 1, "axial"),
+    ScanPlan("phantom_one_oblique", 301, "ONE", 2, "oblique", oblique=True),
+    ScanPlan("phantom_two_rle", 302, "TWO", 1, "RLE lossless", transfer_syntax=RLELossless),
+    ScanPlan("phantom_two_j2k", 303, "TWO", 2, "JPEG 2000 lossless", transfer_syntax=JPEG2000Lossless),
+)
+"""Written to sample_data/scans/ from seeds no training or validation run uses; tests use seeds >= 1000."""
+OBLIQUE_AXIS, OBLIQUE_DEGREES = (1.0, 0.2, 0.0), 12.0
+
+
+def _uid(*parts: object) -> str:
+    """A UID derived from ``parts``, so regenerating the scans keeps their study, series and frame UIDs."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=["innereye-batch sample_data", *map(str, parts)]))
+
+
+def write_scans(folder: Path) -> list[Path]:
+    """Write ``SCANS`` as DICOM CT series (one file per slice) under ``folder``; return their folders."""
     from tests.factory import rotation_direction, write_series
 
-    oblique_row, oblique_column = rotation_direction((1.0, 0.2, 0.0), 12.0)
-    one_study, two_study = generate_uid(), generate_uid()
-    plans: list[tuple[str, dict[str, Any]]] = [
-        ("phantom_one_axial", {"patient": "ONE", "study": one_study, "number": 1}),
-        (
-            "phantom_one_oblique",
-            {"patient": "ONE", "study": one_study, "number": 2, "row": oblique_row, "col": oblique_column},
-        ),
-        ("phantom_two_rle", {"patient": "TWO", "study": two_study, "number": 1, "syntax": RLELossless}),
-        ("phantom_two_j2k", {"patient": "TWO", "study": two_study, "number": 2, "syntax": JPEG2000Lossless}),
-    ]
-    for (name, plan), seed in zip(plans, SCAN_SEEDS, strict=True):
-        shutil.rmtree(folder / name, ignore_errors=True)
-        phantom = make_phantom(seed)
-        extra = {"transfer_syntax": plan["syntax"]} if "syntax" in plan else {}
+    written = []
+    for plan in SCANS:
+        target = folder / plan.folder
+        shutil.rmtree(target, ignore_errors=True)
+        phantom = make_phantom(plan.seed)
+        row, column = rotation_direction(OBLIQUE_AXIS, OBLIQUE_DEGREES) if plan.oblique else ((1.0, 0, 0), (0, 1.0, 0))
         write_series(
-            folder / name,
+            target,
             voxels=phantom.ct_hu,
             spacing=phantom.spacing,
             origin=(-95.0, -95.0, -150.0),
-            row_direction=plan.get("row", (1.0, 0.0, 0.0)),
-            column_direction=plan.get("col", (0.0, 1.0, 0.0)),
-            patient_id=f"PHANTOM{plan['patient']}",
-            patient_name=f"PHANTOM^{plan['patient']}",
-            study_instance_uid=plan["study"],
-            series_number=plan["number"],
-            series_description=f"Synthetic phantom abdomen CT ({name.split('_')[-1]}), seed {seed}",
-            seed=seed,
-            **extra,
+            row_direction=[float(v) for v in row],
+            column_direction=[float(v) for v in column],
+            patient_id=f"PHANTOM{plan.patient}",
+            patient_name=f"PHANTOM^{plan.patient}",
+            study_instance_uid=_uid("study", plan.patient),
+            series_instance_uid=_uid("series", plan.folder),
+            frame_of_reference_uid=_uid("frame", plan.folder),
+            series_number=plan.series_number,
+            series_description=f"Synthetic phantom abdomen CT, {plan.description}, seed {plan.seed}",
+            transfer_syntax=UID(plan.transfer_syntax),
+            seed=plan.seed,
         )
-    return [name for name, _ in plans]
+        written.append(target)
+    return written
 
 
 def _format_dice_table(scores: dict[str, dict[str, float]]) -> str:
@@ -274,34 +301,38 @@ def write_model_readme(
     folder: Path, scores: dict[str, dict[str, float]], seconds: list[float], steps: int, threads: int
 ) -> None:
     """The model folder's README: how it was made and how well it does on the validation phantoms."""
+    params = ", ".join(f"{k} {v}" for k, v in ARCHITECTURE_PARAMS.items())
     text = f"""# Sample model: {MODEL_NAME}
 
-A genuinely trained, tiny InnerEye-style 3-D U-Net ensemble that segments {", ".join(STRUCTURE_NAMES)} on
-**synthetic** CT phantoms (`tools/phantom.py`). It exists so `make demo` does real work on a fresh machine; it
-knows nothing about real patients.
+A genuinely trained, tiny InnerEye-style 3-D U-Net ensemble that segments {", ".join(STRUCTURE_NAMES)}
+on **synthetic** CT phantoms (`tools/phantom.py`). It exists so that `make demo` does real work on a fresh
+machine; it knows nothing about real patients.
 
-Made with `python -m tools.make_sample --steps {steps} --threads {threads}` (CPU only), which writes this folder and
-`../scans/`.
+Made by `python -m tools.make_sample --steps {steps} --threads {threads}` (CPU only, from the repository root),
+which also writes `../scans/`. Same command, library versions and thread count: same weights.
 
-- Layout: InnerEye's registered model folder: `model_inference_config.json` (InnerEye's fields and our
-  `inference` block) and three Lightning-style checkpoints (`state_dict` with the `model.` prefix):
+- Layout: InnerEye's registered model folder: `model_inference_config.json` (InnerEye's three fields plus our
+  `inference` block) and three Lightning-style checkpoints (`state_dict` keyed `model.<name>`):
   `checkpoints/last.ckpt`, `checkpoints/OTHER_RUNS/1/last.ckpt`, `checkpoints/OTHER_RUNS/2/last.ckpt`.
-- Architecture: `{ARCHITECTURE_NAME}` {ARCHITECTURE_PARAMS}, 1 input channel (CT), {len(STRUCTURE_NAMES) + 1}
-  outputs (background + structures).
-- Input: CT window level {CT_WINDOW_LEVEL:g} HU, width {CT_WINDOW_WIDTH:g} HU onto [-1, 1]; whole-volume
-  inference on the native grid (no resampling); largest connected component kept for every structure.
-- Training data: phantoms from seeds {TRAIN_SEEDS[0]}..{TRAIN_SEEDS[-1]} ({len(TRAIN_SEEDS)} volumes of
-  40 x 96 x 96 voxels, spacing 3 x 2 x 2 mm), random crops {TRAIN_CROP[0]} x {TRAIN_CROP[1]} x {TRAIN_CROP[2]},
-  batch {BATCH_SIZE}, Adam with a one-cycle learning rate (peak {LEARNING_RATE:g}), cross-entropy + soft Dice,
-  {steps} steps per checkpoint.
-- Checkpoint seeds: {", ".join(str(s) for s in MEMBER_SEEDS)} (checkpoints/last.ckpt is seed {MEMBER_SEEDS[0]},
-  OTHER_RUNS/k is seed {MEMBER_SEEDS[0]} + k).
-- Training time: {" + ".join(f"{s:.0f}" for s in seconds)} = {sum(seconds):.0f} s on {threads} CPU threads.
-- Validation phantoms: seeds {", ".join(str(s) for s in VALIDATION_SEEDS)} (not used in training); scans in
-  `../scans/` use seeds {", ".join(str(s) for s in SCAN_SEEDS)}; tests use seeds from 1000 up.
+- Network: `{ARCHITECTURE_NAME}` ({params}); 1 input channel (CT), {len(STRUCTURE_NAMES) + 1} outputs
+  (background + structures).
+- Inference block: CT window level {CT_WINDOW_LEVEL:g} HU, width {CT_WINDOW_WIDTH:g} HU onto [-1, 1];
+  whole-volume inference on the native grid (no resampling); largest connected component for every structure.
+- Training data: {len(TRAIN_SEEDS)} phantoms, seeds {TRAIN_SEEDS[0]}..{TRAIN_SEEDS[-1]}, each 40 x 96 x 96
+  voxels at 3 x 2 x 2 mm (z, y, x).
+- Training: random crops {" x ".join(map(str, TRAIN_CROP))}, batch {BATCH_SIZE}, {steps} steps per checkpoint,
+  Adam with a one-cycle learning rate (peak {LEARNING_RATE:g}), cross-entropy + soft Dice, output biases
+  started at the class frequencies; afterwards the batch-norm statistics are recomputed with the final weights
+  on {RECALIBRATION_BATCHES} training batches.
+- Checkpoint seeds: `checkpoints/last.ckpt` {MEMBER_SEEDS[0]}, `OTHER_RUNS/1` {MEMBER_SEEDS[1]},
+  `OTHER_RUNS/2` {MEMBER_SEEDS[2]} (initial weights and batch order).
+- Training time: {" + ".join(f"{s:.0f}" for s in seconds)} = {sum(seconds):.0f} s on {threads} CPU threads
+  (a shared machine: the spread is other load).
+- Held out: validation phantoms {", ".join(map(str, VALIDATION_SEEDS))}; the scans in `../scans/` use seeds
+  {", ".join(str(plan.seed) for plan in SCANS)}; tests use seeds from 1000 up.
 
-Validation Dice (mean over the validation phantoms; through the engine with this folder's settings, largest
-component included, as `innereye-batch run` segments):
+Validation Dice, mean over the validation phantoms, computed through the engine with this folder's own settings
+(largest component included), as `innereye-batch run` segments:
 
 {_format_dice_table(scores)}
 """

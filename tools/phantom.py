@@ -104,7 +104,10 @@ def make_phantom(
     """A reproducible abdominal phantom: the same ``seed``, shape and spacing always give the same voxels."""
     rng = np.random.default_rng(seed)
     x, y, z = _canonical_coordinates(shape, spacing, rng)
-    jitter = lambda scale: float(rng.uniform(1.0 - scale, 1.0 + scale))  # noqa: E731
+
+    def jitter(scale: float) -> float:
+        """A random factor in [1 - scale, 1 + scale]: a little anatomical variation."""
+        return float(rng.uniform(1.0 - scale, 1.0 + scale))
 
     # Body outline: an ellipse, slightly wider at the bottom; 8 mm of subcutaneous fat inside the skin.
     body_a, body_b = 78.0 * jitter(0.05), 58.0 * jitter(0.05)

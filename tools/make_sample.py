@@ -256,6 +256,19 @@ def _uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=["innereye-batch sample_data", *map(str, parts)]))
 
 
+def _add_type_2_attributes(series_folder: Path) -> None:
+    """Add what dciodvfy asks of a CT image beyond the test factory's minimum: PatientPosition and
+    AcquisitionNumber (Type 2), and BodyPartExamined, which tells Laterality is not needed (abdomen)."""
+    import pydicom
+
+    for path in sorted(series_folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.PatientPosition = "HFS"
+        ds.AcquisitionNumber = 1
+        ds.BodyPartExamined = "ABDOMEN"
+        ds.save_as(path, enforce_file_format=True)
+
+
 def write_scans(folder: Path) -> list[Path]:
     """Write ``SCANS`` as DICOM CT series (one file per slice) under ``folder``; return their folders."""
     from tests.factory import rotation_direction, write_series
@@ -283,6 +296,7 @@ def write_scans(folder: Path) -> list[Path]:
             transfer_syntax=UID(plan.transfer_syntax),
             seed=plan.seed,
         )
+        _add_type_2_attributes(target)
         written.append(target)
     return written
 
@@ -349,7 +363,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path("sample_data"), help="Folder to write into.")
     parser.add_argument("--steps", type=int, default=200, help="Training steps per checkpoint.")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (changes the exact weights).")
+    parser.add_argument("--scans-only", action="store_true", help="Rewrite scans/ only; no training.")
     args = parser.parse_args(argv)
+    if args.scans_only:
+        print(f"wrote {len(write_scans(args.output / 'scans'))} series under {args.output / 'scans'}")
+        return
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)

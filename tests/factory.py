@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -103,7 +104,7 @@ def write_series(
     normal = np.cross(row, col)
     if voxels is None:
         voxels = phantom_voxels(shape, seed)
-    shape = voxels.shape  # type: ignore[assignment]
+    shape = voxels.shape
     stored = np.round((voxels - rescale_intercept) / rescale_slope)
     signed = stored.min() < 0
     stored = stored.astype(np.int16 if signed else np.uint16)
@@ -146,6 +147,9 @@ def write_series(
         ds.FrameOfReferenceUID = for_uid
         ds.PositionReferenceIndicator = ""
         ds.InstanceNumber = instance
+        ds.AcquisitionNumber = 1
+        ds.PatientPosition = "HFS"
+        ds.BodyPartExamined = "ABDOMEN"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *col)]
@@ -211,7 +215,7 @@ def write_series(
     )
 
 
-def read_with_simpleitk(paths: Sequence[Path]):  # type: ignore[no-untyped-def]
+def read_with_simpleitk(paths: Sequence[Path]) -> Any:
     """The independent oracle: SimpleITK's ImageSeriesReader (GDCM) on the given files, sorted by GDCM."""
     import SimpleITK as sitk
 

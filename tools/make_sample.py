@@ -256,19 +256,6 @@ def _uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=["innereye-batch sample_data", *map(str, parts)]))
 
 
-def _add_type_2_attributes(series_folder: Path) -> None:
-    """Add what dciodvfy asks of a CT image beyond the test factory's minimum: PatientPosition and
-    AcquisitionNumber (Type 2), and BodyPartExamined, which tells Laterality is not needed (abdomen)."""
-    import pydicom
-
-    for path in sorted(series_folder.glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        ds.PatientPosition = "HFS"
-        ds.AcquisitionNumber = 1
-        ds.BodyPartExamined = "ABDOMEN"
-        ds.save_as(path, enforce_file_format=True)
-
-
 def write_scans(folder: Path) -> list[Path]:
     """Write ``SCANS`` as DICOM CT series (one file per slice) under ``folder``; return their folders."""
     from tests.factory import rotation_direction, write_series
@@ -296,7 +283,6 @@ def write_scans(folder: Path) -> list[Path]:
             transfer_syntax=UID(plan.transfer_syntax),
             seed=plan.seed,
         )
-        _add_type_2_attributes(target)
         written.append(target)
     return written
 

@@ -7,6 +7,7 @@ model runs on CUDA, and prefetches a bounded number of items per worker, so memo
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
 import traceback
 from collections.abc import Sequence
@@ -110,5 +111,5 @@ def make_loader(items: Sequence[WorkItem], *, workers: int, pin_memory: bool, pr
         pin_memory=pin_memory,
         prefetch_factor=prefetch if workers > 0 else None,
         persistent_workers=False,
-        multiprocessing_context="spawn" if workers > 0 else None,
+        multiprocessing_context="fork" if workers > 0 and "fork" in mp.get_all_start_methods() else None,
     )

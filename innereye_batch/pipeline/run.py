@@ -248,7 +248,7 @@ def _execute(
                 progress.series_done(result)
                 pending.remove(future)
 
-    stopped_at: int | None = None
+    fail_fast_stop = False
     loader = make_loader([j.item for j in jobs], workers=options.workers, pin_memory=device.type == "cuda")
     try:
         with ThreadPoolExecutor(max_workers=max(options.writer_threads, 1)) as pool:
@@ -277,16 +277,18 @@ def _execute(
                 del loaded
                 collect(done_only=True)
                 if options.fail_fast and any(r.status == "failed" for r in report.results):
-                    stopped_at = len(report.results)
+                    fail_fast_stop = True
                     break
             collect(done_only=False)
     finally:
-        if stopped_at is not None:
-            finished = {r.key for r in report.results}
-            for job in jobs:
-                if job.item.primary.key not in finished:
-                    reason = "not run: --fail-fast stopped the run after a failure"
-                    report.results.append(_result(job.item.primary, "skipped", reason))
+        # Writes in flight finished when the pool closed (also on Ctrl-C / SIGTERM): record them, then every
+        # series the run never reached, so the summary accounts for the whole plan.
+        report.results.extend(f.result() for f in pending if f.done() and not f.cancelled())
+        finished = {r.key for r in report.results}
+        reason = "--fail-fast stopped the run after a failure" if fail_fast_stop else "the run was interrupted"
+        for job in jobs:
+            if job.item.primary.key not in finished:
+                report.results.append(_result(job.item.primary, "skipped", f"not run: {reason}"))
         progress.stop()
         report.stage_seconds = _stage_totals(report.results, time.perf_counter() - wall)
         run_info = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -59,4 +60,32 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
             labels_from_nifti(reference / uid / "segmentation.nii.gz"),
         )
         assert sorted(p.name for p in (out / uid).iterdir()) == sorted(p.name for p in (reference / uid).iterdir())
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_sigterm_finishes_writes_in_flight_and_accounts_for_every_series(tmp_path: Path) -> None:
+    scans = tmp_path / "scans"
+    uids = [write_series(scans / f"s{i}", shape=(16, 40, 40), seed=i).series_instance_uid for i in range(SERIES)]
+    model = model_folder(tmp_path / "model", members=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "innereye_batch", *run_args(model, scans, out), "--workers", "1"],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 180
+    while not list(out.glob("*/done.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # what cron's `timeout` or systemd sends
+    assert process.wait(timeout=120) != 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = {record["series_instance_uid"]: record for record in summary["series"]}
+    assert set(statuses) == set(uids)  # every series of the plan is accounted for
+    done = {p.parent.name for p in out.glob("*/done.json")}
+    assert 0 < len(done) < SERIES
+    for uid, record in statuses.items():
+        if uid in done:
+            assert record["status"] == "ok"
+        else:
+            assert record["status"] == "skipped" and "interrupted" in record["reason"]
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]

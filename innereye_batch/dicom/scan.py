@@ -34,7 +34,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from innereye_batch.dicom.series import SeriesInfo, SkippedFile
+from innereye_batch.dicom.series import PixelLayout, SeriesInfo, SkippedFile
 from innereye_batch.dicom.stacks import IDENTITY_ROWS, FileHeader, ImageHeader, build_series
 
 _BARE_DICOM_STARTS = (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02")
@@ -65,6 +65,10 @@ HEADER_KEYWORDS = (
     "Columns",
     "PixelSpacing",
     "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "RescaleSlope",
+    "RescaleIntercept",
     "GridFrameOffsetVector",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
@@ -72,6 +76,7 @@ HEADER_KEYWORDS = (
 """The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read)."""
 _HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 _PIXEL_DATA_TAGS = [Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")]
+_NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ def _value(source: Dataset | _Fields | None, keyword: str) -> Any:
 
 
 def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
-    size = path.stat().st_size
+    status = path.stat()  # before reading: a later change shows as a different size or mtime
+    size = status.st_size
     if size == 0:
         return SkippedFile(path, "empty file (0 bytes)")
     with open(path, "rb") as fp:
@@ -161,13 +167,14 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
         sop_class = str(fields.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
         if sop_class in _NOT_IMAGES:
             return SkippedFile(path, _NOT_IMAGES[sop_class])
+        pixel_value: tuple[int, int] | None = None
         if syntax == DeflatedExplicitVRLittleEndian:  # inflated in memory: read it again, pixel data included
             fp.seek(0)
             ds = pydicom.dcmread(fp, specific_tags=_HEADER_TAGS + _PIXEL_DATA_TAGS, force=bare)
             fields = _fields(ds)
             pixel_problem = _inflated_pixel_problem(ds)
         else:
-            pixel_problem = _pixel_data_problem(fp, ds, size)
+            pixel_problem, pixel_value = _pixel_data_problem(fp, ds, size)
     if pixel_problem is not None:
         fatal_to_series, reason = pixel_problem
         if not fatal_to_series:
@@ -187,7 +194,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
         )
     if int(fields.get("BitsAllocated", 16)) == 1:
         return SkippedFile(path, "1-bit (binary) image: not an image series")
-    return _header_from_fields(path, fields, sop_class, syntax)
+    native = syntax in _NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
+    layout = _pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
+    return _header_from_fields(path, fields, sop_class, syntax, layout)
 
 
 def transfer_syntax_of(ds: Dataset) -> str:
@@ -200,35 +209,77 @@ def transfer_syntax_of(ds: Dataset) -> str:
     return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> tuple[bool, str] | None:
+_PixelProblem = tuple[bool, str]
+"""Whether the damage concerns the file's series (not only the file), and the reason."""
+_PixelCheck = tuple[_PixelProblem | None, tuple[int, int] | None]
+"""The problem (None when fine) and, for a whole Pixel Data element of defined length, its value's offset and
+length in the file."""
+
+
+def _pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
     """Check, without reading it, that the pixel data element after the header is present and whole.
 
     ``fp`` is where ``dcmread(stop_before_pixels=True)`` left it: at the pixel data element, or at the end of
-    a file without one. Returns (whether the damage concerns the file's series, reason), or None when fine.
+    a file without one. Where the element is fine and native, also says where pydicom located its value.
     """
     implicit, little = ds.original_encoding
     element_start = fp.tell()
     try:  # defer_size=0: pydicom skips the value and reports its position and declared length
         element = next(data_element_generator(fp, bool(implicit), little is not False, defer_size=0), None)
     except EOFError:
-        return True, "truncated file: compressed pixel data has no end (sequence delimiter missing)"
+        return (True, "truncated file: compressed pixel data has no end (sequence delimiter missing)"), None
     except Exception:  # struct.error: the element header itself is cut
-        return True, "truncated file: ends inside the pixel data element"
+        return (True, "truncated file: ends inside the pixel data element"), None
     if element is None:
         if element_start < size:
-            return True, "truncated file: ends inside the pixel data element"
-        return False, "no pixel data"
+            return (True, "truncated file: ends inside the pixel data element"), None
+        return (False, "no pixel data"), None
     if not isinstance(element, RawDataElement) or element.tag not in _PIXEL_DATA_TAGS:
-        return False, "no pixel data"
+        return (False, "no pixel data"), None
     if element.length == 0xFFFFFFFF:
-        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">")
+        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">"), None
     start, length = element.value_tell, element.length
     if start + length > size:
-        return True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"
-    return _length_problem(ds, length)
+        return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
+    problem = _length_problem(ds, length)
+    return problem, (start, length) if problem is None and element.tag == _PIXEL_DATA_TAGS[0] else None
 
 
-def _encapsulated_problem(fp: BinaryIO, value_start: int, order: str) -> tuple[bool, str] | None:
+def _pixel_layout(fields: _Fields, value: tuple[int, int], status: os.stat_result) -> PixelLayout | None:
+    """What the loader needs to read a native little-endian single-frame image without parsing it again;
+    None where pydicom must decode it (unused high bits, odd sizes, functional groups, unusable rescale)."""
+    bits, stored = fields.get("BitsAllocated"), fields.get("BitsStored")
+    representation = fields.get("PixelRepresentation", 0)
+    rows, columns = int(fields["Rows"]), int(fields["Columns"])
+    if bits not in (8, 16, 32) or stored != bits or representation not in (0, 1):
+        return None
+    if int(fields.get("NumberOfFrames") or 1) != 1 or "SharedFunctionalGroupsSequence" in fields:
+        return None
+    offset, length = value
+    if length < rows * columns * bits // 8:
+        return None
+    try:
+        slope = float(fields.get("RescaleSlope", 1.0))
+        intercept = float(fields.get("RescaleIntercept", 0.0))
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        return None
+    return PixelLayout(
+        file_size=status.st_size,
+        mtime_ns=status.st_mtime_ns,
+        offset=offset,
+        length=length,
+        rows=rows,
+        columns=columns,
+        bits_allocated=int(bits),
+        signed=representation == 1,
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+    )
+
+
+def _encapsulated_problem(fp: BinaryIO, value_start: int, order: str) -> _PixelProblem | None:
     """Pydicom found the sequence delimiter; check that the items before it are well formed."""
     fp.seek(value_start)
     try:
@@ -294,7 +345,9 @@ def _first_item(source: Dataset | _Fields | None, sequence: str) -> Dataset | No
     return items[0] if items else None
 
 
-def _header_from_fields(path: Path, header: _Fields, sop_class: str, syntax: str) -> FileHeader:
+def _header_from_fields(
+    path: Path, header: _Fields, sop_class: str, syntax: str, layout: PixelLayout | None
+) -> FileHeader:
     modality = str(_value(header, "Modality") or "")
     size = (int(header["Rows"]), int(header["Columns"]))
     frames = int(_value(header, "NumberOfFrames") or 1)
@@ -324,6 +377,7 @@ def _header_from_fields(path: Path, header: _Fields, sop_class: str, syntax: str
                 rows=size[0],
                 columns=size[1],
                 slice_spacing=_single_float(_value(header, "SpacingBetweenSlices")),
+                pixel=layout,
             )
         ]
         frame_geometry_missing = False

@@ -11,6 +11,37 @@ from pathlib import Path
 from innereye_batch.dicom.geometry import Geometry
 
 
+@dataclass(frozen=True, slots=True)
+class PixelLayout:
+    """Where a file's uncompressed little-endian stored values lie, and how to read them, as the scan found it.
+
+    Only for a single-frame file whose every allocated bit is stored (BitsStored == BitsAllocated), so that its
+    values can be read as they lie, without pydicom parsing the header again. Valid while the file's size and
+    modification time are those recorded here.
+    """
+
+    file_size: int
+    mtime_ns: int
+    """``st_mtime_ns`` of the file when it was scanned."""
+    offset: int
+    """Byte offset of the Pixel Data element's value in the file."""
+    length: int
+    """Declared length of that value in bytes (at least rows x columns x bytes per value)."""
+    rows: int
+    columns: int
+    bits_allocated: int
+    """8, 16 or 32; BitsStored equals it."""
+    signed: bool
+    """PixelRepresentation 1 (two's complement)."""
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+
+    @property
+    def dtype(self) -> str:
+        """Numpy type string of one stored value, e.g. ``<i2``."""
+        return f"<{'i' if self.signed else 'u'}{self.bits_allocated // 8}"
+
+
 @dataclass(frozen=True)
 class SliceRef:
     """One 2-D image of a series: a single-frame file, or one frame of a multi-frame file."""
@@ -21,6 +52,9 @@ class SliceRef:
     """ImagePositionPatient (LPS, mm) of the image's first voxel."""
     frame: int | None = None
     """0-based frame number in a multi-frame file; None for a single-frame file."""
+    pixel: PixelLayout | None = None
+    """How to read the stored values without parsing the header again; None where pydicom must decode them
+    (compressed, big endian, multi-frame, unused high bits) or the scan did not record it."""
 
 
 @dataclass(frozen=True)

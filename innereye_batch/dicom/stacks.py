@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from innereye_batch.dicom.geometry import Geometry
-from innereye_batch.dicom.series import Problem, SeriesInfo, SliceRef
+from innereye_batch.dicom.series import PixelLayout, Problem, SeriesInfo, SliceRef
 
 IDENTITY_ROWS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 """Row and column direction cosines of an axial image, used where an image has none."""
@@ -41,6 +41,8 @@ class ImageHeader:
     columns: int
     slice_spacing: float | None
     """SpacingBetweenSlices, used for the z spacing of a single-slice stack."""
+    pixel: PixelLayout | None = None
+    """Where the stored values lie, for a native single-frame image (see PixelLayout)."""
 
 
 @dataclass(slots=True)  # not frozen: built once per image, in the hot loop
@@ -175,6 +177,7 @@ def _sort_and_check(stack: _Stack) -> tuple[tuple[SliceRef, ...], Geometry, list
             sop_instance_uid=images[i].sop_instance_uid,
             position=(float(p[0]), float(p[1]), float(p[2])),
             frame=images[i].frame,
+            pixel=images[i].pixel,
         )
         for i, p in zip(order, positions, strict=True)
     )

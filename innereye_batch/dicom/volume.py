@@ -1,9 +1,10 @@
 """Decode pixel data of a scanned series into a Volume: float32 (z, y, x) voxels with their geometry.
 
-pydicom parses every file once and decodes every transfer syntax (its native reader, or the pylibjpeg /
-pyjpegls plugins for compressed data); uncompressed little-endian values that use every allocated bit are read
-as they lie at the offset pydicom gives. This module only checks each file against the scan, applies the
-rescale and fills one float32 array.
+Where the scan recorded a slice's PixelLayout (a native little-endian single-frame image using every allocated
+bit, located by pydicom during the scan) and the file's size and modification time are still those of the scan,
+the stored values are read as they lie, with no second parse. Otherwise pydicom parses the file once and decodes
+every transfer syntax (its native reader, or the pylibjpeg / pyjpegls plugins for compressed data). This module
+only checks each file against the scan, applies the rescale and fills one float32 array.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     ``workers`` threads decode files at once. By default an uncompressed series is read in this thread: its
     cost is pydicom's header parsing, which holds the GIL, and threads measured slower (bench/load_bench.py);
     a compressed one uses up to 4 threads. More threads can hide latency of network storage.
+    Slices whose PixelLayout still holds (same file size and mtime as at the scan) are read without pydicom;
+    any other file is parsed again and checked against the scan (SOP Instance UID, image size).
     Raises SeriesError for a series with fatal problems, a file that changed since the scan, or pixel data
     that cannot be decoded; the message names the file and the reason.
     """
@@ -86,7 +89,8 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     deflated = DeflatedExplicitVRLittleEndian in series.transfer_syntaxes
 
     def decode(path: Path, slots: list[tuple[int, SliceRef]]) -> None:
-        _decode_file(series, path, slots, output, native, deflated)
+        if not _read_as_laid_out(path, slots, output):
+            _decode_file(series, path, slots, output, native, deflated)
 
     workers = workers or (1 if native else min(4, os.cpu_count() or 1))
     if workers <= 1 or len(targets) <= 2:
@@ -127,11 +131,42 @@ def _decode_file(
         raise SeriesError(uid, f"{path}: has {frames.shape[0]} frame(s), fewer than the scan found")
     for z, ref in slots:
         slope, intercept = _rescale(header, ref.frame)
-        stored = frames[ref.frame or 0]
-        if slope == 1.0 and float(intercept).is_integer() and stored.dtype.itemsize <= 2:
-            np.add(stored, np.float32(intercept), out=output[z], dtype=np.float32)  # exact in float32
-        else:
-            output[z] = stored.astype(np.float64) * slope + intercept
+        _write_rescaled(frames[ref.frame or 0], slope, intercept, output[z])
+
+
+def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.ndarray) -> bool:
+    """Read a single-frame file's stored values where the scan found them, if the file is as it was then.
+
+    False (nothing written) where the slice has no PixelLayout, or the file's size or modification time
+    differ from the scan's, or it cannot be read whole: the general path then parses it and says what is wrong.
+    """
+    if len(slots) != 1:
+        return False
+    z, ref = slots[0]
+    layout = ref.pixel
+    if layout is None or ref.frame is not None or (layout.rows, layout.columns) != output.shape[1:]:
+        return False
+    stored = np.empty((layout.rows, layout.columns), dtype=layout.dtype)
+    try:
+        with open(path, "rb", buffering=0) as fp:
+            status = os.fstat(fp.fileno())  # of the file opened, not of whatever the path names later
+            if (status.st_size, status.st_mtime_ns) != (layout.file_size, layout.mtime_ns):
+                return False
+            fp.seek(layout.offset)
+            if fp.readinto(stored.data) != stored.nbytes:
+                return False
+    except OSError:
+        return False
+    _write_rescaled(stored, layout.rescale_slope, layout.rescale_intercept, output[z])
+    return True
+
+
+def _write_rescaled(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
+    """``stored * slope + intercept`` into the float32 slice ``out``, computed in float64 unless exact in float32."""
+    if slope == 1.0 and float(intercept).is_integer() and stored.dtype.itemsize <= 2:
+        np.add(stored, np.float32(intercept), out=out, dtype=np.float32)  # exact in float32
+    else:
+        out[...] = stored.astype(np.float64) * slope + intercept
 
 
 _Header = dict[str, Any]

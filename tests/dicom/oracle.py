@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,12 @@ def only_series(folder: Path) -> SeriesInfo:
     result = scan_tree(folder)
     assert len(result.series) == 1, [s.key for s in result.series]
     return result.series[0]
+
+
+def without_layouts(series: SeriesInfo) -> SeriesInfo:
+    """The same series as a scan that recorded no PixelLayout would give: every file parsed again to load."""
+    slices = tuple(dataclasses.replace(ref, pixel=None) for ref in series.slices)
+    return dataclasses.replace(series, slices=slices)
 
 
 def assert_matches_truth_and_simpleitk(series: SeriesInfo, truth: GeneratedSeries) -> None:

@@ -1,4 +1,8 @@
-"""load_volume on uncompressed little-endian files: each file parsed once, every bit layout and rescale exact."""
+"""load_volume on uncompressed little-endian files: at most one parse per file, every bit layout and rescale exact.
+
+The general path (a file parsed again) is what a slice without a scan's PixelLayout takes; test_volume_layout.py
+covers the layouts.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 import innereye_batch.dicom.volume as volume_module
 from innereye_batch.dicom.volume import load_volume
 from innereye_batch.errors import SeriesError
-from tests.dicom.oracle import only_series
+from tests.dicom.oracle import only_series, without_layouts
 from tests.factory import read_with_simpleitk, recode_file, write_series
 
 
@@ -43,7 +47,7 @@ def rewrite_pixels(path: Path, stored: np.ndarray, bits_allocated: int, bits_sto
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_full_width_values_are_read_once_without_the_decoder(
+def test_general_path_reads_full_width_values_once_without_the_decoder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syntax: str, signed: bool
 ) -> None:
     truth = write_series(tmp_path, shape=(5, 12, 10), rescale_intercept=0.0 if signed else -1024.0, shuffle_names=True)
@@ -51,7 +55,7 @@ def test_full_width_values_are_read_once_without_the_decoder(
         for path in truth.paths:
             recode_file(path, pydicom.uid.UID(syntax))
     assert pydicom.dcmread(truth.paths[0]).PixelRepresentation == (1 if signed else 0)
-    series = only_series(tmp_path)
+    series = without_layouts(only_series(tmp_path))
 
     def no_decoder(*args: object, **kwargs: object) -> None:
         raise AssertionError("pydicom's decoder was not needed")
@@ -75,6 +79,7 @@ def test_unused_high_bits_are_cleared_by_pydicom_with_one_read_per_file(
         garbage = np.uint16(0xA000)  # overlay bits above bit 11, which must be ignored
         rewrite_pixels(path, (stored & 0x0FFF).astype(np.uint16) | garbage, 16, 12, signed)
     series = only_series(tmp_path)
+    assert all(ref.pixel is None for ref in series.slices)  # unused high bits: pydicom must mask them
     reads = count_calls(monkeypatch, volume_module.pydicom, "dcmread")
     decodes = count_calls(monkeypatch, volume_module, "pixel_array")
     np.testing.assert_array_equal(load_volume(series).array, truth.voxels)
@@ -91,7 +96,9 @@ def test_8_and_32_bits_allocated(tmp_path: Path, bits: int, signed: bool) -> Non
     for path, plane in zip(truth.paths, voxels, strict=True):
         rewrite_pixels(path, plane.astype(dtype), bits, bits, signed)
     series = only_series(tmp_path)
+    assert all(ref.pixel is not None and ref.pixel.bits_allocated == bits for ref in series.slices)
     np.testing.assert_array_equal(load_volume(series).array, voxels)
+    np.testing.assert_array_equal(load_volume(without_layouts(series)).array, voxels)
 
 
 def test_each_slice_keeps_its_own_fractional_rescale(tmp_path: Path) -> None:
@@ -103,8 +110,11 @@ def test_each_slice_keeps_its_own_fractional_rescale(tmp_path: Path) -> None:
         ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
         ds.save_as(path, enforce_file_format=True)
         expected.append((ds.pixel_array.astype(np.float64) * slope + intercept).astype(np.float32))
-    volume = load_volume(only_series(tmp_path))
+    series = only_series(tmp_path)
+    assert [(ref.pixel.rescale_slope, ref.pixel.rescale_intercept) for ref in series.slices if ref.pixel] == rescales
+    volume = load_volume(series)
     np.testing.assert_array_equal(volume.array, np.stack(expected))
+    np.testing.assert_array_equal(load_volume(without_layouts(series)).array, volume.array)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_with_simpleitk(truth.paths)), volume.array)
 
 
@@ -118,17 +128,18 @@ def test_big_endian_series_goes_through_pydicom_decoder(tmp_path: Path, monkeypa
         pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, enforce_file_format=True)
     series = only_series(tmp_path)
     assert series.transfer_syntaxes == (ExplicitVRBigEndian,)
+    assert all(ref.pixel is None for ref in series.slices)
     decodes = count_calls(monkeypatch, volume_module, "pixel_array")
     np.testing.assert_array_equal(load_volume(series).array, truth.voxels)
     assert len(decodes) == len(truth.paths)
 
 
-def test_one_compressed_file_sends_the_series_through_pydicom_decoder(
+def test_one_compressed_file_sends_the_general_path_through_pydicom_decoder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     truth = write_series(tmp_path, shape=(3, 10, 8))
     recode_file(truth.paths[1], RLELossless)
-    series = only_series(tmp_path)
+    series = without_layouts(only_series(tmp_path))
     decodes = count_calls(monkeypatch, volume_module, "pixel_array")
     np.testing.assert_array_equal(load_volume(series).array, truth.voxels)
     assert len(decodes) == len(truth.paths)

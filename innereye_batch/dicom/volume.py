@@ -70,9 +70,9 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
     """Decode every slice of ``series`` into float32 (z, y, x) modality values (rescale applied).
 
-    ``workers`` threads decode files at once. By default an uncompressed series is read in this thread: its
-    cost is pydicom's header parsing, which holds the GIL, and threads measured slower (bench/load_bench.py);
-    a compressed one uses up to 4 threads. More threads can hide latency of network storage.
+    ``workers`` threads decode files at once. By default an uncompressed series is read in this thread: a file
+    read as laid out costs one read and one conversion, a re-parse holds the GIL, and threads measured no faster
+    (bench/load_bench.py); a compressed one uses up to 4 threads. More threads can hide network storage latency.
     Slices whose PixelLayout still holds (same file size and mtime as at the scan) are read without pydicom;
     any other file is parsed again and checked against the scan (SOP Instance UID, image size).
     Raises SeriesError for a series with fatal problems, a file that changed since the scan, or pixel data

@@ -268,6 +268,7 @@ def _pixel_layout(fields: _Fields, value: tuple[int, int], status: os.stat_resul
     return PixelLayout(
         file_size=status.st_size,
         mtime_ns=status.st_mtime_ns,
+        ctime_ns=status.st_ctime_ns,
         offset=offset,
         length=length,
         rows=rows,

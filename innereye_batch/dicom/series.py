@@ -17,12 +17,14 @@ class PixelLayout:
 
     Only for a single-frame file whose every allocated bit is stored (BitsStored == BitsAllocated), so that its
     values can be read as they lie, without pydicom parsing the header again. Valid while the file's size and
-    modification time are those recorded here.
+    modification and status-change times are those recorded here.
     """
 
     file_size: int
     mtime_ns: int
     """``st_mtime_ns`` of the file when it was scanned."""
+    ctime_ns: int
+    """``st_ctime_ns`` when it was scanned: unlike mtime, no user can set it back (``cp -p``, ``touch -d``)."""
     offset: int
     """Byte offset of the Pixel Data element's value in the file."""
     length: int

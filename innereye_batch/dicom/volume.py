@@ -150,7 +150,8 @@ def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.
     try:
         with open(path, "rb", buffering=0) as fp:
             status = os.fstat(fp.fileno())  # of the file opened, not of whatever the path names later
-            if (status.st_size, status.st_mtime_ns) != (layout.file_size, layout.mtime_ns):
+            recorded = (layout.file_size, layout.mtime_ns, layout.ctime_ns)
+            if (status.st_size, status.st_mtime_ns, status.st_ctime_ns) != recorded:
                 return False
             fp.seek(layout.offset)
             if fp.readinto(stored.data) != stored.nbytes:

@@ -71,6 +71,22 @@ def test_file_touched_after_the_scan_is_parsed_again_and_still_loads(
     assert len(reads) == 1  # only the touched file
 
 
+def test_header_rewritten_with_the_old_mtime_restored_is_parsed_again(tmp_path: Path) -> None:
+    """``cp -p`` or ``touch -d`` can put mtime back; the status-change time still tells the file changed."""
+    truth = write_series(tmp_path, shape=(4, 10, 8))
+    series = only_series(tmp_path)
+    victim = truth.paths[2]
+    before = victim.stat()
+    data = victim.read_bytes()
+    assert data.count(b"-1024") == 1
+    victim.write_bytes(data.replace(b"-1024", b"-1000"))  # RescaleIntercept edited: same size, same offsets
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (victim.stat().st_size, victim.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    loaded = load_volume(series).array
+    np.testing.assert_array_equal(loaded[2], truth.voxels[2] + 24)  # the new intercept, not the scanned one
+    np.testing.assert_array_equal(loaded[[0, 1, 3]], truth.voxels[[0, 1, 3]])
+
+
 def test_file_replaced_by_another_instance_of_the_same_size_raises_naming_it(tmp_path: Path) -> None:
     truth = write_series(tmp_path, shape=(4, 10, 8))
     series = only_series(tmp_path)

@@ -16,24 +16,25 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import parse_basic_offsets, parse_fragments
-from pydicom.filereader import data_element_generator
-from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
 )
 
+from innereye_batch.dicom.pixel_data import (
+    NATIVE_LITTLE_ENDIAN,
+    PIXEL_DATA_TAGS,
+    inflated_pixel_problem,
+    pixel_data_problem,
+    pixel_layout,
+    transfer_syntax_of,
+)
 from innereye_batch.dicom.series import PixelLayout, SeriesInfo, SkippedFile
 from innereye_batch.dicom.stacks import IDENTITY_ROWS, FileHeader, ImageHeader, build_series
 
@@ -75,8 +76,6 @@ HEADER_KEYWORDS = (
 )
 """The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read)."""
 _HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
-_PIXEL_DATA_TAGS = [Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")]
-_NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
 
 
 @dataclass(frozen=True)
@@ -170,11 +169,11 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
         pixel_value: tuple[int, int] | None = None
         if syntax == DeflatedExplicitVRLittleEndian:  # inflated in memory: read it again, pixel data included
             fp.seek(0)
-            ds = pydicom.dcmread(fp, specific_tags=_HEADER_TAGS + _PIXEL_DATA_TAGS, force=bare)
+            ds = pydicom.dcmread(fp, specific_tags=_HEADER_TAGS + PIXEL_DATA_TAGS, force=bare)
             fields = _fields(ds)
-            pixel_problem = _inflated_pixel_problem(ds)
+            pixel_problem = inflated_pixel_problem(ds)
         else:
-            pixel_problem, pixel_value = _pixel_data_problem(fp, ds, size)
+            pixel_problem, pixel_value = pixel_data_problem(fp, ds, size)
     if pixel_problem is not None:
         fatal_to_series, reason = pixel_problem
         if not fatal_to_series:
@@ -194,122 +193,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
         )
     if int(fields.get("BitsAllocated", 16)) == 1:
         return SkippedFile(path, "1-bit (binary) image: not an image series")
-    native = syntax in _NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
-    layout = _pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
+    native = syntax in NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
+    layout = pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
     return _header_from_fields(path, fields, sop_class, syntax, layout)
-
-
-def transfer_syntax_of(ds: Dataset) -> str:
-    """The file's transfer syntax, or the one its encoding implies when it has no file meta."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    if syntax:
-        return syntax
-    implicit, little = ds.original_encoding
-    return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-
-
-_PixelProblem = tuple[bool, str]
-"""Whether the damage concerns the file's series (not only the file), and the reason."""
-_PixelCheck = tuple[_PixelProblem | None, tuple[int, int] | None]
-"""The problem (None when fine) and, for a whole Pixel Data element of defined length, its value's offset and
-length in the file."""
-
-
-def _pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
-    """Check, without reading it, that the pixel data element after the header is present and whole.
-
-    ``fp`` is where ``dcmread(stop_before_pixels=True)`` left it: at the pixel data element, or at the end of
-    a file without one. Where the element is fine and native, also says where pydicom located its value.
-    """
-    implicit, little = ds.original_encoding
-    element_start = fp.tell()
-    try:  # defer_size=0: pydicom skips the value and reports its position and declared length
-        element = next(data_element_generator(fp, bool(implicit), little is not False, defer_size=0), None)
-    except EOFError:
-        return (True, "truncated file: compressed pixel data has no end (sequence delimiter missing)"), None
-    except Exception:  # struct.error: the element header itself is cut
-        return (True, "truncated file: ends inside the pixel data element"), None
-    if element is None:
-        if element_start < size:
-            return (True, "truncated file: ends inside the pixel data element"), None
-        return (False, "no pixel data"), None
-    if not isinstance(element, RawDataElement) or element.tag not in _PIXEL_DATA_TAGS:
-        return (False, "no pixel data"), None
-    if element.length == 0xFFFFFFFF:
-        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">"), None
-    start, length = element.value_tell, element.length
-    if start + length > size:
-        return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
-    problem = _length_problem(ds, length)
-    return problem, (start, length) if problem is None and element.tag == _PIXEL_DATA_TAGS[0] else None
-
-
-def _pixel_layout(fields: _Fields, value: tuple[int, int], status: os.stat_result) -> PixelLayout | None:
-    """What the loader needs to read a native little-endian single-frame image without parsing it again;
-    None where pydicom must decode it (unused high bits, odd sizes, functional groups, unusable rescale)."""
-    bits, stored = fields.get("BitsAllocated"), fields.get("BitsStored")
-    representation = fields.get("PixelRepresentation", 0)
-    rows, columns = int(fields["Rows"]), int(fields["Columns"])
-    if bits not in (8, 16, 32) or stored != bits or representation not in (0, 1):
-        return None
-    if int(fields.get("NumberOfFrames") or 1) != 1 or "SharedFunctionalGroupsSequence" in fields:
-        return None
-    offset, length = value
-    if length < rows * columns * bits // 8:
-        return None
-    try:
-        slope = float(fields.get("RescaleSlope", 1.0))
-        intercept = float(fields.get("RescaleIntercept", 0.0))
-    except (TypeError, ValueError):
-        return None
-    if not (math.isfinite(slope) and math.isfinite(intercept)):
-        return None
-    return PixelLayout(
-        file_size=status.st_size,
-        mtime_ns=status.st_mtime_ns,
-        ctime_ns=status.st_ctime_ns,
-        offset=offset,
-        length=length,
-        rows=rows,
-        columns=columns,
-        bits_allocated=int(bits),
-        signed=representation == 1,
-        rescale_slope=slope,
-        rescale_intercept=intercept,
-    )
-
-
-def _encapsulated_problem(fp: BinaryIO, value_start: int, order: str) -> _PixelProblem | None:
-    """Pydicom found the sequence delimiter; check that the items before it are well formed."""
-    fp.seek(value_start)
-    try:
-        parse_basic_offsets(fp, endianness=order)
-        parse_fragments(fp, endianness=order)
-    except Exception as error:
-        return True, f"corrupt compressed pixel data: {error}"
-    return None
-
-
-def _inflated_pixel_problem(ds: Dataset) -> tuple[bool, str] | None:
-    """Pixel data of a deflated file, inflated by pydicom (a truncated stream fails before this)."""
-    element = next((ds[tag] for tag in _PIXEL_DATA_TAGS if tag in ds), None)
-    if element is None:
-        return False, "no pixel data"
-    if element.is_undefined_length:
-        return None
-    return _length_problem(ds, len(element.value or b""))
-
-
-def _length_problem(ds: Dataset, length: int) -> tuple[bool, str] | None:
-    """Native pixel data shorter than the header's Rows x Columns x frames x samples x bits announce."""
-    try:
-        expected = int(get_expected_length(ds, unit="bytes"))
-    except Exception:  # the header lacks the numbers: nothing to compare with
-        return None
-    if length < expected:
-        return True, f"pixel data too short: {length} bytes for {expected} expected from the header"
-    return None
 
 
 def _floats(value: Any, count: int) -> tuple[float, ...] | None:

@@ -25,7 +25,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from innereye_batch.dicom.geometry import Geometry
-from innereye_batch.dicom.scan import transfer_syntax_of
+from innereye_batch.dicom.pixel_data import transfer_syntax_of
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
 

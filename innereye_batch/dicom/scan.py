@@ -1,6 +1,6 @@
 """Walk a folder tree, read every file's DICOM header with pydicom (in parallel), and hand images to stacks.py.
 
-Only headers are read: the pixel data element is located and its length checked against the file, never
+Only headers are read: the pixel data element is located and checked against the file (pixel_data.py), never
 decoded. Every file either lands in exactly one series (stack) or in the skipped list with a reason; the scan
 never raises for a file.
 """

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +24,6 @@ class SegmentationRunner:
     device: torch.device
     patch_batch: int = 1
     amp: bool = False
-    notes: list[str] = field(default_factory=list)
 
     def __call__(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
         """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, and stage timings."""
@@ -71,6 +69,3 @@ class SegmentationRunner:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def describe(self) -> dict[str, Any]:
-        return {"device": str(self.device), "networks": len(self.networks), "amp": self.amp}

@@ -42,45 +42,27 @@ def _make_inputs(root: Path) -> tuple[Path, Path]:
 
 
 def _sequential(scans: Path, model: Path, out: Path) -> dict[str, float]:
-    """The plain loop a script would write: load, infer, write, one series after another."""
-    from innereye_batch import __version__
-    from innereye_batch.dicom.scan import scan_tree
-    from innereye_batch.dicom.volume import load_volume
+    """One item after another in one thread (decode, predict, write): `process_item` over the planned jobs."""
     from innereye_batch.engine.device import resolve_device
     from innereye_batch.model.checkpoints import load_networks
     from innereye_batch.model.package import load_model_package
-    from innereye_batch.pipeline.inference import SegmentationRunner
-    from innereye_batch.writers.dicom_seg import write_dicom_seg
-    from innereye_batch.writers.nifti import write_label_map
-    from innereye_batch.writers.predictions import build_predictions, structure_stats, write_json
+    from innereye_batch.pipeline.plan import plan_run
+    from innereye_batch.pipeline.process import process_item
+    from innereye_batch.pipeline.run import make_predictor
+    from innereye_batch.pipeline.sources import FolderSource
+    from innereye_batch.writers.registry import resolve_formats
 
-    stages = {"load": 0.0, "infer": 0.0, "write": 0.0}
     start = time.perf_counter()
     package = load_model_package(model)
-    runner = SegmentationRunner(package, load_networks(package), resolve_device("cpu"))
-    for series in scan_tree(scans).series:
-        t = time.perf_counter()
-        volume = load_volume(series)
-        stages["load"] += time.perf_counter() - t
-        t = time.perf_counter()
-        labels, timings = runner(torch.from_numpy(volume.array[None]), volume.geometry)
-        stages["infer"] += time.perf_counter() - t
-        t = time.perf_counter()
-        folder = out / series.key
-        folder.mkdir(parents=True)
-        write_label_map(folder / "segmentation.nii.gz", labels, volume.geometry)
-        write_dicom_seg(folder / "segmentation.dcm", labels, series, package, software_version=__version__)
-        stats = structure_stats(labels, volume.geometry, package.structure_names)
-        document = build_predictions(
-            package=package,
-            series=series,
-            geometry=volume.geometry,
-            structures=stats,
-            timings=timings,
-            tool_version=__version__,
-        )
-        write_json(folder / "predictions.json", document)
-        stages["write"] += time.perf_counter() - t
+    formats = resolve_formats((), package.task)
+    predictor = make_predictor(package, load_networks(package), resolve_device("cpu"))
+    jobs, _ = plan_run(FolderSource(scans).discover(), package, formats, out)
+    stages: dict[str, float] = {}
+    for job in jobs:
+        result = process_item(job, predictor, formats, package, package.fingerprint())
+        assert result.status == "ok", result.reason
+        for stage, seconds in result.timings.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
     stages["wall"] = time.perf_counter() - start
     return stages
 
@@ -161,7 +143,8 @@ def run(repeats: int = 2) -> str:
             "",
             "| way | wall (s) | series/min |",
             "|---|---|---|",
-            f"| sequential loop (load, infer, write) | {seq_wall:.1f} | {60 * COHORT_SERIES / seq_wall:.1f} |",
+            f"| sequential (`process_item` per series: load, infer, write) | {seq_wall:.1f} | "
+            f"{60 * COHORT_SERIES / seq_wall:.1f} |",
             f"| `innereye-batch run` (2 loader workers, 2 writers) | {run_wall:.1f} | "
             f"{60 * COHORT_SERIES / run_wall:.1f} |",
             "",

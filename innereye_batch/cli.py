@@ -122,8 +122,11 @@ def run(
     patch_batch: Annotated[int, typer.Option(help="Patches per forward pass.")] = 1,
     amp: Annotated[bool, typer.Option(help="Mixed precision (bf16/fp16) on CUDA.")] = False,
     formats: Annotated[
-        str, typer.Option(help="Comma-separated outputs: nifti, dicom-seg, json.")
-    ] = "nifti,dicom-seg,json",
+        str,
+        typer.Option(
+            help="Comma-separated outputs (default: every output of the model's task): nifti, dicom-seg, json."
+        ),
+    ] = "",
     series: Annotated[
         list[str] | None, typer.Option("--series", help="Only this SeriesInstanceUID (repeatable).")
     ] = None,

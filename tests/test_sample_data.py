@@ -60,9 +60,13 @@ def single_checkpoint_labels(package: ModelPackage, network: torch.nn.Module, ph
     from innereye_batch.engine.postprocess import postprocess
     from innereye_batch.engine.preprocess import normalise
 
-    image = normalise(torch.from_numpy(phantom.ct_hu), package.normalisation[0])[None]
-    posteriors = predict_posteriors([network], image, package.inference, num_outputs=package.num_outputs)
-    return postprocess(posteriors, phantom.spacing, package.postprocessing, package.structure_names)
+    image = normalise(torch.from_numpy(phantom.ct_hu), package.segmentation.normalisation[0])[None]
+    posteriors = predict_posteriors(
+        [network], image, package.segmentation.inference, num_outputs=package.num_outputs, activation="softmax"
+    )
+    return postprocess(
+        posteriors, phantom.spacing, package.segmentation.postprocessing, package.segmentation.structure_names
+    )
 
 
 def test_phantom_is_reproducible_and_places_structures_as_documented() -> None:
@@ -93,11 +97,11 @@ def test_shipped_model_folder_has_innereye_ensemble_layout_and_loads() -> None:
 
     package = load_model_package(MODEL)
     assert {ref.path.relative_to(MODEL).as_posix() for ref in package.checkpoints} == CHECKPOINTS
-    assert package.structure_names == STRUCTURE_NAMES
+    assert package.segmentation.structure_names == STRUCTURE_NAMES
     assert package.task == "segmentation"
     assert package.architecture.name.lower() == "unet3d"
-    assert package.normalisation[0].method == "ct_window"
-    assert set(package.postprocessing.largest_component) == set(STRUCTURE_NAMES)
+    assert package.segmentation.normalisation[0].method == "ct_window"
+    assert set(package.segmentation.postprocessing.largest_component) == set(STRUCTURE_NAMES)
     hashes = {ref.sha256 for ref in package.checkpoints}
     assert len(hashes) == 3, "three different checkpoints, not one copied"
     for ref in package.checkpoints:

@@ -194,9 +194,13 @@ def segment(package: ModelPackage, networks: Sequence[torch.nn.Module], hu: np.n
     from innereye_batch.engine.postprocess import postprocess
     from innereye_batch.engine.preprocess import normalise
 
-    image = normalise(torch.from_numpy(hu), package.normalisation[0])[None]
-    posteriors = predict_posteriors(networks, image, package.inference, num_outputs=package.num_outputs)
-    return postprocess(posteriors, DEFAULT_SPACING, package.postprocessing, package.structure_names)
+    image = normalise(torch.from_numpy(hu), package.segmentation.normalisation[0])[None]
+    posteriors = predict_posteriors(
+        networks, image, package.segmentation.inference, num_outputs=package.num_outputs, activation="softmax"
+    )
+    return postprocess(
+        posteriors, DEFAULT_SPACING, package.segmentation.postprocessing, package.segmentation.structure_names
+    )
 
 
 def validation_dice(folder: Path) -> dict[str, dict[str, float]]:

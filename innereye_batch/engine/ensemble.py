@@ -1,20 +1,19 @@
-"""Run one network or an ensemble on a pre-processed tensor: posteriors averaged as a running mean."""
+"""Run one network or an ensemble on a pre-processed tensor: outputs (after the task's activation) averaged as a
+running mean."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from innereye_batch.engine.sliding_window import amp_autocast, sliding_window_inference
+from innereye_batch.engine.sliding_window import Activation, amp_autocast, sliding_window_inference
 from innereye_batch.model.spec import InferenceSpec
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-Activation = Literal["softmax", "sigmoid"]
 
 
 def predict_posteriors(
@@ -27,8 +26,10 @@ def predict_posteriors(
     amp: bool = False,
     output_device: torch.device | None = None,
     max_output_bytes: int | None = None,
+    activation: Activation | None = None,
 ) -> torch.Tensor:
-    """Mean softmax posteriors (num_outputs, Z, Y, X) of ``networks`` on one (C, Z, Y, X) image.
+    """Mean outputs (num_outputs, Z, Y, X) of ``networks`` on one (C, Z, Y, X) image: each network's logits go
+    through ``activation`` per patch (softmax posteriors for segmentation; None keeps logits), then are averaged.
 
     Every network sees the same pre-processed tensor and is put in eval mode. The mean is kept as a running
     mean (mean += (p_k - mean) / k), so at most two posterior volumes exist at a time; N copies of one network
@@ -53,6 +54,7 @@ def predict_posteriors(
             output_device=target,
             amp=amp,
             max_output_bytes=max_output_bytes,
+            activation=activation,
         )
         if mean is None:
             mean = posteriors

@@ -1,4 +1,8 @@
-"""Sliding-window inference: cut a volume into patches, run them in batches, stitch softmax posteriors back.
+"""Sliding-window inference: cut a volume into patches, run them in batches, stitch the outputs back.
+
+What is stitched is the network's output passed through ``activation``, applied per patch before stitching:
+``None`` stitches raw logits (as MONAI does by default); the task says ``softmax`` (segmentation posteriors, as
+InnerEye stitches them) or ``sigmoid`` (multi-label).
 
 Patch grid (per axis, as MONAI's ``dense_patch_slices``): starts at 0, stride, 2 * stride, ... while the patch
 ends inside the volume, then one last patch flush with the far border. Stitching: ``gaussian`` weighs each patch
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StitchingMode = Literal["gaussian", "average"]
+Activation = Literal["softmax", "sigmoid"]
 GAUSSIAN_SIGMA_SCALE = 0.125
 GAUSSIAN_MIN_WEIGHT = 1e-3
 # Fraction of the free CUDA memory the accumulators may take; the rest is left for the patches' activations.
@@ -79,8 +84,10 @@ def sliding_window_inference(
     amp: bool = False,
     padding: PaddingMode = "edge",
     max_output_bytes: int | None = None,
+    activation: Activation | None = None,
 ) -> torch.Tensor:
-    """Posteriors (num_outputs, Z, Y, X) float32 for a (C, Z, Y, X) image: softmax of ``predict``'s logits.
+    """Stitched outputs (num_outputs, Z, Y, X) float32 for a (C, Z, Y, X) image: ``activation`` of ``predict``'s
+    logits per patch (softmax over channels, sigmoid per channel, or the logits themselves when None).
 
     ``predict`` maps (N, C, z, y, x) to logits (N, num_outputs, z, y, x) of the same spatial size. ``patch_size``
     None runs the whole volume at once (padded to ``size_multiple``). A patch larger than the volume is shrunk to
@@ -97,11 +104,13 @@ def sliding_window_inference(
         raise ValueError(f"unknown stitching mode {stitching!r}: use 'gaussian' or 'average'")
     if patch_batch < 1:
         raise ValueError(f"patch_batch must be >= 1, got {patch_batch}")
+    if activation not in (None, "softmax", "sigmoid"):
+        raise ValueError(f"unknown activation {activation!r}: use 'softmax', 'sigmoid' or None (logits)")
     spatial = tuple(int(s) for s in image.shape[1:])
     target = output_device if output_device is not None else image.device
     forward = _forward(predict, image.device, amp)
     if patch_size is None:
-        return _whole_volume(forward, image, num_outputs, size_multiple, padding).to(target)
+        return _whole_volume(forward, image, num_outputs, size_multiple, padding, activation).to(target)
     patch = _effective_patch(patch_size, spatial, size_multiple)
     steps = stride if stride is not None else tuple(max(1, p // 2) for p in patch_size)
     if len(steps) != 3 or any(not 1 <= s <= p for s, p in zip(steps, patch_size, strict=True)):
@@ -124,8 +133,8 @@ def sliding_window_inference(
     for batch_corners in _chunks(corners, patch_batch):
         windows = [_window(corner, patch) for corner in batch_corners]
         inputs = torch.stack([padded[(slice(None), *window)] for window in windows])
-        probabilities = _softmax_posteriors(forward(inputs), num_outputs, patch)
-        weighted = probabilities.mul_(importance).to(posteriors.device)
+        outputs = _activated(forward(inputs), num_outputs, patch, activation)
+        weighted = outputs.mul_(importance).to(posteriors.device)
         for k, window in enumerate(windows):
             posteriors[(slice(None), *window)] += weighted[k]
             weights[window] += patch_weight
@@ -152,13 +161,17 @@ def _whole_volume(
     num_outputs: int,
     size_multiple: int,
     padding: PaddingMode,
+    activation: Activation | None,
 ) -> torch.Tensor:
     padded, crop = pad_to_multiple(image, size_multiple, mode=padding)
-    probabilities = _softmax_posteriors(predict(padded[None]), num_outputs, tuple(padded.shape[1:]))
-    return probabilities[(0, slice(None), *crop)]
+    outputs = _activated(predict(padded[None]), num_outputs, tuple(padded.shape[1:]), activation)
+    return outputs[(0, slice(None), *crop)]
 
 
-def _softmax_posteriors(logits: torch.Tensor, num_outputs: int, patch: Sequence[int]) -> torch.Tensor:
+def _activated(
+    logits: torch.Tensor, num_outputs: int, patch: Sequence[int], activation: Activation | None
+) -> torch.Tensor:
+    """The network's (N, K, z, y, x) output checked for shape, in float32, through ``activation``."""
     import torch
 
     expected = (num_outputs, *patch)
@@ -167,7 +180,11 @@ def _softmax_posteriors(logits: torch.Tensor, num_outputs: int, patch: Sequence[
             f"the network returned shape {tuple(logits.shape)} for input patches of {tuple(patch)}; expected "
             f"(N, {', '.join(str(e) for e in expected)}): {num_outputs} output channels, same spatial size"
         )
-    return torch.softmax(logits.float(), dim=1)
+    if activation == "softmax":
+        return torch.softmax(logits.float(), dim=1)
+    if activation == "sigmoid":
+        return torch.sigmoid(logits.float())
+    return logits.float().clone()  # the caller scales it in place; never alias the network's own output
 
 
 def _effective_patch(patch_size: Sequence[int], spatial: Sequence[int], size_multiple: int) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ from innereye_batch.model.spec import (
     ModelPackage,
     Normalisation,
     PostProcessing,
+    SegmentationSpec,
     Structure,
 )
 
@@ -265,24 +266,22 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
             "version", f"unsupported version {block['version']!r}; this tool reads version {BLOCK_VERSION}"
         )
     task = block.get("task", "segmentation")
-    if task not in ("segmentation", "classification"):
-        raise fields.error("task", f'must be "segmentation" or "classification", got {task!r}')
+    if task != "segmentation":
+        raise fields.error("task", f'must be "segmentation", got {task!r}')
     structures = _structures(fields, block["structures"])
     architecture = _architecture(fields, block["architecture"])
     channels = _channels(fields, block.get("channels", [{"name": "ct", "modality": "CT"}]))
     spacing = block.get("target_spacing")
-    return {
-        "task": task,
-        "structures": structures,
-        "architecture": architecture,
-        "channels": channels,
-        "normalisation": _normalisation(fields, block["normalisation"], len(channels)),
-        "target_spacing": None
+    task_spec = SegmentationSpec(
+        structures=structures,
+        normalisation=_normalisation(fields, block["normalisation"], len(channels)),
+        target_spacing=None
         if spacing is None
         else _triple(fields, "target_spacing", spacing, integer=False, minimum=1e-6),
-        "inference": _inference(fields, block, architecture),
-        "postprocessing": _postprocessing(fields, block.get("postprocessing"), structures),
-    }
+        inference=_inference(fields, block, architecture),
+        postprocessing=_postprocessing(fields, block.get("postprocessing"), structures),
+    )
+    return {"task_spec": task_spec, "architecture": architecture, "channels": channels}
 
 
 def _read_json(path: Path) -> Any:
@@ -373,7 +372,7 @@ def _settings(
             settings = parse_inference_block(config["inference"], config_file, prefix="inference.")
         else:
             settings = parse_inference_block(_read_json(block_file), block_file)
-        block_names = [s.name for s in settings["structures"]]
+        block_names = list(settings["task_spec"].structure_names)
         older_names = config.get("structure_names")
         if isinstance(older_names, list) and older_names != block_names:
             raise _Fields(config_file).error(

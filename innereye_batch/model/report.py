@@ -11,7 +11,7 @@ from innereye_batch.errors import InnerEyeBatchError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from innereye_batch.model.spec import ModelPackage, Normalisation
+    from innereye_batch.model.spec import ModelPackage, Normalisation, SegmentationSpec
 
 
 _NORMALISATION_KEYS = {
@@ -30,37 +30,46 @@ def _describe_normalisation(normalisation: Normalisation) -> dict[str, Any]:
     return described
 
 
-def _describe_package(package: ModelPackage) -> dict[str, Any]:
-    inference = package.inference
+def _describe_segmentation(spec: SegmentationSpec) -> dict[str, Any]:
+    inference = spec.inference
     return {
-        "name": package.name,
-        "task": package.task,
-        "source": package.source,
-        "model_configs_namespace": package.model_configs_namespace,
         "structures": [
-            {"label": i + 1, "name": s.name, "colour": list(s.colour)} for i, s in enumerate(package.structures)
+            {"label": i + 1, "name": s.name, "colour": list(s.colour)} for i, s in enumerate(spec.structures)
         ],
-        "architecture": {"name": package.architecture.name, "params": dict(package.architecture.params)},
         "expected_input": {
-            "channels": [asdict(c) for c in package.channels],
-            "normalisation": [_describe_normalisation(n) for n in package.normalisation],
-            "target_spacing": list(package.target_spacing) if package.target_spacing else None,
+            "normalisation": [_describe_normalisation(n) for n in spec.normalisation],
+            "target_spacing": list(spec.target_spacing) if spec.target_spacing else None,
             "patch_size": list(inference.patch_size) if inference.patch_size else None,
             "stride": list(inference.stride) if inference.stride else None,
             "stitching": inference.stitching,
             "size_multiple": inference.size_multiple,
         },
         "postprocessing": {
-            "posterior_smoothing_mm": list(package.postprocessing.posterior_smoothing_mm or []) or None,
-            "largest_component": list(package.postprocessing.largest_component),
-            "fill_holes": list(package.postprocessing.fill_holes),
+            "activation": spec.activation,
+            "posterior_smoothing_mm": list(spec.postprocessing.posterior_smoothing_mm or []) or None,
+            "largest_component": list(spec.postprocessing.largest_component),
+            "fill_holes": list(spec.postprocessing.fill_holes),
         },
-        "checkpoints": [
-            {"path": str(c.path.relative_to(package.folder)), "size_bytes": c.size_bytes, "sha256": c.sha256}
-            for c in package.checkpoints
-        ],
-        "fingerprint": package.fingerprint(),
     }
+
+
+def _describe_package(package: ModelPackage) -> dict[str, Any]:
+    described: dict[str, Any] = {
+        "name": package.name,
+        "task": package.task,
+        "source": package.source,
+        "model_configs_namespace": package.model_configs_namespace,
+        "architecture": {"name": package.architecture.name, "params": dict(package.architecture.params)},
+    }
+    task_part = _describe_segmentation(package.segmentation)
+    described.update(task_part)
+    described["expected_input"] = {"channels": [asdict(c) for c in package.channels], **task_part["expected_input"]}
+    described["checkpoints"] = [
+        {"path": str(c.path.relative_to(package.folder)), "size_bytes": c.size_bytes, "sha256": c.sha256}
+        for c in package.checkpoints
+    ]
+    described["fingerprint"] = package.fingerprint()
+    return described
 
 
 def inspect_model(folder: Path, *, trust_checkpoint: bool = False) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Task = Literal["segmentation", "classification"]
 NormalisationMethod = Literal["ct_window", "zscore", "mri_window", "none"]
@@ -20,7 +20,7 @@ Stitching = Literal["gaussian", "average"]
 
 @dataclass(frozen=True)
 class Structure:
-    """One output class: a segmented structure (foreground label i = index + 1) or a classification label."""
+    """One segmented structure (foreground label i = index + 1) and its display colour."""
 
     name: str
     colour: tuple[int, int, int] = (255, 0, 0)
@@ -99,40 +99,87 @@ class PostProcessing:
 
 
 @dataclass(frozen=True)
-class ModelPackage:
-    """A registered model folder, validated and resolved: everything a run needs to know about the model."""
+class SegmentationSpec:
+    """The segmentation-specific part of a model: structures, how volumes are fed, how posteriors become labels.
 
-    folder: Path
-    name: str
-    task: Task
+    Validated when built: at least one structure, unique names, post-processing naming only known structures.
+    """
+
     structures: tuple[Structure, ...]
-    """Foreground structures (segmentation, label i = index + 1) or classes (classification)."""
-    checkpoints: tuple[CheckpointRef, ...]
-    architecture: ArchitectureSpec
-    channels: tuple[ChannelSpec, ...] = (ChannelSpec(name="ct", modality="CT"),)
+    """Foreground structures; label i is ``structures[i - 1]``, 0 is background."""
     normalisation: tuple[Normalisation, ...] = (Normalisation(),)
-    """One per channel."""
+    """One per input channel."""
     target_spacing: tuple[float, float, float] | None = None
     inference: InferenceSpec = InferenceSpec()
     postprocessing: PostProcessing = PostProcessing()
+    activation: Literal["softmax"] = "softmax"
+    """Applied to the network's logits per patch before stitching and averaging (InnerEye's posteriors)."""
+
+    task: ClassVar[Task] = "segmentation"
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.structures]
+        if not names:
+            raise ValueError("a segmentation model needs at least one structure")
+        if len(set(names)) != len(names):
+            raise ValueError(f"structure names must be unique: {names}")
+        for rule, listed in (
+            ("largest_component", self.postprocessing.largest_component),
+            ("fill_holes", self.postprocessing.fill_holes),
+        ):
+            unknown = [n for n in listed if n not in names]
+            if unknown:
+                raise ValueError(f"post-processing {rule} names unknown structure(s) {unknown}; structures: {names}")
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: background + one per structure."""
+        return len(self.structures) + 1
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.structures)
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A registered model folder, validated and resolved: everything a run needs to know about the model.
+
+    What is common to every task lives here; ``task_spec`` holds the task-specific part.
+    """
+
+    folder: Path
+    name: str
+    task_spec: SegmentationSpec
+    checkpoints: tuple[CheckpointRef, ...]
+    architecture: ArchitectureSpec
+    channels: tuple[ChannelSpec, ...] = (ChannelSpec(name="ct", modality="CT"),)
     model_configs_namespace: str = ""
     source: str = "inference block"
     """Where the inference settings came from: ``inference block`` or ``preset <name>``."""
     version: str = ""
 
     @property
-    def num_outputs(self) -> int:
-        """Network output channels: structures + background for segmentation, classes for classification."""
-        return len(self.structures) + 1 if self.task == "segmentation" else len(self.structures)
+    def task(self) -> Task:
+        return self.task_spec.task
 
     @property
-    def structure_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.structures)
+    def num_outputs(self) -> int:
+        """Network output channels (see the task spec)."""
+        return self.task_spec.num_outputs
+
+    @property
+    def segmentation(self) -> SegmentationSpec:
+        """The segmentation spec; raises for a model of another task."""
+        if not isinstance(self.task_spec, SegmentationSpec):
+            raise TypeError(f"model {self.name} is a {self.task} model, not a segmentation model")
+        return self.task_spec
 
     def fingerprint(self) -> str:
         """sha256 over the checkpoints' hashes and every setting that changes outputs (for resumable runs)."""
         settings = asdict(self)
         settings.pop("folder")
+        settings["task"] = self.task
         settings["checkpoints"] = [c.sha256 for c in self.checkpoints]
         blob = json.dumps(settings, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -9,18 +9,7 @@ from dataclasses import dataclass
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ChannelSpec
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """The series that feed one inference: one per model channel, in channel order."""
-
-    inputs: tuple[SeriesInfo, ...]
-
-    @property
-    def primary(self) -> SeriesInfo:
-        """The first channel's series: its grid is the output grid and its key names the output folder."""
-        return self.inputs[0]
+from innereye_batch.tasks.base import WorkItem
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""A DataLoader over work items: worker processes read and decode series while the main loop runs the model.
+"""A DataLoader over work items: worker processes decode items while the main loop runs the model.
 
-Each item is decoded to a float32 (channels, z, y, x) tensor on the first channel's grid. Errors are caught in
-the worker and returned as data, so one broken series never stops the loader. The loader pins memory when the
-model runs on CUDA, and prefetches a bounded number of items per worker, so memory stays flat.
+The task's decoder (a picklable function, see ``tasks.base.Predictor.decoder``) turns each item into host
+tensors. Errors are caught in the worker and returned as data, so one broken item never stops the loader. The
+loader pins memory when the model runs on CUDA, and prefetches a bounded number of items per worker, so memory
+stays flat.
 """
 
 from __future__ import annotations
@@ -10,17 +11,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.errors import InnerEyeBatchError
-from innereye_batch.pipeline.channels import WorkItem
+from innereye_batch.tasks.base import Decoded, WorkItem
 
 
 @dataclass(frozen=True)
@@ -28,68 +26,44 @@ class LoadedItem:
     """One decoded work item, or the reason it could not be decoded."""
 
     index: int
-    image: torch.Tensor | None
-    """float32 (channels, z, y, x) in modality units, on the primary channel's grid."""
-    geometry: Geometry | None
+    """Position of the item in the list given to the loader."""
+    decoded: Decoded | None
     load_seconds: float
     error: str = ""
 
     def pin_memory(self) -> LoadedItem:
         """Called by the DataLoader's pinning thread (pin_memory=True)."""
-        if self.image is None:
+        if self.decoded is None:
             return self
-        return replace(self, image=self.image.pin_memory())
+        return replace(self, decoded=self.decoded.pin_memory())
 
 
-def _align_channel(array: np.ndarray, geometry: Geometry, reference: Geometry) -> np.ndarray:
-    """Resample a secondary channel onto the primary channel's grid (linear, in patient space)."""
-    if geometry.is_close(reference):
-        return array
-    import SimpleITK as sitk
-
-    moving = geometry.to_sitk(array)
-    target = reference.to_sitk(np.zeros(reference.shape, dtype=np.float32))
-    resampled = sitk.Resample(moving, target, sitk.Transform(), sitk.sitkLinear, float(array.min()))
-    return sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
-
-
-def decode_work_item(item: WorkItem) -> tuple[np.ndarray, Geometry]:
-    """Decode every channel of ``item`` and stack them on the primary channel's grid."""
-    from innereye_batch.dicom.volume import load_volume
-
-    primary = load_volume(item.primary)
-    channels = [primary.array]
-    for series in item.inputs[1:]:
-        if series.frame_of_reference_uid != item.primary.frame_of_reference_uid:
-            raise InnerEyeBatchError(
-                f"series {series.key} is in frame of reference {series.frame_of_reference_uid}, not the first "
-                f"channel's {item.primary.frame_of_reference_uid}: the inputs must be registered"
-            )
-        other = load_volume(series)
-        channels.append(_align_channel(other.array, other.geometry, primary.geometry))
-    return np.stack(channels), primary.geometry
+def decode_safely(decoder: Callable[[WorkItem], Decoded], item: WorkItem, index: int) -> LoadedItem:
+    """``decoder(item)`` with any error turned into a LoadedItem that carries the reason."""
+    start = time.perf_counter()
+    try:
+        decoded = decoder(item)
+    except InnerEyeBatchError as error:
+        return LoadedItem(index, None, time.perf_counter() - start, str(error))
+    except Exception as error:
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        reason = f"{type(error).__name__}: {error} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        return LoadedItem(index, None, time.perf_counter() - start, reason)
+    return LoadedItem(index, decoded, time.perf_counter() - start)
 
 
-class SeriesDataset(Dataset[LoadedItem]):
+class ItemDataset(Dataset[LoadedItem]):
     """Work items decoded on demand (in DataLoader workers)."""
 
-    def __init__(self, items: Sequence[WorkItem]) -> None:
+    def __init__(self, items: Sequence[WorkItem], decoder: Callable[[WorkItem], Decoded]) -> None:
         self.items = list(items)
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> LoadedItem:
-        start = time.perf_counter()
-        try:
-            array, geometry = decode_work_item(self.items[index])
-        except InnerEyeBatchError as error:
-            return LoadedItem(index, None, None, time.perf_counter() - start, str(error))
-        except Exception as error:
-            where = traceback.extract_tb(error.__traceback__)[-1]
-            reason = f"{type(error).__name__}: {error} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
-            return LoadedItem(index, None, None, time.perf_counter() - start, reason)
-        return LoadedItem(index, torch.from_numpy(array), geometry, time.perf_counter() - start)
+        return decode_safely(self.decoder, self.items[index], index)
 
 
 def _single(item: Any) -> Any:
@@ -97,13 +71,20 @@ def _single(item: Any) -> Any:
     return item
 
 
-def make_loader(items: Sequence[WorkItem], *, workers: int, pin_memory: bool, prefetch: int = 2) -> DataLoader:
+def make_loader(
+    items: Sequence[WorkItem],
+    decoder: Callable[[WorkItem], Decoded],
+    *,
+    workers: int,
+    pin_memory: bool,
+    prefetch: int = 2,
+) -> DataLoader:
     """A DataLoader yielding one LoadedItem per work item, in order.
 
     ``workers`` processes decode ahead of the consumer, at most ``prefetch`` items each.
     """
     return DataLoader(
-        SeriesDataset(items),
+        ItemDataset(items, decoder),
         batch_size=None,
         shuffle=False,
         num_workers=workers,

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from innereye_batch.pipeline.result import SeriesResult
+from innereye_batch.results import ItemResult
 
 
 class RunProgress:
@@ -50,7 +50,7 @@ class RunProgress:
         self._task = self._bar.add_task("run", total=total, rate="")
         self._bar.start()
 
-    def series_done(self, result: SeriesResult) -> None:
+    def series_done(self, result: ItemResult) -> None:
         self._done += 1
         self.event(
             "series",

@@ -15,16 +15,16 @@ import json
 import os
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import OutputLockedError
+from innereye_batch.files import TEMP_PREFIX, write_json_atomic
 
 DONE_RECORD = "done.json"
 LOCK_FILE = ".innereye-batch.lock"
-TEMP_PREFIX = ".tmp-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -46,27 +46,6 @@ def input_fingerprint(series: SeriesInfo) -> str:
         size = ref.path.stat().st_size if ref.path.exists() else -1
         digest.update(f"|{ref.sop_instance_uid}|{ref.frame}|{ref.path.name}|{size}".encode())
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(temp_path)`` then rename the finished file onto ``path`` (same folder, so atomic).
-
-    The temporary name keeps the final name's suffixes (writers such as nibabel infer the format from them).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        write(temp)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write ``document`` as indented JSON, atomically."""
-    atomic_write(path, lambda temp: temp.write_text(json.dumps(document, indent=2) + "\n"))
 
 
 def is_done(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]) -> bool:

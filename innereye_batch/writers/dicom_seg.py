@@ -22,10 +22,13 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import SeriesError
 from innereye_batch.model.spec import ModelPackage, Structure
 from innereye_batch.writers.predictions import checkpoint_relative_path
+from innereye_batch.writers.registry import OutputFormat, WriteContext
 
 if TYPE_CHECKING:
     from pydicom import Dataset
     from pydicom.sr.coding import Code
+
+    from innereye_batch.tasks.segmentation import SegmentationPrediction
 
 SegmentationType = Literal["BINARY", "LABELMAP"]
 
@@ -47,7 +50,7 @@ def write_dicom_seg(
     software_version: str,
     segmentation_type: SegmentationType = "BINARY",
 ) -> None:
-    """Write ``labels`` (z, y, x; 0 background, i = ``package.structures[i - 1]``) to ``path`` as DICOM-SEG.
+    """Write ``labels`` (z, y, x; 0 background, i = the model's i-th structure) to ``path`` as DICOM-SEG.
 
     ``labels`` rows follow ``series.slices``. ``BINARY`` (Segmentation Storage) is what viewers and PACS read
     today; ``LABELMAP`` (Label Map Segmentation Storage, 2024) is smaller and faster but newer.
@@ -60,7 +63,8 @@ def write_dicom_seg(
     if len(series.slices) != labels.shape[0]:
         raise ValueError(f"label map has {labels.shape[0]} slices, series {series.key} has {len(series.slices)}")
     labels = np.asarray(labels, dtype=np.uint8)
-    num_structures = len(package.structures)
+    structures = package.segmentation.structures
+    num_structures = len(structures)
     if num_structures == 0:
         raise ValueError(f"model {package.name} has no structures to write as segments")
     if int(labels.max(initial=0)) > num_structures:
@@ -69,8 +73,7 @@ def write_dicom_seg(
     source_images, frames = _source_images_and_frames(series, labels)
     algorithm = _algorithm_identification(package)
     segments = [
-        _segment_description(number, structure, algorithm)
-        for number, structure in enumerate(package.structures, start=1)
+        _segment_description(number, structure, algorithm) for number, structure in enumerate(structures, start=1)
     ]
     segmentation = hd.seg.Segmentation(
         source_images=source_images,
@@ -196,3 +199,29 @@ def _content_label(model_name: str) -> str:
     """ContentLabel (a DICOM Code String): upper-case letters, digits, underscores, at most 16 characters."""
     label = re.sub(r"[^A-Z0-9_]+", "_", model_name.upper()).strip("_")[:_CS_MAX]
     return label or "SEGMENTATION"
+
+
+def source_problem(series: SeriesInfo) -> str | None:
+    """Why a DICOM-SEG cannot reference ``series``, or None: it needs a frame of reference, and a multi-frame
+    source only when one file holds the whole stack."""
+    if not series.frame_of_reference_uid:
+        return "DICOM-SEG needs the source's FrameOfReferenceUID, which its images lack"
+    if any(s.frame is not None for s in series.slices) and len(series.files) != 1:
+        return "DICOM-SEG output supports a multi-frame source only when one file holds the whole stack"
+    return None
+
+
+def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
+    write_dicom_seg(
+        path, prediction.labels, prediction.item.primary, context.package, software_version=context.tool_version
+    )
+
+
+FORMAT = OutputFormat(
+    name="dicom-seg",
+    filename="segmentation.dcm",
+    tasks=frozenset({"segmentation"}),
+    write=_write,
+    description="DICOM Segmentation (highdicom, BINARY): one segment per structure, references every source image",
+    needs=source_problem,
+)

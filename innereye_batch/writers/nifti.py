@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.writers.registry import OutputFormat, WriteContext
+
+if TYPE_CHECKING:
+    from innereye_batch.tasks.segmentation import SegmentationPrediction
 
 # NIfTI xform codes: 1 = scanner-based anatomical coordinates, 2 = aligned to another file's anatomy.
 _SFORM_CODE_SCANNER = 1
@@ -36,3 +41,16 @@ def write_label_map(path: Path, labels: np.ndarray, geometry: Geometry) -> None:
     image.header["scl_slope"] = 1.0
     image.header["scl_inter"] = 0.0
     nib.save(image, str(path))
+
+
+def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
+    write_label_map(path, prediction.labels, prediction.geometry)
+
+
+FORMAT = OutputFormat(
+    name="nifti",
+    filename="segmentation.nii.gz",
+    tasks=frozenset({"segmentation"}),
+    write=_write,
+    description="uint8 label map on the DICOM grid, RAS affine (NIfTI-1, gzipped)",
+)

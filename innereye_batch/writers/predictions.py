@@ -5,37 +5,23 @@ from __future__ import annotations
 import datetime
 import importlib.resources
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.files import write_json
 from innereye_batch.model.spec import CheckpointRef, ModelPackage
-from innereye_batch.pipeline.result import StructureStats
+from innereye_batch.results import StructureStats
+from innereye_batch.writers.registry import OutputFormat, WriteContext
+
+if TYPE_CHECKING:
+    from innereye_batch.tasks.segmentation import SegmentationPrediction
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_RESOURCE = "predictions.schema.json"
 TOOL_NAME = "innereye-batch"
-
-
-def structure_stats(
-    labels: np.ndarray, geometry: Geometry, structure_names: Sequence[str]
-) -> tuple[StructureStats, ...]:
-    """Voxel count and volume (mL) of label i = ``structure_names[i - 1]`` in a (z, y, x) label map."""
-    if tuple(labels.shape) != tuple(geometry.shape):
-        raise ValueError(f"label map shape {labels.shape} does not match geometry shape {geometry.shape}")
-    counts = np.bincount(labels.ravel(), minlength=len(structure_names) + 1)
-    if len(counts) > len(structure_names) + 1:
-        raise ValueError(f"label map holds label {len(counts) - 1} but there are {len(structure_names)} structures")
-    voxel_ml = math.prod(geometry.spacing) / 1000.0
-    return tuple(
-        StructureStats(name=name, voxel_count=int(counts[i]), volume_ml=float(counts[i]) * voxel_ml)
-        for i, name in enumerate(structure_names, start=1)
-    )
 
 
 def checkpoint_relative_path(package: ModelPackage, checkpoint: CheckpointRef) -> str:
@@ -103,16 +89,30 @@ def build_predictions(
     return document
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` to exactly ``path`` as indented UTF-8 JSON (the caller renames it into place)."""
-    text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
-    with open(path, "w", encoding="utf-8") as stream:
-        stream.write(text + "\n")
-        stream.flush()
-
-
 def load_predictions_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of predictions.json, shipped with the package."""
     resource = importlib.resources.files("innereye_batch.writers").joinpath(SCHEMA_RESOURCE)
     schema: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
     return schema
+
+
+def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
+    document = build_predictions(
+        package=context.package,
+        series=prediction.item.primary,
+        geometry=prediction.geometry,
+        structures=prediction.structures,
+        timings=context.timings,
+        tool_version=context.tool_version,
+    )
+    write_json(path, document)
+
+
+FORMAT = OutputFormat(
+    name="json",
+    filename="predictions.json",
+    tasks=frozenset({"segmentation"}),
+    write=_write,
+    description="model identity, input UIDs and geometry, per-structure voxels and mL, timings (JSON Schema)",
+    summarises_outputs=True,
+)

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
-from innereye_batch.pipeline.result import SeriesResult, Status
-from innereye_batch.pipeline.state import atomic_write
+from innereye_batch.files import atomic_write
+from innereye_batch.results import ItemResult, Status
 
 SUMMARY_SCHEMA_VERSION = "1.0"
 SUMMARY_JSON = "summary.json"
@@ -19,9 +19,7 @@ SUMMARY_CSV = "summary.csv"
 _FIXED_COLUMNS = ("key", "series_instance_uid", "study_instance_uid", "modality", "status", "reason")
 
 
-def write_summary(
-    output_dir: Path, results: Sequence[SeriesResult], *, run_info: Mapping[str, Any]
-) -> tuple[Path, Path]:
+def write_summary(output_dir: Path, results: Sequence[ItemResult], *, run_info: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``output_dir/summary.json`` and ``output_dir/summary.csv``; return their paths (json, csv).
 
     ``run_info`` (tool version, model name and fingerprint, start and finish times, ...) is copied into the
@@ -43,13 +41,13 @@ def write_summary(
     return json_path, csv_path
 
 
-def status_counts(results: Sequence[SeriesResult]) -> dict[str, int]:
+def status_counts(results: Sequence[ItemResult]) -> dict[str, int]:
     """Number of series per status (every status listed, zero included) and the total."""
     counts = Counter(r.status for r in results)
     return {**{status: counts.get(status, 0) for status in get_args(Status)}, "total": len(results)}
 
 
-def series_record(result: SeriesResult) -> dict[str, Any]:
+def series_record(result: ItemResult) -> dict[str, Any]:
     """One series in summary.json."""
     record: dict[str, Any] = {
         "key": result.key,
@@ -71,14 +69,14 @@ def series_record(result: SeriesResult) -> dict[str, Any]:
     return record
 
 
-def total_seconds(result: SeriesResult) -> float:
+def total_seconds(result: ItemResult) -> float:
     """The series' ``total`` timing when recorded, else the sum of its stage timings."""
     if "total" in result.timings:
         return float(result.timings["total"])
     return float(sum(result.timings.values()))
 
 
-def summary_csv_text(results: Sequence[SeriesResult]) -> str:
+def summary_csv_text(results: Sequence[ItemResult]) -> str:
     """summary.csv: one row per series; a ``<structure>_ml`` column per structure seen in any result, then
     a ``<class>_probability`` column per class seen, then ``total_s``. Missing values are empty cells."""
     structure_names = _union(s.name for r in results for s in r.structures)

@@ -59,6 +59,7 @@ def test_matches_monai(
         net,
         image,
         num_outputs=3,
+        activation="softmax",
         patch_size=patch,
         stride=stride,
         stitching=ours,
@@ -72,6 +73,7 @@ def test_matches_monai(
         net,
         image,
         num_outputs=3,
+        activation="softmax",
         patch_size=patch,
         stride=stride,
         stitching="average" if ours == "gaussian" else "gaussian",
@@ -96,13 +98,13 @@ def test_patch_grid_ends_flush_with_the_border() -> None:
 
 def test_whole_volume_equals_sliding_for_a_pointwise_net(image: torch.Tensor) -> None:
     net = conv_net(2, 4, seed=2, kernel=1)
-    whole = sliding_window_inference(net, image, num_outputs=4, patch_size=None, size_multiple=8)
+    whole = sliding_window_inference(net, image, num_outputs=4, activation="softmax", patch_size=None, size_multiple=8)
     assert whole.shape == (4, 20, 18, 22)
     expected = torch.softmax(net(image[None]), dim=1)[0].detach()
     torch.testing.assert_close(whole, expected, rtol=0, atol=1e-6)
     for stitching in ("gaussian", "average"):
         patched = sliding_window_inference(
-            net, image, num_outputs=4, patch_size=(8, 8, 8), stitching=stitching, size_multiple=8
+            net, image, num_outputs=4, activation="softmax", patch_size=(8, 8, 8), stitching=stitching, size_multiple=8
         )
         torch.testing.assert_close(patched, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(whole.sum(dim=0), torch.ones(20, 18, 22), rtol=0, atol=1e-5)
@@ -110,8 +112,10 @@ def test_whole_volume_equals_sliding_for_a_pointwise_net(image: torch.Tensor) ->
 
 def test_patch_batch_does_not_change_the_result(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=3)
-    one = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), patch_batch=1)
-    four = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), patch_batch=4)
+    one = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), patch_batch=1)
+    four = sliding_window_inference(
+        net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), patch_batch=4
+    )
     torch.testing.assert_close(one, four, rtol=0, atol=1e-6)
 
 
@@ -124,7 +128,9 @@ def test_forward_passes_carry_patch_batch_patches(image: torch.Tensor) -> None:
         batch_sizes.append(x.shape[0])
         return net(x)
 
-    sliding_window_inference(predict, image, num_outputs=3, patch_size=(8, 8, 8), stride=(4, 4, 4), patch_batch=4)
+    sliding_window_inference(
+        predict, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), stride=(4, 4, 4), patch_batch=4
+    )
     patches = 4 * 4 * 5  # starts per axis for 20, 18, 22 with patch 8 and stride 4
     assert sum(batch_sizes) == patches
     assert batch_sizes == [4] * (patches // 4)
@@ -139,7 +145,9 @@ def test_small_volume_is_padded_and_cropped_back() -> None:
         seen.append(tuple(x.shape[2:]))
         return net(x)
 
-    out = sliding_window_inference(predict, small, num_outputs=2, patch_size=(16, 16, 16), size_multiple=4)
+    out = sliding_window_inference(
+        predict, small, num_outputs=2, activation="softmax", patch_size=(16, 16, 16), size_multiple=4
+    )
     assert out.shape == (2, 5, 6, 7)
     # the patch shrinks to the volume padded to the size multiple, so one forward pass of (8, 8, 8)
     assert seen == [(8, 8, 8)]
@@ -149,18 +157,22 @@ def test_small_volume_is_padded_and_cropped_back() -> None:
 def test_bad_network_output_is_explained(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=5)
     with pytest.raises(ValueError, match="4 output channels"):
-        sliding_window_inference(net, image, num_outputs=4, patch_size=(8, 8, 8))
+        sliding_window_inference(net, image, num_outputs=4, activation="softmax", patch_size=(8, 8, 8))
     with pytest.raises(ValueError, match="stride"):
-        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), stride=(4, 9, 4))
+        sliding_window_inference(
+            net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), stride=(4, 9, 4)
+        )
     with pytest.raises(ValueError, match="multiples of 16"):
-        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), size_multiple=16)
+        sliding_window_inference(
+            net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), size_multiple=16
+        )
 
 
 def test_cpu_accumulators_when_allocation_runs_out_of_memory(
     image: torch.Tensor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     net = conv_net(2, 3, seed=6)
-    reference = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+    reference = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8))
     real_zeros = sliding_window._zeros
     calls: list[torch.device] = []
 
@@ -174,7 +186,7 @@ def test_cpu_accumulators_when_allocation_runs_out_of_memory(
 
     monkeypatch.setattr(sliding_window, "_zeros", zeros_failing_once)
     with caplog.at_level(logging.WARNING, logger="innereye_batch.engine.sliding_window"):
-        result = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+        result = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8))
     assert len(calls) == 2 and calls[1] == torch.device("cpu")
     assert "kept on the CPU" in caplog.text and "out of memory" in caplog.text
     assert torch.equal(result, reference)
@@ -184,20 +196,51 @@ def test_cpu_accumulators_when_the_estimate_exceeds_the_limit(
     image: torch.Tensor, caplog: pytest.LogCaptureFixture
 ) -> None:
     net = conv_net(2, 3, seed=6)
-    reference = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
+    reference = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8))
     with caplog.at_level(logging.WARNING, logger="innereye_batch.engine.sliding_window"):
-        result = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), max_output_bytes=1000)
+        result = sliding_window_inference(
+            net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), max_output_bytes=1000
+        )
     assert "max_output_bytes" in caplog.text
     assert result.device == torch.device("cpu")
     assert torch.equal(result, reference)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="innereye_batch.engine.sliding_window"):
-        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), max_output_bytes=10**9)
+        sliding_window_inference(
+            net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), max_output_bytes=10**9
+        )
     assert "kept on the CPU" not in caplog.text
 
 
 def test_amp_is_ignored_on_cpu(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=7)
-    plain = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8))
-    amp = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), amp=True)
+    plain = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8))
+    amp = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), amp=True)
     assert torch.equal(plain, amp)
+
+
+@pytest.mark.parametrize("stitching", ["gaussian", "average"])
+def test_logits_are_stitched_as_monai_stitches_a_raw_network(image: torch.Tensor, stitching: StitchingMode) -> None:
+    net = conv_net(2, 3, seed=4)
+    with torch.no_grad():
+        expected = monai_sliding_window(
+            image[None],
+            roi_size=(8, 8, 8),
+            sw_batch_size=2,
+            predictor=net,
+            overlap=0.5,
+            mode="gaussian" if stitching == "gaussian" else "constant",
+        )[0]
+    logits = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), stitching=stitching)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert float(logits.min()) < 0 or float(logits.max()) > 1  # logits, not probabilities
+
+
+def test_sigmoid_is_applied_per_channel_before_stitching(image: torch.Tensor) -> None:
+    net = conv_net(2, 3, seed=5, kernel=1)  # pointwise: stitching changes nothing, so the activation is exact
+    result = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), activation="sigmoid")
+    expected = torch.sigmoid(net(image[None]))[0].detach()
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(result.sum(dim=0), torch.ones(20, 18, 22))  # independent channels, not softmax
+    with pytest.raises(ValueError, match="activation"):
+        sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), activation="relu")  # type: ignore[arg-type]

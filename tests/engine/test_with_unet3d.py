@@ -24,15 +24,19 @@ def test_unet_runs_whole_volume_and_in_patches() -> None:
     assert multiple == 4
     image = torch.randn((1, 10, 13, 15))
     net = _unet(1)
-    whole = sliding_window_inference(net, image, num_outputs=3, patch_size=None, size_multiple=multiple)
+    whole = sliding_window_inference(
+        net, image, num_outputs=3, activation="softmax", patch_size=None, size_multiple=multiple
+    )
     assert whole.shape == (3, 10, 13, 15)
     torch.testing.assert_close(whole.sum(0), torch.ones(10, 13, 15), rtol=0, atol=1e-5)
     # one patch that covers the padded volume is the whole-volume pass
     single = sliding_window_inference(
-        net, image, num_outputs=3, patch_size=(16, 16, 16), size_multiple=multiple, padding="edge"
+        net, image, num_outputs=3, activation="softmax", patch_size=(16, 16, 16), size_multiple=multiple, padding="edge"
     )
     torch.testing.assert_close(single, whole, rtol=0, atol=1e-6)
-    patched = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), size_multiple=multiple)
+    patched = sliding_window_inference(
+        net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), size_multiple=multiple
+    )
     assert patched.shape == whole.shape
     # a 3x3x3 U-Net sees patch borders, so patches differ from the whole volume, but only a little
     assert 0 < float((patched - whole).abs().mean()) < 0.1
@@ -42,6 +46,6 @@ def test_unet_ensemble_is_the_mean() -> None:
     image = torch.randn((1, 12, 12, 12))
     nets = [_unet(seed) for seed in (1, 2)]
     spec = InferenceSpec(patch_size=(8, 8, 8), stride=(4, 4, 4), size_multiple=4)
-    each = [predict_posteriors([n], image, spec, num_outputs=3) for n in nets]
-    both = predict_posteriors(nets, image, spec, num_outputs=3)
+    each = [predict_posteriors([n], image, spec, num_outputs=3, activation="softmax") for n in nets]
+    both = predict_posteriors(nets, image, spec, num_outputs=3, activation="softmax")
     torch.testing.assert_close(both, (each[0] + each[1]) / 2, rtol=0, atol=1e-6)

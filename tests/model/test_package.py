@@ -39,18 +39,21 @@ def test_current_form_with_inference_block(tmp_path: Path, block: dict[str, Any]
     package = load_model_package(folder)
     assert package.name == "Tiny" and package.model_configs_namespace == "my.configs.Tiny"
     assert package.source == "inference block"
-    assert [(s.name, s.colour) for s in package.structures] == [("liver", (10, 20, 30)), ("spleen", (0, 255, 128))]
+    assert [(s.name, s.colour) for s in package.segmentation.structures] == [
+        ("liver", (10, 20, 30)),
+        ("spleen", (0, 255, 128)),
+    ]
     assert package.num_outputs == 3
     assert package.architecture.name == "UNet3D"
-    assert package.normalisation[0].method == "ct_window"
-    assert (package.normalisation[0].level, package.normalisation[0].window) == (40.0, 400.0)
-    assert package.normalisation[0].output_range == (-1.0, 1.0)
-    assert package.inference.patch_size == (8, 8, 8) and package.inference.stride == (4, 4, 4)
-    assert package.inference.stitching == "average"
-    assert package.inference.size_multiple == 4  # 2 ** num_downsampling_paths, derived
-    assert package.postprocessing.largest_component == ("liver", "spleen")
-    assert package.postprocessing.fill_holes == ("liver",)
-    assert package.postprocessing.posterior_smoothing_mm == (2.0, 2.0, 3.0)
+    assert package.segmentation.normalisation[0].method == "ct_window"
+    assert (package.segmentation.normalisation[0].level, package.segmentation.normalisation[0].window) == (40.0, 400.0)
+    assert package.segmentation.normalisation[0].output_range == (-1.0, 1.0)
+    assert package.segmentation.inference.patch_size == (8, 8, 8) and package.segmentation.inference.stride == (4, 4, 4)
+    assert package.segmentation.inference.stitching == "average"
+    assert package.segmentation.inference.size_multiple == 4  # 2 ** num_downsampling_paths, derived
+    assert package.segmentation.postprocessing.largest_component == ("liver", "spleen")
+    assert package.segmentation.postprocessing.fill_holes == ("liver",)
+    assert package.segmentation.postprocessing.posterior_smoothing_mm == (2.0, 2.0, 3.0)
     relative = [c.path.relative_to(folder).as_posix() for c in package.checkpoints]
     assert relative == ["checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/last.ckpt"]
     for ref in package.checkpoints:
@@ -72,7 +75,7 @@ def test_sibling_inference_config_file(tmp_path: Path, block: dict[str, Any]) ->
     folder = _folder_with_checkpoint(tmp_path)
     _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": ["checkpoints/last.ckpt"]})
     (folder / "inference_config.json").write_text(json.dumps(block))
-    assert load_model_package(folder).structure_names == ("liver", "spleen")
+    assert load_model_package(folder).segmentation.structure_names == ("liver", "spleen")
     _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": ["checkpoints/last.ckpt"], "inference": block})
     with pytest.raises(ModelFolderError, match="keep one"):
         load_model_package(folder)
@@ -122,12 +125,19 @@ def test_preset_chosen_by_model_name(tmp_path: Path) -> None:
     _write_config(folder, {"model_name": "Lung", "checkpoint_paths": ["checkpoints/last.ckpt"]})
     package = load_model_package(folder)
     assert package.source == "preset Lung"
-    assert package.structure_names == ("spinalcord", "lung_r", "lung_l", "heart", "esophagus")
-    assert package.normalisation[0].level == -500 and package.normalisation[0].window == 2200
-    assert package.inference.patch_size == (112, 512, 512) and package.inference.stride == (64, 256, 256)
-    assert package.inference.stitching == "average" and package.inference.size_multiple == 16
-    assert package.postprocessing.largest_component == ("lung_l", "lung_r", "heart")
-    assert package.postprocessing.fill_holes == () and package.postprocessing.posterior_smoothing_mm is None
+    assert package.segmentation.structure_names == ("spinalcord", "lung_r", "lung_l", "heart", "esophagus")
+    assert package.segmentation.normalisation[0].level == -500 and package.segmentation.normalisation[0].window == 2200
+    assert package.segmentation.inference.patch_size == (112, 512, 512) and package.segmentation.inference.stride == (
+        64,
+        256,
+        256,
+    )
+    assert package.segmentation.inference.stitching == "average" and package.segmentation.inference.size_multiple == 16
+    assert package.segmentation.postprocessing.largest_component == ("lung_l", "lung_r", "heart")
+    assert (
+        package.segmentation.postprocessing.fill_holes == ()
+        and package.segmentation.postprocessing.posterior_smoothing_mm is None
+    )
     assert dict(package.architecture.params)["initial_feature_channels"] == 32
 
 
@@ -162,10 +172,10 @@ def test_older_form_replaces_preset_structures(tmp_path: Path) -> None:
         },
     )
     package = load_model_package(folder)
-    assert package.structure_names == ("parotid_l", "parotid_r", "mandible")
-    assert [s.colour for s in package.structures] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
-    assert package.postprocessing.fill_holes == ("parotid_l", "mandible")
-    assert package.postprocessing.largest_component == ("parotid_l", "parotid_r", "mandible")
+    assert package.segmentation.structure_names == ("parotid_l", "parotid_r", "mandible")
+    assert [s.colour for s in package.segmentation.structures] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    assert package.segmentation.postprocessing.fill_holes == ("parotid_l", "mandible")
+    assert package.segmentation.postprocessing.largest_component == ("parotid_l", "parotid_r", "mandible")
     assert dict(package.architecture.params)["initial_feature_channels"] == 32  # <= 20 structures
     assert "structures from model_inference_config.json" in package.source
 

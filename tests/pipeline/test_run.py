@@ -18,9 +18,8 @@ from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.engine.device import resolve_device
 from innereye_batch.model.checkpoints import load_networks
 from innereye_batch.model.package import load_model_package
-from innereye_batch.pipeline.channels import WorkItem
-from innereye_batch.pipeline.inference import SegmentationRunner
-from innereye_batch.pipeline.loader import decode_work_item
+from innereye_batch.tasks.base import WorkItem
+from innereye_batch.tasks.segmentation import SegmentationPredictor
 from innereye_batch.writers.predictions import load_predictions_schema
 from tests.factory import read_with_simpleitk, write_series
 from tests.pipeline.cohort import Cohort, labels_from_nifti, model_folder, write_cohort
@@ -69,15 +68,14 @@ def test_statuses_reasons_and_exit_code(finished_run: tuple[Cohort, Path, Path, 
 def test_nifti_has_the_source_geometry_and_the_library_labels(finished_run: tuple[Cohort, Path, Path, int]) -> None:
     cohort, model, out, _ = finished_run
     package = load_model_package(model)
-    runner = SegmentationRunner(package, load_networks(package), resolve_device("cpu"))
+    predictor = SegmentationPredictor(package, load_networks(package), resolve_device("cpu"))
     scanned = {s.series_instance_uid: s for s in scan_tree(cohort.root).series}
     for good in cohort.good:
         path = out / good.series_instance_uid / "segmentation.nii.gz"
         image = sitk.ReadImage(str(path))
         reference = read_with_simpleitk(good.paths)
         assert Geometry.from_sitk(image).is_close(Geometry.from_sitk(reference), tol_mm=1e-4)
-        image_array, geometry = decode_work_item(WorkItem((scanned[good.series_instance_uid],)))
-        expected, _ = runner(__import__("torch").from_numpy(image_array), geometry)
+        expected = predictor.predict(WorkItem((scanned[good.series_instance_uid],))).labels
         np.testing.assert_array_equal(labels_from_nifti(path), expected)
         assert 0 < np.count_nonzero(expected) < expected.size  # a real, non-trivial label map
 

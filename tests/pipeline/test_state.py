@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from innereye_batch.errors import OutputLockedError
+from innereye_batch.files import atomic_write
 from innereye_batch.pipeline.state import (
     DONE_RECORD,
-    atomic_write,
     is_done,
     mark_done,
     mark_not_done,

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
-from innereye_batch.model.spec import ArchitectureSpec, CheckpointRef, ModelPackage, Structure
+from innereye_batch.model.spec import ArchitectureSpec, CheckpointRef, ModelPackage, SegmentationSpec, Structure
 from tests.factory import GeneratedSeries
 
 
@@ -71,11 +71,12 @@ def make_package(
         )
         for i in range(checkpoints)
     )
+    if task != "segmentation":
+        raise ValueError(f"make_package builds segmentation packages, not {task}")
     return ModelPackage(
         folder=folder,
         name=name,
-        task=task,  # type: ignore[arg-type]
-        structures=tuple(structures),
+        task_spec=SegmentationSpec(structures=tuple(structures)),
         checkpoints=refs,
         architecture=ArchitectureSpec("unet3d", {"feature_channels": [4, 8], "kernel_size": 3}),
         version=version,

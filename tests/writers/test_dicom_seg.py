@@ -88,7 +88,7 @@ def test_seg_header_describes_model_and_references_every_source_image(tmp_path: 
     segments = seg.SegmentSequence
     assert [s.SegmentLabel for s in segments] == ["liver", "spleen", "left kidney"]
     assert [s.SegmentNumber for s in segments] == [1, 2, 3]
-    for segment, structure in zip(segments, package.structures, strict=True):
+    for segment, structure in zip(segments, package.segmentation.structures, strict=True):
         colour = hd.color.CIELabColor.from_dicom_value(tuple(segment.RecommendedDisplayCIELabValue))
         assert np.abs(np.subtract(colour.to_rgb(), structure.colour)).max() <= 1
         assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"

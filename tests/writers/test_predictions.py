@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.files import write_json
 from innereye_batch.model.spec import ModelPackage, Structure
+from innereye_batch.tasks.segmentation import structure_stats
 from innereye_batch.writers.predictions import (
     build_predictions,
     load_predictions_schema,
-    structure_stats,
-    write_json,
 )
 from tests.factory import GeneratedSeries, write_series
 from tests.writers.helpers import blob_labels, make_package, series_info_from
@@ -61,7 +61,7 @@ def _segmentation_document(tmp_path: Path) -> tuple[dict, GeneratedSeries, Model
     series = series_info_from(generated)
     package = make_package(tmp_path / "model", version="3")
     labels = blob_labels(series.geometry.shape, 3)
-    stats = structure_stats(labels, series.geometry, package.structure_names)
+    stats = structure_stats(labels, series.geometry, package.segmentation.structure_names)
     document = build_predictions(
         package=package,
         series=series,
@@ -108,12 +108,10 @@ def test_no_patient_identity_anywhere(tmp_path: Path) -> None:
     assert "patient" not in text.lower()
 
 
-def test_classification_document_has_probabilities(tmp_path: Path) -> None:
+def test_document_with_probabilities_validates(tmp_path: Path) -> None:
     generated = write_series(tmp_path / "dicom", shape=(3, 6, 6), modality="MR")
     series = series_info_from(generated)
-    package = make_package(
-        tmp_path / "model", structures=[Structure("benign"), Structure("malignant")], task="classification"
-    )
+    package = make_package(tmp_path / "model", structures=[Structure("benign"), Structure("malignant")])
     document = build_predictions(
         package=package,
         series=series,
@@ -125,7 +123,6 @@ def test_classification_document_has_probabilities(tmp_path: Path) -> None:
     validate(document)
     assert document["probabilities"] == {"benign": 0.3, "malignant": 0.7}
     assert document["structures"] == []
-    assert document["model"]["task"] == "classification"
     assert document["input"]["modality"] == "MR"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from innereye_batch.pipeline.result import SeriesResult, StructureStats
+from innereye_batch.results import ItemResult, StructureStats
 from innereye_batch.writers.summary import write_summary
 
 RUN_INFO = {
@@ -20,9 +20,9 @@ RUN_INFO = {
 }
 
 
-def results() -> list[SeriesResult]:
+def results() -> list[ItemResult]:
     return [
-        SeriesResult(
+        ItemResult(
             key="1.2.3",
             series_instance_uid="1.2.3",
             study_instance_uid="1.2",
@@ -32,7 +32,7 @@ def results() -> list[SeriesResult]:
             timings={"load": 0.5, "infer": 2.0, "write": 0.25},
             outputs={"nifti": "1.2.3/segmentation.nii.gz"},
         ),
-        SeriesResult(
+        ItemResult(
             key="1.2.4.stack1",
             series_instance_uid="1.2.4",
             study_instance_uid="1.2",
@@ -40,7 +40,7 @@ def results() -> list[SeriesResult]:
             status="failed",
             reason='pixel data truncated, "IM0003"\nsecond line',
         ),
-        SeriesResult(
+        ItemResult(
             key="1.2.5",
             series_instance_uid="1.2.5",
             study_instance_uid="1.9",
@@ -49,7 +49,7 @@ def results() -> list[SeriesResult]:
             structures=(StructureStats("kidney", 10, 0.01),),
             timings={"load": 1.0, "total": 4.0},
         ),
-        SeriesResult(
+        ItemResult(
             key="1.2.6",
             series_instance_uid="1.2.6",
             study_instance_uid="1.9",
@@ -117,8 +117,8 @@ def test_summary_csv_columns_and_rows(tmp_path: Path) -> None:
 
 def test_classification_probability_columns(tmp_path: Path) -> None:
     classified = [
-        SeriesResult("1.5", "1.5", "1.4", "CT", "ok", probabilities={"benign": 0.25, "malignant": 0.75}),
-        SeriesResult("1.6", "1.6", "1.4", "CT", "failed", reason="bad"),
+        ItemResult("1.5", "1.5", "1.4", "CT", "ok", probabilities={"benign": 0.25, "malignant": 0.75}),
+        ItemResult("1.6", "1.6", "1.4", "CT", "failed", reason="bad"),
     ]
     json_path, csv_path = write_summary(tmp_path, classified, run_info=RUN_INFO)
 

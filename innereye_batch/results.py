@@ -1,4 +1,8 @@
-"""SeriesResult: the small record a run keeps per series (status, reason, volumes, timings, outputs)."""
+"""What a run keeps per work item: ItemResult (status, reason, findings, timings, outputs) and StructureStats.
+
+Small, task-independent records shared by the pipeline, the writers and the summary; nothing else is kept per
+item, so memory stays flat however large the cohort.
+"""
 
 from __future__ import annotations
 
@@ -22,20 +26,21 @@ class StructureStats:
 
 
 @dataclass(frozen=True)
-class SeriesResult:
-    """What happened to one series in a run. Nothing else is kept per series, so memory stays flat."""
+class ItemResult:
+    """What happened to one work item (a series, or one image of a classification run)."""
 
     key: str
-    """SeriesInfo.key: the SeriesInstanceUID (suffixed .stackN for split series)."""
+    """The item's key: SeriesInfo.key (the SeriesInstanceUID, suffixed for split series)."""
     series_instance_uid: str
     study_instance_uid: str
     modality: str
     status: Status
     reason: str = ""
     structures: tuple[StructureStats, ...] = ()
+    """Segmentation: size of every structure."""
     probabilities: dict[str, float] | None = None
-    """Class probabilities, for classification models."""
+    """Classification: probability per class."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: load, infer, postprocess, write."""
+    """Seconds per stage: load, preprocess, infer, postprocess, write."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Output format -> path relative to the output folder."""

@@ -1,0 +1,49 @@
+"""Writing files safely: atomic replacement (temporary file, fsync, rename) and strict JSON.
+
+Shared by the writers, the run state and the summary, so that no reader ever sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TEMP_PREFIX = ".tmp-"
+"""Prefix of every temporary file; a later run removes those an interrupted run left behind."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(temp_path)`` then rename the finished file onto ``path`` (same folder, so atomic).
+
+    The temporary name keeps the final name's suffixes (writers such as nibabel infer the format from them).
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        write(temp)
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def json_text(document: Any) -> str:
+    """Indented UTF-8 JSON text; NaN and infinity are refused (they are not JSON)."""
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write ``document`` to exactly ``path`` as indented UTF-8 JSON (see ``json_text``)."""
+    text = json_text(document)
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write(text)
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write ``document`` as indented UTF-8 JSON, atomically."""
+    atomic_write(path, lambda temp: write_json(temp, document))

@@ -1,0 +1,81 @@
+"""Plan a run: which discovered series become work items, and which are settled before any decoding.
+
+Per series (or study, for multi-channel models): selected by --series / --modality, matched to the model's
+channels, refused for fatal scan problems or for lacking what a requested output needs, skipped when already done
+with this model and input; the rest become Jobs. Everything here comes from headers, so `--dry-run` tells the truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from innereye_batch.dicom.scan import ScanResult
+from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.model.spec import ModelPackage
+from innereye_batch.pipeline.channels import plan_work
+from innereye_batch.pipeline.process import Job, item_result
+from innereye_batch.pipeline.state import input_fingerprint, is_done, series_folder
+from innereye_batch.results import ItemResult
+from innereye_batch.tasks.base import WorkItem
+from innereye_batch.writers.registry import OutputFormat
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The series a run is restricted to: by SeriesInstanceUID (or key) and by Modality; empty means all."""
+
+    series_uids: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
+
+    def __call__(self, series: SeriesInfo) -> bool:
+        if self.series_uids and not {series.series_instance_uid, series.key} & set(self.series_uids):
+            return False
+        return not self.modalities or series.modality.upper() in {m.upper() for m in self.modalities}
+
+
+def item_fingerprint(item: WorkItem) -> str:
+    """sha256 over the input fingerprints of every series of the item."""
+    return hashlib.sha256("|".join(input_fingerprint(s) for s in item.inputs).encode()).hexdigest()
+
+
+def _unfit(item: WorkItem, formats: Sequence[OutputFormat]) -> list[str]:
+    """Why the item cannot run: fatal scan problems of its series, and outputs its primary series cannot get."""
+    reasons = [f"{s.key}: {p}" for s in item.inputs for p in s.fatal_problems]
+    for output in formats:
+        why = output.needs(item.primary) if output.needs is not None else None
+        if why:
+            reasons.append(f"output {output.name}: {why}")
+    return reasons
+
+
+def plan_run(
+    scan: ScanResult,
+    package: ModelPackage,
+    formats: Sequence[OutputFormat],
+    output_dir: Path,
+    *,
+    selection: Selection = Selection(),
+    overwrite: bool = False,
+) -> tuple[list[Job], list[ItemResult]]:
+    """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason)."""
+    series = [s for s in scan.series if selection(s)]
+    items, unmatched = plan_work(series, package.channels)
+    settled = [item_result(u.series, "failed" if u.failed else "skipped", u.reason) for u in unmatched]
+    model_fp = package.fingerprint()
+    names = tuple(f.name for f in formats)
+    jobs = []
+    for item in items:
+        reasons = _unfit(item, formats)
+        if reasons:
+            settled.append(item_result(item.primary, "failed", "; ".join(reasons)))
+            continue
+        folder = series_folder(output_dir, item.primary)
+        fingerprint = item_fingerprint(item)
+        if not overwrite and is_done(folder, fingerprint, model_fp, names):
+            settled.append(item_result(item.primary, "skipped", "already done with this model and input"))
+            continue
+        jobs.append(Job(item, folder, fingerprint))
+    return jobs, settled

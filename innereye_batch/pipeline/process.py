@@ -1,0 +1,105 @@
+"""One work item end to end, and its outputs: decode, predict, write every format, then the done record.
+
+``write_outputs`` is the writer-pool half of a run; ``process_item`` chains decoder, predictor and writers for
+one item in the calling thread, for the bench, the tests and a service, with the same outputs as ``run``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from innereye_batch import __version__
+from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.files import atomic_write
+from innereye_batch.model.spec import ModelPackage
+from innereye_batch.results import ItemResult, Status
+from innereye_batch.tasks.base import Prediction, Predictor, WorkItem
+from innereye_batch.writers.registry import OutputFormat, WriteContext
+
+
+@dataclass(frozen=True)
+class Job:
+    """A planned work item: where its outputs go and the fingerprint of its inputs."""
+
+    item: WorkItem
+    folder: Path
+    input_fp: str
+
+
+def item_result(series: SeriesInfo, status: Status, reason: str = "", **extra: Any) -> ItemResult:
+    """The result record of the item whose primary series is ``series``."""
+    return ItemResult(
+        key=series.key,
+        series_instance_uid=series.series_instance_uid,
+        study_instance_uid=series.study_instance_uid,
+        modality=series.modality,
+        status=status,
+        reason=reason,
+        **extra,
+    )
+
+
+def write_outputs(
+    job: Job,
+    prediction: Prediction,
+    formats: Sequence[OutputFormat],
+    package: ModelPackage,
+    model_fp: str,
+    timings: dict[str, float],
+) -> ItemResult:
+    """Write every format atomically, then the done record; any failure fails the item, never the run.
+
+    A failed item keeps no output: files written before the failure are removed, so no output ever lies in a
+    folder without the done record that vouches for it.
+    """
+    from innereye_batch.pipeline.state import mark_done, mark_not_done
+
+    series = job.item.primary
+    start = time.perf_counter()
+    written: dict[str, Path] = {}
+    step = "outputs"
+    try:
+        mark_not_done(job.folder)
+        for output in formats:
+            step = output.name
+            if output.summarises_outputs:
+                timings = {**timings, "write": time.perf_counter() - start}
+            context = WriteContext(package=package, tool_version=__version__, timings=timings)
+            path = job.folder / output.filename
+            atomic_write(path, functools.partial(_write_one, output, prediction, context))
+            written[output.name] = path
+        step = "the done record"
+        timings = {**timings, "write": time.perf_counter() - start}
+        mark_done(job.folder, job.input_fp, model_fp, written)
+    except Exception as error:
+        for path in written.values():
+            path.unlink(missing_ok=True)
+        return item_result(series, "failed", f"writing {step}: {type(error).__name__}: {error}", timings=timings)
+    outputs = {name: str(path.relative_to(job.folder.parent)) for name, path in written.items()}
+    return item_result(series, "ok", timings=timings, outputs=outputs, **prediction.findings())
+
+
+def _write_one(output: OutputFormat, prediction: Prediction, context: WriteContext, path: Path) -> None:
+    output.write(path, prediction, context)
+
+
+def process_item(
+    job: Job, predictor: Predictor, formats: Sequence[OutputFormat], package: ModelPackage, model_fp: str
+) -> ItemResult:
+    """Decode, predict and write one planned item in this thread; failures become a failed ItemResult."""
+    from innereye_batch.pipeline.loader import decode_safely
+
+    loaded = decode_safely(predictor.decoder, job.item, 0)
+    if loaded.decoded is None:
+        return item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds})
+    try:
+        prediction = predictor.predict(job.item, loaded.decoded)
+    except Exception as error:  # one item's failure never stops the others
+        return item_result(job.item.primary, "failed", f"inference: {type(error).__name__}: {error}")
+    timings = {"load": loaded.load_seconds, **prediction.timings}
+    return write_outputs(job, prediction, formats, package, model_fp, timings)

@@ -1,0 +1,177 @@
+"""Segmentation: decode a work item into a (channels, z, y, x) volume, predict a label map on its grid.
+
+On the device: normalise each channel, resample to the model's spacing, the ensemble's mean softmax posteriors
+(sliding window), back to the source grid, post-processing (argmax, largest component, hole filling). The label
+map and each structure's size make the SegmentationPrediction.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.errors import InnerEyeBatchError
+from innereye_batch.model.spec import ModelPackage
+from innereye_batch.results import StructureStats
+from innereye_batch.tasks.base import Decoded, WorkItem
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeInput:
+    """A decoded work item: float32 (channels, z, y, x) in modality units on the primary channel's grid."""
+
+    image: torch.Tensor
+    geometry: Geometry
+
+    def pin_memory(self) -> VolumeInput:
+        return replace(self, image=self.image.pin_memory())
+
+
+def _align_channel(array: np.ndarray, geometry: Geometry, reference: Geometry) -> np.ndarray:
+    """Resample a secondary channel onto the primary channel's grid (linear, in patient space)."""
+    if geometry.is_close(reference):
+        return array
+    import SimpleITK as sitk
+
+    moving = geometry.to_sitk(array)
+    target = reference.to_sitk(np.zeros(reference.shape, dtype=np.float32))
+    resampled = sitk.Resample(moving, target, sitk.Transform(), sitk.sitkLinear, float(array.min()))
+    return sitk.GetArrayFromImage(resampled).astype(np.float32, copy=False)
+
+
+def decode_volumes(item: WorkItem) -> VolumeInput:
+    """Decode every channel of ``item`` and stack them on the primary channel's grid."""
+    import torch
+
+    from innereye_batch.dicom.volume import load_volume
+
+    primary = load_volume(item.primary)
+    channels = [primary.array]
+    for series in item.inputs[1:]:
+        if series.frame_of_reference_uid != item.primary.frame_of_reference_uid:
+            raise InnerEyeBatchError(
+                f"series {series.key} is in frame of reference {series.frame_of_reference_uid}, not the first "
+                f"channel's {item.primary.frame_of_reference_uid}: the inputs must be registered"
+            )
+        other = load_volume(series)
+        channels.append(_align_channel(other.array, other.geometry, primary.geometry))
+    return VolumeInput(torch.from_numpy(np.stack(channels)), primary.geometry)
+
+
+def structure_stats(
+    labels: np.ndarray, geometry: Geometry, structure_names: Sequence[str]
+) -> tuple[StructureStats, ...]:
+    """Voxel count and volume (mL) of label i = ``structure_names[i - 1]`` in a (z, y, x) label map."""
+    if tuple(labels.shape) != tuple(geometry.shape):
+        raise ValueError(f"label map shape {labels.shape} does not match geometry shape {geometry.shape}")
+    counts = np.bincount(labels.ravel(), minlength=len(structure_names) + 1)
+    if len(counts) > len(structure_names) + 1:
+        raise ValueError(f"label map holds label {len(counts) - 1} but there are {len(structure_names)} structures")
+    voxel_ml = math.prod(geometry.spacing) / 1000.0
+    return tuple(
+        StructureStats(name=name, voxel_count=int(counts[i]), volume_ml=float(counts[i]) * voxel_ml)
+        for i, name in enumerate(structure_names, start=1)
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationPrediction:
+    """A label map on the source grid: 0 background, i the i-th structure of the model."""
+
+    item: WorkItem
+    labels: np.ndarray
+    """uint8 (z, y, x), rows in the primary series' slice order."""
+    geometry: Geometry
+    structures: tuple[StructureStats, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    task: ClassVar[str] = "segmentation"
+
+    def findings(self) -> dict[str, Any]:
+        return {"structures": self.structures}
+
+
+@dataclass
+class SegmentationPredictor:
+    """The loaded networks of a segmentation package on one device; ``predict`` once per work item.
+
+    Networks are loaded once per run by the caller (``model.checkpoints.load_networks``), never per item.
+    """
+
+    package: ModelPackage
+    networks: list[torch.nn.Module]
+    device: torch.device
+    patch_batch: int = 1
+    amp: bool = False
+
+    task: ClassVar[str] = "segmentation"
+
+    @property
+    def decoder(self) -> Callable[[WorkItem], VolumeInput]:
+        return decode_volumes
+
+    def predict(self, item: WorkItem, decoded: Decoded | None = None) -> SegmentationPrediction:
+        """The label map of one work item (decoded here when ``decoded`` is None)."""
+        volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
+        labels, timings = self.label_map(volume.image, volume.geometry)
+        structures = structure_stats(labels, volume.geometry, self.package.segmentation.structure_names)
+        return SegmentationPrediction(item, labels, volume.geometry, structures, timings)
+
+    def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
+        """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, and stage timings."""
+        import torch
+
+        from innereye_batch.engine.ensemble import predict_posteriors
+        from innereye_batch.engine.postprocess import postprocess
+        from innereye_batch.engine.preprocess import normalise, resample, resample_to_shape
+
+        spec = self.package.segmentation
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        image = image.to(self.device, non_blocking=True).float()
+        channels = [normalise(image[c], norm, channel_index=c) for c, norm in enumerate(spec.normalisation)]
+        prepared = torch.stack(channels)
+        spacing = geometry.spacing
+        if spec.target_spacing is not None:
+            prepared = resample(prepared, spacing, spec.target_spacing, mode="trilinear")
+            spacing = spec.target_spacing
+        self._sync()
+        timings["preprocess"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        posteriors = predict_posteriors(
+            self.networks,
+            prepared,
+            spec.inference,
+            num_outputs=spec.num_outputs,
+            patch_batch=self.patch_batch,
+            amp=self.amp,
+            activation=spec.activation,
+        )
+        self._sync()
+        timings["infer"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        if spec.target_spacing is not None:
+            posteriors = resample_to_shape(
+                posteriors, geometry.shape, spec.target_spacing, geometry.spacing, mode="trilinear"
+            )
+            spacing = geometry.spacing
+        labels = postprocess(posteriors, spacing, spec.postprocessing, spec.structure_names)
+        timings["postprocess"] = time.perf_counter() - start
+        return labels, timings
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)

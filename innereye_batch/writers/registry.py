@@ -1,10 +1,10 @@
 """The output formats `run` can write, by name: each declares its file, the tasks it serves and how to write it.
 
 A format is an ``OutputFormat`` defined as ``FORMAT`` in its own module of this package and listed once in
-``_FORMAT_MODULES`` (in writing order); plug-ins add theirs with ``register_format``. The pipeline only iterates over the registry: adding a format touches no
-pipeline code. Writers write exactly the path they are given (the pipeline renames it into place and keeps the
-done records); ``needs`` lets a format refuse, at planning time, a series that lacks what the format requires, so
-`scan`-time facts decide and `--dry-run` tells the truth.
+``_FORMAT_MODULES`` (in writing order); plug-ins add theirs with ``register_format``. The pipeline only iterates
+over the registry: adding a format touches no pipeline code. Writers write exactly the path they are given (the
+pipeline renames it into place and keeps the done records); ``needs`` lets a format refuse, at planning time, a
+series that lacks what the format requires, so scan-time facts decide and `--dry-run` tells the truth.
 """
 
 from __future__ import annotations

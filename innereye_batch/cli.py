@@ -15,9 +15,11 @@ from typing import Annotated, ParamSpec
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from innereye_batch import __version__
 from innereye_batch.errors import EXIT_USAGE, InnerEyeBatchError
+from innereye_batch.text import printable
 
 app = typer.Typer(
     name="innereye-batch",
@@ -47,7 +49,7 @@ def _root(
 
 
 def _fail(error: InnerEyeBatchError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {error}")
+    console.print(Text.assemble(("error:", "red"), " ", printable(error, single_line=False)))
     return typer.Exit(error.exit_code)
 
 
@@ -76,13 +78,13 @@ def scan(
     from innereye_batch.dicom.scan import scan_tree
 
     if not input.is_dir():
-        console.print(f"[red]error:[/red] input folder not found: {input}")
+        console.print(Text.assemble(("error:", "red"), f" input folder not found: {printable(input)}"))
         raise typer.Exit(EXIT_USAGE)
     result = scan_tree(input, workers=workers or None)
     if as_json:
-        sys.stdout.write(json.dumps(scan_to_json(result), indent=2) + "\n")
+        sys.stdout.write(json.dumps(scan_to_json(result, input), indent=2) + "\n")
     else:
-        render_scan_table(result, stdout)
+        render_scan_table(result, stdout, input)
 
 
 @app.command()
@@ -142,6 +144,10 @@ def run(
         bool,
         typer.Option(help="Allow checkpoints that need arbitrary code to unpickle. Only for files you trust."),
     ] = False,
+    max_voxels: Annotated[
+        int,
+        typer.Option(help="Largest grid a series may have (source or resampled); larger ones fail unread."),
+    ] = 2**29,
 ) -> None:
     """Run the model over every series under --input; write NIfTI, DICOM-SEG and JSON per series.
 
@@ -167,6 +173,7 @@ def run(
         dry_run=dry_run,
         fail_fast=fail_fast,
         trust_checkpoint=trust_checkpoint,
+        max_voxels=max_voxels,
     )
     progress = RunProgress(quiet=quiet, log_json=log_json, console=console)
     report = run_batch(options, progress)

@@ -1,18 +1,29 @@
-"""Present a scan: JSON for scripts and a rich table for people. No patient names or IDs ever appear."""
+"""Present a scan: JSON for scripts and a rich table for people. No patient names or IDs ever appear.
+
+Text from files (descriptions, UIDs, paths) is shown as text, never as markup or terminal control; file paths
+are relative to the scanned folder (folder names often name the patient).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from innereye_batch.dicom.scan import ScanResult
 from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.text import printable, relative_paths
 
 
-def series_to_json(series: SeriesInfo) -> dict[str, Any]:
+def _path(path: Path, root: Path | None) -> str:
+    return printable(relative_paths(str(path), root))
+
+
+def series_to_json(series: SeriesInfo, root: Path | None = None) -> dict[str, Any]:
     """One series (stack) as plain JSON values: identity, geometry, transfer syntaxes, problems, files."""
     return {
         "series_instance_uid": series.series_instance_uid,
@@ -28,16 +39,16 @@ def series_to_json(series: SeriesInfo) -> dict[str, Any]:
         **series.geometry.to_json(),
         "transfer_syntaxes": list(series.transfer_syntaxes),
         "loadable": series.is_loadable,
-        "problems": [str(p) + (" (fatal)" if p.fatal else "") for p in series.problems],
-        "files": [str(path) for path in series.files],
+        "problems": [relative_paths(str(p), root) + (" (fatal)" if p.fatal else "") for p in series.problems],
+        "files": [_path(path, root) for path in series.files],
     }
 
 
-def scan_to_json(result: ScanResult) -> dict[str, Any]:
-    """The whole scan: {"series": [...], "skipped": [{"path", "reason"}]}."""
+def scan_to_json(result: ScanResult, root: Path | None = None) -> dict[str, Any]:
+    """The whole scan: {"series": [...], "skipped": [{"path", "reason"}]}; paths relative to ``root``."""
     return {
-        "series": [series_to_json(s) for s in result.series],
-        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
+        "series": [series_to_json(s, root) for s in result.series],
+        "skipped": [{"path": _path(s.path, root), "reason": printable(s.reason)} for s in result.skipped],
     }
 
 
@@ -62,7 +73,7 @@ def _short_uid(uid: str, keep: int) -> str:
     return uid if len(uid) <= keep + 1 else "…" + uid[-keep:]
 
 
-def render_scan_table(result: ScanResult, console: Console) -> None:
+def render_scan_table(result: ScanResult, console: Console, root: Path | None = None) -> None:
     """Print one row per series (stack), grouped by study, and a summary of skipped files."""
     table = Table(title=f"{len(result.series)} series found under the input folder")
     table.add_column("st", justify="right")
@@ -78,24 +89,26 @@ def render_scan_table(result: ScanResult, console: Console) -> None:
     studies: dict[str, int] = {}
     for series in result.series:
         study = studies.setdefault(series.study_instance_uid, len(studies) + 1)
-        problems = "\n".join(f"[red]{p}[/red]" if p.fatal else f"[yellow]{p}[/yellow]" for p in series.problems)
+        problems = Text("\n").join(
+            Text(printable(relative_paths(str(p), root)), style="red" if p.fatal else "yellow") for p in series.problems
+        )
         table.add_row(
             str(study),
-            _short_uid(series.key, 16),
+            Text(printable(_short_uid(series.key, 16))),
             "" if series.series_number is None else str(series.series_number),
-            series.modality,
-            series.series_description,
+            Text(printable(series.modality)),
+            Text(printable(series.series_description)),
             str(len(series.files)),
             "×".join(str(n) for n in series.geometry.shape),
             "×".join(f"{s:.3g}" for s in series.geometry.spacing),
-            ", ".join(_SHORT_SYNTAX_NAMES.get(t, UID(t).name or t) for t in series.transfer_syntaxes),
-            problems or "[green]ok[/green]",
+            Text(printable(", ".join(_SHORT_SYNTAX_NAMES.get(t, UID(t).name or t) for t in series.transfer_syntaxes))),
+            problems if series.problems else Text("ok", style="green"),
         )
     console.print(table)
     if result.skipped:
-        console.print(f"[yellow]{len(result.skipped)} file(s) skipped:[/yellow]")
+        console.print(Text(f"{len(result.skipped)} file(s) skipped:", style="yellow"))
         reasons: dict[str, list[str]] = {}
         for skipped in result.skipped:
-            reasons.setdefault(skipped.reason, []).append(str(skipped.path))
+            reasons.setdefault(printable(skipped.reason), []).append(_path(skipped.path, root))
         for reason, paths in sorted(reasons.items(), key=lambda item: -len(item[1]))[:20]:
-            console.print(f"  {len(paths):>5} × {reason}  [dim](e.g. {paths[0]})[/dim]")
+            console.print(Text.assemble(f"  {len(paths):>5} × {reason}  ", (f"(e.g. {paths[0]})", "dim")))

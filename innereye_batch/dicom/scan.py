@@ -97,14 +97,15 @@ class _Unreadable:
 
 def scan_tree(root: Path, *, workers: int | None = None) -> ScanResult:
     """Find every image series under ``root`` from headers only; never raises for a bad file."""
-    paths = list(_walk(Path(root)))
+    unreadable_folders: list[SkippedFile] = []
+    paths = list(_walk(Path(root), unreadable_folders))
     workers = workers or min(4, os.cpu_count() or 1)  # pydicom holds the GIL: threads only overlap file I/O
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about every odd value; problems are reported below
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = list(pool.map(_read_header_safely, paths, chunksize=16))
     headers = [o for o in outcomes if isinstance(o, FileHeader)]
-    skipped = [o for o in outcomes if isinstance(o, SkippedFile)]
+    skipped = [o for o in outcomes if isinstance(o, SkippedFile)] + unreadable_folders
     damaged: dict[str, list[Path]] = defaultdict(list)
     for o in outcomes:
         if isinstance(o, _Unreadable):
@@ -116,11 +117,35 @@ def scan_tree(root: Path, *, workers: int | None = None) -> ScanResult:
     return ScanResult(series=tuple(series), skipped=tuple(skipped))
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
-        for name in sorted(files):
-            yield Path(folder) / name
+def _walk(root: Path, unreadable: list[SkippedFile]) -> Iterator[Path]:
+    """Every file under ``root`` (symbolic links to folders not followed), sorted per folder, depth first.
+
+    Iterative, so any depth of folders works (``os.walk`` recurses on Python < 3.12); a folder that cannot be
+    listed is recorded in ``unreadable`` with the reason instead of being passed over in silence.
+    """
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                listed = sorted(entries, key=lambda e: e.name)
+        except OSError as error:
+            unreadable.append(SkippedFile(folder, f"folder cannot be read: {type(error).__name__}: {error.strerror}"))
+            continue
+        subfolders = []
+        for entry in listed:
+            try:
+                is_folder = entry.is_dir(follow_symlinks=False)
+                linked_folder = not is_folder and entry.is_symlink() and entry.is_dir()
+            except OSError:
+                is_folder = linked_folder = False
+            if is_folder:
+                subfolders.append(Path(entry.path))
+            elif linked_folder:
+                unreadable.append(SkippedFile(Path(entry.path), "symbolic link to a folder: not followed"))
+            else:
+                yield Path(entry.path)
+        pending.extend(reversed(subfolders))
 
 
 def _read_header_safely(path: Path) -> FileHeader | SkippedFile | _Unreadable:

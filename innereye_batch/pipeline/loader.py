@@ -4,14 +4,27 @@ The task's decoder (a picklable function, see ``tasks.base.Predictor.decoder``) 
 tensors. Errors are caught in the worker and returned as data, so one broken item never stops the loader. The
 loader pins memory when the model runs on CUDA, and prefetches a bounded number of items per worker, so memory
 stays flat.
+
+A worker that dies (killed for lack of memory, a crash in a codec) takes no run down: ``load_items`` restarts
+the loader after the items already delivered, decodes the items that were in flight one at a time in a fresh
+worker each, fails the one whose worker dies again with that reason, and goes on. Workers die with the run
+(``PR_SET_PDEATHSIG`` on Linux) and drop library warnings (they may quote patient data; the scan reports problems).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
+import logging
 import multiprocessing as mp
+import os
+import signal
+import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,6 +84,24 @@ def _single(item: Any) -> Any:
     return item
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int, worker_id: int) -> None:
+    """In each worker: die with the run's process ``parent``, and keep library warnings off the terminal.
+
+    PyTorch's own watchdog compares the parent pid at the worker's start, so a worker orphaned before it starts
+    would run (and wait) forever: here the parent is the pid recorded before the fork.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the run died before (or while) the request took effect
+        os._exit(1)
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+
+
 def make_loader(
     items: Sequence[WorkItem],
     decoder: Callable[[WorkItem], Decoded],
@@ -93,4 +124,72 @@ def make_loader(
         prefetch_factor=prefetch if workers > 0 else None,
         persistent_workers=False,
         multiprocessing_context="fork" if workers > 0 and "fork" in mp.get_all_start_methods() else None,
+        worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers > 0 else None,
     )
+
+
+def _keep_worker_deaths_synchronous() -> None:
+    """Stop PyTorch from installing its SIGCHLD handler, which raises a worker's death as an exception wherever
+    the main thread happens to be (inside inference of another item, or in a writer). Without it the loader
+    itself notices a dead worker within ``MP_STATUS_CHECK_INTERVAL`` (5 s) and raises from ``next()``, where
+    ``load_items`` handles it. (A private flag of ``torch.utils.data``; tests/pipeline/test_loader.py checks it.)
+    """
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._SIGCHLD_handler_set = True
+
+
+def load_items(
+    items: Sequence[WorkItem],
+    decoder: Callable[[WorkItem], Decoded],
+    *,
+    workers: int,
+    pin_memory: bool,
+    prefetch: int = 2,
+) -> Generator[LoadedItem, None, None]:
+    """One LoadedItem per work item, in order, decoded ahead by ``workers`` processes; survives dying workers.
+
+    After a worker death (any error the loader itself raises: decoding errors come back as data) the items not
+    yet delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a
+    fresh single-worker loader: an item whose worker dies again is returned failed with the reason; then the
+    remaining items go through a new loader of ``workers`` workers.
+    """
+    if workers > 0:
+        _keep_worker_deaths_synchronous()
+    position = 0
+    suspects = 0
+    while position < len(items):
+        if workers > 0 and suspects > 0:
+            yield _isolated(items[position], decoder, position, pin_memory)
+            position += 1
+            suspects -= 1
+            continue
+        loader = make_loader(items[position:], decoder, workers=workers, pin_memory=pin_memory, prefetch=prefetch)
+        offset = position
+        try:
+            for loaded in loader:
+                yield replace(loaded, index=offset + loaded.index)
+                position = offset + loaded.index + 1
+        except Exception:
+            # Decoding errors come back as data, so this is the loader itself: a worker died (PyTorch's
+            # RuntimeError), or took a finished item's shared memory with it (ConnectionResetError, EOFError).
+            if workers == 0:
+                raise
+            suspects = min(workers * prefetch, len(items) - position)
+        finally:
+            del loader
+
+
+def _isolated(item: WorkItem, decoder: Callable[[WorkItem], Decoded], index: int, pin_memory: bool) -> LoadedItem:
+    """Decode one item in a worker process of its own; a worker death becomes this item's failure."""
+    start = time.perf_counter()
+    try:
+        for loaded in make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1):
+            return replace(loaded, index=index)
+    except Exception as error:
+        reason = (
+            f"the decoding worker process died while decoding this series ({type(error).__name__}: {error}); "
+            "this happens when it runs out of memory or a codec crashes"
+        )
+        return LoadedItem(index, None, time.perf_counter() - start, reason)
+    return LoadedItem(index, None, time.perf_counter() - start, "the decoding worker returned nothing")

@@ -1,13 +1,15 @@
 """Plan a run: which discovered series become work items, and which are settled before any decoding.
 
 Per series (or study, for multi-channel models): selected by --series / --modality, matched to the model's
-channels, refused for fatal scan problems or for lacking what a requested output needs, skipped when already done
-with this model and input; the rest become Jobs. Everything here comes from headers, so `--dry-run` tells the truth.
+channels, refused for fatal scan problems, for a grid over the voxel limit or for lacking what a requested
+output needs, skipped when already done with this model and input; the rest become Jobs. Everything here comes
+from headers, so `--dry-run` tells the truth.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +43,41 @@ def item_fingerprint(item: WorkItem) -> str:
     return hashlib.sha256("|".join(input_fingerprint(s) for s in item.inputs).encode()).hexdigest()
 
 
-def _unfit(item: WorkItem, formats: Sequence[OutputFormat]) -> list[str]:
-    """Why the item cannot run: fatal scan problems of its series, and outputs its primary series cannot get."""
+DEFAULT_MAX_VOXELS = 2**29
+"""Largest grid a series may have, source or resampled (536,870,912 voxels: 2 GiB as float32)."""
+
+
+def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[str]:
+    """Grids over ``max_voxels``, known from headers before anything is decoded: the source grid of every input,
+    and the model's grid where it resamples (a 4 KB file may claim 65535 x 65535 pixels)."""
+    from innereye_batch.engine.preprocess import resampled_shape
+
+    reasons = []
+    target = package.segmentation.target_spacing if package.task == "segmentation" else None
+    for series in item.inputs:
+        grids = [("", series.geometry.shape)]
+        if target is not None:
+            grids.append(
+                (
+                    " resampled to the model's spacing",
+                    resampled_shape(series.geometry.shape, series.geometry.spacing, target),
+                )
+            )
+        for what, shape in grids:
+            voxels = math.prod(shape)
+            if voxels > max_voxels:
+                reasons.append(
+                    f"{series.key}: grid{what} {'x'.join(str(n) for n in shape)} is {voxels:,} voxels "
+                    f"({voxels * 4 / 2**30:.1f} GiB as float32), over the limit of {max_voxels:,} (--max-voxels)"
+                )
+    return reasons
+
+
+def _unfit(item: WorkItem, formats: Sequence[OutputFormat], package: ModelPackage, max_voxels: int) -> list[str]:
+    """Why the item cannot run: fatal scan problems of its series, grids over the voxel limit, and outputs its
+    primary series cannot get."""
     reasons = [f"{s.key}: {p}" for s in item.inputs for p in s.fatal_problems]
+    reasons += _too_large(item, package, max_voxels)
     for output in formats:
         why = output.needs(item.primary) if output.needs is not None else None
         if why:
@@ -59,6 +93,7 @@ def plan_run(
     *,
     selection: Selection = Selection(),
     overwrite: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[list[Job], list[ItemResult]]:
     """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason)."""
     series = [s for s in scan.series if selection(s)]
@@ -68,7 +103,7 @@ def plan_run(
     names = tuple(f.name for f in formats)
     jobs = []
     for item in items:
-        reasons = _unfit(item, formats)
+        reasons = _unfit(item, formats, package, max_voxels)
         if reasons:
             settled.append(item_result(item.primary, "failed", "; ".join(reasons)))
             continue

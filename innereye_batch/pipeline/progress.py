@@ -9,8 +9,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from innereye_batch.results import ItemResult
+from innereye_batch.text import printable
 
 
 class RunProgress:
@@ -31,8 +33,8 @@ class RunProgress:
             sys.stderr.write(json.dumps({"event": name, **fields}, default=str) + "\n")
             sys.stderr.flush()
         elif not self.quiet and name not in ("series",):
-            message = fields.get("message", "")
-            self.console.print(f"[dim]{name}[/dim] {message}".rstrip())
+            message = printable(fields.get("message", ""))
+            self.console.print(Text.assemble((name, "dim"), " ", message))
 
     def start(self, total: int) -> None:
         self._start = time.perf_counter()
@@ -64,7 +66,9 @@ class RunProgress:
             minutes = max(time.perf_counter() - self._start, 1e-6) / 60
             self._bar.update(self._task, advance=1, rate=f"{self._done / minutes:.1f} series/min")
             if result.status == "failed" and not self.quiet:
-                self._bar.console.print(f"[red]failed[/red] {result.key}: {result.reason}")
+                self._bar.console.print(
+                    Text.assemble(("failed", "red"), f" {printable(result.key)}: {printable(result.reason)}")
+                )
 
     def stop(self) -> None:
         if self._bar is not None:

@@ -1,4 +1,7 @@
-"""Tables a person reads after `run`: per-series status and volumes, stage timings, where the outputs are."""
+"""Tables a person reads after `run`: per-item status and volumes, stage timings, where the outputs are.
+
+Every value that comes from a file (keys, reasons, paths) is shown as text, never as markup or terminal control.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,27 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from innereye_batch.pipeline.run import RunReport
+from innereye_batch.text import printable
+
+_STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow", "run": "cyan"}
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
 
 
 def render_dry_run(report: RunReport, console: Console) -> None:
     table = Table(title="dry run: nothing written")
     for column in ("series", "action", "detail"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in report.planned:
-        table.add_row(row["key"], row["action"], row.get("reason") or row.get("folder", ""))
+        detail = row.get("reason") or row.get("folder", "")
+        table.add_row(Text(printable(row["key"])), _status(row["action"]), Text(printable(detail)))
     console.print(table)
+    _render_skipped_files(report, console)
 
 
 def render_run_report(report: RunReport, output: Path, console: Console, limit: int = 50) -> None:
@@ -26,14 +39,34 @@ def render_run_report(report: RunReport, output: Path, console: Console, limit: 
     for result in report.results[:limit]:
         if result.status == "ok":
             detail = ", ".join(f"{s.name} {s.volume_ml:.1f}" for s in result.structures)
+            if result.probabilities:
+                detail = ", ".join(f"{name} {p:.3f}" for name, p in result.probabilities.items())
         else:
             detail = result.reason
-        colour = {"ok": "green", "failed": "red"}.get(result.status, "yellow")
-        table.add_row(result.key, result.modality, f"[{colour}]{result.status}[/{colour}]", detail)
+        table.add_row(
+            Text(printable(result.key)),
+            Text(printable(result.modality)),
+            _status(result.status),
+            Text(printable(detail)),
+        )
     if len(report.results) > limit:
         table.caption = f"... and {len(report.results) - limit} more (see summary.csv)"
     console.print(table)
+    _render_skipped_files(report, console)
     counts = {s: sum(r.status == s for r in report.results) for s in ("ok", "failed", "skipped")}
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
-    console.print(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped. Stages: {stages}")
-    console.print(f"Outputs in {output}/ (summary.json, summary.csv, one folder per series).")
+    console.print(Text(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped. Stages: {stages}"))
+    if report.summary_error:
+        console.print(Text(f"error: the run summary could not be written: {printable(report.summary_error)}", "red"))
+    else:
+        console.print(Text(f"Outputs in {printable(output)}/ (summary.json, summary.csv, one folder per series)."))
+
+
+def _render_skipped_files(report: RunReport, console: Console, limit: int = 10) -> None:
+    if not report.skipped_files:
+        return
+    console.print(Text(f"{len(report.skipped_files)} file(s) not used (listed in the summary):", "yellow"))
+    for skipped in report.skipped_files[:limit]:
+        console.print(Text(f"  {printable(skipped.path)}: {printable(skipped.reason)}"))
+    if len(report.skipped_files) > limit:
+        console.print(Text(f"  ... and {len(report.skipped_files) - limit} more"))

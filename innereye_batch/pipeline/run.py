@@ -13,19 +13,21 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from innereye_batch import __version__
+from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from innereye_batch.model.spec import ModelPackage
-from innereye_batch.pipeline.plan import Selection, plan_run
+from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run
 from innereye_batch.pipeline.process import Job, item_result, write_outputs
 from innereye_batch.pipeline.progress import RunProgress
 from innereye_batch.pipeline.sources import FolderSource, Source
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import Predictor
+from innereye_batch.text import relative_paths
 from innereye_batch.writers.registry import OutputFormat, resolve_formats
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ class RunOptions:
     fail_fast: bool = False
     trust_checkpoint: bool = False
     writer_threads: int = 2
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    """Largest grid (source or resampled) a series may have; larger ones fail before any decoding."""
 
 
 @dataclass
@@ -59,14 +63,26 @@ class RunReport:
     """The outcome of a run: one result per item, the summary files, stage totals."""
 
     results: list[ItemResult] = field(default_factory=list)
+    skipped_files: tuple[SkippedFile, ...] = ()
+    """Files the source found but could not use (paths relative to the input folder), with the reason."""
     planned: list[dict[str, str]] = field(default_factory=list)
     """With --dry-run: what would happen to each item."""
     summary_paths: tuple[Path, ...] = ()
+    summary_error: str = ""
+    """Why the summary could not be written (e.g. the disk is full); empty when it was."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if any(r.status == "failed" for r in self.results) else EXIT_OK
+        failed = self.summary_error or any(r.status == "failed" for r in self.results)
+        return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _relative(result: ItemResult, root: Path | None) -> ItemResult:
+    """The result with paths in its reason relative to the input folder (folder names often name the patient)."""
+    if root is None or not result.reason:
+        return result
+    return replace(result, reason=relative_paths(result.reason, root))
 
 
 def make_predictor(
@@ -97,18 +113,28 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     package = load_model_package(options.model)
     formats = resolve_formats(options.formats, package.task)
     selection = Selection(options.series_uids, options.modalities)
+    root: Path | None = getattr(source, "root", None)
+    scan = source.discover()
     jobs, settled = plan_run(
-        source.discover(), package, formats, options.output, selection=selection, overwrite=options.overwrite
+        scan,
+        package,
+        formats,
+        options.output,
+        selection=selection,
+        overwrite=options.overwrite,
+        max_voxels=options.max_voxels,
     )
-    report = RunReport(results=list(settled))
+    skipped_files = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
+    report = RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped_files)
     if options.dry_run:
         report.planned = [{"key": j.item.key, "action": "run", "folder": str(j.folder)} for j in jobs]
         report.planned += [{"key": r.key, "action": r.status, "reason": r.reason} for r in settled]
         return report
+    from innereye_batch.pipeline.library_log import library_messages_to
     from innereye_batch.pipeline.state import output_lock
 
-    with output_lock(options.output):
-        return _execute(options, package, formats, source, jobs, report, progress)
+    with output_lock(options.output), library_messages_to(progress, root):
+        return _execute(options, package, formats, source, root, jobs, report, progress)
 
 
 def _execute(
@@ -116,13 +142,14 @@ def _execute(
     package: ModelPackage,
     formats: Sequence[OutputFormat],
     source: Source,
+    root: Path | None,
     jobs: list[Job],
     report: RunReport,
     progress: RunProgress,
 ) -> RunReport:
     from innereye_batch.engine.device import resolve_device
     from innereye_batch.model.checkpoints import load_networks
-    from innereye_batch.pipeline.loader import make_loader
+    from innereye_batch.pipeline.loader import load_items
     from innereye_batch.pipeline.state import remove_stale_temporaries
     from innereye_batch.writers.summary import write_summary
 
@@ -144,6 +171,7 @@ def _execute(
     lock = threading.Lock()
 
     def finish(result: ItemResult) -> None:
+        result = _relative(result, root)
         report.results.append(result)
         progress.series_done(result)
 
@@ -154,7 +182,7 @@ def _execute(
                 pending.remove(future)
 
     fail_fast_stop = False
-    loader = make_loader(
+    loader = load_items(
         [j.item for j in jobs], predictor.decoder, workers=options.workers, pin_memory=device.type == "cuda"
     )
     try:
@@ -182,9 +210,10 @@ def _execute(
                     break
             collect(done_only=False)
     finally:
+        loader.close()  # stops the decoding workers now, also after --fail-fast or an interrupt
         # Writes in flight finished when the pool closed (also on Ctrl-C / SIGTERM): record them, then every
         # item the run never reached, so the summary accounts for the whole plan.
-        report.results.extend(f.result() for f in pending if f.done() and not f.cancelled())
+        report.results.extend(_relative(f.result(), root) for f in pending if f.done() and not f.cancelled())
         finished = {r.key for r in report.results}
         reason = "--fail-fast stopped the run after a failure" if fail_fast_stop else "the run was interrupted"
         for job in jobs:
@@ -206,7 +235,13 @@ def _execute(
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "stage_seconds": report.stage_seconds,
         }
-        report.summary_paths = tuple(write_summary(options.output, report.results, run_info=run_info))
+        try:
+            report.summary_paths = tuple(
+                write_summary(options.output, report.results, run_info=run_info, skipped_files=report.skipped_files)
+            )
+        except OSError as error:  # e.g. the disk is full: say so, never a traceback
+            report.summary_error = f"{type(error).__name__}: {error}"
+            progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")
     return report
 
 

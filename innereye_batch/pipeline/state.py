@@ -26,16 +26,30 @@ from innereye_batch.files import TEMP_PREFIX, write_json_atomic
 DONE_RECORD = "done.json"
 LOCK_FILE = ".innereye-batch.lock"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_PLAIN_KEY = re.compile(r"[0-9]+(\.[0-9]+)*(\.[a-z][a-z0-9]*)*")
+"""A DICOM UID, optionally with the lower-case suffixes the scan adds to split series (``.stack2``, ``.echo2``)."""
+_MAX_PLAIN = 128
+_HASH_SEPARATOR = "~"
+"""Never in a plain key, so a hashed name cannot equal a plain one."""
 
 
 def safe_folder_name(key: str) -> str:
-    """A folder name derived from a DICOM field that cannot escape the output folder or hide itself."""
-    name = _UNSAFE.sub("_", key.strip())[:128].strip(".")
-    return name or "unnamed"
+    """A folder name for an item key: cannot escape the output folder or hide itself, and distinct keys always
+    get distinct names (also on case-insensitive file systems).
+
+    A plain key (a UID with the scan's lower-case suffixes, at most 128 characters) is its own name. Any other
+    key is a sanitised prefix of it, ``~`` and 16 hex digits of its sha256: ``1.2.3/4`` and ``1.2.3_4``, ``..``
+    and ``...``, or two long keys with a common prefix land in different folders.
+    """
+    if len(key) <= _MAX_PLAIN and _PLAIN_KEY.fullmatch(key):
+        return key
+    prefix = _UNSAFE.sub("_", key.strip())[:64].strip(".") or "series"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{prefix}{_HASH_SEPARATOR}{digest}"
 
 
 def series_folder(output_dir: Path, series: SeriesInfo) -> Path:
-    """Where one series' outputs go: ``<output>/<sanitised SeriesInfo.key>/``."""
+    """Where one series' outputs go: ``<output>/<safe_folder_name(SeriesInfo.key)>/``."""
     return output_dir / safe_folder_name(series.key)
 
 
@@ -91,16 +105,35 @@ def remove_stale_temporaries(output_dir: Path) -> int:
     return removed
 
 
+_held_locks: set[int] = set()
+"""File descriptors of the output locks this process holds."""
+
+
+def _drop_locks_in_child() -> None:
+    """After a fork: the child (a DataLoader worker) closes its copies of the lock descriptors. An flock belongs
+    to the open file, shared by every copy of its descriptor: a worker left orphaned by a SIGKILLed run would
+    otherwise keep the folder locked for every later run."""
+    for fd in list(_held_locks):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextlib.contextmanager
 def output_lock(output_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the output folder; a second concurrent run fails with a clear message.
 
     The lock is an ``flock`` on a file, so the operating system releases it when the process dies, even by
-    SIGKILL: a crashed run never blocks the next one.
+    SIGKILL: a crashed run never blocks the next one. Forked children (decoding workers) do not keep it.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     lock_path = output_dir / LOCK_FILE
     handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
+    _held_locks.add(handle.fileno())
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,4 +150,5 @@ def output_lock(output_dir: Path) -> Iterator[None]:
         handle.flush()
         yield
     finally:
+        _held_locks.discard(handle.fileno())
         handle.close()

@@ -1,4 +1,9 @@
-"""Write the run summary (summary.json and summary.csv), each replaced atomically since runs rewrite them."""
+"""Write the run summary (summary.json and summary.csv), each replaced atomically since runs rewrite them.
+
+Both list every item of the run and every file the scan could not use, with the reason. Text from files is
+stored as printable text (control characters and undecodable bytes escaped), and CSV cells can never start a
+spreadsheet formula.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
+from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.files import atomic_write
 from innereye_batch.results import ItemResult, Status
+from innereye_batch.text import csv_cell, printable
 
 SUMMARY_SCHEMA_VERSION = "1.0"
 SUMMARY_JSON = "summary.json"
@@ -19,7 +26,13 @@ SUMMARY_CSV = "summary.csv"
 _FIXED_COLUMNS = ("key", "series_instance_uid", "study_instance_uid", "modality", "status", "reason")
 
 
-def write_summary(output_dir: Path, results: Sequence[ItemResult], *, run_info: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_summary(
+    output_dir: Path,
+    results: Sequence[ItemResult],
+    *,
+    run_info: Mapping[str, Any],
+    skipped_files: Sequence[SkippedFile] = (),
+) -> tuple[Path, Path]:
     """Write ``output_dir/summary.json`` and ``output_dir/summary.csv``; return their paths (json, csv).
 
     ``run_info`` (tool version, model name and fingerprint, start and finish times, ...) is copied into the
@@ -31,11 +44,12 @@ def write_summary(output_dir: Path, results: Sequence[ItemResult], *, run_info: 
     document = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run": dict(run_info),
-        "counts": status_counts(results),
+        "counts": {**status_counts(results), "skipped_files": len(skipped_files)},
         "series": [series_record(r) for r in results],
+        "skipped_files": [{"path": printable(f.path), "reason": printable(f.reason)} for f in skipped_files],
     }
-    json_text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
-    csv_text = summary_csv_text(results)
+    json_text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=printable) + "\n"
+    csv_text = summary_csv_text(results, skipped_files)
     atomic_write(json_path, lambda temp: temp.write_text(json_text, encoding="utf-8"))
     atomic_write(csv_path, lambda temp: temp.write_text(csv_text, encoding="utf-8", newline=""))
     return json_path, csv_path
@@ -50,12 +64,12 @@ def status_counts(results: Sequence[ItemResult]) -> dict[str, int]:
 def series_record(result: ItemResult) -> dict[str, Any]:
     """One series in summary.json."""
     record: dict[str, Any] = {
-        "key": result.key,
-        "series_instance_uid": result.series_instance_uid,
-        "study_instance_uid": result.study_instance_uid,
-        "modality": result.modality,
+        "key": printable(result.key),
+        "series_instance_uid": printable(result.series_instance_uid),
+        "study_instance_uid": printable(result.study_instance_uid),
+        "modality": printable(result.modality),
         "status": result.status,
-        "reason": result.reason,
+        "reason": printable(result.reason, single_line=False),
         "structures": [
             {"name": s.name, "voxel_count": s.voxel_count, "volume_ml": s.volume_ml, "present": s.present}
             for s in result.structures
@@ -76,32 +90,33 @@ def total_seconds(result: ItemResult) -> float:
     return float(sum(result.timings.values()))
 
 
-def summary_csv_text(results: Sequence[ItemResult]) -> str:
+def summary_csv_text(results: Sequence[ItemResult], skipped_files: Sequence[SkippedFile] = ()) -> str:
     """summary.csv: one row per series; a ``<structure>_ml`` column per structure seen in any result, then
-    a ``<class>_probability`` column per class seen, then ``total_s``. Missing values are empty cells."""
+    a ``<class>_probability`` column per class seen, then ``total_s``. Missing values are empty cells. Then one
+    row per file not used: key ``file:<path>``, status ``skipped``, the reason."""
     structure_names = _union(s.name for r in results for s in r.structures)
     class_names = _union(name for r in results for name in (r.probabilities or {}))
     volume_columns = [f"{name}_ml" for name in structure_names]
     probability_columns = [f"{name}_probability" for name in class_names]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow([*_FIXED_COLUMNS, *volume_columns, *probability_columns, "total_s"])
+    writer.writerow([csv_cell(c) for c in (*_FIXED_COLUMNS, *volume_columns, *probability_columns, "total_s")])
     for r in results:
         volumes = {s.name: _number(s.volume_ml) for s in r.structures}
         probabilities = {name: _number(p) for name, p in (r.probabilities or {}).items()}
         writer.writerow(
             [
-                r.key,
-                r.series_instance_uid,
-                r.study_instance_uid,
-                r.modality,
+                *(csv_cell(v) for v in (r.key, r.series_instance_uid, r.study_instance_uid, r.modality)),
                 r.status,
-                r.reason,
+                csv_cell(r.reason),
                 *(volumes.get(name, "") for name in structure_names),
                 *(probabilities.get(name, "") for name in class_names),
                 _number(total_seconds(r)) if r.timings else "",
             ]
         )
+    blanks = [""] * (len(volume_columns) + len(probability_columns) + 1)
+    for skipped in skipped_files:
+        writer.writerow([csv_cell(f"file:{skipped.path}"), "", "", "", "skipped", csv_cell(skipped.reason), *blanks])
     return buffer.getvalue()
 
 

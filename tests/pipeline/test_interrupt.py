@@ -89,3 +89,49 @@ def test_sigterm_finishes_writes_in_flight_and_accounts_for_every_series(tmp_pat
         else:
             assert record["status"] == "skipped" and "interrupted" in record["reason"]
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigkill_of_the_main_process_alone_leaves_no_worker_holding_the_lock(tmp_path: Path) -> None:
+    from innereye_batch.pipeline.state import LOCK_FILE
+
+    scans = tmp_path / "scans"
+    for i in range(SERIES):
+        write_series(scans / f"s{i}", shape=(16, 40, 40), seed=i)
+    model = model_folder(tmp_path / "model", members=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "innereye_batch", *run_args(model, scans, out), "--workers", "2"],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 180
+    while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    workers = _children(process.pid)
+    assert workers, "the run must have started its decoding workers"
+    process.send_signal(signal.SIGKILL)  # the main process only, as a crash or the OOM killer would
+    process.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "decoding workers must die with their run"
+    import fcntl
+
+    with open(out / LOCK_FILE, "a+") as handle:  # a new run can take the folder at once
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    result = CliRunner().invoke(app, [*run_args(model, scans, out), "--workers", "0"])
+    assert result.exit_code == 0, result.output

@@ -24,20 +24,33 @@ from innereye_batch.pipeline.state import (
 
 
 @pytest.mark.parametrize(
-    ("key", "expected"),
+    "key",
+    ["1.2.840.113619.2.55", "1.2.3.stack2", "1.2.3.echo2", "1.2.3.b1000.dir3"],
+)
+def test_plain_keys_are_their_own_folder_names(key: str) -> None:
+    assert safe_folder_name(key) == key
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "..", "...", "a/b\\c d", "", ".hidden", "/abs", "x\x00y"])
+def test_safe_folder_name_never_escapes(key: str) -> None:
+    name = safe_folder_name(key)
+    assert "/" not in name and "\\" not in name and "\x00" not in name
+    assert not name.startswith(".") and name not in ("", ".", "..")
+    assert "~" in name  # hashed: cannot collide with a plain key
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
     [
-        ("1.2.840.113619.2.55", "1.2.840.113619.2.55"),
-        ("../../etc/passwd", "_.._etc_passwd"),
-        ("..", "unnamed"),
-        ("a/b\\c d", "a_b_c_d"),
-        ("", "unnamed"),
-        ("1.2.3.stack2", "1.2.3.stack2"),
+        ("1.2.3/4", "1.2.3_4"),
+        ("..", "..."),
+        ("1.2." + "9" * 200, "1.2." + "9" * 199 + "8"),
+        ("1.2.3.Stack2", "1.2.3.stack2"),
+        ("ABC", "abc"),
     ],
 )
-def test_safe_folder_name_never_escapes(key: str, expected: str) -> None:
-    name = safe_folder_name(key)
-    assert name == expected
-    assert "/" not in name and not name.startswith(".")
+def test_distinct_keys_get_distinct_folders(first: str, second: str) -> None:
+    assert safe_folder_name(first).lower() != safe_folder_name(second).lower()
 
 
 def test_atomic_write_leaves_no_partial_file_on_error(tmp_path: Path) -> None:

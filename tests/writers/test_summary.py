@@ -75,7 +75,7 @@ def test_summary_json(tmp_path: Path) -> None:
     assert summary["run"]["tool_version"] == "0.1.0"
     assert summary["run"]["model"]["fingerprint"] == "ab" * 32
     assert summary["run"]["started"] == "2024-05-17 10:00:00+00:00"  # non-JSON values become strings
-    assert summary["counts"] == {"ok": 2, "failed": 1, "skipped": 1, "total": 4}
+    assert summary["counts"] == {"ok": 2, "failed": 1, "skipped": 1, "total": 4, "skipped_files": 0}
     records = summary["series"]
     assert [r["key"] for r in records] == ["1.2.3", "1.2.4.stack1", "1.2.5", "1.2.6"]
     assert records[0]["structures"][0] == {"name": "liver", "voxel_count": 1000, "volume_ml": 1.5, "present": True}
@@ -108,7 +108,8 @@ def test_summary_csv_columns_and_rows(tmp_path: Path) -> None:
     assert rows[0]["kidney_ml"] == ""
     assert float(rows[0]["total_s"]) == pytest.approx(2.75)
     assert rows[1]["status"] == "failed"
-    assert rows[1]["reason"] == 'pixel data truncated, "IM0003"\nsecond line'  # commas, quotes, newline survive
+    # commas and quotes survive; a line break is escaped so that every row is one line (grep, cron mail)
+    assert rows[1]["reason"] == 'pixel data truncated, "IM0003"\\x0asecond line'
     assert rows[1]["liver_ml"] == ""
     assert rows[1]["total_s"] == ""
     assert rows[2]["kidney_ml"] == "0.01"
@@ -133,7 +134,13 @@ def test_classification_probability_columns(tmp_path: Path) -> None:
 
 def test_empty_run(tmp_path: Path) -> None:
     json_path, csv_path = write_summary(tmp_path, [], run_info=RUN_INFO)
-    assert json.loads(json_path.read_text())["counts"] == {"ok": 0, "failed": 0, "skipped": 0, "total": 0}
+    assert json.loads(json_path.read_text())["counts"] == {
+        "ok": 0,
+        "failed": 0,
+        "skipped": 0,
+        "total": 0,
+        "skipped_files": 0,
+    }
     columns, rows = read_csv(csv_path)
     assert columns[0] == "key" and columns[-1] == "total_s"
     assert rows == []

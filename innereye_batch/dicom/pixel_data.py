@@ -60,6 +60,8 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
     if element is None:
         if element_start < size:
             return (True, "truncated file: ends inside the pixel data element"), None
+        if element_start > size or _last_value_cut(ds):  # pydicom stops silently where a value runs past the end
+            return (True, "truncated file: ends inside its header"), None
         return (False, "no pixel data"), None
     if not isinstance(element, RawDataElement) or element.tag not in PIXEL_DATA_TAGS:
         return (False, "no pixel data"), None
@@ -70,6 +72,17 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
         return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
     problem = _length_problem(ds, length)
     return problem, (start, length) if problem is None and element.tag == PIXEL_DATA_TAGS[0] else None
+
+
+def _last_value_cut(ds: Dataset) -> bool:
+    """True when an element pydicom read (still raw) holds fewer bytes than its declared length."""
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would convert every element)
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes) or raw.length == 0xFFFFFFFF:
+            continue
+        if len(raw.value) < raw.length:
+            return True
+    return False
 
 
 def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.stat_result) -> PixelLayout | None:
@@ -90,7 +103,7 @@ def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.s
         intercept = float(fields.get("RescaleIntercept", 0.0))
     except (TypeError, ValueError):
         return None
-    if not (math.isfinite(slope) and math.isfinite(intercept)):
+    if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
         return None
     return PixelLayout(
         file_size=status.st_size,

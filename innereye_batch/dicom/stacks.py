@@ -48,9 +48,13 @@ def _group_by_series(headers: list[FileHeader]) -> dict[str, list[FileHeader]]:
 
 
 def _same_grid(a: ImageHeader, b: ImageHeader) -> bool:
+    """Same size, orientation and pixel spacing (an unusable spacing matches any: the stack then says so)."""
     return (
         (a.rows, a.columns) == (b.rows, b.columns)
-        and all(abs(x - y) <= 1e-4 + 1e-3 * abs(y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=True))
+        and (
+            bool(a.spacing_issue or b.spacing_issue)
+            or all(abs(x - y) <= 1e-4 + 1e-3 * abs(y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=True))
+        )
         and a.orientation is not None
         and b.orientation is not None
         and max(abs(x - y) for x, y in zip(a.orientation, b.orientation, strict=True)) <= ORIENTATION_TOLERANCE

@@ -210,6 +210,8 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         damaged, reason = pixel_problem
         if not damaged:
             reason = f"{reason} ({UID(sop_class).name or 'unknown SOP class'})"
+            if is_image_claim(sop_class, fields):
+                reason += ": the image ends before its pixel data"
         return _unusable(path, reason, fields, sop_class, damaged)
     for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
         if not fields.get(keyword):

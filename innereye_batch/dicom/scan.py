@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import (
@@ -95,6 +97,7 @@ HEADER_KEYWORDS = (
 """The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read),
 plus the vendors' private diffusion elements in ``headers.PRIVATE_TAGS``."""
 _HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS] + [Tag(tag) for tag in h.PRIVATE_TAGS]
+_CHARACTER_SET = Tag("SpecificCharacterSet")
 _IN_STACK_POSITION_POINTERS = (Tag("InStackPositionNumber"), Tag("ImagePositionPatient"))
 """Dimension index pointers that number positions, not volumes (left out of ``SplitValues.dimension_index``)."""
 
@@ -150,20 +153,25 @@ elements left out."""
 
 
 def _fields(ds: Dataset) -> _Fields:
-    """Every element pydicom read (only the wanted tags), each converted once; a value pydicom cannot convert
-    is kept as its text, so that the problem it causes can name it."""
+    """Every element pydicom read (only the wanted tags), each converted once by pydicom (straight from its raw
+    form: the Dataset's own bookkeeping is not needed here); a value pydicom cannot convert is kept as its text,
+    so that the problem it causes can name it."""
     fields: _Fields = {}
-    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would convert every element at once)
+    encoding = ds.original_character_set or default_encoding
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would store every converted element in it)
+        raw = ds.get_item(tag)
         try:
-            element = ds[tag]
+            if isinstance(raw, RawDataElement) and raw.VR != "SQ" and tag != _CHARACTER_SET:
+                element = convert_raw_data_element(raw, encoding=encoding, ds=ds)
+            else:
+                element = ds[tag]
             found = element.value
+            keyword = element.keyword
         except Exception:  # an invalid value (e.g. DS "abc"): keep its text
-            raw = ds.get_item(tag)
             found = raw.value.decode("latin-1").strip("\x00 ") if isinstance(raw.value, bytes) else raw.value
-            element = None
+            keyword = pydicom.datadict.keyword_for_tag(tag)
         if found is None or found == "":
             continue
-        keyword = element.keyword if element is not None else pydicom.datadict.keyword_for_tag(tag)
         fields[keyword if keyword else int(tag)] = found
     return fields
 
@@ -194,9 +202,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
             return Damaged(SkippedFile(path, reason), salvage_series_uid(path))
         syntax = transfer_syntax_of(ds)
         deflated = syntax == DeflatedExplicitVRLittleEndian
-        if not deflated:  # fp is where pydicom stopped: at the pixel data element, or the end of the header
-            pixel_problem, pixel_value = pixel_data_problem(fp, ds, size)
         fields = _fields(ds)
+        if not deflated:  # fp is where pydicom stopped: at the pixel data element, or the end of the header
+            pixel_problem, pixel_value = pixel_data_problem(fp, ds, size, fields)
         meta = getattr(ds, "file_meta", None)
         sop_class = str(fields.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
         if sop_class in _NOT_IMAGES:

@@ -47,7 +47,8 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int, fields: Mapping[Any
     """Check, without reading it, that the pixel data element after the header is present and whole.
 
     ``fp`` is where ``dcmread(stop_before_pixels=True)`` left it: at the pixel data element, or at the end of
-    a file without one. ``fields`` are the header's values already converted (Rows, Columns, BitsAllocated...). Where the element is fine and native, also says where pydicom located its value.
+    a file without one. ``fields`` are the header's values already converted (Rows, Columns, BitsAllocated...).
+    Where the element is fine and native, also says where pydicom located its value.
     """
     implicit, little = ds.original_encoding
     element_start = fp.tell()

@@ -10,8 +10,9 @@ Three kinds of split, in this order, each giving the parts a key suffix that say
    ``.imag``), ORIGINAL vs DERIVED (``.original``, ``.derived``), diffusion (``.bB`` and ``.dirN``, N the rank of
    the gradient direction within that b-value by first InstanceNumber) and enhanced StackID (``.stackidS``).
 3. **Repeats** (``split_repeats``): where positions still repeat within one grid, the first of
-   TemporalPositionIdentifier/Index (``.tN``), TriggerTime (``.trigN``, rank), AcquisitionNumber (``.acqN``) and
-   the enhanced DimensionIndexValues less the in-stack position (``.idxA-B``) that tells the repeats apart (it
+   TemporalPositionIdentifier/Index (``.tN``), TriggerTime (``.trigN``, rank), AcquisitionNumber (``.acqN``),
+   the enhanced DimensionIndexValues less the in-stack position (``.idxA-B``) and, last, runs of consecutive
+   InstanceNumbers that each hold every position once (``.volN``, GE fMRI) that tells the repeats apart (it
    takes at most as many values as the largest number of images sharing a position).
 
 Numbers come from the images' values, never from file or folder order, so keys are stable across reruns.
@@ -136,7 +137,7 @@ def split_repeats(images: list[ImageHeader]) -> list[tuple[str, dict[str, str], 
     multiplicity = max(Counter(_position_key(im) for im in images).values())
     if multiplicity <= 1:
         return [("", {}, images)]
-    for labeller in (_temporal_labels, _trigger_labels, _acquisition_labels, _index_labels):
+    for labeller in (_temporal_labels, _trigger_labels, _acquisition_labels, _index_labels, _instance_block_labels):
         labels = labeller(images)
         distinct = set(labels.values())
         if 1 < len(distinct) <= multiplicity:
@@ -276,3 +277,24 @@ def _acquisition_labels(images: list[ImageHeader]) -> _Labels:
 def _index_labels(images: list[ImageHeader]) -> _Labels:
     labels = _attribute_labels(images, lambda s: s.dimension_index, "idx", "DimensionIndexValues", rank=False)
     return {k: (suffix.replace(", ", "-").replace("(", "").replace(")", ""), by) for k, (suffix, by) in labels.items()}
+
+
+def _instance_block_labels(images: list[ImageHeader]) -> _Labels:
+    """The last resort (GE fMRI, where nothing else tells time points apart): consecutive runs of InstanceNumbers
+    that each hold every position exactly once are volumes, ``.volN`` in InstanceNumber order (dcm2niix's order).
+    Every image gets the same label (no split) unless the images fall exactly into such runs."""
+    unsplit: _Labels = {id(im): ("", ()) for im in images}
+    numbers = [im.split.instance_number for im in images]
+    positions = {_position_key(im) for im in images}
+    if any(n is None for n in numbers) or len(set(numbers)) != len(numbers) or len(images) % len(positions):
+        return unsplit
+    ordered = sorted(images, key=lambda im: im.split.instance_number or 0)
+    size = len(positions)
+    blocks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+    if any({_position_key(im) for im in block} != positions for block in blocks):
+        return unsplit
+    labels: _Labels = {}
+    for number, block in enumerate(blocks, start=1):
+        shown = f"{block[0].split.instance_number}-{block[-1].split.instance_number}"
+        labels.update({id(im): (f".vol{number}", (("InstanceNumber", shown),)) for im in block})
+    return labels

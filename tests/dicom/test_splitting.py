@@ -96,7 +96,11 @@ def test_per_slice_trigger_times_do_not_split_a_volume(tmp_path: Path) -> None:
 
 
 def test_true_duplicates_stay_fatal(tmp_path: Path) -> None:
-    truths = write_parts(tmp_path, [{}, {}])  # nothing tells the two copies apart
+    truths = write_parts(tmp_path, [{}, {}])  # nothing tells the two copies apart, not even InstanceNumbers
+    for path in truths[1].paths:
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = int(ds.InstanceNumber) - 5
+        ds.save_as(path, enforce_file_format=True)
     (series,) = scan_tree(tmp_path).series
     assert series.key == truths[0].series_instance_uid
     assert [p.kind for p in series.fatal_problems] == ["duplicate_positions"]
@@ -142,3 +146,25 @@ def test_enhanced_multiframe_parts_split_by_frame_content(tmp_path: Path, echo: 
         assert series.problems == () and [s.frame for s in series.slices] == list(range(4 * part, 4 * part + 4))
         assert series.geometry.is_close(stack)
         np.testing.assert_array_equal(load_volume(series).array, truth.voxels[4 * part : 4 * part + 4])
+
+
+def test_time_points_told_apart_only_by_instance_number_runs(tmp_path: Path) -> None:
+    """GE fMRI: no temporal attribute, one AcquisitionNumber; InstanceNumbers 1-5, 6-10, 11-15 are the volumes."""
+    truths = write_parts(tmp_path, [{}, {}, {}])
+    result = scan_tree(tmp_path)
+    assert [s.key for s in result.series] == [truths[0].series_instance_uid + f".vol{n}" for n in (1, 2, 3)]
+    assert result.series[1].split_by == {"InstanceNumber": "6-10"}
+    for series, truth in zip(result.series, truths, strict=True):
+        assert series.problems == () and series.files == truth.paths
+
+
+def test_instance_number_runs_that_do_not_hold_every_position_stay_duplicates(tmp_path: Path) -> None:
+    """Numbered alternately (slice 1 of both copies, then slice 2...): no run of 5 holds every position."""
+    truths = write_parts(tmp_path, [{}, {}])
+    for part, truth in enumerate(truths):
+        for k, path in enumerate(truth.paths):
+            ds = pydicom.dcmread(path)
+            ds.InstanceNumber = 2 * k + 1 + part
+            ds.save_as(path, enforce_file_format=True)
+    (series,) = scan_tree(tmp_path).series
+    assert [p.kind for p in series.fatal_problems] == ["duplicate_positions"]

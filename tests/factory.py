@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +94,18 @@ def write_series(
     remove_slice: int | None = None,
     transfer_syntax: UID = ExplicitVRLittleEndian,
     seed: int = 0,
+    positions: Sequence[Sequence[float]] | None = None,
+    name_prefix: str = "IM",
+    first_instance: int = 1,
+    edit: Callable[[int, Dataset], None] | None = None,
 ) -> GeneratedSeries:
-    """Write a single-frame series into ``folder`` and return its truth (see module docstring)."""
+    """Write a single-frame series into ``folder`` and return its truth (see module docstring).
+
+    ``positions`` replaces the ImagePositionPatient of each slice (tilted or unevenly spaced stacks; the truth's
+    geometry then keeps the first position and the nominal spacing). ``name_prefix`` and ``first_instance`` let
+    several parts of one series share a folder (``IM0000.dcm``...; InstanceNumbers from ``first_instance``).
+    ``edit(k, dataset)`` changes slice k's dataset before it is written (attributes that split a series).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     row = unit(row_direction)
     col = unit(column_direction)
@@ -119,8 +129,8 @@ def write_series(
 
     entries = []
     for k in range(shape[0]):
-        position = origin_v + k * sz * normal
-        instance = shape[0] - k if instance_numbers_descending else k + 1
+        position = np.asarray(positions[k], dtype=np.float64) if positions is not None else origin_v + k * sz * normal
+        instance = first_instance - 1 + (shape[0] - k if instance_numbers_descending else k + 1)
         sop_uid = generate_uid()
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
@@ -178,6 +188,8 @@ def write_series(
             del ds.RescaleSlope
             del ds.RescaleIntercept
         ds.PixelData = stored[k].tobytes()
+        if edit is not None:
+            edit(k, ds)
         if transfer_syntax != ExplicitVRLittleEndian:
             ds.compress(transfer_syntax, generate_instance_uid=False)
         entries.append((k, ds, sop_uid))
@@ -192,14 +204,15 @@ def write_series(
         rng.shuffle(names)
     paths_by_k = {}
     for (k, ds, _), name in zip(kept, names, strict=True):
-        path = folder / (f"{rng.getrandbits(48):012x}" if shuffle_names else f"IM{name:04d}.dcm")
+        path = folder / (f"{rng.getrandbits(48):012x}" if shuffle_names else f"{name_prefix}{name:04d}.dcm")
         ds.save_as(path, enforce_file_format=True)
         paths_by_k[k] = path
 
+    first_position = np.asarray(positions[0], dtype=np.float64) if positions is not None else origin_v
     geometry = Geometry(
         shape=(int(shape[0]), int(shape[1]), int(shape[2])),
         spacing=(float(sz), float(sy), float(sx)),
-        origin=tuple(float(v) for v in origin_v),  # type: ignore[arg-type]
+        origin=tuple(float(v) for v in first_position),  # type: ignore[arg-type]
         direction=tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel()),
     )
     keep_k = [k for k, _, _ in kept]

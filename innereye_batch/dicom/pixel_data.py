@@ -43,11 +43,12 @@ _PixelCheck = tuple[_PixelProblem | None, tuple[int, int] | None]
 length in the file."""
 
 
-def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
+def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int, fields: Mapping[Any, Any]) -> _PixelCheck:
     """Check, without reading it, that the pixel data element after the header is present and whole.
 
     ``fp`` is where ``dcmread(stop_before_pixels=True)`` left it: at the pixel data element, or at the end of
-    a file without one. Where the element is fine and native, also says where pydicom located its value.
+    a file without one. ``fields`` are the header's values already converted (Rows, Columns, BitsAllocated...).
+    Where the element is fine and native, also says where pydicom located its value.
     """
     implicit, little = ds.original_encoding
     element_start = fp.tell()
@@ -60,6 +61,8 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
     if element is None:
         if element_start < size:
             return (True, "truncated file: ends inside the pixel data element"), None
+        if element_start > size or _last_value_cut(ds):  # pydicom stops silently where a value runs past the end
+            return (True, "truncated file: ends inside its header"), None
         return (False, "no pixel data"), None
     if not isinstance(element, RawDataElement) or element.tag not in PIXEL_DATA_TAGS:
         return (False, "no pixel data"), None
@@ -68,8 +71,19 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int) -> _PixelCheck:
     start, length = element.value_tell, element.length
     if start + length > size:
         return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
-    problem = _length_problem(ds, length)
+    problem = _length_problem(ds, length, fields)
     return problem, (start, length) if problem is None and element.tag == PIXEL_DATA_TAGS[0] else None
+
+
+def _last_value_cut(ds: Dataset) -> bool:
+    """True when an element pydicom read (still raw) holds fewer bytes than its declared length."""
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would convert every element)
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes) or raw.length == 0xFFFFFFFF:
+            continue
+        if len(raw.value) < raw.length:
+            return True
+    return False
 
 
 def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.stat_result) -> PixelLayout | None:
@@ -90,7 +104,7 @@ def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.s
         intercept = float(fields.get("RescaleIntercept", 0.0))
     except (TypeError, ValueError):
         return None
-    if not (math.isfinite(slope) and math.isfinite(intercept)):
+    if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
         return None
     return PixelLayout(
         file_size=status.st_size,
@@ -125,15 +139,30 @@ def inflated_pixel_problem(ds: Dataset) -> tuple[bool, str] | None:
         return False, "no pixel data"
     if element.is_undefined_length:
         return None
-    return _length_problem(ds, len(element.value or b""))
+    return _length_problem(ds, len(element.value or b""), {})
 
 
-def _length_problem(ds: Dataset, length: int) -> tuple[bool, str] | None:
+def _length_problem(ds: Dataset, length: int, fields: Mapping[Any, Any]) -> tuple[bool, str] | None:
     """Native pixel data shorter than the header's Rows x Columns x frames x samples x bits announce."""
-    try:
-        expected = int(get_expected_length(ds, unit="bytes"))
-    except Exception:  # the header lacks the numbers: nothing to compare with
-        return None
+    expected = _expected_bytes(fields)
+    if expected is None:
+        try:  # pydicom's account, for what the simple count below does not cover (colour, odd bit depths)
+            expected = int(get_expected_length(ds, unit="bytes"))
+        except Exception:  # the header lacks the numbers: nothing to compare with
+            return None
     if length < expected:
         return True, f"pixel data too short: {length} bytes for {expected} expected from the header"
     return None
+
+
+def _expected_bytes(fields: Mapping[Any, Any]) -> int | None:
+    """Bytes of greyscale native pixel data with whole-byte values, from converted header values; else None."""
+    try:
+        rows, columns = int(fields["Rows"]), int(fields["Columns"])
+        bits = int(fields["BitsAllocated"])
+        samples, frames = int(fields.get("SamplesPerPixel", 1)), int(fields.get("NumberOfFrames") or 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if samples != 1 or bits % 8:
+        return None
+    return rows * columns * frames * bits // 8

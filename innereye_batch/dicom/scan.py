@@ -2,16 +2,17 @@
 
 Only headers are read: the pixel data element is located and checked against the file (pixel_data.py), never
 decoded. Every file either lands in exactly one series (stack) or in the skipped list with a reason; the scan
-never raises for a file.
+never raises for a file. A file that claims to be an image but cannot be used (cut, corrupt, no pixel data) is
+also a fatal problem of its series, or of every series in its folder where its series cannot be read from it
+(damaged.py).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import struct
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import (
@@ -27,6 +30,10 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
 )
 
+from innereye_batch.dicom import headers as h
+from innereye_batch.dicom.damaged import Damaged, attach_damage, is_image_claim, salvage_series_uid
+from innereye_batch.dicom.headers import FileHeader, ImageHeader
+from innereye_batch.dicom.photometric import PROJECTION_MODALITIES
 from innereye_batch.dicom.pixel_data import (
     NATIVE_LITTLE_ENDIAN,
     PIXEL_DATA_TAGS,
@@ -36,29 +43,41 @@ from innereye_batch.dicom.pixel_data import (
     transfer_syntax_of,
 )
 from innereye_batch.dicom.series import PixelLayout, SeriesInfo, SkippedFile
-from innereye_batch.dicom.stacks import IDENTITY_ROWS, FileHeader, ImageHeader, build_series
+from innereye_batch.dicom.stacks import build_series
 
 _BARE_DICOM_STARTS = (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02")
 """First bytes of a file without preamble that starts with group 0008 or 0002 (either byte order)."""
-_PROJECTION_MODALITIES = frozenset({"CR", "DX", "MG", "IO", "PX", "RG"})
 _NOT_IMAGES = {
     "1.2.840.10008.1.3.10": "DICOMDIR (media directory, not an image)",
     "1.2.840.10008.5.1.4.1.1.66.4": "segmentation object (DICOM-SEG), not an image series",
     "1.2.840.10008.5.1.4.1.1.66.5": "surface segmentation object, not an image series",
 }
 HEADER_KEYWORDS = (
+    "ImageType",
     "SOPClassUID",
     "SOPInstanceUID",
     "Modality",
     "SeriesDescription",
+    "ComplexImageComponent",
+    "PatientID",
+    "SliceThickness",
     "SpacingBetweenSlices",
+    "EchoTime",
+    "EchoNumbers",
+    "TriggerTime",
     "ImagerPixelSpacing",
+    "DiffusionBValue",
+    "DiffusionGradientOrientation",
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SeriesNumber",
+    "AcquisitionNumber",
+    "InstanceNumber",
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "FrameOfReferenceUID",
+    "TemporalPositionIdentifier",
+    "ImagesInAcquisition",
     "SamplesPerPixel",
     "PhotometricInterpretation",
     "NumberOfFrames",
@@ -71,11 +90,16 @@ HEADER_KEYWORDS = (
     "RescaleSlope",
     "RescaleIntercept",
     "GridFrameOffsetVector",
+    "DimensionIndexSequence",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
 )
-"""The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read)."""
-_HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
+"""The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read),
+plus the vendors' private diffusion elements in ``headers.PRIVATE_TAGS``."""
+_HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS] + [Tag(tag) for tag in h.PRIVATE_TAGS]
+_CHARACTER_SET = Tag("SpecificCharacterSet")
+_IN_STACK_POSITION_POINTERS = (Tag("InStackPositionNumber"), Tag("ImagePositionPatient"))
+"""Dimension index pointers that number positions, not volumes (left out of ``SplitValues.dimension_index``)."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +111,12 @@ class ScanResult:
     skipped: tuple[SkippedFile, ...]
 
 
-@dataclass(frozen=True)
-class _Unreadable:
-    """A file whose header belongs to a series but whose pixel data is damaged."""
+def scan_tree(root: Path, *, workers: int | None = None, regrid_irregular: bool = False) -> ScanResult:
+    """Find every image series under ``root`` from headers only; never raises for a bad file.
 
-    skipped: SkippedFile
-    series_instance_uid: str
-
-
-def scan_tree(root: Path, *, workers: int | None = None) -> ScanResult:
-    """Find every image series under ``root`` from headers only; never raises for a bad file."""
+    With ``regrid_irregular`` the gantry-tilt and variable-spacing problems are not fatal: such stacks will be
+    resampled onto a regular grid by ``load_volume`` (``regrid.py``).
+    """
     unreadable_folders: list[SkippedFile] = []
     paths = list(_walk(Path(root), unreadable_folders))
     workers = workers or min(4, os.cpu_count() or 1)  # pydicom holds the GIL: threads only overlap file I/O
@@ -105,13 +125,9 @@ def scan_tree(root: Path, *, workers: int | None = None) -> ScanResult:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes = list(pool.map(_read_header_safely, paths, chunksize=16))
     headers = [o for o in outcomes if isinstance(o, FileHeader)]
-    skipped = [o for o in outcomes if isinstance(o, SkippedFile)] + unreadable_folders
-    damaged: dict[str, list[Path]] = defaultdict(list)
-    for o in outcomes:
-        if isinstance(o, _Unreadable):
-            skipped.append(o.skipped)
-            damaged[o.series_instance_uid].append(o.skipped.path)
-    series = build_series(headers, damaged)
+    damaged = [o for o in outcomes if isinstance(o, Damaged)]
+    skipped = [o for o in outcomes if isinstance(o, SkippedFile)] + [d.skipped for d in damaged] + unreadable_folders
+    series = attach_damage(build_series(headers, regrid_irregular=regrid_irregular), damaged)
     series.sort(key=lambda s: (s.study_instance_uid, s.series_number is None, s.series_number or 0, s.key))
     skipped.sort(key=lambda s: str(s.path))
     return ScanResult(series=tuple(series), skipped=tuple(skipped))
@@ -148,33 +164,56 @@ def _walk(root: Path, unreadable: list[SkippedFile]) -> Iterator[Path]:
         pending.extend(reversed(subfolders))
 
 
-def _read_header_safely(path: Path) -> FileHeader | SkippedFile | _Unreadable:
+def _read_header_safely(path: Path) -> FileHeader | SkippedFile | Damaged:
     try:
         return _read_header(path)
     except Exception as error:  # any malformed file is skipped, never fatal to the scan
-        return SkippedFile(path, f"unreadable DICOM header: {type(error).__name__}: {error}")
+        reason = f"unreadable DICOM header: {type(error).__name__}: {error}"
+        return Damaged(SkippedFile(path, reason), salvage_series_uid(path))
 
 
-_Fields = dict[str, Any]
-"""Top-level header values by keyword, converted by pydicom; absent and empty elements left out."""
+_Fields = dict[Any, Any]
+"""Top-level header values by keyword (private elements by tag number), converted by pydicom; absent and empty
+elements left out."""
 
 
 def _fields(ds: Dataset) -> _Fields:
-    """Every element pydicom read (only the wanted tags), each converted once."""
-    return {element.keyword: element.value for element in ds if element.value is not None and element.value != ""}
+    """Every element pydicom read (only the wanted tags), each converted once by pydicom (straight from its raw
+    form: the Dataset's own bookkeeping is not needed here); a value pydicom cannot convert is kept as its text,
+    so that the problem it causes can name it."""
+    fields: _Fields = {}
+    encoding = ds.original_character_set or default_encoding
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would store every converted element in it)
+        raw = ds.get_item(tag)
+        try:
+            if isinstance(raw, RawDataElement) and raw.VR != "SQ" and tag != _CHARACTER_SET:
+                element = convert_raw_data_element(raw, encoding=encoding, ds=ds)
+            else:
+                element = ds[tag]
+            found = element.value
+            keyword = element.keyword
+        except Exception:  # an invalid value (e.g. DS "abc"): keep its text
+            found = raw.value.decode("latin-1").strip("\x00 ") if isinstance(raw.value, bytes) else raw.value
+            keyword = pydicom.datadict.keyword_for_tag(tag)
+        if found is None or found == "":
+            continue
+        fields[keyword if keyword else int(tag)] = found
+    return fields
 
 
-def _value(source: Dataset | _Fields | None, keyword: str) -> Any:
-    """The element's value, or None when it is absent or empty."""
-    value = source.get(keyword) if source is not None else None
-    return None if value is None or value == "" else value
+def _unusable(path: Path, reason: str, fields: _Fields, sop_class: str, damaged: bool) -> SkippedFile | Damaged:
+    """A file that cannot be used: a damaged member of a series where it claims to be an image, else skipped."""
+    if damaged or is_image_claim(sop_class, fields):
+        return Damaged(SkippedFile(path, reason), str(fields.get("SeriesInstanceUID", "")) or None)
+    return SkippedFile(path, reason)
 
 
-def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
+def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     status = path.stat()  # before reading: a later change shows as a different size or mtime
     size = status.st_size
     if size == 0:
-        return SkippedFile(path, "empty file (0 bytes)")
+        reason = "empty file (0 bytes)"
+        return SkippedFile(path, reason) if path.name.startswith(".") else Damaged(SkippedFile(path, reason), None)
     with open(path, "rb") as fp:
         start = fp.read(132)
         bare = start[128:132] != b"DICM"
@@ -184,32 +223,32 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)
         except struct.error:  # pydicom could not unpack an element's tag, VR or length: the file ends there
-            return SkippedFile(path, "truncated file: ends inside a data element header")
+            reason = "truncated file: ends inside a data element header"
+            return Damaged(SkippedFile(path, reason), salvage_series_uid(path))
         syntax = transfer_syntax_of(ds)
+        deflated = syntax == DeflatedExplicitVRLittleEndian
         fields = _fields(ds)
+        if not deflated:  # fp is where pydicom stopped: at the pixel data element, or the end of the header
+            pixel_problem, pixel_value = pixel_data_problem(fp, ds, size, fields)
         meta = getattr(ds, "file_meta", None)
         sop_class = str(fields.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
         if sop_class in _NOT_IMAGES:
             return SkippedFile(path, _NOT_IMAGES[sop_class])
-        pixel_value: tuple[int, int] | None = None
-        if syntax == DeflatedExplicitVRLittleEndian:  # inflated in memory: read it again, pixel data included
+        if deflated:  # inflated in memory: read it again, pixel data included
             fp.seek(0)
             ds = pydicom.dcmread(fp, specific_tags=_HEADER_TAGS + PIXEL_DATA_TAGS, force=bare)
             fields = _fields(ds)
-            pixel_problem = inflated_pixel_problem(ds)
-        else:
-            pixel_problem, pixel_value = pixel_data_problem(fp, ds, size)
+            pixel_problem, pixel_value = inflated_pixel_problem(ds), None
     if pixel_problem is not None:
-        fatal_to_series, reason = pixel_problem
-        if not fatal_to_series:
+        damaged, reason = pixel_problem
+        if not damaged:
             reason = f"{reason} ({UID(sop_class).name or 'unknown SOP class'})"
-        series_uid = str(fields.get("SeriesInstanceUID", ""))
-        if fatal_to_series and series_uid:
-            return _Unreadable(SkippedFile(path, reason), series_uid)
-        return SkippedFile(path, reason)
+            if is_image_claim(sop_class, fields):
+                reason += ": the image ends before its pixel data"
+        return _unusable(path, reason, fields, sop_class, damaged)
     for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
         if not fields.get(keyword):
-            return SkippedFile(path, f"missing {keyword}")
+            return _unusable(path, f"missing {keyword}", fields, sop_class, damaged=False)
     samples = int(fields.get("SamplesPerPixel", 1))
     photometric = str(fields.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -223,148 +262,155 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | _Unreadable:
     return _header_from_fields(path, fields, sop_class, syntax, layout)
 
 
-def _floats(value: Any, count: int) -> tuple[float, ...] | None:
-    try:
-        numbers = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
-        return None
-    return numbers
-
-
-def _position(value: Any) -> tuple[float, float, float] | None:
-    numbers = _floats(value, 3)
-    return (numbers[0], numbers[1], numbers[2]) if numbers else None
-
-
-def _orientation(value: Any) -> tuple[float, ...] | None:
-    cosines = _floats(value, 6)
-    if cosines is None:
-        return None
-    row_norm, col_norm = math.hypot(*cosines[:3]), math.hypot(*cosines[3:])
-    if row_norm < 0.5 or col_norm < 0.5:
-        return None
-    row = [v / row_norm for v in cosines[:3]]
-    col = [v / col_norm for v in cosines[3:]]
-    if abs(sum(r * c for r, c in zip(row, col, strict=True))) > 1e-3:
-        return None
-    return (*row, *col)
-
-
-def _first_item(source: Dataset | _Fields | None, sequence: str) -> Dataset | None:
-    items = source.get(sequence) if source is not None else None
-    return items[0] if items else None
-
-
 def _header_from_fields(
     path: Path, header: _Fields, sop_class: str, syntax: str, layout: PixelLayout | None
 ) -> FileHeader:
-    modality = str(_value(header, "Modality") or "")
+    modality = str(h.value(header, "Modality") or "")
+    projection = modality.upper() in PROJECTION_MODALITIES
     size = (int(header["Rows"]), int(header["Columns"]))
-    frames = int(_value(header, "NumberOfFrames") or 1)
+    frames = int(h.value(header, "NumberOfFrames") or 1)
     sop_uid = str(header["SOPInstanceUID"])
-    per_frame = _value(header, "PerFrameFunctionalGroupsSequence")
-    if per_frame or frames > 1:
-        images = (
-            _enhanced_images(path, sop_uid, header, size)
-            if per_frame
-            else _legacy_multiframe_images(path, sop_uid, header, size, frames)
-        )
-        frame_geometry_missing = any(im.position is None or im.orientation is None for im in images)
-        if frame_geometry_missing:
-            images = [
-                ImageHeader(path, sop_uid, i, (0.0, 0.0, float(i)), IDENTITY_ROWS, im.pixel_spacing, *size, 1.0)
-                for i, im in enumerate(images)
-            ]
+    per_frame = h.value(header, "PerFrameFunctionalGroupsSequence")
+    monochrome1 = str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    if per_frame:
+        images = _enhanced_images(path, sop_uid, header, size, projection)
+    elif frames > 1:
+        images = _legacy_multiframe_images(path, sop_uid, header, size, frames, projection)
     else:
+        position, position_issue = h.position(h.value(header, "ImagePositionPatient"))
+        orientation, orientation_issue = h.orientation(h.value(header, "ImageOrientationPatient"))
+        spacing, spacing_source, spacing_issue = h.pixel_spacing(None, header, projection)
         images = [
             ImageHeader(
                 path=path,
                 sop_instance_uid=sop_uid,
                 frame=None,
-                position=_position(_value(header, "ImagePositionPatient")),
-                orientation=_orientation(_value(header, "ImageOrientationPatient")),
-                pixel_spacing=_pixel_spacing(header),
+                position=position,
+                orientation=orientation,
+                pixel_spacing=spacing,
                 rows=size[0],
                 columns=size[1],
-                slice_spacing=_single_float(_value(header, "SpacingBetweenSlices")),
+                slice_spacing=h.single_float(h.value(header, "SpacingBetweenSlices")),
                 pixel=layout,
+                position_issue=position_issue,
+                orientation_issue=orientation_issue,
+                spacing_source=spacing_source,
+                spacing_issue=spacing_issue,
+                slice_thickness=h.single_float(h.value(header, "SliceThickness")),
+                rescale_issue=h.rescale_issue(h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept")),
+                split=h.split_values(header),
             )
         ]
-        frame_geometry_missing = False
-    is_2d = len(images) == 1 and (
-        modality in _PROJECTION_MODALITIES or images[0].position is None or images[0].orientation is None
-    )
-    number = _value(header, "SeriesNumber")
+    for image in images:
+        image.monochrome1 = monochrome1
+    number = h.value(header, "SeriesNumber")
     return FileHeader(
         path=path,
         series_instance_uid=str(header["SeriesInstanceUID"]),
-        study_instance_uid=str(_value(header, "StudyInstanceUID") or ""),
-        frame_of_reference_uid=str(_value(header, "FrameOfReferenceUID") or ""),
+        study_instance_uid=str(h.value(header, "StudyInstanceUID") or ""),
+        frame_of_reference_uid=str(h.value(header, "FrameOfReferenceUID") or ""),
         modality=modality,
         sop_class_uid=sop_class,
-        series_description=str(_value(header, "SeriesDescription") or ""),
-        series_number=int(number) if number is not None else None,
+        series_description=str(h.value(header, "SeriesDescription") or ""),
+        series_number=h.single_int(number),
         transfer_syntax=syntax,
         images=tuple(images),
-        is_2d=is_2d,
-        frame_geometry_missing=frame_geometry_missing,
+        is_projection=projection and len(images) == 1,
+        patient_id=str(h.value(header, "PatientID") or ""),
+        images_in_acquisition=h.single_int(h.value(header, "ImagesInAcquisition")),
     )
 
 
-def _pixel_spacing(source: Dataset | _Fields | None) -> tuple[float, float]:
-    """PixelSpacing, else ImagerPixelSpacing, else 1 mm: (between rows, between columns)."""
-    if source is None:
-        return (1.0, 1.0)
-    spacing = _floats(_value(source, "PixelSpacing"), 2) or _floats(_value(source, "ImagerPixelSpacing"), 2)
-    return (spacing[0], spacing[1]) if spacing and min(spacing) > 0 else (1.0, 1.0)
-
-
-def _single_float(value: Any) -> float | None:
-    number = _floats([value], 1) if value is not None else None
-    return number[0] if number else None
-
-
-def _enhanced_images(path: Path, sop_uid: str, header: _Fields, size: tuple[int, int]) -> list[ImageHeader]:
+def _enhanced_images(
+    path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], projection: bool
+) -> list[ImageHeader]:
     """One image per frame of an enhanced multi-frame file, from its per-frame and shared groups."""
-    shared = _first_item(header, "SharedFunctionalGroupsSequence")
+    shared = h.first_item(header, "SharedFunctionalGroupsSequence")
+    in_stack = _position_dimensions(header)
     images = []
     for index, groups in enumerate(header["PerFrameFunctionalGroupsSequence"]):
-        plane = _first_item(groups, "PlanePositionSequence") or _first_item(shared, "PlanePositionSequence")
-        orientation = _first_item(groups, "PlaneOrientationSequence") or _first_item(shared, "PlaneOrientationSequence")
-        measures = _first_item(groups, "PixelMeasuresSequence") or _first_item(shared, "PixelMeasuresSequence")
+        plane = h.first_item(groups, "PlanePositionSequence") or h.first_item(shared, "PlanePositionSequence")
+        orientation_item = h.first_item(groups, "PlaneOrientationSequence") or h.first_item(
+            shared, "PlaneOrientationSequence"
+        )
+        measures = h.first_item(groups, "PixelMeasuresSequence") or h.first_item(shared, "PixelMeasuresSequence")
+        transform = h.first_item(groups, "PixelValueTransformationSequence") or h.first_item(
+            shared, "PixelValueTransformationSequence"
+        )
+        rescale_source = transform if transform is not None else header
+        position, position_issue = h.position(h.value(plane, "ImagePositionPatient"))
+        orientation, orientation_issue = h.orientation(h.value(orientation_item, "ImageOrientationPatient"))
+        spacing, spacing_source, spacing_issue = h.pixel_spacing(measures, header, projection)
+        split = h.split_values(header, (groups, shared))
+        if split.dimension_index is not None and in_stack:
+            kept = tuple(v for i, v in enumerate(split.dimension_index) if i not in in_stack)
+            split = dataclasses.replace(split, dimension_index=kept)
         images.append(
             ImageHeader(
                 path=path,
                 sop_instance_uid=sop_uid,
                 frame=index,
-                position=_position(_value(plane, "ImagePositionPatient")),
-                orientation=_orientation(_value(orientation, "ImageOrientationPatient")),
-                pixel_spacing=_pixel_spacing(measures),
+                position=position,
+                orientation=orientation,
+                pixel_spacing=spacing,
                 rows=size[0],
                 columns=size[1],
-                slice_spacing=_single_float(_value(measures, "SpacingBetweenSlices")),
+                slice_spacing=h.single_float(h.value(measures, "SpacingBetweenSlices")),
+                position_issue=position_issue,
+                orientation_issue=orientation_issue,
+                spacing_source=spacing_source,
+                spacing_issue=spacing_issue,
+                slice_thickness=h.single_float(h.value(measures, "SliceThickness")),
+                rescale_issue=h.rescale_issue(
+                    h.value(rescale_source, "RescaleSlope"), h.value(rescale_source, "RescaleIntercept")
+                ),
+                split=split,
             )
         )
     return images
 
 
+def _position_dimensions(header: _Fields) -> set[int]:
+    """Indices of DimensionIndexValues that number positions within a stack (not volumes)."""
+    dimensions = h.value(header, "DimensionIndexSequence") or []
+    return {i for i, item in enumerate(dimensions) if item.get("DimensionIndexPointer") in _IN_STACK_POSITION_POINTERS}
+
+
 def _legacy_multiframe_images(
-    path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], frames: int
+    path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], frames: int, projection: bool
 ) -> list[ImageHeader]:
     """Frames of a multi-frame file without functional groups, placed by GridFrameOffsetVector (RT dose)."""
-    origin = _position(_value(header, "ImagePositionPatient"))
-    orientation = _orientation(_value(header, "ImageOrientationPatient"))
-    offsets = _floats(_value(header, "GridFrameOffsetVector"), frames)
-    spacing = _pixel_spacing(header)
+    origin, position_issue = h.position(h.value(header, "ImagePositionPatient"))
+    orientation, orientation_issue = h.orientation(h.value(header, "ImageOrientationPatient"))
+    offsets = h.floats(h.value(header, "GridFrameOffsetVector"), frames)
+    spacing, spacing_source, spacing_issue = h.pixel_spacing(None, header, projection)
     positions: list[tuple[float, float, float] | None] = [None] * frames
     if origin is not None and orientation is not None and offsets is not None:
         normal = np.cross(orientation[:3], orientation[3:])
         for index, offset in enumerate(offsets):
             x, y, z = (float(v) for v in np.asarray(origin) + offset * normal)
             positions[index] = (x, y, z)
+    elif position_issue is None:
+        position_issue = "no per-frame positions (multi-frame image without GridFrameOffsetVector)"
+    rescale = h.rescale_issue(h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept"))
+    split = h.split_values(header)
     return [
-        ImageHeader(path, sop_uid, index, position, orientation, spacing, size[0], size[1], None)
-        for index, position in enumerate(positions)
+        ImageHeader(
+            path=path,
+            sop_instance_uid=sop_uid,
+            frame=index,
+            position=frame_position,
+            orientation=orientation,
+            pixel_spacing=spacing,
+            rows=size[0],
+            columns=size[1],
+            position_issue=position_issue if frame_position is None else None,
+            orientation_issue=orientation_issue,
+            spacing_source=spacing_source,
+            spacing_issue=spacing_issue,
+            slice_thickness=h.single_float(h.value(header, "SliceThickness")),
+            rescale_issue=rescale,
+            split=split,
+        )
+        for index, frame_position in enumerate(positions)
     ]

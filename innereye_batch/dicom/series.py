@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.photometric import inverts_monochrome1
+from innereye_batch.dicom.problems import REGRIDDABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class SliceRef:
     pixel: PixelLayout | None = None
     """How to read the stored values without parsing the header again; None where pydicom must decode them
     (compressed, big endian, multi-frame, unused high bits) or the scan did not record it."""
+    monochrome1: bool = False
+    """PhotometricInterpretation MONOCHROME1 (see ``photometric.py`` for which modalities are inverted)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class Problem:
     """Something wrong with a series. A fatal problem stops the series from being loaded."""
 
     kind: str
-    """Short machine-readable tag, e.g. ``missing_slices``, ``duplicate_positions``, ``gantry_tilt``."""
+    """Stable machine-readable tag, one of those listed in ``problems.py`` (e.g. ``missing_slices``)."""
     message: str
     fatal: bool = False
 
@@ -88,12 +92,31 @@ class SeriesInfo:
     transfer_syntaxes: tuple[str, ...]
     problems: tuple[Problem, ...] = field(default=())
     stack: int = 0
-    """0 for an unsplit series; 1, 2, ... for the stacks of a series split by orientation or size."""
+    """0 where the series (or its part) is one grid; 1, 2, ... for the stacks of one split by orientation or size."""
     series_number: int | None = None
+    key_suffix: str = ""
+    """What tells this part from the others of its SeriesInstanceUID, e.g. ``.echo2``, ``.b1000.dir3``, ``.for2``,
+    ``.stack2``; empty for an unsplit series (see ``key``)."""
+    split_by: dict[str, str] = field(default_factory=dict)
+    """The values that set this part apart, by attribute (e.g. ``{"EchoNumbers": "2", "EchoTime": "9.84"}``;
+    ``{"FrameOfReferenceUID": "<uid>"}``; a PatientID is never shown, only ``{"PatientID": "differs"}``)."""
+    pixel_spacing_source: str = "PixelSpacing"
+    """Where the in-plane spacing came from: ``PixelSpacing``, ``ImagerPixelSpacing`` (projection images) or
+    ``unknown`` (a projection image with neither: 1 mm written, with an ``unknown_pixel_spacing`` problem)."""
+    slice_spacing_source: str = "positions"
+    """Where the z spacing came from: ``positions`` (steps between slices), ``SpacingBetweenSlices`` or
+    ``SliceThickness`` (single-slice stacks), or ``unknown`` (1 mm written, said by a problem where it matters)."""
+    irregular: bool = False
+    """Slices not on a regular orthogonal grid (gantry tilt, variable spacing): ``load_volume`` resamples such a
+    stack onto ``regrid_geometry`` where allowed (see ``regrid.py``)."""
+    regrid_geometry: Geometry | None = None
+    """The regular orthogonal grid an irregular stack is resampled onto; None for a regular stack."""
 
     @property
     def key(self) -> str:
-        """A unique name for this stack: the SeriesInstanceUID, suffixed ``.stackN`` for split series."""
+        """A unique, stable name: the SeriesInstanceUID, plus ``key_suffix`` for a part of a split series."""
+        if self.key_suffix:
+            return self.series_instance_uid + self.key_suffix
         return self.series_instance_uid if self.stack == 0 else f"{self.series_instance_uid}.stack{self.stack}"
 
     @property
@@ -113,6 +136,15 @@ class SeriesInfo:
     @property
     def is_loadable(self) -> bool:
         return not self.fatal_problems
+
+    def blocking_problems(self, *, regrid_irregular: bool = False) -> tuple[Problem, ...]:
+        """Fatal problems, less those that resampling resolves when ``regrid_irregular`` is set."""
+        return tuple(p for p in self.fatal_problems if not (regrid_irregular and p.kind in REGRIDDABLE))
+
+    @property
+    def inverts_monochrome1(self) -> bool:
+        """True when loading inverts some of its slices (MONOCHROME1 in a modality that ``photometric.py`` inverts)."""
+        return inverts_monochrome1(self.modality) and any(s.monochrome1 for s in self.slices)
 
 
 @dataclass(frozen=True)

@@ -1,81 +1,43 @@
-"""Group image headers into series, split them into stacks of one grid, sort slices and find spacing problems.
+"""Group image headers into series, split them into stacks of one grid, sort slices and find their problems.
 
-Works on headers only (built by ``scan.py``): sorts by position along the slice normal, computes the geometry
-as SimpleITK defines it, and reports duplicate positions, missing slices, uneven spacing and gantry tilt.
+Works on headers only (built by ``scan.py``). A series is split first by identity and acquisition
+(``splitting.py``), then into stacks: every projection radiograph alone (a 2-D image), images that cannot be placed
+in 3-D together in one stack that says why, and the others by grid (orientation, size, pixel spacing), each grid
+split again where positions repeat (time points). Each stack is sorted along its slice normal, with its geometry
+as SimpleITK defines it, and checked (``slice_steps.py`` for the steps between slices).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
+from collections import Counter, defaultdict
+from dataclasses import replace
 
 import numpy as np
 from pydicom.uid import UID
 
+from innereye_batch.dicom import problems as kinds
 from innereye_batch.dicom.geometry import Geometry
-from innereye_batch.dicom.series import PixelLayout, Problem, SeriesInfo, SliceRef
+from innereye_batch.dicom.headers import FileHeader, ImageHeader
+from innereye_batch.dicom.regrid import regular_grid
+from innereye_batch.dicom.series import Problem, SeriesInfo, SliceRef
+from innereye_batch.dicom.slice_steps import spacing_problems, tilt_problems
+from innereye_batch.dicom.splitting import Part, split_acquisition, split_identity, split_repeats
 
 IDENTITY_ROWS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-"""Row and column direction cosines of an axial image, used where an image has none."""
+"""Row and column direction cosines of an axial image, used where an image has none (never to place it)."""
 ORIENTATION_TOLERANCE = 1e-3
 """Largest difference between direction cosines of images that belong to one stack."""
-DUPLICATE_TOLERANCE_MM = 1e-3
-GAP_FACTOR = 1.5
-"""A step larger than this many median steps means missing slices."""
+_NAMES_SHOWN = 3
 
 
-@dataclass(slots=True)  # not frozen: built once per image, in the hot loop
-class ImageHeader:
-    """One 2-D image from a header: a single-frame file or one frame of a multi-frame file."""
-
-    path: Path
-    sop_instance_uid: str
-    frame: int | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None
-    """Row and column direction cosines (6 numbers), normalised; None when absent or unusable."""
-    pixel_spacing: tuple[float, float]
-    """(between rows, between columns) in mm, i.e. (y, x)."""
-    rows: int
-    columns: int
-    slice_spacing: float | None
-    """SpacingBetweenSlices, used for the z spacing of a single-slice stack."""
-    pixel: PixelLayout | None = None
-    """Where the stored values lie, for a native single-frame image (see PixelLayout)."""
-
-
-@dataclass(slots=True)  # not frozen: built once per image, in the hot loop
-class FileHeader:
-    """What one readable image file contributes to a series."""
-
-    path: Path
-    series_instance_uid: str
-    study_instance_uid: str
-    frame_of_reference_uid: str
-    modality: str
-    sop_class_uid: str
-    series_description: str
-    series_number: int | None
-    transfer_syntax: str
-    images: tuple[ImageHeader, ...]
-    is_2d: bool
-    """A projection image or an image without usable position: a series of its own."""
-    frame_geometry_missing: bool
-    """A multi-frame file without per-frame positions (cine, secondary capture)."""
-
-
-def build_series(headers: list[FileHeader], damaged: dict[str, list[Path]]) -> list[SeriesInfo]:
-    """Every series (stack) formed by ``headers``; ``damaged`` lists, per SeriesInstanceUID, files skipped as broken."""
-    return [s for group in _group_by_series(headers).values() for s in _build_series(group, damaged)]
-
-
-@dataclass
-class _Stack:
-    """Images that share one grid (orientation, size, pixel spacing), before sorting."""
-
-    images: list[ImageHeader]
-    geometry_missing: bool = False
+def build_series(headers: list[FileHeader], *, regrid_irregular: bool = False) -> list[SeriesInfo]:
+    """Every series (stack) formed by ``headers``, each with a unique, stable key."""
+    result = []
+    for group in _group_by_series(headers).values():
+        for identity in split_identity(group):
+            for part in split_acquisition(identity):
+                result += _build_part(part, regrid_irregular)
+    return _unique_keys(result)
 
 
 def _group_by_series(headers: list[FileHeader]) -> dict[str, list[FileHeader]]:
@@ -86,155 +48,312 @@ def _group_by_series(headers: list[FileHeader]) -> dict[str, list[FileHeader]]:
 
 
 def _same_grid(a: ImageHeader, b: ImageHeader) -> bool:
+    """Same size, orientation and pixel spacing (an unusable spacing matches any: the stack then says so)."""
     return (
         (a.rows, a.columns) == (b.rows, b.columns)
-        and all(abs(x - y) <= 1e-4 + 1e-3 * abs(y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=True))
+        and (
+            bool(a.spacing_issue or b.spacing_issue)
+            or all(abs(x - y) <= 1e-4 + 1e-3 * abs(y) for x, y in zip(a.pixel_spacing, b.pixel_spacing, strict=True))
+        )
         and a.orientation is not None
         and b.orientation is not None
         and max(abs(x - y) for x, y in zip(a.orientation, b.orientation, strict=True)) <= ORIENTATION_TOLERANCE
     )
 
 
-def _split_into_stacks(group: list[FileHeader]) -> list[_Stack]:
-    """dcm2niix-style: 2-D images alone; other images together when their grids agree."""
-    stacks: list[_Stack] = []
-    volumetric: list[_Stack] = []
-    for header in group:
-        if header.is_2d or header.frame_geometry_missing:
-            stacks.append(_Stack(list(header.images), geometry_missing=header.frame_geometry_missing))
+def _grids(images: list[ImageHeader]) -> list[list[ImageHeader]]:
+    """Placed images grouped by grid (orientation, size, pixel spacing)."""
+    grids: list[list[ImageHeader]] = []
+    for image in images:
+        home = next((g for g in grids if _same_grid(g[0], image)), None)
+        if home is None:
+            grids.append([image])
+        else:
+            home.append(image)
+    return grids
+
+
+def _stack_order(images: list[ImageHeader]) -> tuple[object, ...]:
+    """A sort key from the images' own values (never from file order): first InstanceNumber, grid, position."""
+    numbers = [im.split.instance_number for im in images if im.split.instance_number is not None]
+    first = images[0]
+    normal = np.cross(first.orientation[:3], first.orientation[3:]) if first.orientation else np.zeros(3)
+    along = min(float(np.asarray(im.position) @ normal) for im in images) if first.position else 0.0
+    return (
+        min(numbers) if numbers else float("inf"),
+        tuple(round(v, 3) for v in first.orientation or ()),
+        first.rows,
+        first.columns,
+        round(along, 2),
+        min(str(im.path) for im in images),
+    )
+
+
+def _build_part(part: Part, regrid_irregular: bool) -> list[SeriesInfo]:
+    by_path = {f.path: f for f in part.files}
+    projection = [im for im in part.images if by_path[im.path].is_projection]
+    unplaced = [
+        im
+        for im in part.images
+        if not by_path[im.path].is_projection and (im.position is None or im.orientation is None)
+    ]
+    placed = [im for im in part.images if im.position is not None and im.orientation is not None]
+    placed = [im for im in placed if not by_path[im.path].is_projection]
+    stacks = sorted([[im] for im in projection] + _grids(placed), key=_stack_order)
+    result: list[SeriesInfo] = []
+    for number, images in enumerate(stacks, start=1):
+        stack = number if len(stacks) > 1 else 0
+        suffix = part.suffix + (f".stack{number}" if stack else "")
+        if by_path[images[0].path].is_projection:
+            result.append(_projection_stack(part, images[0], suffix, stack))
             continue
-        for image in header.images:
-            home = next((s for s in volumetric if _same_grid(s.images[0], image)), None)
-            if home is None:
-                home = _Stack([])
-                volumetric.append(home)
-                stacks.append(home)
-            home.images.append(image)
-    return stacks
-
-
-def _build_series(group: list[FileHeader], damaged: dict[str, list[Path]]) -> list[SeriesInfo]:
-    stacks = _split_into_stacks(group)
-    by_path = {h.path: h for h in group}
-    broken = damaged.get(group[0].series_instance_uid, [])
-    result = []
-    for number, stack in enumerate(stacks, start=1):
-        slices, geometry, problems = _sort_and_check(stack)
-        first = by_path[slices[0].path]
-        syntaxes = tuple(sorted({by_path[p].transfer_syntax for p in dict.fromkeys(s.path for s in slices)}))
-        if len(syntaxes) > 1:
-            names = ", ".join(UID(t).name or t for t in syntaxes)
-            problems.append(Problem("mixed_transfer_syntaxes", f"files use {len(syntaxes)} syntaxes: {names}"))
-        if broken:
-            names = ", ".join(p.name for p in broken[:5]) + (" ..." if len(broken) > 5 else "")
-            problems.append(
-                Problem("unreadable_file", f"{len(broken)} file(s) of this series are damaged: {names}", True)
+        for more, split_by, repeat in split_repeats(images):
+            result.append(_placed_stack(part, repeat, suffix + more, split_by, stack, regrid_irregular))
+    if unplaced:
+        key = part.files[0].series_instance_uid + part.suffix + (".unplaced" if result else "")
+        result = [
+            _with(
+                info,
+                Problem(
+                    kinds.IMAGES_WITHOUT_GEOMETRY,
+                    f"{len(unplaced)} image(s) of this series have no usable position or orientation (split off as "
+                    f"{key}): they may be slices of this stack",
+                    True,
+                ),
             )
-        result.append(
-            SeriesInfo(
-                series_instance_uid=first.series_instance_uid,
-                study_instance_uid=first.study_instance_uid,
-                frame_of_reference_uid=first.frame_of_reference_uid,
-                modality=first.modality,
-                sop_class_uid=first.sop_class_uid,
-                series_description=first.series_description,
-                slices=slices,
-                geometry=geometry,
-                transfer_syntaxes=syntaxes,
-                problems=tuple(problems),
-                stack=0 if len(stacks) == 1 else number,
-                series_number=first.series_number,
-            )
-        )
+            for info in result
+        ]
+        result.append(_unplaced_stack(part, unplaced, part.suffix + (".unplaced" if result else "")))
     return result
 
 
-def _sort_and_check(stack: _Stack) -> tuple[tuple[SliceRef, ...], Geometry, list[Problem]]:
-    """Sort along the slice normal; geometry as SimpleITK defines it; the stack's spacing problems."""
-    images = stack.images
-    reference = images[0]
-    cosines = reference.orientation or IDENTITY_ROWS
+def _with(info: SeriesInfo, problem: Problem) -> SeriesInfo:
+    return replace(info, problems=(*info.problems, problem))
+
+
+def _series_info(
+    part: Part,
+    images: list[ImageHeader],
+    slices: tuple[SliceRef, ...],
+    geometry: Geometry,
+    problems: list[Problem],
+    **extra: object,
+) -> SeriesInfo:
+    """The SeriesInfo of one stack, with the problems every stack is checked for."""
+    by_path = {f.path: f for f in part.files}
+    first = by_path[images[0].path]
+    files = [by_path[p] for p in dict.fromkeys(im.path for im in images)]
+    syntaxes = tuple(sorted({f.transfer_syntax for f in files}))
+    problems = list(part.problems) + problems + _image_problems(images, first.is_projection)
+    if len(syntaxes) > 1:
+        names = ", ".join(UID(t).name or t for t in syntaxes)
+        problems.append(Problem(kinds.MIXED_TRANSFER_SYNTAXES, f"files use {len(syntaxes)} syntaxes: {names}"))
+    if not first.frame_of_reference_uid:
+        problems.append(
+            Problem(kinds.NO_FRAME_OF_REFERENCE, "FrameOfReferenceUID missing: DICOM-SEG and RTSTRUCT outputs need it")
+        )
+    sources = {im.spacing_source for im in images}
+    return SeriesInfo(
+        series_instance_uid=first.series_instance_uid,
+        study_instance_uid=first.study_instance_uid,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        modality=first.modality,
+        sop_class_uid=first.sop_class_uid,
+        series_description=first.series_description,
+        slices=slices,
+        geometry=geometry,
+        transfer_syntaxes=syntaxes,
+        problems=tuple(problems),
+        series_number=first.series_number,
+        pixel_spacing_source="unknown" if "unknown" in sources else images[0].spacing_source,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _image_problems(images: list[ImageHeader], projection: bool) -> list[Problem]:
+    """Rescale and pixel spacing problems of the images of one stack."""
+    problems = []
+    total = len(images)
+    rescale = [im for im in images if im.rescale_issue]
+    if rescale:
+        problems.append(
+            Problem(
+                kinds.INVALID_RESCALE,
+                f"{rescale[0].rescale_issue} in {_where(rescale[0])} ({len(rescale)} of {total} images)",
+                True,
+            )
+        )
+    if projection:
+        if any(im.spacing_source == "unknown" for im in images):
+            problems.append(
+                Problem(
+                    kinds.UNKNOWN_PIXEL_SPACING,
+                    "neither PixelSpacing nor ImagerPixelSpacing: spacing unknown (1 mm written)",
+                )
+            )
+        return problems
+    spacing = [im for im in images if im.spacing_issue]
+    if spacing:
+        problems.append(
+            Problem(
+                kinds.INVALID_PIXEL_SPACING,
+                f"{spacing[0].spacing_issue} in {_where(spacing[0])} ({len(spacing)} of {total} images)",
+                True,
+            )
+        )
+    return problems
+
+
+def _where(image: ImageHeader) -> str:
+    return image.path.name + (f" frame {image.frame + 1}" if image.frame is not None else "")
+
+
+def _slice_refs(images: list[ImageHeader], positions: np.ndarray) -> tuple[SliceRef, ...]:
+    return tuple(
+        SliceRef(
+            path=im.path,
+            sop_instance_uid=im.sop_instance_uid,
+            position=(float(p[0]), float(p[1]), float(p[2])),
+            frame=im.frame,
+            pixel=im.pixel,
+            monochrome1=im.monochrome1,
+        )
+        for im, p in zip(images, positions, strict=True)
+    )
+
+
+def _projection_stack(part: Part, image: ImageHeader, suffix: str, stack: int) -> SeriesInfo:
+    """A projection radiograph: a 2-D image of its own, at its position if it has one (as SimpleITK reads it)."""
+    cosines = image.orientation or IDENTITY_ROWS
     row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
+    origin = image.position or (0.0, 0.0, 0.0)
+    geometry = Geometry(
+        shape=(1, image.rows, image.columns),
+        spacing=(1.0, float(image.pixel_spacing[0]), float(image.pixel_spacing[1])),
+        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=tuple(float(v) for v in np.stack([row, col, np.cross(row, col)], axis=1).ravel()),
+    )
+    slices = _slice_refs([image], np.asarray([origin], dtype=np.float64))
+    return _series_info(
+        part,
+        [image],
+        slices,
+        geometry,
+        [],
+        stack=stack,
+        key_suffix=suffix,
+        split_by=dict(part.split_by),
+        slice_spacing_source="unknown",
+    )
+
+
+def _unplaced_stack(part: Part, images: list[ImageHeader], suffix: str) -> SeriesInfo:
+    """Cross-sectional images that cannot be placed in 3-D: one stack, never loadable, saying exactly why."""
+    images = sorted(images, key=lambda im: (im.split.instance_number or 0, str(im.path), im.frame or 0))
+    total = len(images)
+    problems = []
+    positions = Counter(im.position_issue for im in images if im.position_issue)
+    for issue, count in positions.most_common(1):
+        problems.append(Problem(kinds.NO_POSITION, f"ImagePositionPatient {issue} in {count} of {total} images", True))
+    orientations = Counter(im.orientation_issue for im in images if im.orientation_issue)
+    for issue, count in orientations.most_common(1):
+        kind = kinds.NO_ORIENTATION if issue == "missing" else kinds.INVALID_ORIENTATION
+        problems.append(Problem(kind, f"ImageOrientationPatient {issue} in {count} of {total} images", True))
+    first = images[0]
+    cosines = first.orientation or IDENTITY_ROWS
+    row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
+    origin = np.asarray(first.position or (0.0, 0.0, 0.0), dtype=np.float64)
+    geometry = Geometry(
+        shape=(total, first.rows, first.columns),
+        spacing=(1.0, float(first.pixel_spacing[0]), float(first.pixel_spacing[1])),
+        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=tuple(float(v) for v in np.stack([row, col, np.cross(row, col)], axis=1).ravel()),
+    )
+    positions_array = np.asarray([im.position or tuple(origin) for im in images], dtype=np.float64)
+    return _series_info(
+        part,
+        images,
+        _slice_refs(images, positions_array),
+        geometry,
+        problems,
+        key_suffix=suffix,
+        split_by=dict(part.split_by),
+        slice_spacing_source="unknown",
+    )
+
+
+def _placed_stack(
+    part: Part, images: list[ImageHeader], suffix: str, split_by: dict[str, str], stack: int, regrid_irregular: bool
+) -> SeriesInfo:
+    """Sort along the slice normal; geometry as SimpleITK defines it; the stack's spacing problems."""
+    reference = images[0]
+    assert reference.orientation is not None
+    row, col = np.asarray(reference.orientation[:3]), np.asarray(reference.orientation[3:])
     normal = np.cross(row, col)
-    positions = np.array([im.position or (0.0, 0.0, 0.0) for im in images], dtype=np.float64)
+    positions = np.array([im.position for im in images], dtype=np.float64)
     along = positions @ normal
     order = sorted(range(len(images)), key=lambda i: (along[i], str(images[i].path), images[i].frame or 0))
+    images = [images[i] for i in order]
     positions, along = positions[order], along[order]
     problems: list[Problem] = []
-    if stack.geometry_missing:
-        problems.append(
-            Problem("no_frame_geometry", "multi-frame image without per-frame positions or orientation", True)
-        )
+    irregular = variable = False
     if len(images) == 1:
-        spacing_z = reference.slice_spacing if reference.slice_spacing and reference.slice_spacing > 0 else 1.0
+        spacing_z, source = _single_slice_spacing(reference)
+        if source == "unknown":
+            problems.append(
+                Problem(
+                    kinds.UNKNOWN_SLICE_SPACING,
+                    "single slice without SpacingBetweenSlices or SliceThickness: z spacing unknown (1 mm written)",
+                )
+            )
     else:
-        spacing_z, spacing_problems = _spacing_problems(np.diff(along))
-        problems += spacing_problems
-        problems += _tilt_problems(positions, normal, min(reference.pixel_spacing))
-    slices = tuple(
-        SliceRef(
-            path=images[i].path,
-            sop_instance_uid=images[i].sop_instance_uid,
-            position=(float(p[0]), float(p[1]), float(p[2])),
-            frame=images[i].frame,
-            pixel=images[i].pixel,
+        source = "positions"
+        spacing_z, spacing_found, variable = spacing_problems(np.diff(along), regrid_irregular=regrid_irregular)
+        tilt_found, tilted = tilt_problems(
+            positions, normal, min(reference.pixel_spacing), regrid_irregular=regrid_irregular
         )
-        for i, p in zip(order, positions, strict=True)
-    )
+        problems += spacing_found + tilt_found
+        irregular = variable or tilted
     geometry = Geometry(
         shape=(len(images), reference.rows, reference.columns),
         spacing=(float(spacing_z), float(reference.pixel_spacing[0]), float(reference.pixel_spacing[1])),
         origin=(float(positions[0][0]), float(positions[0][1]), float(positions[0][2])),
         direction=tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel()),
     )
-    return slices, geometry, problems
+    return _series_info(
+        part,
+        images,
+        _slice_refs(images, positions),
+        geometry,
+        problems,
+        stack=stack,
+        key_suffix=suffix,
+        split_by={**part.split_by, **split_by},
+        slice_spacing_source=source,
+        irregular=irregular,
+        regrid_geometry=regular_grid(geometry, positions, smallest_step=variable) if irregular else None,
+    )
 
 
-def _spacing_problems(steps: np.ndarray) -> tuple[float, list[Problem]]:
-    """The median step between slices, and duplicate / missing / uneven slices."""
-    problems = []
-    duplicates = steps <= DUPLICATE_TOLERANCE_MM
-    if duplicates.any():
-        problems.append(
-            Problem("duplicate_positions", f"{int(duplicates.sum())} slice(s) share a position with another", True)
-        )
-    distinct = steps[~duplicates]
-    if distinct.size == 0:
-        return 1.0, problems
-    median = float(np.median(distinct))
-    gaps = distinct > GAP_FACTOR * median
-    if gaps.any():
-        missing = int(sum(round(g / median) - 1 for g in distinct[gaps]))
-        problems.append(
-            Problem(
-                "missing_slices",
-                f"{int(gaps.sum())} gap(s) up to {float(distinct[gaps].max()):.3g} mm for a median step of "
-                f"{median:.3g} mm: about {max(missing, 1)} slice(s) missing",
-                True,
-            )
-        )
-    uneven = np.abs(distinct[~gaps] - median) > max(DUPLICATE_TOLERANCE_MM, 0.01 * median)
-    if uneven.any():
-        problems.append(
-            Problem(
-                "non_uniform_spacing",
-                f"steps between slices range {float(distinct.min()):.4g}-{float(distinct.max()):.4g} mm "
-                f"(median {median:.4g} mm used)",
-            )
-        )
-    return median, problems
+def _single_slice_spacing(image: ImageHeader) -> tuple[float, str]:
+    """SpacingBetweenSlices, else SliceThickness, else unknown (1 mm, said by a problem): never silently 1 mm."""
+    if image.slice_spacing is not None and image.slice_spacing > 0:
+        return image.slice_spacing, "SpacingBetweenSlices"
+    if image.slice_thickness is not None and image.slice_thickness > 0:
+        return image.slice_thickness, "SliceThickness"
+    return 1.0, "unknown"
 
 
-def _tilt_problems(positions: np.ndarray, normal: np.ndarray, pixel_mm: float) -> list[Problem]:
-    """Slices whose positions drift within the image plane: gantry tilt or a sheared stack."""
-    offsets = positions - positions[0]
-    lateral = offsets - np.outer(offsets @ normal, normal)
-    drift = float(np.linalg.norm(lateral, axis=1).max())
-    if drift <= 0.01 * pixel_mm:
-        return []
-    span = float(abs((positions[-1] - positions[0]) @ normal)) or 1.0
-    angle = float(np.degrees(np.arctan2(float(np.linalg.norm(lateral[-1])), span)))
-    message = f"slices drift {drift:.3g} mm within the image plane (tilt about {angle:.2f} degrees)"
-    if drift <= 0.5 * pixel_mm:
-        return [Problem("gantry_tilt", message + "; under half a pixel, ignored")]
-    return [Problem("gantry_tilt", message, True)]
+def _unique_keys(series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """``series`` with later duplicates of a key renamed ``.dupN`` (only hostile UIDs can make keys collide)."""
+    taken: set[str] = set()
+    result = []
+    for info in sorted(series, key=lambda s: (s.key, s.study_instance_uid, str(s.files[:1]))):
+        number = 2
+        while info.key in taken:
+            base = info.key_suffix if number == 2 else info.key_suffix.rsplit(".dup", 1)[0]
+            info = replace(info, key_suffix=f"{base}.dup{number}")
+            number += 1
+        taken.add(info.key)
+        result.append(info)
+    return result

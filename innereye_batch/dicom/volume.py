@@ -4,11 +4,14 @@ Where the scan recorded a slice's PixelLayout (a native little-endian single-fra
 bit, located by pydicom during the scan) and the file's size and modification time are still those of the scan,
 the stored values are read as they lie, with no second parse. Otherwise pydicom parses the file once and decodes
 every transfer syntax (its native reader, or the pylibjpeg / pyjpegls plugins for compressed data). This module
-only checks each file against the scan, applies the rescale and fills one float32 array.
+only checks each file against the scan, inverts MONOCHROME1 slices where ``photometric.py`` says so, applies the
+rescale (refusing a zero or non-finite one), fills one float32 array and checks that every voxel is finite. A stack
+whose slices are not on a regular grid is resampled onto one (``regrid.py``) where allowed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +28,9 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.photometric import invert_stored
 from innereye_batch.dicom.pixel_data import transfer_syntax_of
+from innereye_batch.dicom.regrid import Regridding
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
 
@@ -36,7 +41,12 @@ class Volume:
 
     array: np.ndarray
     geometry: Geometry
+    """The grid of ``array``: the series' own, or the regular grid an irregular stack was resampled onto."""
     series: SeriesInfo
+    inverted_monochrome1: bool = False
+    """Some slices were MONOCHROME1 and inverted as SimpleITK does (see ``photometric.py``)."""
+    regridding: Regridding | None = None
+    """For a resampled stack: how to bring a label map back onto the source slices (``Regridding.to_source``)."""
 
     @property
     def sop_instance_uids(self) -> tuple[str, ...]:
@@ -54,6 +64,7 @@ _LOAD_KEYWORDS = (
     "BitsAllocated",
     "BitsStored",
     "PixelRepresentation",
+    "PhotometricInterpretation",
     "RescaleIntercept",
     "RescaleSlope",
     "SharedFunctionalGroupsSequence",
@@ -67,19 +78,24 @@ _PIXEL_DATA = Tag("PixelData")
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
+def load_volume(series: SeriesInfo, *, workers: int | None = None, regrid_irregular: bool = False) -> Volume:
     """Decode every slice of ``series`` into float32 (z, y, x) modality values (rescale applied).
 
     ``workers`` threads decode files at once. By default an uncompressed series is read in this thread: a file
     read as laid out costs one read and one conversion, a re-parse holds the GIL, and threads measured no faster
     (bench/load_bench.py); a compressed one uses up to 4 threads. More threads can hide network storage latency.
     Slices whose PixelLayout still holds (same file size and mtime as at the scan) are read without pydicom;
-    any other file is parsed again and checked against the scan (SOP Instance UID, image size).
-    Raises SeriesError for a series with fatal problems, a file that changed since the scan, or pixel data
-    that cannot be decoded; the message names the file and the reason.
+    any other file is parsed again and checked against the scan (SOP Instance UID, image size, rescale).
+    A stack whose slices are not on a regular orthogonal grid (``series.irregular``: gantry tilt, variable
+    spacing) is resampled onto ``series.regrid_geometry``, when the scan was asked to (its problems then are not
+    fatal) or ``regrid_irregular`` is set here; the Volume then carries the mapping back (``regridding``).
+    Raises SeriesError for a series with fatal problems, a file that changed since the scan, a zero or
+    non-finite rescale, pixel data that cannot be decoded or voxels that are not finite; the message names the
+    file and the reason.
     """
-    if not series.is_loadable:
-        reasons = "; ".join(str(p) for p in series.fatal_problems)
+    blocking = series.blocking_problems(regrid_irregular=regrid_irregular)
+    if blocking:
+        reasons = "; ".join(str(p) for p in blocking)
         raise SeriesError(series.series_instance_uid, f"{_stack_label(series)}cannot be loaded: {reasons}")
     output = np.empty(series.geometry.shape, dtype=np.float32)
     targets: dict[Path, list[tuple[int, SliceRef]]] = {}
@@ -87,10 +103,11 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
         targets.setdefault(ref.path, []).append((z, ref))
     native = set(series.transfer_syntaxes) <= _NATIVE_LITTLE_ENDIAN
     deflated = DeflatedExplicitVRLittleEndian in series.transfer_syntaxes
+    invert = series.inverts_monochrome1
 
     def decode(path: Path, slots: list[tuple[int, SliceRef]]) -> None:
-        if not _read_as_laid_out(path, slots, output):
-            _decode_file(series, path, slots, output, native, deflated)
+        if not _read_as_laid_out(path, slots, output, invert):
+            _decode_file(series, path, slots, output, native, deflated, invert)
 
     workers = workers or (1 if native else min(4, os.cpu_count() or 1))
     if workers <= 1 or len(targets) <= 2:
@@ -100,7 +117,28 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None) -> Volume:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for done in [pool.submit(decode, path, slots) for path, slots in targets.items()]:
                 done.result()
-    return Volume(array=output, geometry=series.geometry, series=series)
+    _check_finite(series, output)
+    if series.irregular and series.regrid_geometry is not None:
+        positions = np.array([ref.position for ref in series.slices], dtype=np.float64)
+        regridding = Regridding(source=series.geometry, positions=positions, target=series.regrid_geometry)
+        return Volume(regridding.resample(output), series.regrid_geometry, series, invert, regridding)
+    return Volume(array=output, geometry=series.geometry, series=series, inverted_monochrome1=invert)
+
+
+def _check_finite(series: SeriesInfo, output: np.ndarray) -> None:
+    """SeriesError naming the first slice that holds NaN or infinite voxels (float pixel data can)."""
+    if np.isfinite(output.sum(dtype=np.float64)):  # a finite sum means every voxel is finite
+        return
+    bad = ~np.isfinite(output)
+    if not bad.any():
+        return
+    z = int(np.argmax(bad.any(axis=(1, 2))))
+    ref = series.slices[z]
+    where = ref.path.name + (f" frame {ref.frame + 1}" if ref.frame is not None else "")
+    raise SeriesError(
+        series.series_instance_uid,
+        f"{_stack_label(series)}{int(bad.sum())} voxel(s) are not finite (NaN or infinite), first in {where}",
+    )
 
 
 def _stack_label(series: SeriesInfo) -> str:
@@ -114,6 +152,7 @@ def _decode_file(
     output: np.ndarray,
     native: bool,
     deflated: bool,
+    invert: bool,
 ) -> None:
     """Decode one file with pydicom, write its frames into their slices of ``output``."""
     uid = series.series_instance_uid
@@ -129,12 +168,17 @@ def _decode_file(
     frames = frames.reshape(-1, rows, columns)
     if frames.shape[0] <= max((ref.frame or 0) for _, ref in slots):
         raise SeriesError(uid, f"{path}: has {frames.shape[0]} frame(s), fewer than the scan found")
+    monochrome1 = invert and str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+    bits = int(header.get("BitsStored") or 0) or None
     for z, ref in slots:
         slope, intercept = _rescale(header, ref.frame)
-        _write_rescaled(frames[ref.frame or 0], slope, intercept, output[z])
+        if not (math.isfinite(slope) and slope != 0 and math.isfinite(intercept)):
+            raise SeriesError(uid, f"{path}: unusable rescale (RescaleSlope {slope:g}, RescaleIntercept {intercept:g})")
+        stored = frames[ref.frame or 0]
+        _write_rescaled(invert_stored(stored, bits) if monochrome1 else stored, slope, intercept, output[z])
 
 
-def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.ndarray) -> bool:
+def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.ndarray, invert: bool) -> bool:
     """Read a single-frame file's stored values where the scan found them, if the file is as it was then.
 
     False (nothing written) where the slice has no PixelLayout, or the file's size or modification time
@@ -158,13 +202,15 @@ def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.
                 return False
     except OSError:
         return False
+    if invert and ref.monochrome1:
+        stored = invert_stored(stored, layout.bits_allocated)
     _write_rescaled(stored, layout.rescale_slope, layout.rescale_intercept, output[z])
     return True
 
 
 def _write_rescaled(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
     """``stored * slope + intercept`` into the float32 slice ``out``, computed in float64 unless exact in float32."""
-    if slope == 1.0 and float(intercept).is_integer() and stored.dtype.itemsize <= 2:
+    if slope == 1.0 and float(intercept).is_integer() and stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
         np.add(stored, np.float32(intercept), out=out, dtype=np.float32)  # exact in float32
     else:
         out[...] = stored.astype(np.float64) * slope + intercept
@@ -262,11 +308,17 @@ def _rescale(source: _Header, frame: int | None) -> tuple[float, float]:
         if items and "RescaleSlope" in items[0]:
             found = items[0]
             break
-    slope, intercept = found.get("RescaleSlope"), found.get("RescaleIntercept")
-    return (
-        float(slope) if slope not in (None, "") else 1.0,
-        float(intercept) if intercept not in (None, "") else 0.0,
-    )
+    return _number(found.get("RescaleSlope"), 1.0), _number(found.get("RescaleIntercept"), 0.0)
+
+
+def _number(value: Any, default: float) -> float:
+    """A DS value as a float; ``default`` when absent; NaN when not a number (refused by the caller)."""
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _frame_groups(source: _Header, frame: int | None) -> list[Dataset]:

@@ -86,7 +86,11 @@ def test_mixed_tree_of_series_and_patients(tmp_path: Path) -> None:
 
 
 def test_series_split_by_orientation_and_size(tmp_path: Path) -> None:
-    same = {"series_instance_uid": pydicom.uid.generate_uid(), "study_instance_uid": pydicom.uid.generate_uid()}
+    same = {
+        "series_instance_uid": pydicom.uid.generate_uid(),
+        "study_instance_uid": pydicom.uid.generate_uid(),
+        "frame_of_reference_uid": pydicom.uid.generate_uid(),
+    }
     axial = write_series(tmp_path / "a", **same)  # type: ignore[arg-type]
     sagittal = write_series(
         tmp_path / "b",

@@ -1,0 +1,127 @@
+"""Files that claim to be images of a series but cannot be used: find their series, and make it say so.
+
+A cut or corrupt file is never just dropped (a series that silently lost an edge slice has the wrong origin and
+extent). Each such file is a fatal problem:
+- of its own series, where its SeriesInstanceUID can be read, if need be from what pydicom can read of a cut
+  header (``salvage_series_uid``);
+- otherwise of every series that has images in the same folder ("it may be one of its slices"), since nothing
+  says which one it belonged to.
+A file that is not DICOM (no 'DICM' prefix and no DICOM tags at its start), an empty hidden file (``.gitkeep``),
+or a readable object that is not an image (RT plan, structured report, DICOMDIR) claims nothing: it is only
+listed as skipped. Every damaged file is listed as skipped too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from innereye_batch.dicom.problems import UNREADABLE_FILE, UNREADABLE_FILE_IN_FOLDER
+from innereye_batch.dicom.series import Problem, SeriesInfo, SkippedFile
+
+SALVAGE_BYTES = 1 << 20
+"""How much of a damaged file is read to salvage its SeriesInstanceUID (headers are far smaller)."""
+_SALVAGE_TAGS = [Tag("SOPClassUID"), Tag("SeriesInstanceUID")]
+_IMAGE_CLASSES_NOT_NAMED_SO = frozenset({"1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.30"})
+"""RT Dose Storage and Parametric Map Storage: images whose SOP class name does not say 'Image Storage'."""
+_NAMES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A file that claims to be an image and cannot be used, and the series it names (None: unknown)."""
+
+    skipped: SkippedFile
+    series_instance_uid: str | None
+
+
+def is_image_claim(sop_class: str, fields: Mapping[Any, Any]) -> bool:
+    """True unless the file is known not to be an image: a known non-image SOP class without image dimensions."""
+    if fields.get("Rows") or fields.get("Columns"):
+        return True
+    if not sop_class:
+        return True  # nothing says what it is: it may be a slice
+    name = UID(sop_class).name
+    if name == sop_class:  # a SOP class pydicom does not know (private): it may be an image
+        return True
+    return "Image Storage" in name or sop_class in _IMAGE_CLASSES_NOT_NAMED_SO
+
+
+def salvage_series_uid(path: Path) -> str | None:
+    """The SeriesInstanceUID among the elements pydicom can read before a file's damage, if it is there.
+
+    pydicom stops quietly where a header is cut between elements; where the cut falls inside an element's
+    header (its tag, VR or length), it fails, so the file's end is cut back a byte at a time (at most an
+    element header's 12 bytes) until pydicom reads what lies before the damage.
+    """
+    try:
+        with open(path, "rb") as fp:
+            data = fp.read(SALVAGE_BYTES)
+    except OSError:
+        return None
+    bare = data[128:132] != b"DICM"
+    for cut in range(len(data), max(len(data) - 13, 0), -1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(io.BytesIO(data[:cut]), force=bare, specific_tags=_SALVAGE_TAGS)
+            uid = ds.get("SeriesInstanceUID")
+        except Exception:
+            continue
+        return str(uid) if uid else None
+    return None
+
+
+def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[SeriesInfo]:
+    """``series`` with a fatal problem for each damaged file that is, or may be, one of theirs."""
+    members: dict[str, list[SkippedFile]] = defaultdict(list)
+    orphans: dict[Path, list[SkippedFile]] = defaultdict(list)
+    for file in damaged:
+        if file.series_instance_uid:
+            members[file.series_instance_uid].append(file.skipped)
+        else:
+            orphans[file.skipped.path.parent].append(file.skipped)
+    result = []
+    for info in series:
+        problems = list(info.problems)
+        own = members.get(info.series_instance_uid, [])
+        if own:
+            problems.append(
+                Problem(UNREADABLE_FILE, f"{len(own)} file(s) of this series cannot be read: {_names(own)}", True)
+            )
+        folders = {path.parent for path in info.files}
+        nearby = [orphan for folder in sorted(folders) for orphan in orphans.get(folder, [])]
+        for orphan in nearby[:_NAMES_SHOWN]:
+            problems.append(
+                Problem(
+                    UNREADABLE_FILE_IN_FOLDER,
+                    f"file {orphan.path.name} in this series' folder cannot be read ({orphan.reason}): "
+                    "it may be one of its slices",
+                    True,
+                )
+            )
+        if len(nearby) > _NAMES_SHOWN:
+            problems.append(
+                Problem(
+                    UNREADABLE_FILE_IN_FOLDER,
+                    f"{len(nearby) - _NAMES_SHOWN} more unreadable file(s) in its folder",
+                    True,
+                )
+            )
+        result.append(dataclasses.replace(info, problems=tuple(problems)) if problems != list(info.problems) else info)
+    return result
+
+
+def _names(files: list[SkippedFile]) -> str:
+    shown = "; ".join(f"{f.path.name} ({f.reason})" for f in files[:_NAMES_SHOWN])
+    return shown + (f"; and {len(files) - _NAMES_SHOWN} more" if len(files) > _NAMES_SHOWN else "")

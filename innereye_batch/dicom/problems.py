@@ -1,0 +1,96 @@
+"""The stable kinds of problem a scan reports for a series, what each means, and whether it stops loading.
+
+Scripts and the pipeline match on these names (``Problem.kind``); they never change meaning. A *fatal* problem
+stops ``load_volume``; the others are warnings that the JSON and the table show. Where a kind is fatal only in some
+cases, the table says when.
+
+==========================  =====  ============================================================================
+kind                        fatal  meaning
+==========================  =====  ============================================================================
+unreadable_file             yes    a file of this series (its SeriesInstanceUID read, possibly from what was left
+                                   of a cut header) cannot be read: truncated, empty of pixel data, corrupt
+unreadable_file_in_folder   yes    a file in this series' folder cannot be read and its series is unknown
+                                   (empty, cut before its SeriesInstanceUID, corrupt): it may be one of its slices
+possibly_incomplete         no     InstanceNumbers are contiguous but start above 1, or ImagesInAcquisition
+                                   announces more images than were found: files may be missing at an edge
+invalid_pixel_spacing       yes    a cross-sectional image whose PixelSpacing is missing, zero, negative or not
+                                   finite (never read as 1 mm)
+unknown_pixel_spacing       no     a projection image (CR, DX, MG, IO, PX, RG) with neither PixelSpacing nor
+                                   ImagerPixelSpacing: its spacing is unknown (1 mm written, source "unknown")
+unknown_slice_spacing       no     a single-slice cross-sectional stack with neither SpacingBetweenSlices nor
+                                   SliceThickness: its z spacing is unknown (1 mm written, source "unknown")
+no_position                 yes    cross-sectional images without a usable ImagePositionPatient (or per-frame
+                                   Plane Position): they cannot be placed in 3-D
+no_orientation              yes    cross-sectional images without ImageOrientationPatient (or per-frame Plane
+                                   Orientation); outputs in patient space (NIfTI, DICOM-SEG) need it
+invalid_orientation         yes    ImageOrientationPatient not made of two orthogonal unit vectors (the message
+                                   gives the measured lengths or row.col)
+images_without_geometry     yes    some images of this series could not be placed (split off as another key):
+                                   they may be slices of this stack
+no_frame_of_reference       no     FrameOfReferenceUID missing: DICOM-SEG and RTSTRUCT outputs need it, NIfTI
+                                   does not (the pipeline decides per output)
+uid_collision               no     images of another study, frame of reference or patient carry the same
+                                   SeriesInstanceUID; they were split off into keys ``.studyN``/``.forN``/
+                                   ``.patientN`` (the patient's ID is never shown)
+invalid_rescale             yes    RescaleSlope zero or not finite, or RescaleIntercept not finite
+duplicate_positions         yes    two images of one stack share a position and nothing (echo, image type,
+                                   temporal position, acquisition, diffusion) tells them apart
+missing_slices              yes    steps between slices that are (close to) whole multiples of the base step
+variable_spacing            yes*   steps between slices that are not multiples of one step (variable spacing by
+                                   design, e.g. GE): a regular grid would be wrong. *Not fatal when the scan or
+                                   load is asked to regrid irregular stacks: the stack is then resampled
+non_uniform_spacing         no     steps that differ from the base step by 1-10 %: the median step is used
+gantry_tilt                 yes*   slices drift within their plane (tilted gantry, sheared stack): the measured
+                                   angle is given. Not fatal under half a pixel (ignored) or when regridding
+mixed_transfer_syntaxes     no     files of one stack use different transfer syntaxes
+==========================  =====  ============================================================================
+"""
+
+from __future__ import annotations
+
+UNREADABLE_FILE = "unreadable_file"
+UNREADABLE_FILE_IN_FOLDER = "unreadable_file_in_folder"
+POSSIBLY_INCOMPLETE = "possibly_incomplete"
+INVALID_PIXEL_SPACING = "invalid_pixel_spacing"
+UNKNOWN_PIXEL_SPACING = "unknown_pixel_spacing"
+UNKNOWN_SLICE_SPACING = "unknown_slice_spacing"
+NO_POSITION = "no_position"
+NO_ORIENTATION = "no_orientation"
+INVALID_ORIENTATION = "invalid_orientation"
+IMAGES_WITHOUT_GEOMETRY = "images_without_geometry"
+NO_FRAME_OF_REFERENCE = "no_frame_of_reference"
+UID_COLLISION = "uid_collision"
+INVALID_RESCALE = "invalid_rescale"
+DUPLICATE_POSITIONS = "duplicate_positions"
+MISSING_SLICES = "missing_slices"
+VARIABLE_SPACING = "variable_spacing"
+NON_UNIFORM_SPACING = "non_uniform_spacing"
+GANTRY_TILT = "gantry_tilt"
+MIXED_TRANSFER_SYNTAXES = "mixed_transfer_syntaxes"
+
+REGRIDDABLE = frozenset({VARIABLE_SPACING, GANTRY_TILT})
+"""Kinds that resampling onto a regular orthogonal grid (``regrid.py``) resolves."""
+
+ALL_KINDS = frozenset(
+    {
+        UNREADABLE_FILE,
+        UNREADABLE_FILE_IN_FOLDER,
+        POSSIBLY_INCOMPLETE,
+        INVALID_PIXEL_SPACING,
+        UNKNOWN_PIXEL_SPACING,
+        UNKNOWN_SLICE_SPACING,
+        NO_POSITION,
+        NO_ORIENTATION,
+        INVALID_ORIENTATION,
+        IMAGES_WITHOUT_GEOMETRY,
+        NO_FRAME_OF_REFERENCE,
+        UID_COLLISION,
+        INVALID_RESCALE,
+        DUPLICATE_POSITIONS,
+        MISSING_SLICES,
+        VARIABLE_SPACING,
+        NON_UNIFORM_SPACING,
+        GANTRY_TILT,
+        MIXED_TRANSFER_SYNTAXES,
+    }
+)

@@ -1,0 +1,104 @@
+"""Steps between the sorted slices of a stack: duplicates, missing slices, variable or uneven spacing, gantry tilt.
+
+Missing slices and variable spacing are told apart by the steps' ratio to the base step (the median step, else the
+smallest where the median explains fewer steps): a gap is (close to) a whole multiple of it (two, three... steps:
+slices are missing), variable spacing is not (GE's 1.08 to 7.0 mm steps by design). Steps within 10 % of the base
+are accepted with a warning (the median step is used); steps within 1 % are regular.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from innereye_batch.dicom.problems import (
+    DUPLICATE_POSITIONS,
+    GANTRY_TILT,
+    MISSING_SLICES,
+    NON_UNIFORM_SPACING,
+    VARIABLE_SPACING,
+)
+from innereye_batch.dicom.series import Problem
+
+DUPLICATE_TOLERANCE_MM = 1e-3
+REGULAR_TOLERANCE = 0.01
+"""Steps within this fraction of the base step (or 1 micrometre) are regular."""
+UNEVEN_TOLERANCE = 0.10
+"""Steps within this fraction of the base step are uneven (a warning); further off, they are irregular."""
+MULTIPLE_TOLERANCE = 0.10
+"""A step within this many base steps of a whole multiple k >= 2 of the base step is a gap of k - 1 slices."""
+
+
+def spacing_problems(steps: np.ndarray, *, regrid_irregular: bool = False) -> tuple[float, list[Problem], bool]:
+    """The z spacing to use (median step), the problems of the steps, and whether the spacing is variable."""
+    problems = []
+    duplicates = steps <= DUPLICATE_TOLERANCE_MM
+    if duplicates.any():
+        problems.append(
+            Problem(DUPLICATE_POSITIONS, f"{int(duplicates.sum())} slice(s) share a position with another", True)
+        )
+    distinct = steps[~duplicates]
+    if distinct.size == 0:
+        return 1.0, problems, False
+    median = float(np.median(distinct))
+    base = next((b for b in (median, float(distinct.min())) if _multiples_of(distinct, b).all()), None)
+    if base is None:
+        variable = int((~_multiples_of(distinct, median)).sum())
+        message = (
+            f"steps between slices range {float(distinct.min()):.4g}-{float(distinct.max()):.4g} mm and "
+            f"{variable} of {distinct.size} are not multiples of the median step {median:.4g} mm: "
+            "a regular grid would misplace slices"
+        )
+        if regrid_irregular:
+            message += f"; will be resampled onto a regular grid of {float(distinct.min()):.4g} mm steps"
+        problems.append(Problem(VARIABLE_SPACING, message, not regrid_irregular))
+        return median, problems, True
+    multiple = np.round(distinct / base)
+    median = float(np.median(distinct[multiple == 1])) if (multiple == 1).any() else base
+    gaps = multiple >= 2
+    if gaps.any():
+        missing = int(sum(multiple[gaps] - 1))
+        problems.append(
+            Problem(
+                MISSING_SLICES,
+                f"{int(gaps.sum())} gap(s) up to {float(distinct[gaps].max()):.3g} mm for a median step of "
+                f"{median:.3g} mm: about {missing} slice(s) missing",
+                True,
+            )
+        )
+    regular = ~gaps
+    uneven = np.abs(distinct[regular] - median) > max(DUPLICATE_TOLERANCE_MM, REGULAR_TOLERANCE * median)
+    if uneven.any():
+        problems.append(
+            Problem(
+                NON_UNIFORM_SPACING,
+                f"steps between slices range {float(distinct[regular].min()):.4g}-"
+                f"{float(distinct[regular].max()):.4g} mm (median {median:.4g} mm used)",
+            )
+        )
+    return median, problems, False
+
+
+def _multiples_of(steps: np.ndarray, base: float) -> np.ndarray:
+    """Which steps are (close to) a whole multiple k >= 1 of ``base``."""
+    ratio = steps / base
+    multiple = np.round(ratio)
+    return (np.abs(ratio - multiple) <= MULTIPLE_TOLERANCE) & (multiple >= 1)
+
+
+def tilt_problems(
+    positions: np.ndarray, normal: np.ndarray, pixel_mm: float, *, regrid_irregular: bool = False
+) -> tuple[list[Problem], bool]:
+    """Slices whose positions drift within the image plane (gantry tilt, a sheared stack); whether to regrid."""
+    offsets = positions - positions[0]
+    lateral = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.linalg.norm(lateral, axis=1).max())
+    if drift <= 0.01 * pixel_mm:
+        return [], False
+    span = float(abs((positions[-1] - positions[0]) @ normal)) or 1.0
+    angle = float(np.degrees(np.arctan2(float(np.linalg.norm(lateral[-1])), span)))
+    message = f"slices drift {drift:.3g} mm within the image plane (tilt about {angle:.2f} degrees)"
+    if drift <= 0.5 * pixel_mm:
+        return [Problem(GANTRY_TILT, message + "; under half a pixel, ignored")], False
+    if regrid_irregular:
+        return [Problem(GANTRY_TILT, message + "; will be resampled onto an orthogonal grid")], True
+    return [Problem(GANTRY_TILT, message, True)], True

@@ -1,0 +1,133 @@
+"""Rule 1 item 2 of issue 14: a file that claims a series and cannot be read is a fatal problem of that series,
+never silently dropped (a lost edge slice moves the origin without leaving a gap)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from innereye_batch.dicom.scan import scan_tree
+from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.dicom.volume import load_volume
+from innereye_batch.errors import SeriesError
+from tests.dicom.oracle import only_series
+from tests.factory import write_series
+
+
+def kinds(series: SeriesInfo) -> dict[str, bool]:
+    return {p.kind: p.fatal for p in series.problems}
+
+
+def element_offset(path: Path, keyword: str) -> int:
+    """Where an element's tag starts in an explicit VR little endian file (after the file meta)."""
+    group, element = divmod(int(pydicom.tag.Tag(keyword)), 0x10000)
+    data = path.read_bytes()
+    return data.index(struct.pack("<HH", group, element), 132 + 12)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    ["after_series_uid", "inside_rows_value", "inside_pixel_header", "before_series_uid", "inside_meta", "empty"],
+)
+def test_edge_slice_cut_anywhere_is_fatal_for_its_series(tmp_path: Path, cut: str) -> None:
+    truth = write_series(tmp_path, shape=(16, 8, 8))
+    edge = truth.paths[-1]  # the top slice: losing it leaves no gap
+    data = edge.read_bytes()
+    cuts = {
+        "after_series_uid": element_offset(edge, "StudyID"),
+        "inside_rows_value": element_offset(edge, "Rows") + 9,
+        "inside_pixel_header": element_offset(edge, "PixelData") + 10,
+        "before_series_uid": element_offset(edge, "StudyInstanceUID") + 20,
+        "inside_meta": 150,
+        "empty": 0,
+    }
+    edge.write_bytes(data[: cuts[cut]])
+    result = scan_tree(tmp_path)
+    (series,) = result.series
+    assert [s.path for s in result.skipped] == [edge]  # still listed as skipped, with its reason
+    assert len(series.slices) == 15
+    if cut in ("after_series_uid", "inside_rows_value", "inside_pixel_header"):
+        assert kinds(series) == {"unreadable_file": True}  # its SeriesInstanceUID was read before the cut
+        assert f"{edge.name} (truncated file" in series.problems[0].message or (
+            f"{edge.name} (no pixel data (CT Image Storage): the image ends before its pixel data)"
+            in series.problems[0].message  # cut exactly between two elements
+        )
+    else:  # the cut came before the SeriesInstanceUID: every series of the folder may have lost it
+        assert kinds(series) == {"unreadable_file_in_folder": True}
+        assert series.problems[0].message.startswith(f"file {edge.name} in this series' folder cannot be read (")
+        assert series.problems[0].message.endswith("it may be one of its slices")
+    with pytest.raises(SeriesError, match=edge.name):
+        load_volume(series)
+
+
+def test_unreadable_file_of_unknown_series_fails_every_series_of_its_folder_only(tmp_path: Path) -> None:
+    a = write_series(tmp_path / "shared", name_prefix="A", seed=1)
+    b = write_series(tmp_path / "shared", name_prefix="B", seed=2)
+    elsewhere = write_series(tmp_path / "other", seed=3)
+    (tmp_path / "shared" / "broken.dcm").write_bytes(a.paths[0].read_bytes()[:140])  # DICM prefix, then nothing
+    by_uid = {s.series_instance_uid: s for s in scan_tree(tmp_path).series}
+    for truth in (a, b):
+        assert kinds(by_uid[truth.series_instance_uid]) == {"unreadable_file_in_folder": True}
+    assert by_uid[elsewhere.series_instance_uid].problems == ()
+
+
+def test_text_and_hidden_empty_files_claim_nothing(tmp_path: Path) -> None:
+    truth = write_series(tmp_path)
+    (tmp_path / "notes.txt").write_text("scanned on Tuesday\n")
+    (tmp_path / ".gitkeep").write_bytes(b"")
+    (tmp_path / "DICOMDIR").write_bytes(
+        (Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "DICOMDIR").read_bytes()
+    )
+    result = scan_tree(tmp_path)
+    assert only_series(tmp_path).problems == ()
+    assert {s.path.name for s in result.skipped} == {"notes.txt", ".gitkeep", "DICOMDIR"}
+    assert len(result.series[0].slices) == len(truth.paths)
+
+
+def test_image_without_pixel_data_is_a_damaged_member(tmp_path: Path) -> None:
+    truth = write_series(tmp_path)
+    ds = pydicom.dcmread(truth.paths[0])
+    del ds.PixelData
+    ds.save_as(truth.paths[0], enforce_file_format=True)
+    series = only_series(tmp_path)  # InstanceNumbers 2-8 remain: the second line of defence speaks too
+    assert kinds(series) == {"unreadable_file": True, "possibly_incomplete": False}
+    assert "no pixel data (CT Image Storage)" in str(series.problems)
+
+
+def test_report_without_pixel_data_in_the_folder_claims_nothing(tmp_path: Path) -> None:
+    write_series(tmp_path)
+    report = Dataset()
+    report.SOPClassUID = pydicom.uid.BasicTextSRStorage
+    report.SOPInstanceUID = pydicom.uid.generate_uid()
+    report.SeriesInstanceUID = pydicom.uid.generate_uid()
+    report.Modality = "SR"
+    report.file_meta = pydicom.dataset.FileMetaDataset()
+    report.file_meta.MediaStorageSOPClassUID = report.SOPClassUID
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    report.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    report.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    result = scan_tree(tmp_path)
+    assert result.series[0].problems == ()
+    assert [s.reason for s in result.skipped] == ["no pixel data (Basic Text SR Storage)"]
+
+
+def test_instance_numbers_that_start_above_one_are_a_warning(tmp_path: Path) -> None:
+    write_series(tmp_path, first_instance=2)
+    series = only_series(tmp_path)
+    assert kinds(series) == {"possibly_incomplete": False}
+    assert series.problems[0].message.startswith("InstanceNumbers run 2-9 without a gap but do not start at 1")
+
+
+def test_fewer_images_than_images_in_acquisition_is_a_warning(tmp_path: Path) -> None:
+    def edit(k: int, ds: Dataset) -> None:
+        ds.ImagesInAcquisition = 9
+
+    write_series(tmp_path, edit=edit)
+    series = only_series(tmp_path)
+    assert kinds(series) == {"possibly_incomplete": False}
+    assert series.problems[0].message == "ImagesInAcquisition announces 9 image(s), 8 found (acquisition 1)"
+    assert series.is_loadable

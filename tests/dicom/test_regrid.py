@@ -1,0 +1,189 @@
+"""Variable spacing is told from missing slices; gantry tilt and variable spacing are refused by default and, when
+asked, resampled onto a regular orthogonal grid that equals an analytic phantom (and dcm2niix's correction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.scan import scan_tree
+from innereye_batch.dicom.volume import load_volume
+from innereye_batch.errors import SeriesError
+from tests.dicom.oracle import only_series
+from tests.dicom.parts_factory import canonical, run_dcm2niix
+from tests.factory import write_series
+
+TILT = np.deg2rad(15.0)
+TILTED_ROW, TILTED_COLUMN = (1.0, 0.0, 0.0), (0.0, float(np.cos(TILT)), float(np.sin(TILT)))
+GE_STEPS = (1.08, 1.08, 2.5, 7.0, 7.0, 2.5, 1.08)
+"""Variable spacing by design (GE): dense where it matters, sparse elsewhere."""
+
+
+def phantom(points_lps: np.ndarray) -> np.ndarray:
+    """An analytic image in patient space: linear, so linear interpolation reproduces it exactly."""
+    x, y, z = points_lps[..., 0], points_lps[..., 1], points_lps[..., 2]
+    return -500.0 + 3.0 * x + 2.0 * y - 4.0 * z
+
+
+def sampled(
+    shape: tuple[int, int, int],
+    positions: Sequence[Sequence[float]],
+    row: Sequence[float],
+    column: Sequence[float],
+    spacing: tuple[float, float],
+) -> np.ndarray:
+    """The phantom on each slice's own grid (rounded: stored as integers)."""
+    i, j = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    planes = [
+        np.asarray(p)[None, None, :]
+        + j[..., None] * spacing[1] * np.asarray(row)
+        + i[..., None] * spacing[0] * np.asarray(column)
+        for p in positions
+    ]
+    return np.round(phantom(np.stack(planes))).astype(np.float32)
+
+
+def grid_points(geometry: Geometry) -> np.ndarray:
+    """LPS position of every voxel of a grid, (z, y, x, 3)."""
+    z, y, x = np.meshgrid(*(np.arange(n) for n in geometry.shape), indexing="ij")
+    index = np.stack([x, y, z, np.ones_like(x)], axis=-1).astype(np.float64)
+    return (index @ geometry.lps_affine().T)[..., :3]
+
+
+def write_tilted(folder: Path, slices: int = 10) -> list[tuple[float, float, float]]:
+    positions = [(-50.0, -60.0, 20.0 + 2.5 * k) for k in range(slices)]  # the table moves along z
+    voxels = sampled((slices, 24, 20), positions, TILTED_ROW, TILTED_COLUMN, (0.9, 0.8))
+    write_series(
+        folder,
+        voxels=voxels,
+        spacing=(2.5, 0.9, 0.8),
+        row_direction=TILTED_ROW,
+        column_direction=TILTED_COLUMN,
+        positions=positions,
+        rescale_intercept=0.0,
+    )
+    return positions
+
+
+def write_variable(folder: Path, steps: Sequence[float] = GE_STEPS) -> list[tuple[float, float, float]]:
+    offsets = np.concatenate([[0.0], np.cumsum(steps)])
+    positions = [(-50.0, -60.0, 20.0 + float(d)) for d in offsets]
+    voxels = sampled((len(positions), 24, 20), positions, (1, 0, 0), (0, 1, 0), (0.8, 0.7))
+    write_series(folder, voxels=voxels, positions=positions, rescale_intercept=0.0)
+    return positions
+
+
+def kinds(series: object) -> dict[str, bool]:
+    return {p.kind: p.fatal for p in series.problems}  # type: ignore[attr-defined]
+
+
+def test_variable_spacing_is_not_missing_slices(tmp_path: Path) -> None:
+    write_variable(tmp_path / "ge")
+    series = only_series(tmp_path / "ge")
+    assert kinds(series) == {"variable_spacing": True} and series.irregular
+    assert series.problems[0].message.startswith("steps between slices range 1.08-7 mm")
+    write_variable(tmp_path / "gap", steps=(2.5, 2.5, 5.0, 2.5, 7.5, 2.5))  # 1 and 2 slices missing
+    gapped = only_series(tmp_path / "gap")
+    assert kinds(gapped) == {"missing_slices": True} and not gapped.irregular
+    assert "about 3 slice(s) missing" in gapped.problems[0].message
+    write_variable(tmp_path / "gap_after_short", steps=(5.0, 2.5))  # too few steps for the median: the smallest
+    assert kinds(only_series(tmp_path / "gap_after_short")) == {"missing_slices": True}
+    write_variable(tmp_path / "uneven", steps=(2.5, 2.5, 2.6, 2.4, 2.5))  # within 10 %: a warning
+    assert kinds(only_series(tmp_path / "uneven")) == {"non_uniform_spacing": False}
+
+
+def test_tilt_is_refused_by_default_with_the_measured_angle(tmp_path: Path) -> None:
+    write_tilted(tmp_path)
+    series = only_series(tmp_path)
+    assert kinds(series) == {"gantry_tilt": True} and series.irregular
+    assert "tilt about 15.00 degrees" in series.problems[0].message
+    with pytest.raises(SeriesError, match="gantry_tilt"):
+        load_volume(series)
+
+
+@pytest.mark.parametrize("when", ["scan", "load"])
+def test_tilted_stack_resampled_equals_the_phantom(tmp_path: Path, when: str) -> None:
+    positions = write_tilted(tmp_path)
+    series = scan_tree(tmp_path, regrid_irregular=when == "scan").series[0]
+    assert kinds(series) == {"gantry_tilt": when != "scan"}
+    volume = load_volume(series, regrid_irregular=when == "load")
+    target = volume.geometry
+    assert target == series.regrid_geometry and volume.regridding is not None
+    assert target.shape == (10, 31, 20)  # 7 rows added where the slices drift (as dcm2niix widens them)
+    direction = target.direction_matrix
+    np.testing.assert_allclose(direction.T @ direction, np.eye(3), atol=1e-12)  # an orthogonal grid
+    np.testing.assert_allclose(direction[:, 2], np.cross(TILTED_ROW, TILTED_COLUMN), atol=1e-12)
+    assert target.spacing == pytest.approx((2.5 * np.cos(TILT), 0.9, 0.8))
+    assert target.origin == pytest.approx(positions[0])
+    truth = phantom(grid_points(target))
+    covered = volume.array > volume.array.min()
+    assert covered.mean() > 0.7
+    assert np.abs(volume.array - truth)[covered].max() <= 0.5 + 1e-3  # the phantom, within its integer rounding
+
+
+def test_variable_spacing_resampled_equals_the_phantom_and_maps_labels_back(tmp_path: Path) -> None:
+    positions = write_variable(tmp_path)
+    series = scan_tree(tmp_path, regrid_irregular=True).series[0]
+    assert kinds(series) == {"variable_spacing": False} and "will be resampled" in series.problems[0].message
+    volume = load_volume(series)
+    target = volume.geometry
+    span = positions[-1][2] - positions[0][2]
+    assert target.shape == (round(span / 1.08) + 1, 24, 20)  # the smallest step, fitted to the span
+    assert target.spacing[0] == pytest.approx(span / (target.shape[0] - 1))
+    np.testing.assert_allclose(volume.array, phantom(grid_points(target)), atol=0.5 + 1e-3)
+    labels = np.arange(np.prod(target.shape), dtype=np.int64).reshape(target.shape) + 1  # each voxel its own id
+    back = volume.regridding.to_source(labels)  # type: ignore[union-attr]
+    assert back.shape == series.geometry.shape
+    for k, position in enumerate(positions):  # each source pixel gets the id of the nearest target voxel
+        z = round((position[2] - target.origin[2]) / target.spacing[0])
+        np.testing.assert_array_equal(back[k], labels[z])
+
+
+def test_tilted_labels_map_back_to_the_nearest_target_voxel(tmp_path: Path) -> None:
+    write_tilted(tmp_path, slices=6)
+    series = scan_tree(tmp_path, regrid_irregular=True).series[0]
+    regridding = load_volume(series).regridding
+    assert regridding is not None
+    target = regridding.target
+    labels = np.arange(np.prod(target.shape), dtype=np.int64).reshape(target.shape) + 1
+    back = regridding.to_source(labels)
+    inverse = np.linalg.inv(target.lps_affine())
+    for k, ref in enumerate(series.slices):
+        source = series.geometry.with_grid((1, *series.geometry.shape[1:]), series.geometry.spacing)
+        points = grid_points(Geometry(source.shape, source.spacing, ref.position, source.direction))[0]
+        index = np.rint((np.concatenate([points, np.ones((*points.shape[:2], 1))], axis=-1) @ inverse.T)[..., :3])
+        x, y, z = (index[..., a].astype(int) for a in range(3))
+        np.testing.assert_array_equal(back[k], labels[z, y, x])
+
+
+def test_dcm2niix_tilt_and_equalised_outputs_agree(tmp_path: Path) -> None:
+    """dcm2niix writes _Tilt and _Eq volumes: same grid shape and axes as ours for tilt, the same voxels inside,
+    and its equalised volume is the same phantom. (Its _Tilt origin is 6 mm off the phantom: we check ours
+    against the phantom above, theirs only by axes and voxels.)"""
+    write_tilted(tmp_path / "tilt")
+    write_variable(tmp_path / "variable")
+    tilted = load_volume(scan_tree(tmp_path / "tilt", regrid_irregular=True).series[0])
+    ours = canonical(tilted.array, tilted.geometry)
+    (their_tilt,) = [
+        nib.as_closest_canonical(i) for i in run_dcm2niix(tmp_path / "tilt", tmp_path / "o1") if i.shape[1] == 31
+    ]
+    assert their_tilt.shape == ours.shape
+    np.testing.assert_allclose(their_tilt.affine[:3, :3], ours.affine[:3, :3], atol=1e-3)
+    interior = (slice(None), slice(8, 23), slice(None))  # rows that every slice covers
+    assert np.abs(their_tilt.get_fdata()[interior] - ours.get_fdata()[interior]).max() <= 1.0  # they round to integers
+    equalised = [nib.as_closest_canonical(i) for i in run_dcm2niix(tmp_path / "variable", tmp_path / "o2")]
+    (their_eq,) = [i for i in equalised if i.shape[2] != len(GE_STEPS) + 1]
+    variable = load_volume(scan_tree(tmp_path / "variable", regrid_irregular=True).series[0])
+    mine = canonical(variable.array, variable.geometry)
+    np.testing.assert_allclose(their_eq.affine[:3, :2], mine.affine[:3, :2], atol=1e-3)  # same in-plane grid
+    np.testing.assert_allclose(their_eq.affine[:3, 3], mine.affine[:3, 3], atol=1e-3)  # both start at slice 1
+    z = np.arange(their_eq.shape[2])
+    points = np.stack(np.meshgrid(np.arange(20), np.arange(24), z, indexing="ij"), -1) @ their_eq.affine[:3, :3].T
+    points = points + their_eq.affine[:3, 3]
+    lps = points * np.array([-1.0, -1.0, 1.0])
+    assert np.abs(their_eq.get_fdata() - phantom(lps)).max() <= 1.0  # dcm2niix: the same phantom, rounded

@@ -72,6 +72,10 @@ def scan(
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")] = False,
     workers: Annotated[int, typer.Option(help="Header-reading threads (0 = automatic).")] = 0,
+    regrid_irregular: Annotated[
+        bool,
+        typer.Option(help="Report tilted and variable-spacing stacks as loadable (resampled onto a regular grid)."),
+    ] = False,
 ) -> None:
     """Find every series under --input (headers only) and report geometry and problems."""
     from innereye_batch.dicom.report import render_scan_table, scan_to_json
@@ -80,7 +84,7 @@ def scan(
     if not input.is_dir():
         console.print(Text.assemble(("error:", "red"), f" input folder not found: {printable(input)}"))
         raise typer.Exit(EXIT_USAGE)
-    result = scan_tree(input, workers=workers or None)
+    result = scan_tree(input, workers=workers or None, regrid_irregular=regrid_irregular)
     if as_json:
         sys.stdout.write(json.dumps(scan_to_json(result, input), indent=2) + "\n")
     else:
@@ -148,6 +152,13 @@ def run(
         int,
         typer.Option(help="Largest grid a series may have (source or resampled); larger ones fail unread."),
     ] = 2**29,
+    regrid_irregular: Annotated[
+        bool,
+        typer.Option(
+            help="Resample gantry-tilted and variable-spacing stacks onto a regular grid instead of refusing them "
+            "(NIfTI on that grid; DICOM outputs mapped back onto the source slices)."
+        ),
+    ] = False,
 ) -> None:
     """Run the model over every series under --input; write NIfTI, DICOM-SEG and JSON per series.
 
@@ -174,6 +185,7 @@ def run(
         fail_fast=fail_fast,
         trust_checkpoint=trust_checkpoint,
         max_voxels=max_voxels,
+        regrid_irregular=regrid_irregular,
     )
     progress = RunProgress(quiet=quiet, log_json=log_json, console=console)
     report = run_batch(options, progress)

@@ -9,6 +9,10 @@ extent). Each such file is a fatal problem:
 A file that is not DICOM (no 'DICM' prefix and no DICOM tags at its start), an empty hidden file (``.gitkeep``),
 or a readable object that is not an image (RT plan, structured report, DICOMDIR) claims nothing: it is only
 listed as skipped. Every damaged file is listed as skipped too.
+
+Images that are readable but cannot be processed (colour, 1-bit) are left out of their series, which says so.
+A SeriesInstanceUID that every file claiming it fails (all damaged, or all colour) still becomes a series: a
+placeholder without images, with the fatal problem, so that every series found has its row in the summary.
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ import pydicom
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from innereye_batch.dicom.problems import UNREADABLE_FILE, UNREADABLE_FILE_IN_FOLDER
+from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.problems import (
+    NO_READABLE_IMAGES,
+    UNREADABLE_FILE,
+    UNREADABLE_FILE_IN_FOLDER,
+    UNSUPPORTED_IMAGES,
+)
 from innereye_batch.dicom.series import Problem, SeriesInfo, SkippedFile
 
 SALVAGE_BYTES = 1 << 20
 """How much of a damaged file is read to salvage its SeriesInstanceUID (headers are far smaller)."""
-_SALVAGE_TAGS = [Tag("SOPClassUID"), Tag("SeriesInstanceUID")]
+_SALVAGE_TAGS = [Tag("SOPClassUID"), Tag("SeriesInstanceUID"), Tag("StudyInstanceUID"), Tag("Modality")]
 _IMAGE_CLASSES_NOT_NAMED_SO = frozenset({"1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.30"})
 """RT Dose Storage and Parametric Map Storage: images whose SOP class name does not say 'Image Storage'."""
 _NAMES_SHOWN = 3
@@ -43,6 +53,10 @@ class Damaged:
 
     skipped: SkippedFile
     series_instance_uid: str | None
+    study_instance_uid: str = ""
+    modality: str = ""
+    unsupported: bool = False
+    """Readable, but of a kind this tool does not process (colour, 1-bit), rather than damaged."""
 
 
 def is_image_claim(sop_class: str, fields: Mapping[Any, Any]) -> bool:
@@ -57,8 +71,20 @@ def is_image_claim(sop_class: str, fields: Mapping[Any, Any]) -> bool:
     return "Image Storage" in name or sop_class in _IMAGE_CLASSES_NOT_NAMED_SO
 
 
+def salvage(path: Path, reason: str) -> Damaged:
+    """A damaged file, with the series, study and modality it names as far as what is left of it says."""
+    series_uid, study_uid, modality = salvage_identity(path)
+    return Damaged(SkippedFile(path, reason), series_uid, study_uid, modality)
+
+
 def salvage_series_uid(path: Path) -> str | None:
-    """The SeriesInstanceUID among the elements pydicom can read before a file's damage, if it is there.
+    """The SeriesInstanceUID among the elements pydicom can read before a file's damage, if it is there."""
+    return salvage_identity(path)[0]
+
+
+def salvage_identity(path: Path) -> tuple[str | None, str, str]:
+    """SeriesInstanceUID (None when not there), StudyInstanceUID and Modality among the elements pydicom can read
+    before a file's damage.
 
     pydicom stops quietly where a header is cut between elements; where the cut falls inside an element's
     header (its tag, VR or length), it fails, so the file's end is cut back a byte at a time (at most an
@@ -68,7 +94,7 @@ def salvage_series_uid(path: Path) -> str | None:
         with open(path, "rb") as fp:
             data = fp.read(SALVAGE_BYTES)
     except OSError:
-        return None
+        return None, "", ""
     bare = data[128:132] != b"DICM"
     for cut in range(len(data), max(len(data) - 13, 0), -1):
         try:
@@ -78,16 +104,19 @@ def salvage_series_uid(path: Path) -> str | None:
             uid = ds.get("SeriesInstanceUID")
         except Exception:
             continue
-        return str(uid) if uid else None
-    return None
+        return (str(uid) if uid else None), str(ds.get("StudyInstanceUID") or ""), str(ds.get("Modality") or "")
+    return None, "", ""
 
 
 def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[SeriesInfo]:
     """``series`` with a fatal problem for each damaged file that is, or may be, one of theirs."""
     members: dict[str, list[SkippedFile]] = defaultdict(list)
+    unsupported: dict[str, list[SkippedFile]] = defaultdict(list)
     orphans: dict[Path, list[SkippedFile]] = defaultdict(list)
     for file in damaged:
-        if file.series_instance_uid:
+        if file.series_instance_uid and file.unsupported:
+            unsupported[file.series_instance_uid].append(file.skipped)
+        elif file.series_instance_uid:
             members[file.series_instance_uid].append(file.skipped)
         else:
             orphans[file.skipped.path.parent].append(file.skipped)
@@ -98,6 +127,11 @@ def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[Seri
         if own:
             problems.append(
                 Problem(UNREADABLE_FILE, f"{len(own)} file(s) of this series cannot be read: {_names(own)}", True)
+            )
+        left_out = unsupported.get(info.series_instance_uid, [])
+        if left_out:
+            problems.append(
+                Problem(UNSUPPORTED_IMAGES, f"{len(left_out)} image(s) with this UID left out: {_names(left_out)}")
             )
         folders = {path.parent for path in info.files}
         nearby = [orphan for folder in sorted(folders) for orphan in orphans.get(folder, [])]
@@ -119,7 +153,42 @@ def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[Seri
                 )
             )
         result.append(dataclasses.replace(info, problems=tuple(problems)) if problems != list(info.problems) else info)
+    found = {info.series_instance_uid for info in series}
+    for uid in sorted((set(members) | set(unsupported)) - found):
+        result.append(_placeholder(uid, [f for f in damaged if f.series_instance_uid == uid]))
     return result
+
+
+_NO_GEOMETRY = Geometry((0, 0, 0), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+def _placeholder(uid: str, files: list[Damaged]) -> SeriesInfo:
+    """A series none of whose files can be used: no images, the fatal reason, its row in every report."""
+    broken = [f.skipped for f in files if not f.unsupported]
+    left_out = [f.skipped for f in files if f.unsupported]
+    problems = []
+    if broken:
+        problems.append(
+            Problem(NO_READABLE_IMAGES, f"none of its {len(broken)} file(s) can be read: {_names(broken)}", True)
+        )
+    if left_out:
+        problems.append(
+            Problem(UNSUPPORTED_IMAGES, f"{len(left_out)} image(s), none usable: {_names(left_out)}", not broken)
+        )
+    study = next((f.study_instance_uid for f in files if f.study_instance_uid), "")
+    modality = next((f.modality for f in files if f.modality), "")
+    return SeriesInfo(
+        series_instance_uid=uid,
+        study_instance_uid=study,
+        frame_of_reference_uid="",
+        modality=modality,
+        sop_class_uid="",
+        series_description="",
+        slices=(),
+        geometry=_NO_GEOMETRY,
+        transfer_syntaxes=(),
+        problems=tuple(problems),
+    )
 
 
 def _names(files: list[SkippedFile]) -> str:

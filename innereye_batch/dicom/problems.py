@@ -43,6 +43,10 @@ non_uniform_spacing         no     steps that differ from the base step by 1-10 
 gantry_tilt                 yes*   slices drift within their plane (tilted gantry, sheared stack): the measured
                                    angle is given. Not fatal under half a pixel (ignored) or when regridding
 mixed_transfer_syntaxes     no     files of one stack use different transfer syntaxes
+no_readable_images          yes    every file that carries this SeriesInstanceUID is damaged: the series is
+                                   listed (a row in the summary) though nothing of it can be read
+unsupported_images          yes*   images of this SeriesInstanceUID that cannot be processed (colour, 1-bit):
+                                   fatal when they are all the series has, else they are left out and said so
 ==========================  =====  ============================================================================
 """
 
@@ -67,6 +71,8 @@ VARIABLE_SPACING = "variable_spacing"
 NON_UNIFORM_SPACING = "non_uniform_spacing"
 GANTRY_TILT = "gantry_tilt"
 MIXED_TRANSFER_SYNTAXES = "mixed_transfer_syntaxes"
+NO_READABLE_IMAGES = "no_readable_images"
+UNSUPPORTED_IMAGES = "unsupported_images"
 
 REGRIDDABLE = frozenset({VARIABLE_SPACING, GANTRY_TILT})
 """Kinds that resampling onto a regular orthogonal grid (``regrid.py``) resolves."""
@@ -92,5 +98,7 @@ ALL_KINDS = frozenset(
         NON_UNIFORM_SPACING,
         GANTRY_TILT,
         MIXED_TRANSFER_SYNTAXES,
+        NO_READABLE_IMAGES,
+        UNSUPPORTED_IMAGES,
     }
 )

@@ -26,20 +26,27 @@ def _path(path: Path, root: Path | None) -> str:
 def series_to_json(series: SeriesInfo, root: Path | None = None) -> dict[str, Any]:
     """One series (stack) as plain JSON values: identity, geometry, transfer syntaxes, problems, files."""
     return {
-        "series_instance_uid": series.series_instance_uid,
-        "key": series.key,
+        "series_instance_uid": printable(series.series_instance_uid),
+        "key": printable(series.key),
         "stack": series.stack,
         "study_instance_uid": series.study_instance_uid,
         "frame_of_reference_uid": series.frame_of_reference_uid,
         "modality": series.modality,
         "series_number": series.series_number,
-        "series_description": series.series_description,
+        "series_description": printable(series.series_description),
         "num_files": len(series.files),
         "num_slices": len(series.slices),
         **series.geometry.to_json(),
+        "pixel_spacing_source": series.pixel_spacing_source,
+        "slice_spacing_source": series.slice_spacing_source,
+        "split_by": {k: printable(v) for k, v in series.split_by.items()},
+        "irregular": series.irregular,
+        "regrid_geometry": series.regrid_geometry.to_json() if series.regrid_geometry is not None else None,
+        "inverts_monochrome1": series.inverts_monochrome1,
         "transfer_syntaxes": list(series.transfer_syntaxes),
         "loadable": series.is_loadable,
         "problems": [relative_paths(str(p), root) + (" (fatal)" if p.fatal else "") for p in series.problems],
+        "problem_kinds": [p.kind for p in series.problems],
         "files": [_path(path, root) for path in series.files],
     }
 

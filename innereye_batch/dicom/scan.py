@@ -31,7 +31,7 @@ from pydicom.uid import (
 )
 
 from innereye_batch.dicom import headers as h
-from innereye_batch.dicom.damaged import Damaged, attach_damage, is_image_claim, salvage_series_uid
+from innereye_batch.dicom.damaged import Damaged, attach_damage, is_image_claim, salvage
 from innereye_batch.dicom.headers import FileHeader, ImageHeader
 from innereye_batch.dicom.photometric import PROJECTION_MODALITIES
 from innereye_batch.dicom.pixel_data import (
@@ -168,8 +168,7 @@ def _read_header_safely(path: Path) -> FileHeader | SkippedFile | Damaged:
     try:
         return _read_header(path)
     except Exception as error:  # any malformed file is skipped, never fatal to the scan
-        reason = f"unreadable DICOM header: {type(error).__name__}: {error}"
-        return Damaged(SkippedFile(path, reason), salvage_series_uid(path))
+        return salvage(path, f"unreadable DICOM header: {type(error).__name__}: {error}")
 
 
 _Fields = dict[Any, Any]
@@ -204,8 +203,19 @@ def _fields(ds: Dataset) -> _Fields:
 def _unusable(path: Path, reason: str, fields: _Fields, sop_class: str, damaged: bool) -> SkippedFile | Damaged:
     """A file that cannot be used: a damaged member of a series where it claims to be an image, else skipped."""
     if damaged or is_image_claim(sop_class, fields):
-        return Damaged(SkippedFile(path, reason), str(fields.get("SeriesInstanceUID", "")) or None)
+        return _claim(path, reason, fields)
     return SkippedFile(path, reason)
+
+
+def _claim(path: Path, reason: str, fields: _Fields, *, unsupported: bool = False) -> Damaged:
+    """A file of the series its header names that cannot be used (damaged, or of an unsupported kind)."""
+    return Damaged(
+        SkippedFile(path, reason),
+        str(fields.get("SeriesInstanceUID", "")) or None,
+        str(fields.get("StudyInstanceUID", "")),
+        str(fields.get("Modality", "")),
+        unsupported=unsupported,
+    )
 
 
 def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
@@ -223,8 +233,7 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)
         except struct.error:  # pydicom could not unpack an element's tag, VR or length: the file ends there
-            reason = "truncated file: ends inside a data element header"
-            return Damaged(SkippedFile(path, reason), salvage_series_uid(path))
+            return salvage(path, "truncated file: ends inside a data element header")
         syntax = transfer_syntax_of(ds)
         deflated = syntax == DeflatedExplicitVRLittleEndian
         fields = _fields(ds)
@@ -252,11 +261,10 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     samples = int(fields.get("SamplesPerPixel", 1))
     photometric = str(fields.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        return SkippedFile(
-            path, f"colour image ({photometric}, {samples} samples per pixel): only greyscale is supported"
-        )
+        reason = f"colour image ({photometric}, {samples} samples per pixel): only greyscale is supported"
+        return _claim(path, reason, fields, unsupported=True)
     if int(fields.get("BitsAllocated", 16)) == 1:
-        return SkippedFile(path, "1-bit (binary) image: not an image series")
+        return _claim(path, "1-bit (binary) image: not an image series", fields, unsupported=True)
     native = syntax in NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
     layout = pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
     return _header_from_fields(path, fields, sop_class, syntax, layout)

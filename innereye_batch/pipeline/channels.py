@@ -50,6 +50,9 @@ def plan_work(series: Sequence[SeriesInfo], channels: Sequence[ChannelSpec]) -> 
         for s in series:
             if channel_matches(s, channels[0]):
                 items.append(WorkItem((s,)))
+            elif not s.modality and s.fatal_problems:  # nothing readable says what it is: fail, never skip
+                why = "; ".join(str(p) for p in s.fatal_problems)
+                unmatched.append(Unmatched(s, f"{why} (its Modality could not be read either)", True))
             else:
                 unmatched.append(Unmatched(s, f"does not match the model's {_describe(channels[0])}", False))
         return items, unmatched

@@ -56,13 +56,12 @@ def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[s
     target = package.segmentation.target_spacing if package.task == "segmentation" else None
     for series in item.inputs:
         grids = [("", series.geometry.shape)]
+        grid = series.geometry
+        if series.irregular and series.regrid_geometry is not None:
+            grid = series.regrid_geometry
+            grids.append((" resampled onto a regular grid", grid.shape))
         if target is not None:
-            grids.append(
-                (
-                    " resampled to the model's spacing",
-                    resampled_shape(series.geometry.shape, series.geometry.spacing, target),
-                )
-            )
+            grids.append((" resampled to the model's spacing", resampled_shape(grid.shape, grid.spacing, target)))
         for what, shape in grids:
             voxels = math.prod(shape)
             if voxels > max_voxels:

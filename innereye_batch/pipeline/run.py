@@ -56,6 +56,8 @@ class RunOptions:
     writer_threads: int = 2
     max_voxels: int = DEFAULT_MAX_VOXELS
     """Largest grid (source or resampled) a series may have; larger ones fail before any decoding."""
+    regrid_irregular: bool = False
+    """Resample tilted and variable-spacing stacks onto a regular grid instead of refusing them."""
 
 
 @dataclass
@@ -109,7 +111,7 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     if source is None:
         if not options.input.is_dir():
             raise UsageError(f"input folder not found: {options.input}")
-        source = FolderSource(options.input)
+        source = FolderSource(options.input, regrid_irregular=options.regrid_irregular)
     package = load_model_package(options.model)
     formats = resolve_formats(options.formats, package.task)
     selection = Selection(options.series_uids, options.modalities)

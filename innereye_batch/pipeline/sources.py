@@ -33,6 +33,8 @@ class FolderSource:
     root: Path
     workers: int | None = None
     """Header-reading threads (None: automatic)."""
+    regrid_irregular: bool = False
+    """Tilted and variable-spacing stacks become loadable (resampled onto a regular grid) instead of refused."""
 
     @property
     def description(self) -> str:
@@ -41,4 +43,4 @@ class FolderSource:
     def discover(self) -> ScanResult:
         from innereye_batch.dicom.scan import scan_tree
 
-        return scan_tree(self.root, workers=self.workers)
+        return scan_tree(self.root, workers=self.workers, regrid_irregular=self.regrid_irregular)

@@ -24,6 +24,8 @@ from innereye_batch.tasks.base import Decoded, WorkItem
 if TYPE_CHECKING:
     import torch
 
+    from innereye_batch.dicom.regrid import Regridding
+
 
 @dataclass(frozen=True, eq=False)
 class VolumeInput:
@@ -31,6 +33,9 @@ class VolumeInput:
 
     image: torch.Tensor
     geometry: Geometry
+    """The grid of ``image``: the primary series' own, or the regular grid an irregular stack was resampled onto."""
+    regridding: Regridding | None = None
+    """For a resampled primary series: how to bring a label map back onto its source slices."""
 
     def pin_memory(self) -> VolumeInput:
         return replace(self, image=self.image.pin_memory())
@@ -64,7 +69,7 @@ def decode_volumes(item: WorkItem) -> VolumeInput:
             )
         other = load_volume(series)
         channels.append(_align_channel(other.array, other.geometry, primary.geometry))
-    return VolumeInput(torch.from_numpy(np.stack(channels)), primary.geometry)
+    return VolumeInput(torch.from_numpy(np.stack(channels)), primary.geometry, primary.regridding)
 
 
 def structure_stats(
@@ -89,15 +94,21 @@ class SegmentationPrediction:
 
     item: WorkItem
     labels: np.ndarray
-    """uint8 (z, y, x), rows in the primary series' slice order."""
+    """uint8 (z, y, x) on ``geometry``: rows in the primary series' slice order, unless it was resampled."""
     geometry: Geometry
     structures: tuple[StructureStats, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    regridding: Regridding | None = None
+    """Set when the primary series was resampled onto a regular grid (gantry tilt, variable spacing)."""
 
     task: ClassVar[str] = "segmentation"
 
     def findings(self) -> dict[str, Any]:
         return {"structures": self.structures}
+
+    def labels_on_source_slices(self) -> np.ndarray:
+        """The label map on the primary series' own slices (what DICOM outputs that reference them need)."""
+        return self.labels if self.regridding is None else self.regridding.to_source(self.labels)
 
 
 @dataclass
@@ -124,7 +135,7 @@ class SegmentationPredictor:
         volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
         labels, timings = self.label_map(volume.image, volume.geometry)
         structures = structure_stats(labels, volume.geometry, self.package.segmentation.structure_names)
-        return SegmentationPrediction(item, labels, volume.geometry, structures, timings)
+        return SegmentationPrediction(item, labels, volume.geometry, structures, timings, volume.regridding)
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
         """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, and stage timings."""

@@ -212,9 +212,8 @@ def source_problem(series: SeriesInfo) -> str | None:
 
 
 def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
-    write_dicom_seg(
-        path, prediction.labels, prediction.item.primary, context.package, software_version=context.tool_version
-    )
+    labels = prediction.labels_on_source_slices()
+    write_dicom_seg(path, labels, prediction.item.primary, context.package, software_version=context.tool_version)
 
 
 FORMAT = OutputFormat(

@@ -42,6 +42,7 @@ def build_predictions(
     probabilities: Mapping[str, float] | None = None,
     timings: Mapping[str, float],
     tool_version: str,
+    resampled: bool = False,
 ) -> dict[str, Any]:
     """The predictions document for one series; it validates against ``load_predictions_schema()``.
 
@@ -70,6 +71,8 @@ def build_predictions(
             "modality": series.modality,
             "series_description": series.series_description,
             "number_of_images": len(series.slices),
+            "pixel_spacing_source": series.pixel_spacing_source,
+            "resampled_onto_regular_grid": resampled,
             **geometry.to_json(),
         },
         "structures": [
@@ -104,6 +107,7 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
         structures=prediction.structures,
         timings=context.timings,
         tool_version=context.tool_version,
+        resampled=prediction.regridding is not None,
     )
     write_json(path, document)
 

@@ -53,7 +53,10 @@ def test_files_apart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dicomdir_tree_of_ct_mr_and_cr_matches_simpleitk() -> None:
     result = scan_tree(DICOMDIR_TESTS)
-    assert len(result.series) == 24
+    assert len(result.series) == 25  # 24 with images, and the one whose 50 files all lack pixel data
+    (unreadable,) = [s for s in result.series if not s.slices]
+    assert [(p.kind, p.fatal) for p in unreadable.problems] == [("no_readable_images", True)]
+    assert "none of its 50 file(s) can be read" in unreadable.problems[0].message
     assert {s.modality for s in result.series} == {"CT", "MR", "CR"}
     skipped = {s.path.name: s.reason for s in result.skipped}
     assert skipped["DICOMDIR"].startswith("DICOMDIR") and skipped["DICOMDIR-bigEnd"].startswith("DICOMDIR")
@@ -110,10 +113,12 @@ def test_mr_small_variants_decode_like_the_uncompressed_file(tmp_path: Path, nam
     np.testing.assert_array_equal(load_volume(variant).array, reference.array)
 
 
-def test_truncated_mr_is_skipped(tmp_path: Path) -> None:
+def test_truncated_mr_is_its_series_failure(tmp_path: Path) -> None:
     shutil.copy(TEST_FILES / "MR_truncated.dcm", tmp_path)
     result = scan_tree(tmp_path)
-    assert result.series == ()
+    (series,) = result.series  # the series exists, with nothing readable: it gets its row, never silence
+    assert series.modality == "MR" and not series.slices and not series.is_loadable
+    assert [p.kind for p in series.fatal_problems] == ["no_readable_images"]
     assert result.skipped[0].reason.startswith("truncated file")
 
 
@@ -144,7 +149,7 @@ def test_every_test_file_scans_alone_and_loads_or_fails_cleanly(test_files_apart
 def test_flat_test_folder_unreadable_images_make_every_series_there_fatal() -> None:
     """pydicom's flat folder holds images without a SeriesInstanceUID: any of them may be a slice of any series."""
     result = scan_tree(TEST_FILES, workers=2)
-    top = [s for s in result.series if s.files[0].parent == TEST_FILES]
+    top = [s for s in result.series if s.files and s.files[0].parent == TEST_FILES]
     assert top and all("unreadable_file_in_folder" in {p.kind for p in s.fatal_problems} for s in top)
     assert "missing SeriesInstanceUID" in {s.reason for s in result.skipped if s.path.parent == TEST_FILES}
 

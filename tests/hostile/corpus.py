@@ -8,20 +8,20 @@ summary (as stored there: printable text).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
-from pydicom.config import IGNORE, settings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, RLELossless, generate_uid
 
 from innereye_batch.text import printable
 from tests.factory import write_series
+from tests.hostile.case import Case, lenient_writing
+from tests.hostile.cases_dicom import collision_cases, damage_cases, geometry_cases, split_cases
 
 SHAPE = (6, 16, 16)
 PATIENT_NAMES = ("Smith", "Doe^Jane")
@@ -29,33 +29,8 @@ PATIENT_NAMES = ("Smith", "Doe^Jane")
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
 
 
-@dataclass(frozen=True)
-class Case:
-    """One hostile input and what a correct run reports for it."""
-
-    name: str
-    rule: str
-    """The rule of issue 14 it exercises."""
-    series_instance_uid: str
-    """As the summary stores it (printable)."""
-    status: str
-    reason_has: tuple[str, ...] = ()
-    """Phrases the reason must contain."""
-
-
-@contextlib.contextmanager
-def _lenient_writing() -> Iterator[None]:
-    """Let pydicom write the invalid values a hostile file carries."""
-    saved = settings.writing_validation_mode
-    settings.writing_validation_mode = IGNORE
-    try:
-        yield
-    finally:
-        settings.writing_validation_mode = saved
-
-
 def _series(root: Path, folder: str, uid: str, seed: int, **kwargs: object) -> list[Path]:
-    with _lenient_writing():
+    with lenient_writing():
         return list(write_series(root / folder, shape=SHAPE, series_instance_uid=uid, seed=seed, **kwargs).paths)
 
 
@@ -176,24 +151,34 @@ def _tree_cases(root: Path) -> list[Case]:
     return [Case("a series 1,100 folders deep", "8 leftovers and trees", uid, "ok")]
 
 
-BUILDERS: tuple[Builder, ...] = (_text_cases, _folder_cases, _identity_cases, _memory_cases, _tree_cases)
+BUILDERS: tuple[Builder, ...] = (
+    _text_cases,
+    _folder_cases,
+    _identity_cases,
+    _memory_cases,
+    _tree_cases,
+    geometry_cases,
+    damage_cases,
+    split_cases,
+    collision_cases,
+)
 
 
 def build_corpus(root: Path) -> tuple[list[Case], str]:
     """Write every case under ``root``; returns the cases and the UID of the good series that must stay ok."""
     cases = [case for builder in BUILDERS for case in builder(root)]
     good = write_series(root / "good", shape=SHAPE, seed=99, patient_name=PATIENT_NAMES[1]).series_instance_uid
-    uids = [c.series_instance_uid for c in cases]
-    assert len(set(uids)) == len(uids), "every case needs its own SeriesInstanceUID"
+    names = [(c.series_instance_uid, c.key, c.key_prefix) for c in cases]
+    assert len(set(names)) == len(names), "every case needs its own row"
     return cases, good
 
 
-def read_summary_rows(out: Path) -> dict[str, dict[str, object]]:
-    """summary.json's series records by SeriesInstanceUID."""
+def read_summary_rows(out: Path) -> list[dict[str, Any]]:
+    """summary.json's series records."""
     import json
 
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    return {record["series_instance_uid"]: record for record in summary["series"]}
+    return list(summary["series"])
 
 
 def dataset_uid(path: Path) -> str:

@@ -1,0 +1,148 @@
+"""Hostile-corpus cases of the DICOM rules of issue 14 (1: never invent geometry or drop data; 2: split what the
+scanner put together; 4: every input accounted for), written with pydicom, each with its exact outcome.
+
+All are CT, so the corpus' CT model runs every part that should run: a wrong volume would show as ``ok``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from tests.dicom.parts_factory import write_parts
+from tests.dicom.split_cases import CASES
+from tests.dicom.test_regrid import write_tilted, write_variable
+from tests.factory import write_series
+from tests.hostile.case import Case, lenient_writing
+
+SHAPE = (6, 16, 16)
+UID_ROOT = "1.2.826.0.1.3680043.10.544"
+
+
+def _series(root: Path, folder: str, uid: str, seed: int, **kwargs: object) -> list[Path]:
+    with lenient_writing():
+        return list(write_series(root / folder, shape=SHAPE, series_instance_uid=uid, seed=seed, **kwargs).paths)
+
+
+def _every_slice(paths: list[Path], change: object) -> None:
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        change(ds)  # type: ignore[operator]
+        with lenient_writing():
+            ds.save_as(path)
+
+
+def geometry_cases(root: Path) -> list[Case]:
+    """Rule 1: spacing, positions, orientation, rescale, frame of reference, MONOCHROME1."""
+    rule = "1 never invent geometry"
+    cases = []
+
+    def zero_spacing(ds: Dataset) -> None:
+        ds.PixelSpacing = ["0", "0"]
+
+    uid = f"{UID_ROOT}.1"
+    _every_slice(_series(root, "g_zero_spacing", uid, 1), zero_spacing)
+    cases.append(Case("PixelSpacing 0\\0", rule, uid, "failed", ("invalid_pixel_spacing",)))
+
+    def no_position(ds: Dataset) -> None:
+        del ds.ImagePositionPatient
+
+    uid = f"{UID_ROOT}.2"
+    _every_slice(_series(root, "g_no_position", uid, 2), no_position)
+    cases.append(Case("no ImagePositionPatient", rule, uid, "failed", ("no_position",)))
+
+    def skewed(ds: Dataset) -> None:
+        ds.ImageOrientationPatient = ["1", "0", "0", "0.3", "0.9539392", "0"]
+
+    uid = f"{UID_ROOT}.3"
+    _every_slice(_series(root, "g_skewed", uid, 3), skewed)
+    cases.append(Case("non-orthogonal ImageOrientationPatient", rule, uid, "failed", ("invalid_orientation",)))
+
+    for index, slope in enumerate(("NaN", "0")):
+
+        def bad_rescale(ds: Dataset, slope: str = slope) -> None:
+            ds.RescaleSlope = slope
+
+        uid = f"{UID_ROOT}.4.{index}"
+        _every_slice(_series(root, f"g_rescale_{index}", uid, 4 + index), bad_rescale)
+        cases.append(Case(f"RescaleSlope {slope}", rule, uid, "failed", ("invalid_rescale",)))
+
+    def no_frame_of_reference(ds: Dataset) -> None:
+        del ds.FrameOfReferenceUID
+
+    uid = f"{UID_ROOT}.5"
+    _every_slice(_series(root, "g_no_for", uid, 6), no_frame_of_reference)
+    cases.append(Case("no FrameOfReferenceUID (DICOM-SEG needs it)", rule, uid, "failed", ("FrameOfReferenceUID",)))
+
+    def monochrome1(ds: Dataset) -> None:
+        ds.PhotometricInterpretation = "MONOCHROME1"
+
+    uid = f"{UID_ROOT}.6"
+    _every_slice(_series(root, "g_monochrome1_ct", uid, 7), monochrome1)
+    cases.append(Case("MONOCHROME1 CT (HU kept)", rule, uid, "ok"))
+    return cases
+
+
+def damage_cases(root: Path) -> list[Case]:
+    """Rules 1 and 4: damaged files are problems of their series; a series nothing of which reads has a row."""
+    rule = "1 never drop data"
+    cases = []
+    uid = f"{UID_ROOT}.10"
+    paths = _series(root, "d_edge_cut", uid, 10)
+    paths[-1].write_bytes(paths[-1].read_bytes()[:300])  # cut inside the header of the last slice
+    cases.append(Case("edge slice cut in its header", rule, uid, "failed", ("unreadable_file",)))
+    uid = f"{UID_ROOT}.11"
+    paths = _series(root, "d_edge_empty", uid, 11)
+    paths[0].write_bytes(b"")  # the first slice lost: zero bytes
+    cases.append(Case("edge slice of zero bytes", rule, uid, "failed", ("unreadable_file_in_folder",)))
+    uid = f"{UID_ROOT}.12"
+    for path in _series(root, "d_all_damaged", uid, 12):
+        path.write_bytes(path.read_bytes()[:-100])  # every file's pixel data cut short
+    cases.append(Case("every file damaged", "4 every input", uid, "failed", ("no_readable_images",)))
+
+    def rgb(ds: Dataset) -> None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+
+    uid = f"{UID_ROOT}.13"
+    _every_slice(_series(root, "d_colour", uid, 13), rgb)
+    cases.append(Case("colour-only series", "4 every input", uid, "failed", ("unsupported_images",)))
+    return cases
+
+
+def split_cases(root: Path) -> list[Case]:
+    """Rule 2: parts that share a SeriesInstanceUID run separately; irregular slices are refused with the reason."""
+    rule = "2 split what the scanner put together"
+    cases = []
+    for name in ("echo", "magphase", "temporal", "dti"):
+        parts, keys = CASES[name]
+        with lenient_writing():
+            written = write_parts(root / f"s_{name}", parts, modality="CT", shape=(5, 12, 12))
+        uid = written[0].series_instance_uid
+        cases += [Case(f"{name} part {key}", rule, uid, "ok", key=uid + key) for key in keys]
+    uid = f"{UID_ROOT}.20"
+    _series(root, "s_missing_slice", uid, 20, remove_slice=3)
+    cases.append(Case("a slice missing", rule, uid, "failed", ("missing_slices",)))
+    write_variable(root / "s_variable")
+    uid = str(pydicom.dcmread(next((root / "s_variable").iterdir())).SeriesInstanceUID)
+    cases.append(Case("variable spacing by design", rule, uid, "failed", ("variable_spacing",)))
+    write_tilted(root / "s_tilted")
+    uid = str(pydicom.dcmread(next((root / "s_tilted").iterdir())).SeriesInstanceUID)
+    cases.append(Case("gantry tilt", rule, uid, "failed", ("gantry_tilt", "degrees")))
+    return cases
+
+
+def collision_cases(root: Path) -> list[Case]:
+    """Rule 1: a slice of another study carrying the same SeriesInstanceUID is split off, never merged."""
+    uid = f"{UID_ROOT}.30"
+    _series(root, "c_main", uid, 30)
+    with lenient_writing():
+        write_series(root / "c_intruder", shape=(1, 16, 16), series_instance_uid=uid, seed=31, patient_id="OTHER")
+    return [
+        Case("series with an intruder slice", "1 never merge", uid, "ok", key=uid),
+        Case("the intruder, split off", "1 never merge", uid, "ok", key_prefix=uid + "."),
+    ]

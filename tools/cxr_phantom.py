@@ -22,7 +22,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 IMAGE_SHAPE = (256, 256)
 PIXEL_SPACING_MM = 1.4
-NODULE_RADIUS_PX = (9.0, 14.0)
+NODULE_RADIUS_PX = (10.0, 16.0)
 NODULE_CONTRAST = (0.10, 0.16)
 NOISE_SD = 0.012
 
@@ -111,7 +111,7 @@ def make_chest(seed: int, *, shape: tuple[int, int] = IMAGE_SHAPE, nodule: bool 
                 lung_centre[0] + rng.uniform(-0.6, 0.6) * lung_ry,
                 lung_centre[1] + rng.uniform(-0.5, 0.5) * lung_rx,
             )
-            if lung[int(round(candidate[0])), int(round(candidate[1]))] > 0.95:
+            if lung[round(candidate[0]), round(candidate[1])] > 0.95:
                 break
         centre_px = candidate
         distance = np.sqrt((yy - centre_px[0]) ** 2 + (xx - centre_px[1]) ** 2)
@@ -197,8 +197,22 @@ def projection_dataset(
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_allocated, bits_stored, bits_stored - 1
     ds.PixelRepresentation = 1 if signed else 0
-    if modality in ("DX", "MG", "IO"):
+    if modality in ("DX", "MG", "IO"):  # the DX Image module's Type 1 attributes
         ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+        ds.ImageLaterality = "U"
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME1" else -1
+        ds.LossyImageCompression = "00"
+        ds.DetectorType = "SCINTILLATOR"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+        ds.AnatomicRegionSequence = [_code("43799004", "SCT", "Chest")]
+        ds.ViewCodeSequence = [_code("399348003", "SCT", "postero-anterior")]
+        ds.BurnedInAnnotation = "NO"
+        ds.PositionerType = ""
+        ds.AcquisitionContextSequence = []
+        ds.PatientOrientation = ["L", "F"]
+        if rescale is None and modality_lut is None:
+            rescale = (1.0, 0.0)
     if pixel_spacing is not None:
         ds.PixelSpacing = [f"{v:g}" for v in pixel_spacing]
     if imager_pixel_spacing is not None:
@@ -219,6 +233,12 @@ def projection_dataset(
         ds.VOILUTSequence = [_lut_item(*voi_lut, explanation="synthetic VOI LUT")]
     ds.PixelData = stored.astype(dtype[(bits_allocated, signed)]).tobytes()
     return ds
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
 
 
 def _lut_item(first: int, bits: int, data: np.ndarray, *, explanation: str) -> Dataset:

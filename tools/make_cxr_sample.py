@@ -42,6 +42,7 @@ MEMBER_SEEDS: tuple[int, ...] = (0, 1, 2)
 EPOCHS = 5
 BATCH_SIZE = 32
 LEARNING_RATE = 3e-3
+CAM_SPARSITY = 0.05
 
 
 def inference_block() -> dict[str, Any]:
@@ -126,7 +127,12 @@ def train_member(seed: int, inputs: torch.Tensor, labels: torch.Tensor, epochs: 
             x, y = inputs[picks], labels[picks]
             flip = torch.rand(len(picks), generator=generator) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            loss = torch.nn.functional.cross_entropy(network(x), y)
+            features = network.features(x)
+            logits = network.classifier(network.dropout(network.pool(features).flatten(1)))
+            # per-location class evidence (the class activation map); its L1 norm keeps the evidence where the
+            # finding is, so that Grad-CAM, which reads this map, points at the nodule rather than everywhere
+            evidence = torch.einsum("kc,nchw->nkhw", network.classifier.weight, features)
+            loss = torch.nn.functional.cross_entropy(logits, y) + CAM_SPARSITY * evidence.abs().mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -140,7 +146,9 @@ def held_out(seeds: Sequence[int]) -> tuple[list[Chest], list[np.ndarray]]:
     return chests, [training_png(chest) for chest in chests]
 
 
-def ensemble_probabilities(networks: Sequence[torch.nn.Module], images: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
+def ensemble_probabilities(
+    networks: Sequence[torch.nn.Module], images: Sequence[np.ndarray], batch: int = 64
+) -> np.ndarray:
     """(N, K) mean probabilities through the engine: network inputs -> batched classification."""
     from innereye_batch.engine.classify import classify_batch
     from innereye_batch.engine.classify_input import network_inputs
@@ -159,7 +167,9 @@ def accuracy(networks: Sequence[torch.nn.Module], chests: Sequence[Chest], image
     return float((predicted == truth).mean())
 
 
-def gradcam_mass_inside(networks: Sequence[torch.nn.Module], chests: Sequence[Chest], images: Sequence[np.ndarray]) -> np.ndarray:
+def gradcam_mass_inside(
+    networks: Sequence[torch.nn.Module], chests: Sequence[Chest], images: Sequence[np.ndarray]
+) -> np.ndarray:
     """Per positive chest, the fraction of the Grad-CAM map (for "nodule", on the image grid) inside the disc."""
     from innereye_batch.engine.classify_input import network_inputs
     from innereye_batch.engine.explain import explain_batch, to_image_grid
@@ -268,7 +278,8 @@ writes `../cxr_scans/`. Same command, library versions and thread count: same we
   half with a nodule (radius 9-14 pixels). Each was stored as 12-bit MONOCHROME2 CR, mapped to the 16-bit PNG
   convention by `innereye_batch.dicom.projection` and saved as a 16-bit PNG (in a temporary folder, not kept);
   training read the PNGs back.
-- Input: PNG / 65535, resized to {INPUT_SIZE[0]} x {INPUT_SIZE[1]} with antialiasing, (x - {INTENSITY_MEAN}) / {INTENSITY_STD}.
+- Input: PNG / 65535, resized to {INPUT_SIZE[0]} x {INPUT_SIZE[1]} with antialiasing, then
+  (x - {INTENSITY_MEAN}) / {INTENSITY_STD}.
 - Training: {EPOCHS} epochs, batch {BATCH_SIZE}, AdamW with a one-cycle learning rate (peak {LEARNING_RATE:g}),
   cross-entropy, random left-right flips; checkpoint seeds {", ".join(map(str, MEMBER_SEEDS))} (initial weights,
   batch order).
@@ -324,14 +335,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     chests, images = held_out(VALIDATION_SEEDS)
     figures: dict[str, Any] = {"seconds": seconds, "accuracy": {}}
-    for name, nets in zip(["checkpoints/last.ckpt", "checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/OTHER_RUNS/2/last.ckpt"], [[n] for n in networks], strict=True):
+    for name, nets in zip(
+        ["checkpoints/last.ckpt", "checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/OTHER_RUNS/2/last.ckpt"],
+        [[n] for n in networks],
+        strict=True,
+    ):
         figures["accuracy"][name] = accuracy(nets, chests, images)
     figures["accuracy"]["ensemble"] = accuracy(networks, chests, images)
     figures["gradcam"] = gradcam_mass_inside(networks, chests, images)
-    print(figures["accuracy"], f"gradcam inside: mean {figures['gradcam'].mean():.3f} min {figures['gradcam'].min():.3f}")
+    print(
+        figures["accuracy"], f"gradcam inside: mean {figures['gradcam'].mean():.3f} min {figures['gradcam'].min():.3f}"
+    )
 
     model_folder = args.output / "cxr_model"
-    write_model_folder(model_folder, networks, model_name=MODEL_NAME, inference_block=inference_block(), model_configs_namespace=f"tools.make_cxr_sample.{MODEL_NAME}")
+    write_model_folder(
+        model_folder,
+        networks,
+        model_name=MODEL_NAME,
+        inference_block=inference_block(),
+        model_configs_namespace=f"tools.make_cxr_sample.{MODEL_NAME}",
+    )
     write_readme(model_folder, figures, args.threads)
     scans = write_scans(args.output / "cxr_scans")
     print(f"wrote {model_folder} and {len(scans)} files under {args.output / 'cxr_scans'}")

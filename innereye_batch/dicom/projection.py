@@ -125,7 +125,9 @@ def _first(value: Any) -> float:
     return float(next(iter(value)))
 
 
-def png_convention(stored: np.ndarray, ds: Dataset, *, apply_voi: bool = True, scaling: Scaling = "full_range") -> MappedPixels:
+def png_convention(
+    stored: np.ndarray, ds: Dataset, *, apply_voi: bool = True, scaling: Scaling = "full_range"
+) -> MappedPixels:
     """Map one frame's stored values (y, x) to the uint16 PNG convention (steps in the module docstring)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -163,7 +165,8 @@ def png_convention(stored: np.ndarray, ds: Dataset, *, apply_voi: bool = True, s
 
 def pixel_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | None]:
     """(row, column) spacing in mm and its attribute: PixelSpacing first, else ImagerPixelSpacing; zeros ignored."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+    keywords: tuple[SpacingSource, ...] = ("PixelSpacing", "ImagerPixelSpacing")
+    for keyword in keywords:
         value = ds.get(keyword)
         if value is None:
             continue
@@ -172,7 +175,7 @@ def pixel_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSo
         except (TypeError, ValueError, IndexError):
             continue
         if all(np.isfinite(spacing)) and min(spacing) > 0:
-            return spacing, keyword  # type: ignore[return-value]
+            return spacing, keyword
     return None, None
 
 

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 PNG_MAX = 65535.0
 
 
-def network_input(image: np.ndarray | torch.Tensor, spec: ClassificationSpec, *, device: torch.device | str | None = None) -> torch.Tensor:
+def network_input(
+    image: np.ndarray | torch.Tensor, spec: ClassificationSpec, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     """One image (y, x) in the 16-bit PNG convention -> the network input (input_channels, *input_size)."""
     return network_inputs([image], spec, device=device)[0]
 

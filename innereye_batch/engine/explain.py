@@ -48,7 +48,9 @@ def find_layer(network: torch.nn.Module, name: str) -> torch.nn.Module:
     try:
         return network.get_submodule(name)
     except AttributeError:
-        convolutional = [n for n, m in network.named_modules() if n and type(m).__name__.startswith(("Conv", "Sequential"))]
+        convolutional = [
+            n for n, m in network.named_modules() if n and type(m).__name__.startswith(("Conv", "Sequential"))
+        ]
         raise ValueError(
             f"the network has no layer {name!r}; some of its layers: {', '.join(convolutional[-8:]) or '(none)'}"
         ) from None
@@ -180,7 +182,9 @@ def to_image_grid(heatmap: np.ndarray | torch.Tensor, shape: tuple[int, int]) ->
         raise ValueError(f"a heat map must be 2-D (H, W), got shape {tuple(tensor.shape)}")
     if tuple(tensor.shape) != tuple(shape):
         antialias = shape[0] < tensor.shape[0] or shape[1] < tensor.shape[1]
-        tensor = F.interpolate(tensor[None, None], size=shape, mode="bilinear", align_corners=False, antialias=antialias)[0, 0]
+        tensor = F.interpolate(
+            tensor[None, None], size=shape, mode="bilinear", align_corners=False, antialias=antialias
+        )[0, 0]
     tensor = tensor.clamp_min(0)
     peak = float(tensor.max())
     return (tensor / peak if peak > 0 else tensor).numpy().astype(np.float32)

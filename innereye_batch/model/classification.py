@@ -232,7 +232,9 @@ def _intensity(fields: _Fields, value: Any, channels: int) -> IntensitySpec:
     return IntensitySpec(apply_voi=apply_voi, png_scaling=scaling, mean=mean, std=std)
 
 
-def parse_classification_block(block: Mapping[str, Any], source: Path, *, prefix: str = "inference.") -> ClassificationSpec:
+def parse_classification_block(
+    block: Mapping[str, Any], source: Path, *, prefix: str = "inference."
+) -> ClassificationSpec:
     """Validate a version-1 classification block read from ``source``; errors name the file and the field."""
     fields = _Fields(Path(source), prefix)
     if not isinstance(block, Mapping):
@@ -240,7 +242,9 @@ def parse_classification_block(block: Mapping[str, Any], source: Path, *, prefix
     unknown = [k for k in block if k not in CLASSIFICATION_FIELDS and not str(k).startswith("_")]
     if unknown:
         hints = [
-            f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, CLASSIFICATION_FIELDS, 1)) else k
+            f"{k} (did you mean {close[0]}?)"
+            if (close := difflib.get_close_matches(k, CLASSIFICATION_FIELDS, 1))
+            else k
             for k in unknown
         ]
         raise fields.error(unknown[0], f"unknown field(s) for a classification model: {', '.join(hints)}")
@@ -258,13 +262,21 @@ def parse_classification_block(block: Mapping[str, Any], source: Path, *, prefix
     if activation == "softmax" and any(t is not None for t in thresholds):
         raise fields.error("classes", "thresholds apply to sigmoid models; softmax predicts the most probable class")
     size = block["input_size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+    ):
         raise fields.error("input_size", f"must be two positive integers (y, x), got {size!r}")
     channels = block.get("input_channels", 1)
     if channels not in (1, 3) or isinstance(channels, bool):
         raise fields.error("input_channels", f"must be 1 or 3, got {channels!r}")
     modalities = block.get("modalities", list(DEFAULT_MODALITIES))
-    if not isinstance(modalities, list) or not modalities or not all(isinstance(m, str) and m.strip() for m in modalities):
+    if (
+        not isinstance(modalities, list)
+        or not modalities
+        or not all(isinstance(m, str) and m.strip() for m in modalities)
+    ):
         raise fields.error("modalities", f"must be a non-empty list of DICOM Modality values, got {modalities!r}")
     layer = block.get("gradcam_layer")
     if layer is not None and (not isinstance(layer, str) or not layer.strip()):
@@ -290,6 +302,8 @@ def package_settings(spec: ClassificationSpec) -> dict[str, Any]:
         "task": "classification",
         "structures": tuple(Structure(name) for name in spec.classes),
         "architecture": spec.architecture,
-        "channels": tuple(ChannelSpec(f"grey{i}" if spec.input_channels > 1 else "grey") for i in range(spec.input_channels)),
+        "channels": tuple(
+            ChannelSpec(f"grey{i}" if spec.input_channels > 1 else "grey") for i in range(spec.input_channels)
+        ),
         "normalisation": (Normalisation(),) * spec.input_channels,
     }

@@ -53,10 +53,7 @@ def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.5) -
     image, heatmap = _check(image, heatmap)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if image.dtype == np.uint8:
-        grey = image.astype(np.float32) / 255.0
-    else:
-        grey = image.astype(np.float32) / 65535.0
+    grey = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 65535.0)
     weight = (alpha * heatmap)[..., None]
     blended = grey[..., None] * (1.0 - weight) + colour_scale(heatmap) * weight
     return np.rint(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -113,6 +110,7 @@ def write_heatmap_secondary_capture(
     orientation = source.get("PatientOrientation")
     has_orientation = orientation is not None and len(orientation) == 2 and all(str(v) for v in orientation)
     spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing and min(map(float, spacing)) > 0 else None
     text = f"{model_name} {description}".strip()
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -125,14 +123,19 @@ def write_heatmap_secondary_capture(
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing and min(map(float, spacing)) > 0 else None,
+        pixel_spacing=pixel_spacing,  # type: ignore[arg-type]  # highdicom's annotation says int; mm are floats
         patient_orientation=tuple(str(v) for v in orientation) if has_orientation else ("L", "F"),  # type: ignore[arg-type]
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=text[:_LO_MAX],
         software_versions=software_version[:_LO_MAX] or None,
     )
     if not has_orientation:
-        sc.PatientOrientation = ""  # Type 2: unknown, rather than an orientation the source never stated
+        sc[
+            "PatientOrientation"
+        ].value = None  # Type 2: empty = unknown, rather than an orientation the source never stated
+    sc.Laterality = (
+        str(source.get("Laterality") or source.get("ImageLaterality") or "").replace("U", "").replace("B", "")
+    )  # Type 2C: the paired side (L or R) when the source names one, empty otherwise
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"
     sc.DerivationDescription = f"{text}: heat map overlaid on the source image"[:1024]
@@ -144,4 +147,3 @@ def write_heatmap_secondary_capture(
     sc.SourceImageSequence = [reference]
     sc.save_as(Path(path), enforce_file_format=True)
     return sc
-

@@ -159,7 +159,9 @@ def test_modality_lut_sequence_of_a_real_file_is_looked_up_by_hand() -> None:
 def test_without_voi_the_stored_range_fills_uint16(tmp_path: Path, bits: int, photometric: str) -> None:
     stored = chest_values(bits)
     path = tmp_path / "image.dcm"
-    projection_dataset(stored, modality="DX", photometric=photometric, bits_stored=bits).save_as(path, enforce_file_format=True)
+    projection_dataset(stored, modality="DX", photometric=photometric, bits_stored=bits).save_as(
+        path, enforce_file_format=True
+    )
     image = read_projection_images(path)[0]
     monochrome1 = photometric == "MONOCHROME1"
     np.testing.assert_array_equal(image.pixels, reference(stored, bits=bits, monochrome1=monochrome1))
@@ -179,9 +181,7 @@ def test_window_functions_follow_the_standard(tmp_path: Path, function: str, pho
         stored, photometric=photometric, window=[(center, width), (100.0, 50.0)], voi_function=function
     )
     image = projection_images(ds)[0]
-    expected = reference(
-        stored, bits=12, monochrome1=photometric == "MONOCHROME1", window=(center, width, function)
-    )
+    expected = reference(stored, bits=12, monochrome1=photometric == "MONOCHROME1", window=(center, width, function))
     np.testing.assert_array_equal(image.pixels, expected)
     assert image.voi == f"window {center:g}/{width:g} {function}"  # the first of two windows
 

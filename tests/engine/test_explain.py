@@ -105,7 +105,7 @@ def test_to_image_grid_resamples_back_and_normalises() -> None:
 def test_errors_are_clear() -> None:
     net = cnn(0, classes=2)
     inputs = torch.randn(1, 1, 32, 32)
-    with pytest.raises(ValueError, match="no layer 'head'.*features"):
+    with pytest.raises(ValueError, match=r"no layer 'head'.*features"):
         explain_batch([net], inputs, [0], "gradcam", layer="head")
     with pytest.raises(ValueError, match="needs a target layer"):
         explain_batch([net], inputs, [0], "gradcam")

@@ -38,9 +38,7 @@ needs_torchvision = pytest.mark.skipif(
 def test_builtin_architectures_are_registered() -> None:
     assert {"CNN2D", "ResNet", "DenseNet", "UNet3D"} <= set(architecture_names())
     assert check_architecture_params("resnet", {"depth": 34}) == []  # validated without building (no torchvision)
-    assert check_architecture_params("DenseNet", {"layers": 3}) == [
-        "unknown parameter 'layers' (accepted: depth)"
-    ]
+    assert check_architecture_params("DenseNet", {"layers": 3}) == ["unknown parameter 'layers' (accepted: depth)"]
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, (64, 64)), (3, (48, 80)), (1, (8, 8))])
@@ -56,7 +54,11 @@ def test_cnn2d_returns_logits_for_any_size_and_channel_count(channels: int, size
 
 
 def test_cnn2d_rejects_bad_hyper_parameters() -> None:
-    for params, words in [({"num_blocks": 0}, "num_blocks"), ({"initial_feature_channels": 0}, "initial"), ({"dropout": 1.0}, "dropout")]:
+    for params, words in [
+        ({"num_blocks": 0}, "num_blocks"),
+        ({"initial_feature_channels": 0}, "initial"),
+        ({"dropout": 1.0}, "dropout"),
+    ]:
         with pytest.raises(ValueError, match=words):
             build_network(ArchitectureSpec("CNN2D", params), 1, 2)
 
@@ -76,7 +78,7 @@ def test_without_torchvision_building_says_what_to_install(monkeypatch: pytest.M
     with pytest.raises(ModelFolderError, match=r"not installed: .*innereye-batch\[torchvision\].*from_checkpoint"):
         build_network(ArchitectureSpec("ResNet", {"depth": 18}), 1, 2)
     monkeypatch.setattr(builtins, "__import__", fail(RuntimeError("operator torchvision::nms does not exist")))
-    with pytest.raises(ModelFolderError, match="fails to import .*nms.*does not match the installed torch"):
+    with pytest.raises(ModelFolderError, match=r"fails to import .*nms.*does not match the installed torch"):
         build_network(ArchitectureSpec("DenseNet", {"depth": 121}), 1, 2)
 
 
@@ -99,7 +101,9 @@ def test_torchvision_networks_keep_torchvision_parameter_names(name: str, depth:
 @pytest.mark.parametrize(("name", "depth"), [("ResNet", 18), ("DenseNet", 121)])
 def test_gradcam_default_layers_work_on_torchvision_networks(name: str, depth: int) -> None:
     network = build_network(ArchitectureSpec(name, {"depth": depth}), 1, 2).eval()
-    maps = explain_batch([network], torch.randn(2, 1, 64, 64), [0, 1], "gradcam", layer=DEFAULT_GRADCAM_LAYERS[name.lower()])
+    maps = explain_batch(
+        [network], torch.randn(2, 1, 64, 64), [0, 1], "gradcam", layer=DEFAULT_GRADCAM_LAYERS[name.lower()]
+    )
     assert maps.shape == (2, 64, 64) and float(maps.max()) <= 1.0
 
 
@@ -139,5 +143,5 @@ def test_a_torchscript_classifier_runs_behind_trust_and_explains_with_gradients(
     attributions = explain_batch(scripted, batch, [0, 1, 2, 0], "integrated-gradients", n_steps=8)
     expected = explain_batch(originals, batch, [0, 1, 2, 0], "integrated-gradients", n_steps=8)
     np.testing.assert_allclose(attributions.numpy(), expected.numpy(), rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match="cannot hook layer 'features'.*use integrated-gradients"):
+    with pytest.raises(ValueError, match=r"cannot hook layer 'features'.*use integrated-gradients"):
         explain_batch(scripted, batch, [0, 1, 2, 0], "gradcam", layer="features")

@@ -37,7 +37,9 @@ def torchvision_models() -> Any:
     try:
         import torchvision.models as models
     except ImportError as error:
-        raise ModelFolderError(f"this architecture needs torchvision, which is not installed: {INSTALL_HINT}") from error
+        raise ModelFolderError(
+            f"this architecture needs torchvision, which is not installed: {INSTALL_HINT}"
+        ) from error
     except RuntimeError as error:  # a torchvision built for another torch: its C++ operators fail to register
         raise ModelFolderError(
             f"this architecture needs torchvision, but it fails to import ({error}); its build does not match "

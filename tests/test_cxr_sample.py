@@ -35,9 +35,13 @@ SCAN_FOLDER = REPO / "sample_data" / "cxr_scans"
 HELD_OUT = 200
 MIN_ACCURACY = 0.95
 GRADCAM_POSITIVES = 40
-MIN_GRADCAM_MASS_INSIDE = 0.3
-"""Measured at generation (README): the ensemble's Grad-CAM for "nodule" puts {see README} of its mass inside
-the disc on validation chests; the disc is about 0.6% of the image, so 0.3 is 50 times chance."""
+MIN_GRADCAM_MASS_INSIDE = 0.12
+"""Measured when the model was made (its README): on 208 positive validation chests the ensemble's Grad-CAM for
+"nodule" puts 0.18 of its mass inside the disc on average (0.38 within twice the radius), while the disc covers
+0.8% of the image; the rest is a faint haze over the chest. 0.12 is 15 times chance and leaves room for the
+smaller held-out sample."""
+MIN_PEAK_INSIDE = 0.95
+"""Measured: the map's maximum lies inside the disc on 99.5% of the validation positives."""
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,8 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Chest], lis
         scan_dataset(plan).save_as(path, enforce_file_format=True)
         chests.append(chest)
         images.append(read_projection_images(path, modalities=["CR", "DX"])[0].pixels)
+        # whatever the encoding, the file maps to the PNG this chest would have been trained on
+        np.testing.assert_array_equal(images[-1], training_png(chest))
     return chests, images
 
 
@@ -124,14 +130,16 @@ def test_gradcam_mass_lies_inside_the_nodule(spec: ClassificationSpec, networks,
         mean=spec.channel_values("mean"),
         std=spec.channel_values("std"),
     )
-    fractions = []
+    fractions, peaks = [], []
     for (chest, image), heat in zip(positives, maps, strict=True):
         grid = to_image_grid(heat, image.shape)
         assert grid.shape == image.shape and float(grid.max()) == pytest.approx(1.0)
         fractions.append(float(grid[chest.nodule_mask].sum() / grid.sum()))
+        peaks.append(bool(chest.nodule_mask.flat[int(np.argmax(grid))]))
     disc_share = np.mean([c.nodule_mask.mean() for c, _ in positives])
     assert disc_share < 0.01
     assert np.mean(fractions) >= MIN_GRADCAM_MASS_INSIDE, f"mean mass inside {np.mean(fractions):.3f}"
+    assert np.mean(peaks) >= MIN_PEAK_INSIDE, f"peak inside on {np.mean(peaks):.3f}"
 
 
 @pytest.mark.parametrize("plan", SCANS, ids=[p.name for p in SCANS])

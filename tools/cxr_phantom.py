@@ -60,9 +60,13 @@ def _soft(inside: np.ndarray, edge: float = 0.08) -> np.ndarray:
 
 
 def make_chest(seed: int, *, shape: tuple[int, int] = IMAGE_SHAPE, nodule: bool | None = None) -> Chest:
-    """A synthetic chest radiograph; ``nodule`` None decides at random (half of the seeds)."""
+    """A synthetic chest radiograph; ``nodule`` None decides at random (half of the seeds).
+
+    The coin is drawn either way, so ``make_chest(seed, nodule=make_chest(seed).has_nodule)`` is the same chest.
+    """
     rng = np.random.default_rng(seed)
-    has_nodule = bool(rng.random() < 0.5) if nodule is None else nodule
+    coin = rng.random()
+    has_nodule = bool(coin < 0.5) if nodule is None else nodule
     height, width = shape
     yy, xx = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
     scale = rng.uniform(0.9, 1.05)
@@ -224,9 +228,12 @@ def projection_dataset(
         ds.ModalityLUTSequence = [_lut_item(*modality_lut, explanation="synthetic modality LUT")]
         ds.ModalityLUTSequence[0].ModalityLUTType = "US"
     if window is not None:
-        pairs = [window] if isinstance(window[0], int | float) else list(window)  # type: ignore[index]
-        ds.WindowCenter = [f"{c:g}" for c, _ in pairs] if len(pairs) > 1 else f"{pairs[0][0]:g}"  # type: ignore[index]
-        ds.WindowWidth = [f"{w:g}" for _, w in pairs] if len(pairs) > 1 else f"{pairs[0][1]:g}"  # type: ignore[index]
+        pairs: list[tuple[float, float]] = (
+            [window] if isinstance(window[0], int | float) else list(window)  # type: ignore[list-item, arg-type]
+        )
+        centers, widths = [f"{c:g}" for c, _ in pairs], [f"{w:g}" for _, w in pairs]
+        ds.WindowCenter = centers if len(pairs) > 1 else centers[0]
+        ds.WindowWidth = widths if len(pairs) > 1 else widths[0]
     if voi_function is not None:
         ds.VOILUTFunction = voi_function
     if voi_lut is not None:

@@ -53,11 +53,22 @@ def test_cnn2d_returns_logits_for_any_size_and_channel_count(channels: int, size
     assert features.shape == (1, 32, 8, 8)  # 4 * 2**3 channels at 1 / 2**3 of the input
 
 
+def test_cnn2d_global_max_pooling_takes_the_strongest_location() -> None:
+    params = {"initial_feature_channels": 4, "num_blocks": 2, "global_pool": "max"}
+    network = build_network(ArchitectureSpec("CNN2D", params), 1, 2).eval()
+    image = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        features = network.features(image)
+        expected = network.classifier(features.amax(dim=(2, 3)))
+        torch.testing.assert_close(network(image), expected)
+
+
 def test_cnn2d_rejects_bad_hyper_parameters() -> None:
     for params, words in [
         ({"num_blocks": 0}, "num_blocks"),
         ({"initial_feature_channels": 0}, "initial"),
         ({"dropout": 1.0}, "dropout"),
+        ({"global_pool": "min"}, "global_pool"),
     ]:
         with pytest.raises(ValueError, match=words):
             build_network(ArchitectureSpec("CNN2D", params), 1, 2)

@@ -5,7 +5,8 @@ Layout (``F = initial_feature_channels``, ``N = num_blocks``):
 - ``features``: N blocks; block k (``features.k``) has 2x2 max pooling first (for k >= 1), then two
   3x3 convolution -> batch norm -> ReLU layers with ``F * 2**k`` channels. Its output (``F * 2**(N-1)``
   channels at 1 / 2**(N-1) of the input size) is the default Grad-CAM layer.
-- ``pool``: global average pooling; ``dropout``; ``classifier``: linear layer to the class logits.
+- ``pool``: global average pooling (``global_pool="avg"``) or global max pooling (``"max"``: the strongest
+  location decides, which suits small findings); ``dropout``; ``classifier``: linear layer to the class logits.
 
 ``forward`` returns logits (batch, classes); any input size of at least 2**(N-1) pixels works.
 """
@@ -30,7 +31,13 @@ class CNN2D(nn.Module):
     """Convolution blocks -> global average pooling -> dropout -> linear (see the module docstring)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, initial_feature_channels: int, num_blocks: int, dropout: float
+        self,
+        in_channels: int,
+        out_channels: int,
+        initial_feature_channels: int,
+        num_blocks: int,
+        dropout: float,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
@@ -41,7 +48,7 @@ class CNN2D(nn.Module):
             blocks.append(nn.Sequential(*layers))
             channels = width
         self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveMaxPool2d(1) if global_pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels, out_channels)
 
@@ -57,6 +64,7 @@ def build_cnn2d(
     initial_feature_channels: int = 8,
     num_blocks: int = 4,
     dropout: float = 0.0,
+    global_pool: str = "avg",
 ) -> nn.Module:
     """The built-in 2-D CNN with ``num_blocks`` blocks starting at ``initial_feature_channels`` channels."""
     if not isinstance(initial_feature_channels, int) or initial_feature_channels < 1:
@@ -65,4 +73,6 @@ def build_cnn2d(
         raise ValueError(f"num_blocks must be an integer from 1 to 8, got {num_blocks!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    return CNN2D(in_channels, out_channels, initial_feature_channels, num_blocks, float(dropout))
+    if global_pool not in ("avg", "max"):
+        raise ValueError(f"global_pool must be 'avg' or 'max', got {global_pool!r}")
+    return CNN2D(in_channels, out_channels, initial_feature_channels, num_blocks, float(dropout), global_pool)

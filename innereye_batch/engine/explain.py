@@ -19,6 +19,7 @@ run here only (elsewhere inference runs under ``torch.inference_mode``). captum 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -148,7 +149,8 @@ def explain_batch(
     with torch.inference_mode(False), torch.enable_grad():
         inputs = inputs.detach().clone().requires_grad_(True)
         for network in networks:
-            network.eval()
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # a torch.export program has no eval()
+                network.eval()
             maps = _one_network(
                 network,
                 inputs,

@@ -118,6 +118,28 @@ def test_gradcam_default_layers_work_on_torchvision_networks(name: str, depth: i
     assert maps.shape == (2, 64, 64) and float(maps.max()) <= 1.0
 
 
+def test_a_torch_export_classifier_runs_with_a_dynamic_batch_and_explains(tmp_path: Path) -> None:
+    from innereye_batch.model.checkpoints import load_checkpoint
+
+    original = cnn(0)
+    batch = torch.randn(4, 1, 32, 40, generator=torch.Generator().manual_seed(1))
+    program = torch.export.export(original, (batch,), dynamic_shapes={"x": {0: torch.export.Dim("batch", max=64)}})
+    torch.export.save(program, tmp_path / "classifier.pt2")
+    loaded = load_checkpoint(tmp_path / "classifier.pt2", trust_checkpoint=True)
+    assert loaded.format == "torch_export"
+    exported = loaded.module
+    for images in (batch, batch[:1]):
+        torch.testing.assert_close(
+            classify_batch([exported], images, activation="softmax").mean,
+            classify_batch([original], images, activation="softmax").mean,
+            rtol=0,
+            atol=1e-6,
+        )
+    maps = explain_batch([exported], batch, [0, 1, 2, 0], "integrated-gradients", n_steps=8)
+    expected = explain_batch([original], batch, [0, 1, 2, 0], "integrated-gradients", n_steps=8)
+    np.testing.assert_allclose(maps.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+
+
 def _torchscript_package(tmp_path: Path, networks: list[torch.nn.Module]) -> ModelPackage:
     from innereye_batch.model.checkpoints import sha256_file
     from innereye_batch.model.classification import package_settings, parse_classification_block

@@ -22,10 +22,9 @@ from innereye_batch.dicom.projection import read_projection_images
 from innereye_batch.engine.classify import classify_batch, predicted_labels
 from innereye_batch.engine.classify_input import network_inputs
 from innereye_batch.engine.explain import explain_batch, to_image_grid
-from innereye_batch.model.checkpoints import load_networks, sha256_file
-from innereye_batch.model.classification import ClassificationSpec, package_settings, parse_classification_block
+from innereye_batch.model.classification import ClassificationSpec
 from innereye_batch.model.package import CONFIG_FILE, discover_checkpoints
-from innereye_batch.model.spec import CheckpointRef, ModelPackage
+from tests.classifier_models import load_classifiers, read_classification_folder
 from tools.cxr_phantom import Chest, make_chest
 from tools.make_cxr_sample import SCANS, TEST_SEEDS_FROM, ScanPlan, inference_block, scan_dataset, training_png
 
@@ -46,18 +45,13 @@ MIN_PEAK_INSIDE = 0.95
 
 @pytest.fixture(scope="module")
 def spec() -> ClassificationSpec:
-    config = json.loads((MODEL / CONFIG_FILE).read_text())
-    return parse_classification_block(config["inference"], MODEL / CONFIG_FILE)
+    return read_classification_folder(MODEL)[0]
 
 
 @pytest.fixture(scope="module")
-def networks(spec: ClassificationSpec) -> list[torch.nn.Module]:
-    refs = tuple(
-        CheckpointRef(MODEL / p, sha256_file(MODEL / p), (MODEL / p).stat().st_size)
-        for p in discover_checkpoints(MODEL)
-    )
-    package = ModelPackage(folder=MODEL, name="SampleChestNodule", checkpoints=refs, **package_settings(spec))
-    return load_networks(package)
+def networks() -> list[torch.nn.Module]:
+    spec, architecture, paths = read_classification_folder(MODEL)
+    return load_classifiers(paths, architecture, spec)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +120,7 @@ def test_gradcam_mass_lies_inside_the_nodule(spec: ClassificationSpec, networks,
         inputs,
         [spec.classes.index("nodule")] * len(positives),
         "gradcam",
-        layer=spec.target_layer(),
+        layer=spec.gradcam_layer,
         mean=spec.channel_values("mean"),
         std=spec.channel_values("std"),
     )

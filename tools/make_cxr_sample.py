@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from innereye_batch.model.classification import ClassificationSpec
+    from innereye_batch.model.spec import ArchitectureSpec
 
 MODEL_NAME = "SampleChestNodule"
 CLASSES = ("normal", "nodule")
@@ -72,6 +73,12 @@ def sample_spec() -> ClassificationSpec:
     from innereye_batch.model.classification import parse_classification_block
 
     return parse_classification_block(inference_block(), Path("tools/make_cxr_sample.py"))
+
+
+def sample_architecture() -> ArchitectureSpec:
+    from innereye_batch.model.classification import parse_classification_architecture
+
+    return parse_classification_architecture(inference_block(), Path("tools/make_cxr_sample.py"))
 
 
 def training_png(chest: Chest) -> np.ndarray:
@@ -120,7 +127,7 @@ def train_member(seed: int, inputs: torch.Tensor, labels: torch.Tensor, epochs: 
     spec = sample_spec()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    network = build_network(spec.architecture, spec.input_channels, spec.num_outputs)
+    network = build_network(sample_architecture(), spec.input_channels, spec.num_outputs)
     network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     inputs = inputs.to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(network.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
@@ -212,7 +219,7 @@ def gradcam_figures(
             inputs,
             [CLASSES.index("nodule")] * len(chunk),
             "gradcam",
-            layer=spec.target_layer(),
+            layer=spec.gradcam_layer,
             mean=spec.channel_values("mean"),
             std=spec.channel_values("std"),
         )

@@ -8,7 +8,7 @@ and labels, what input it takes and how a DICOM projection image is mapped to th
 "inference": {
   "version": 1,
   "task": "classification",
-  "classes": ["normal", {"name": "nodule", "threshold": 0.5}],
+  "classes": ["normal", "nodule"],
   "activation": "softmax",
   "architecture": {"name": "CNN2D", "initial_feature_channels": 8, "num_blocks": 3},
   "input_size": [128, 128],
@@ -23,7 +23,12 @@ Intensity: each image is mapped to the 16-bit PNG convention (``innereye_batch.d
 LUT, the file's VOI when ``apply_voi``, MONOCHROME1 inverted, ``png_scaling`` onto [0, 65535]), divided by
 65535 to [0, 1], resized to ``input_size`` (y, x) with antialiasing, replicated to ``input_channels`` and
 normalised per channel as ``(x - mean) / std`` (torchvision's ImageNet models: mean [0.485, 0.456, 0.406], std
-[0.229, 0.224, 0.225]). Nothing here imports torch.
+[0.229, 0.224, 0.225]).
+
+``parse_classification_block`` returns the task part (``ClassificationSpec``, with the Grad-CAM layer resolved
+from the architecture when not declared); the architecture, like the checkpoints, belongs to the package
+(``parse_classification_architecture`` validates it against the registry). Importing this module does not
+import torch (parsing the architecture does).
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from innereye_batch.errors import ModelFolderError
-from innereye_batch.model.spec import ArchitectureSpec, ChannelSpec, Normalisation, Structure
+from innereye_batch.model.spec import ArchitectureSpec, ChannelSpec, Task
 
 Activation = Literal["softmax", "sigmoid"]
 PngScaling = Literal["full_range", "min_max"]
@@ -88,10 +93,10 @@ class IntensitySpec:
 
 @dataclass(frozen=True)
 class ClassificationSpec:
-    """What a classification network outputs and how it is fed; validated when built (``ValueError``)."""
+    """The classification part of a model: what the network outputs and how it is fed; validated when built
+    (``ValueError``). The architecture and checkpoints are the package's, as for every task."""
 
     classes: tuple[str, ...]
-    architecture: ArchitectureSpec
     input_size: tuple[int, int]
     """Network input (y, x)."""
     activation: Activation = "softmax"
@@ -103,7 +108,10 @@ class ClassificationSpec:
     modalities: tuple[str, ...] = DEFAULT_MODALITIES
     """DICOM Modality values accepted as input."""
     gradcam_layer: str | None = None
-    """Module name Grad-CAM explains; None uses ``DEFAULT_GRADCAM_LAYERS`` for the architecture."""
+    """Module name Grad-CAM explains (``named_modules()``); the parser fills in the architecture's default
+    (``DEFAULT_GRADCAM_LAYERS``); None means Grad-CAM is not available (e.g. a TorchScript program)."""
+
+    task: ClassVar[Task] = "classification"
 
     def __post_init__(self) -> None:
         if not self.classes or any(not isinstance(c, str) or not c.strip() for c in self.classes):
@@ -142,9 +150,10 @@ class ClassificationSpec:
         values = getattr(self.intensity, name)
         return tuple(values) * self.input_channels if len(values) == 1 else tuple(values)
 
-    def target_layer(self) -> str | None:
-        """The Grad-CAM layer: declared, else the architecture's default, else None (it must be declared)."""
-        return self.gradcam_layer or DEFAULT_GRADCAM_LAYERS.get(self.architecture.name.lower())
+
+def default_gradcam_layer(architecture_name: str) -> str | None:
+    """The Grad-CAM layer of a registered architecture (any case), or None when it has no default."""
+    return DEFAULT_GRADCAM_LAYERS.get(architecture_name.lower())
 
 
 class _Fields:
@@ -187,6 +196,7 @@ def _classes(fields: _Fields, value: Any) -> tuple[tuple[str, ...], tuple[float 
 
 
 def _architecture(fields: _Fields, value: Any) -> ArchitectureSpec:
+    """The block's architecture, checked against the registry (as the package does for every task)."""
     from innereye_batch.model.architectures import check_architecture_params
     from innereye_batch.model.checkpoints import FROM_CHECKPOINT
 
@@ -281,29 +291,32 @@ def parse_classification_block(
     layer = block.get("gradcam_layer")
     if layer is not None and (not isinstance(layer, str) or not layer.strip()):
         raise fields.error("gradcam_layer", f"must be a module name or null, got {layer!r}")
+    architecture = _architecture(fields, block["architecture"])
     return ClassificationSpec(
         classes=names,
-        architecture=_architecture(fields, block["architecture"]),
         input_size=(size[0], size[1]),
         activation=activation,
         thresholds=tuple(DEFAULT_THRESHOLD if t is None else t for t in thresholds) if activation == "sigmoid" else (),
         input_channels=channels,
         intensity=_intensity(fields, block.get("intensity"), channels),
         modalities=tuple(m.strip().upper() for m in modalities),
-        gradcam_layer=layer,
+        gradcam_layer=layer or default_gradcam_layer(architecture.name),
     )
 
 
-def package_settings(spec: ClassificationSpec) -> dict[str, Any]:
-    """The ``ModelPackage`` fields a classification spec defines (what ``parse_inference_block`` returns for
-    segmentation): classes as structures, one input channel per network input channel, no normalisation
-    (the spec's ``intensity`` applies)."""
-    return {
-        "task": "classification",
-        "structures": tuple(Structure(name) for name in spec.classes),
-        "architecture": spec.architecture,
-        "channels": tuple(
-            ChannelSpec(f"grey{i}" if spec.input_channels > 1 else "grey") for i in range(spec.input_channels)
-        ),
-        "normalisation": (Normalisation(),) * spec.input_channels,
-    }
+def parse_classification_architecture(
+    block: Mapping[str, Any], source: Path, *, prefix: str = "inference."
+) -> ArchitectureSpec:
+    """The classification block's ``architecture``, validated against the registry (errors name file and field)."""
+    fields = _Fields(Path(source), prefix)
+    if "architecture" not in block:
+        raise fields.error("architecture", "missing")
+    return _architecture(fields, block["architecture"])
+
+
+def network_channels(spec: ClassificationSpec) -> tuple[ChannelSpec, ...]:
+    """``ModelPackage.channels`` for a classification model: one per network input channel (the grey image,
+    replicated), no series rules (the model's ``modalities`` pick its images)."""
+    if spec.input_channels == 1:
+        return (ChannelSpec("grey"),)
+    return tuple(ChannelSpec(f"grey{i}") for i in range(spec.input_channels))

@@ -28,7 +28,6 @@ def spec(
 ) -> ClassificationSpec:
     return ClassificationSpec(
         classes=tuple(f"class{i}" for i in range(classes)),
-        architecture=CNN,
         input_size=size,
         activation=activation,  # type: ignore[arg-type]
         input_channels=channels,

@@ -40,7 +40,6 @@ def test_channels_are_replicated_and_normalised_per_channel() -> None:
     base = spec(channels=3)
     three = ClassificationSpec(
         classes=base.classes,
-        architecture=base.architecture,
         input_size=(16, 16),
         input_channels=3,
         intensity=IntensitySpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),

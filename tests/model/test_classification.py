@@ -12,10 +12,11 @@ from innereye_batch.errors import ModelFolderError
 from innereye_batch.model.classification import (
     ClassificationSpec,
     IntensitySpec,
-    package_settings,
+    network_channels,
+    parse_classification_architecture,
     parse_classification_block,
 )
-from innereye_batch.model.spec import ArchitectureSpec, ModelPackage
+from innereye_batch.model.spec import ArchitectureSpec
 
 SOURCE = Path("/models/cxr/model_inference_config.json")
 BLOCK: dict[str, Any] = {
@@ -45,11 +46,14 @@ def block(**changes: Any) -> dict[str, Any]:
 def test_a_full_block_parses_into_the_spec() -> None:
     spec = parse_classification_block(BLOCK, SOURCE)
     assert spec.classes == ("normal", "nodule") and spec.activation == "softmax" and spec.thresholds == ()
-    assert spec.architecture == ArchitectureSpec("CNN2D", {"initial_feature_channels": 8, "num_blocks": 3})
+    assert parse_classification_architecture(BLOCK, SOURCE) == ArchitectureSpec(
+        "CNN2D", {"initial_feature_channels": 8, "num_blocks": 3}
+    )
+    assert spec.task == "classification"
     assert spec.input_size == (96, 112) and spec.input_channels == 1
     assert spec.intensity == IntensitySpec(apply_voi=False, png_scaling="min_max", mean=(0.5,), std=(0.25,))
     assert spec.modalities == ("CR", "DX", "MG")
-    assert spec.target_layer() == "features"  # CNN2D's default
+    assert spec.gradcam_layer == "features"  # CNN2D's default
     assert spec.num_outputs == 2
 
 
@@ -57,7 +61,7 @@ def test_defaults() -> None:
     minimal = {k: BLOCK[k] for k in ("version", "classes", "architecture", "input_size")}
     spec = parse_classification_block(minimal, SOURCE)
     assert spec.activation == "softmax" and spec.input_channels == 1
-    assert spec.intensity == IntensitySpec() and spec.modalities == ("CR", "DX") and spec.gradcam_layer is None
+    assert spec.intensity == IntensitySpec() and spec.modalities == ("CR", "DX")
 
 
 def test_sigmoid_thresholds_per_class_default_to_one_half() -> None:
@@ -77,13 +81,13 @@ def test_three_channels_take_per_channel_mean_and_std_and_torchvision_layers_def
         SOURCE,
     )
     assert spec.channel_values("mean") == (0.485, 0.456, 0.406)
-    assert spec.target_layer() == "features.denseblock4"
+    assert spec.gradcam_layer == "features.denseblock4"
     resnet = parse_classification_block(block(architecture={"name": "resnet", "depth": 50}), SOURCE)
-    assert resnet.target_layer() == "layer4" and resnet.channel_values("std") == (0.25,)
+    assert resnet.gradcam_layer == "layer4" and resnet.channel_values("std") == (0.25,)
     declared = parse_classification_block(block(gradcam_layer="features.1"), SOURCE)
-    assert declared.target_layer() == "features.1"
+    assert declared.gradcam_layer == "features.1"
     program = parse_classification_block(block(architecture={"name": "from_checkpoint"}), SOURCE)
-    assert program.target_layer() is None
+    assert program.gradcam_layer is None
 
 
 @pytest.mark.parametrize(
@@ -126,8 +130,7 @@ def test_problems_name_the_file_the_field_and_give_an_example(changes: dict[str,
 
 
 def test_the_spec_validates_itself_when_built() -> None:
-    architecture = ArchitectureSpec("CNN2D", {})
-    good = {"classes": ("a", "b"), "architecture": architecture, "input_size": (8, 8)}
+    good = {"classes": ("a", "b"), "input_size": (8, 8)}
     ClassificationSpec(**good)  # type: ignore[arg-type]
     for changes, words in [
         ({"classes": ("a",)}, "at least two classes"),
@@ -147,29 +150,24 @@ def test_the_spec_validates_itself_when_built() -> None:
     assert sigmoid.thresholds == (0.5, 0.5)
 
 
-def test_package_settings_make_a_model_package_that_loads_its_checkpoints(tmp_path: Path) -> None:
+def test_a_written_model_folder_loads_back_strictly(tmp_path: Path) -> None:
     import torch
 
     from innereye_batch.model.architectures import build_network
-    from innereye_batch.model.checkpoints import load_networks, sha256_file
     from innereye_batch.model.export import write_model_folder
-    from innereye_batch.model.package import discover_checkpoints
-    from innereye_batch.model.spec import CheckpointRef
+    from tests.classifier_models import load_classifiers, read_classification_folder
 
     spec = parse_classification_block(BLOCK, SOURCE)
+    assert [c.name for c in network_channels(spec)] == ["grey"]
     torch.manual_seed(0)
-    trained = [build_network(spec.architecture, 1, 2).eval() for _ in range(2)]
+    architecture = parse_classification_architecture(BLOCK, SOURCE)
+    trained = [build_network(architecture, 1, 2).eval() for _ in range(2)]
     folder = write_model_folder(tmp_path / "cxr", trained, model_name="Cxr", inference_block=BLOCK)
-    refs = tuple(
-        CheckpointRef(folder / p, sha256_file(folder / p), (folder / p).stat().st_size)
-        for p in discover_checkpoints(folder)
-    )
-    package = ModelPackage(folder=folder, name="Cxr", checkpoints=refs, **package_settings(spec))
-    assert package.task == "classification" and package.num_outputs == 2 and len(package.channels) == 1
-    networks = load_networks(package)
-    image = torch.randn(2, 1, 96, 112)
+    read_spec, read_architecture, paths = read_classification_folder(folder)
+    assert (read_spec, read_architecture) == (spec, architecture)
     by_path = {"checkpoints/last.ckpt": trained[0], "checkpoints/OTHER_RUNS/1/last.ckpt": trained[1]}
-    originals = [by_path[ref.path.relative_to(folder).as_posix()] for ref in refs]
+    originals = [by_path[p.relative_to(folder).as_posix()] for p in paths]
+    image = torch.randn(2, 1, 96, 112)
     with torch.no_grad():
-        for loaded, original in zip(networks, originals, strict=True):
+        for loaded, original in zip(load_classifiers(paths, architecture, spec), originals, strict=True):
             torch.testing.assert_close(loaded(image), original(image), rtol=0, atol=0)

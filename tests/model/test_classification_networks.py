@@ -15,9 +15,9 @@ from innereye_batch.engine.classify import classify_batch
 from innereye_batch.engine.explain import explain_batch
 from innereye_batch.errors import ModelFolderError
 from innereye_batch.model.architectures import architecture_names, build_network, check_architecture_params
-from innereye_batch.model.checkpoints import FROM_CHECKPOINT, load_networks
+from innereye_batch.model.checkpoints import FROM_CHECKPOINT
 from innereye_batch.model.classification import DEFAULT_GRADCAM_LAYERS
-from innereye_batch.model.spec import ArchitectureSpec, ModelPackage
+from innereye_batch.model.spec import ArchitectureSpec
 from tests.engine.classifiers import cnn
 
 
@@ -140,11 +140,21 @@ def test_a_torch_export_classifier_runs_with_a_dynamic_batch_and_explains(tmp_pa
     np.testing.assert_allclose(maps.numpy(), expected.numpy(), rtol=0, atol=1e-5)
 
 
-def _torchscript_package(tmp_path: Path, networks: list[torch.nn.Module]) -> ModelPackage:
-    from innereye_batch.model.checkpoints import sha256_file
-    from innereye_batch.model.classification import package_settings, parse_classification_block
-    from innereye_batch.model.spec import CheckpointRef
+def _save_torchscript(tmp_path: Path, networks: list[torch.nn.Module]) -> list[Path]:
+    paths = []
+    for k, network in enumerate(networks):
+        path = tmp_path / f"member{k}.pt"
+        torch.jit.script(network).save(str(path))
+        paths.append(path)
+    return paths
 
+
+def test_a_torchscript_classifier_runs_behind_trust_and_explains_with_gradients(tmp_path: Path) -> None:
+    from innereye_batch.model.classification import parse_classification_architecture, parse_classification_block
+    from tests.classifier_models import load_classifiers
+
+    originals = [cnn(seed) for seed in (0, 1)]
+    paths = _save_torchscript(tmp_path, originals)
     block = {
         "version": 1,
         "classes": ["a", "b", "c"],
@@ -152,20 +162,11 @@ def _torchscript_package(tmp_path: Path, networks: list[torch.nn.Module]) -> Mod
         "input_size": [32, 40],
     }
     spec = parse_classification_block(block, tmp_path / "model_inference_config.json")
-    refs = []
-    for k, network in enumerate(networks):
-        path = tmp_path / f"member{k}.pt"
-        torch.jit.script(network).save(str(path))
-        refs.append(CheckpointRef(path, sha256_file(path), path.stat().st_size))
-    return ModelPackage(folder=tmp_path, name="scripted", checkpoints=tuple(refs), **package_settings(spec))
-
-
-def test_a_torchscript_classifier_runs_behind_trust_and_explains_with_gradients(tmp_path: Path) -> None:
-    originals = [cnn(seed) for seed in (0, 1)]
-    package = _torchscript_package(tmp_path, originals)
+    architecture = parse_classification_architecture(block, tmp_path / "model_inference_config.json")
+    assert spec.gradcam_layer is None  # a program has no default layer
     with pytest.raises(ModelFolderError, match="TorchScript archive"):
-        load_networks(package)
-    scripted = load_networks(package, trust_checkpoint=True)
+        load_classifiers(paths, architecture, spec)
+    scripted = load_classifiers(paths, architecture, spec, trust_checkpoint=True)
     batch = torch.randn(4, 1, 32, 40, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(
         classify_batch(scripted, batch, activation="softmax").mean,

@@ -101,4 +101,4 @@ def lcm_of(values: list[int]) -> int:
 
 
 # Built-in architectures register themselves on import.
-from innereye_batch.model.architectures import unet3d as unet3d  # noqa: E402
+from innereye_batch.model.architectures import cnn2d, torchvision_nets, unet3d  # noqa: E402, F401

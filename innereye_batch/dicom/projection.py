@@ -1,0 +1,276 @@
+"""Load 2-D projection images (CR, DX, MG, RG, IO) and map them to the 16-bit grey PNG convention of training.
+
+A classification model trained on 16-bit grey PNGs (PadChest's format) must see a DICOM image as that PNG.
+``png_convention`` maps the stored values of one frame, in this order, with pydicom's own functions:
+
+1. **Modality LUT** (``apply_modality_lut``): the Modality LUT Sequence, or Rescale Slope / Intercept.
+2. **VOI** (when ``apply_voi`` and the file has one; ``apply_voi_lut`` with ``index=0``, ``prefer_lut=True``):
+   the first item of the VOI LUT Sequence when present, otherwise the first Window Center / Width pair with the
+   VOI LUT Function (LINEAR by default, LINEAR_EXACT, SIGMOID).
+3. **Scaling to [0, 1]** from a range fixed by the header, never by the image (``scaling="full_range"``):
+
+   - after a VOI LUT Sequence item: ``[0, 2**n - 1]``, n its third LUT Descriptor value (bits per entry);
+   - after a window: the output range pydicom's windowing writes, ``[y_min, y_max]`` = the range of Bits Stored
+     (unsigned ``[0, 2**b - 1]``, signed ``[-2**(b-1), 2**(b-1) - 1]``) through Rescale Slope / Intercept, or
+     ``[0, 2**n - 1]`` after a Modality LUT Sequence of n-bit entries;
+   - without a VOI (none in the file, or ``apply_voi=False``): the range the modality LUT can produce from the
+     Bits Stored range, computed the same way (so a 12-bit image spans 0..4095 -> 0..1 whatever it holds).
+
+   ``scaling="min_max"`` maps the image's own minimum and maximum (after steps 1-2) to 0 and 1 instead (a
+   constant image gives 0 everywhere). Values are clipped to [0, 1].
+4. **MONOCHROME1 inverted**: ``1 - value``, so that bright means dense (bone white), as in MONOCHROME2.
+5. **To uint16**: ``round(value * 65535)``: the full 16-bit range [0, 65535].
+
+Refused with ``DicomError`` naming the file and the cause: colour or other non-grey photometric
+interpretations, DX/MG/IO images "FOR PROCESSING" (raw detector data, not what a PNG was made from), a
+Presentation LUT Sequence, a MONOCHROME2 image whose Presentation LUT Shape is INVERSE, and multi-frame files
+whose functional groups carry per-frame rescale or VOI (their frames could need different mappings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from innereye_batch.errors import DicomError
+
+Scaling = Literal["full_range", "min_max"]
+SpacingSource = Literal["PixelSpacing", "ImagerPixelSpacing"]
+PROJECTION_MODALITIES: tuple[str, ...] = ("CR", "DX", "MG", "RG", "IO")
+"""Modalities whose images are single 2-D projections that this module maps."""
+UINT16_MAX = 65535
+_FOR_PROCESSING = "FOR PROCESSING"
+_FUNCTIONAL_GROUP_INTENSITY = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+@dataclass(frozen=True)
+class MappedPixels:
+    """One frame mapped to the PNG convention, and how."""
+
+    pixels: np.ndarray
+    """uint16 (y, x), 0 = least dense (black), 65535 = most dense (white)."""
+    inverted: bool
+    """True when the stored values were MONOCHROME1 and were inverted."""
+    voi: str
+    """The VOI that was applied: ``"VOI LUT Sequence"``, ``"window C/W FUNCTION"`` or ``"none"``."""
+
+
+@dataclass(frozen=True)
+class ProjectionImage:
+    """One 2-D projection image (or one frame of a multi-frame file) in the PNG convention, with its origin."""
+
+    pixels: np.ndarray
+    """uint16 (y, x) in the PNG convention (see the module docstring)."""
+    pixel_spacing: tuple[float, float] | None
+    """(row, column) spacing in mm, or None when the file gives none (or zeros)."""
+    spacing_source: SpacingSource | None
+    """Which attribute the spacing came from: PixelSpacing (calibrated) first, else ImagerPixelSpacing."""
+    photometric_interpretation: str
+    inverted: bool
+    voi: str
+    modality: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_index: int
+    """0-based frame within the file (0 for single-frame files)."""
+    number_of_frames: int
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+
+def stored_value_range(ds: Dataset) -> tuple[int, int]:
+    """The range of stored values that Bits Stored and Pixel Representation allow."""
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def modality_output_range(ds: Dataset) -> tuple[float, float]:
+    """The range the Modality LUT (or rescale) can produce from the stored range (pydicom's windowing range)."""
+    modality_lut = ds.get("ModalityLUTSequence")
+    if modality_lut:
+        return 0.0, float(2 ** int(modality_lut[0].LUTDescriptor[2]) - 1)
+    low, high = stored_value_range(ds)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        return low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return float(low), float(high)
+
+
+def _voi_kind(ds: Dataset) -> str | None:
+    """Which VOI ``apply_voi_lut(prefer_lut=True)`` applies: ``"lut"``, ``"window"`` or None."""
+    sequence = ds.get("VOILUTSequence")
+    if sequence and sequence[0].get("LUTDescriptor") is not None and sequence[0].get("LUTData") is not None:
+        return "lut"
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return "window"
+    return None
+
+
+def _first(value: Any) -> float:
+    """The first value of a possibly multi-valued element."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        return float(value)
+    return float(next(iter(value)))
+
+
+def png_convention(
+    stored: np.ndarray, ds: Dataset, *, apply_voi: bool = True, scaling: Scaling = "full_range"
+) -> MappedPixels:
+    """Map one frame's stored values (y, x) to the uint16 PNG convention (steps in the module docstring)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if scaling not in ("full_range", "min_max"):
+        raise ValueError(f"unknown scaling {scaling!r}: use 'full_range' or 'min_max'")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric interpretation {photometric or '(missing)'} is not grey (MONOCHROME1/2)")
+    values = apply_modality_lut(np.asarray(stored), ds)
+    kind = _voi_kind(ds) if apply_voi else None
+    if kind == "lut":
+        if not np.issubdtype(values.dtype, np.integer):  # LUT inputs are integers; a rescale gives float64
+            values = np.rint(values).astype(np.int64)
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        voi = "VOI LUT Sequence"
+    elif kind == "window":
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        low, high = modality_output_range(ds)
+        function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
+        voi = f"window {_first(ds.WindowCenter):g}/{_first(ds.WindowWidth):g} {function}"
+    else:
+        low, high = modality_output_range(ds)
+        voi = "none"
+    values = np.asarray(values, dtype=np.float64)
+    if scaling == "min_max":
+        low, high = float(values.min()), float(values.max())
+    unit = (values - low) / (high - low) if high != low else np.zeros_like(values)
+    np.clip(unit, 0.0, 1.0, out=unit)
+    inverted = photometric == "MONOCHROME1"
+    if inverted:
+        unit = 1.0 - unit
+    return MappedPixels(np.rint(unit * UINT16_MAX).astype(np.uint16), inverted, voi)
+
+
+def pixel_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | None]:
+    """(row, column) spacing in mm and its attribute: PixelSpacing first, else ImagerPixelSpacing; zeros ignored."""
+    keywords: tuple[SpacingSource, ...] = ("PixelSpacing", "ImagerPixelSpacing")
+    for keyword in keywords:
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        try:
+            spacing = (float(value[0]), float(value[1]))
+        except (TypeError, ValueError, IndexError):
+            continue
+        if all(np.isfinite(spacing)) and min(spacing) > 0:
+            return spacing, keyword
+    return None, None
+
+
+def check_projection_header(ds: Dataset, modalities: Iterable[str] = PROJECTION_MODALITIES) -> str | None:
+    """Why this header cannot be mapped to the PNG convention, or None when it can."""
+    modality = str(ds.get("Modality", "")).strip().upper()
+    accepted = [m.upper() for m in modalities]
+    if modality not in accepted:
+        return f"modality {modality or '(missing)'} is not one of {', '.join(accepted)}"
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return f"photometric interpretation {photometric or '(missing)'} is not grey (MONOCHROME1/2, one sample)"
+    if "PixelData" not in ds:
+        return "no Pixel Data (FloatPixelData and DoubleFloatPixelData are not projection images)"
+    if str(ds.get("PresentationIntentType", "")).strip().upper() == _FOR_PROCESSING:
+        return "Presentation Intent Type is FOR PROCESSING (raw detector data, not an image for presentation)"
+    if ds.get("PresentationLUTSequence"):
+        return "a Presentation LUT Sequence is not supported"
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if shape == "INVERSE" and photometric == "MONOCHROME2":
+        return "MONOCHROME2 with Presentation LUT Shape INVERSE (contradictory polarity)"
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in ds.get(groups) or []:
+            found = [k for k in _FUNCTIONAL_GROUP_INTENSITY if k in item]
+            if found:
+                return f"{groups} carries {found[0]} (per-frame intensity mappings are not supported)"
+    return None
+
+
+def projection_images(
+    ds: Dataset,
+    *,
+    path: Path | None = None,
+    modalities: Iterable[str] = PROJECTION_MODALITIES,
+    apply_voi: bool = True,
+    scaling: Scaling = "full_range",
+    frames: Iterable[int] | None = None,
+) -> list[ProjectionImage]:
+    """Every frame (or the given 0-based ``frames``) of a dataset with pixel data, in the PNG convention."""
+    where = str(path) if path is not None else f"SOP instance {ds.get('SOPInstanceUID', '?')}"
+    problem = check_projection_header(ds, modalities)
+    if problem:
+        raise DicomError(f"{where}: {problem}")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    wanted = list(range(count)) if frames is None else list(frames)
+    bad = [f for f in wanted if not 0 <= f < count]
+    if bad:
+        raise DicomError(f"{where}: frame {bad[0]} does not exist (the file has {count} frame(s))")
+    try:
+        stored = ds.pixel_array
+    except Exception as error:  # decoders raise many types for damaged or unsupported data
+        raise DicomError(f"{where}: pixel data cannot be decoded: {type(error).__name__}: {error}") from error
+    stored = stored.reshape((count, int(ds.Rows), int(ds.Columns)))
+    spacing, source = pixel_spacing_of(ds)
+    images = []
+    for index in wanted:
+        try:
+            mapped = png_convention(stored[index], ds, apply_voi=apply_voi, scaling=scaling)
+        except (ValueError, NotImplementedError, AttributeError, IndexError) as error:
+            raise DicomError(f"{where}: cannot apply its modality/VOI transforms: {error}") from error
+        images.append(
+            ProjectionImage(
+                pixels=mapped.pixels,
+                pixel_spacing=spacing,
+                spacing_source=source,
+                photometric_interpretation=str(ds.PhotometricInterpretation).strip().upper(),
+                inverted=mapped.inverted,
+                voi=mapped.voi,
+                modality=str(ds.Modality).strip().upper(),
+                sop_class_uid=str(ds.get("SOPClassUID", "")),
+                sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+                series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+                study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+                frame_index=index,
+                number_of_frames=count,
+                path=path,
+            )
+        )
+    return images
+
+
+def read_projection_images(
+    path: Path,
+    *,
+    modalities: Iterable[str] = PROJECTION_MODALITIES,
+    apply_voi: bool = True,
+    scaling: Scaling = "full_range",
+    frames: Iterable[int] | None = None,
+) -> list[ProjectionImage]:
+    """Read one DICOM file and return each frame (or the given ``frames``) in the PNG convention."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as error:  # pydicom raises many types for foreign or damaged files
+        raise DicomError(f"{path}: cannot be read as DICOM: {type(error).__name__}: {error}") from error
+    return projection_images(ds, path=path, modalities=modalities, apply_voi=apply_voi, scaling=scaling, frames=frames)

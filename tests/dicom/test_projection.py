@@ -1,0 +1,310 @@
+"""Projection images (CR, DX, ...) map to the 16-bit PNG convention exactly as the explicit DICOM formulas say.
+
+The reference here is written from PS3.3 (C.11.1 modality LUT / rescale, C.11.2 VOI LUT and window functions,
+C.7.6.3.1.2 MONOCHROME1) with plain numpy, independently of pydicom's LUT functions that the module uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from innereye_batch.dicom.projection import png_convention, projection_images, read_projection_images
+from innereye_batch.errors import DicomError
+from tools.cxr_phantom import identity_voi_lut, make_chest, projection_dataset, quantise
+
+PYDICOM_CR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "77654033" / "CR1" / "6154"
+
+
+def external(name: str) -> Path:
+    """A file of the pydicom-data package (a dev dependency); never downloaded."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.fail(f"{name} not found: install the dev extra (pydicom-data)")
+    return Path(str(path))
+
+
+# ---- the reference: explicit formulas ------------------------------------------------------------------------
+
+
+def stored_range(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def lut_lookup(values: np.ndarray, first: int, data: np.ndarray) -> np.ndarray:
+    """PS3.3 C.11.1.1.1 / C.11.2.1.1: below the first mapped value -> first entry, above the last -> last entry."""
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(data) - 1)
+    return data[index].astype(np.float64)
+
+
+def lut_data(item: pydicom.Dataset) -> np.ndarray:
+    """LUT Data as unsigned 16-bit entries, whether read as US (a list) or OW (little-endian bytes)."""
+    value = item.LUTData
+    return np.asarray(value, dtype=np.uint16) if isinstance(value, list) else np.frombuffer(value, dtype="<u2")
+
+
+def window_unit(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """The window's output as a fraction of its output range (PS3.3 C.11.2.1.2.1 and C.11.2.1.3)."""
+    if function == "LINEAR":
+        unit = (x - (center - 0.5)) / (width - 1) + 0.5
+        unit[x <= center - 0.5 - (width - 1) / 2] = 0.0
+        unit[x > center - 0.5 + (width - 1) / 2] = 1.0
+        return unit
+    if function == "LINEAR_EXACT":
+        unit = (x - center) / width + 0.5
+        unit[x <= center - width / 2] = 0.0
+        unit[x > center + width / 2] = 1.0
+        return unit
+    assert function == "SIGMOID"
+    return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+
+
+def to_png(unit: np.ndarray, monochrome1: bool) -> np.ndarray:
+    unit = np.clip(unit, 0.0, 1.0)
+    return np.rint((1.0 - unit if monochrome1 else unit) * 65535).astype(np.uint16)
+
+
+def reference(
+    stored: np.ndarray,
+    *,
+    bits: int,
+    signed: bool = False,
+    monochrome1: bool = False,
+    rescale: tuple[float, float] | None = None,
+    window: tuple[float, float, str] | None = None,
+    voi_lut: tuple[int, int, np.ndarray] | None = None,
+) -> np.ndarray:
+    low, high = stored_range(bits, signed)
+    values = stored.astype(np.float64)
+    if rescale is not None:
+        values = values * rescale[0] + rescale[1]
+        low, high = low * rescale[0] + rescale[1], high * rescale[0] + rescale[1]
+    if voi_lut is not None:
+        first, lut_bits, data = voi_lut
+        return to_png(lut_lookup(values, first, data) / (2**lut_bits - 1), monochrome1)
+    if window is not None:
+        return to_png(window_unit(values, *window), monochrome1)
+    return to_png((values - low) / (high - low), monochrome1)
+
+
+def chest_values(bits: int, seed: int = 3, shape: tuple[int, int] = (64, 48)) -> np.ndarray:
+    return quantise(make_chest(seed, shape=shape).density, bits)
+
+
+# ---- real files -----------------------------------------------------------------------------------------------
+
+
+def test_pydicom_cr_monochrome1_window_and_rescale_equal_the_formulas() -> None:
+    ds = pydicom.dcmread(PYDICOM_CR)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and "RescaleSlope" in ds and "WindowCenter" in ds
+    image = read_projection_images(PYDICOM_CR)[0]
+    expected = reference(
+        ds.pixel_array,
+        bits=12,
+        monochrome1=True,
+        rescale=(float(ds.RescaleSlope), float(ds.RescaleIntercept)),
+        window=(float(ds.WindowCenter), float(ds.WindowWidth), "LINEAR"),
+    )
+    np.testing.assert_array_equal(image.pixels, expected)
+    assert image.inverted and image.voi == "window 1600/2800 LINEAR"
+    assert image.pixel_spacing == (0.1, 0.1) and image.spacing_source == "ImagerPixelSpacing"
+    assert (image.modality, image.frame_index, image.number_of_frames) == ("CR", 0, 1)
+    assert image.sop_instance_uid == ds.SOPInstanceUID and image.series_instance_uid == ds.SeriesInstanceUID
+
+
+def test_wg04_cr_15_bit_monochrome1_equals_the_formulas_and_lossless_j2k_gives_the_same_png() -> None:
+    uncompressed, j2k = external("RG1_UNCR.dcm"), external("RG1_J2KR.dcm")
+    ds = pydicom.dcmread(uncompressed)
+    image = read_projection_images(uncompressed)[0]
+    expected = reference(
+        ds.pixel_array, bits=15, monochrome1=True, window=(float(ds.WindowCenter), float(ds.WindowWidth), "LINEAR")
+    )
+    np.testing.assert_array_equal(image.pixels, expected)
+    np.testing.assert_array_equal(read_projection_images(j2k)[0].pixels, image.pixels)
+    # PixelSpacing "0.000\0.000" is no spacing at all
+    assert image.pixel_spacing is None and image.spacing_source is None
+
+
+def test_voi_lut_sequence_of_a_real_file_is_looked_up_by_hand() -> None:
+    path = external("vlut_04.dcm")
+    ds = pydicom.dcmread(path)
+    descriptor = ds.VOILUTSequence[0].LUTDescriptor
+    data = lut_data(ds.VOILUTSequence[0])
+    image = read_projection_images(path, modalities=["OT"])[0]
+    expected = reference(ds.pixel_array, bits=8, voi_lut=(descriptor[1], descriptor[2], data))
+    np.testing.assert_array_equal(image.pixels, expected)
+    assert image.voi == "VOI LUT Sequence" and not image.inverted
+
+
+def test_modality_lut_sequence_of_a_real_file_is_looked_up_by_hand() -> None:
+    path = external("mlut_18.dcm")
+    ds = pydicom.dcmread(path)
+    item = ds.ModalityLUTSequence[0]
+    entries, first, bits = item.LUTDescriptor
+    data = lut_data(item)[:entries]
+    image = read_projection_images(path, modalities=["OT"])[0]
+    values = lut_lookup(ds.pixel_array.astype(np.float64), first, data)
+    np.testing.assert_array_equal(image.pixels, to_png(values / (2**bits - 1), False))
+
+
+# ---- generated files ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_without_voi_the_stored_range_fills_uint16(tmp_path: Path, bits: int, photometric: str) -> None:
+    stored = chest_values(bits)
+    path = tmp_path / "image.dcm"
+    projection_dataset(stored, modality="DX", photometric=photometric, bits_stored=bits).save_as(
+        path, enforce_file_format=True
+    )
+    image = read_projection_images(path)[0]
+    monochrome1 = photometric == "MONOCHROME1"
+    np.testing.assert_array_equal(image.pixels, reference(stored, bits=bits, monochrome1=monochrome1))
+    assert image.voi == "none" and image.inverted is monochrome1
+    # exact scale factors: 8 bits x 257, 16 bits unchanged (inverted: 65535 - v)
+    if bits in (8, 16):
+        direct = stored.astype(np.int64) * (257 if bits == 8 else 1)
+        np.testing.assert_array_equal(image.pixels, 65535 - direct if monochrome1 else direct)
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_window_functions_follow_the_standard(tmp_path: Path, function: str, photometric: str) -> None:
+    stored = chest_values(12)
+    center, width = 1700.0, 900.0
+    ds = projection_dataset(
+        stored, photometric=photometric, window=[(center, width), (100.0, 50.0)], voi_function=function
+    )
+    image = projection_images(ds)[0]
+    expected = reference(stored, bits=12, monochrome1=photometric == "MONOCHROME1", window=(center, width, function))
+    np.testing.assert_array_equal(image.pixels, expected)
+    assert image.voi == f"window {center:g}/{width:g} {function}"  # the first of two windows
+
+
+def test_window_applies_after_rescale_in_rescaled_units(tmp_path: Path) -> None:
+    stored = chest_values(12)
+    ds = projection_dataset(stored, window=(500.0, 1200.0), rescale=(0.5, -200.0))
+    image = projection_images(ds)[0]
+    np.testing.assert_array_equal(
+        image.pixels, reference(stored, bits=12, rescale=(0.5, -200.0), window=(500.0, 1200.0, "LINEAR"))
+    )
+
+
+def test_voi_lut_sequence_is_preferred_to_the_window() -> None:
+    stored = chest_values(12)
+    data = np.rint(np.sqrt(np.arange(4096) / 4095.0) * 1023).astype(np.uint16)  # a 10-bit, non-linear LUT
+    ds = projection_dataset(stored, window=(100.0, 10.0), voi_lut=(0, 10, data))
+    image = projection_images(ds)[0]
+    np.testing.assert_array_equal(image.pixels, reference(stored, bits=12, voi_lut=(0, 10, data)))
+    assert image.voi == "VOI LUT Sequence"
+
+
+def test_signed_stored_values_and_a_lut_with_a_negative_first_value() -> None:
+    stored = chest_values(12).astype(np.int16) - 2048
+    data = np.rint(np.linspace(0, 65535, 3000)).astype(np.uint16)
+    ds = projection_dataset(stored, bits_stored=12, signed=True, voi_lut=(-1500, 16, data))
+    np.testing.assert_array_equal(
+        projection_images(ds)[0].pixels, reference(stored, bits=12, signed=True, voi_lut=(-1500, 16, data))
+    )
+    plain = projection_dataset(stored, bits_stored=12, signed=True)
+    np.testing.assert_array_equal(projection_images(plain)[0].pixels, reference(stored, bits=12, signed=True))
+
+
+def test_equivalent_encodings_give_the_same_png() -> None:
+    """MONOCHROME1 with a full-range window, or a VOI LUT spanning the stored range, equal MONOCHROME2 plain."""
+    values = chest_values(12)
+    plain = projection_images(projection_dataset(values))[0].pixels
+    inverted = (4095 - values.astype(np.int32)).astype(np.uint16)
+    variants = [
+        projection_dataset(inverted, photometric="MONOCHROME1", window=(2048.0, 4096.0)),
+        projection_dataset(inverted, photometric="MONOCHROME1", voi_lut=identity_voi_lut(12)),
+        projection_dataset(values, window=(2047.5, 4095.0), voi_function="LINEAR_EXACT"),
+        projection_dataset(values, modality="DX", voi_lut=identity_voi_lut(12, lut_bits=12)),
+    ]
+    for ds in variants:
+        np.testing.assert_array_equal(projection_images(ds)[0].pixels, plain)
+    assert plain.max() > 50000 and plain.min() < 10000  # white bone, dark air: the PNG uses its range
+
+
+def test_voi_can_be_skipped_and_min_max_scaling_uses_the_image_range() -> None:
+    stored = chest_values(12)
+    ds = projection_dataset(stored, window=(1000.0, 200.0))
+    skipped = projection_images(ds, apply_voi=False)[0]
+    np.testing.assert_array_equal(skipped.pixels, reference(stored, bits=12))
+    assert skipped.voi == "none"
+    stretched = projection_images(projection_dataset(stored), scaling="min_max")[0].pixels
+    low, high = float(stored.min()), float(stored.max())
+    np.testing.assert_array_equal(stretched, to_png((stored - low) / (high - low), False))
+    assert (stretched.min(), stretched.max()) == (0, 65535)
+
+
+def test_multi_frame_file_gives_one_image_per_frame(tmp_path: Path) -> None:
+    frames = np.stack([chest_values(12, seed=s) for s in (1, 2, 3)])
+    path = tmp_path / "multi.dcm"
+    projection_dataset(frames, modality="DX", photometric="MONOCHROME1").save_as(path, enforce_file_format=True)
+    images = read_projection_images(path)
+    assert [im.frame_index for im in images] == [0, 1, 2] and all(im.number_of_frames == 3 for im in images)
+    for k, image in enumerate(images):
+        np.testing.assert_array_equal(image.pixels, reference(frames[k], bits=12, monochrome1=True))
+    only = read_projection_images(path, frames=[2])
+    assert len(only) == 1 and only[0].frame_index == 2
+    np.testing.assert_array_equal(only[0].pixels, images[2].pixels)
+    with pytest.raises(DicomError, match="frame 3 does not exist"):
+        read_projection_images(path, frames=[3])
+
+
+def test_pixel_spacing_is_preferred_to_imager_pixel_spacing() -> None:
+    ds = projection_dataset(chest_values(8), pixel_spacing=(0.15, 0.16), imager_pixel_spacing=(0.2, 0.2))
+    image = projection_images(ds)[0]
+    assert image.pixel_spacing == (0.15, 0.16) and image.spacing_source == "PixelSpacing"
+
+
+# ---- refusals -------------------------------------------------------------------------------------------------
+
+
+def refusal(ds: pydicom.Dataset, tmp_path: Path, **kwargs: object) -> str:
+    path = tmp_path / "refused.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DicomError) as caught:
+        read_projection_images(path, **kwargs)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith(str(path))
+    return message
+
+
+def test_refusals_name_the_file_and_the_cause(tmp_path: Path) -> None:
+    values = chest_values(12)
+    ct = projection_dataset(values)
+    ct.Modality = "CT"
+    assert "modality CT is not one of CR, DX" in refusal(ct, tmp_path, modalities=["CR", "DX"])
+    processing = projection_dataset(values, modality="DX", presentation_intent="FOR PROCESSING")
+    assert "FOR PROCESSING" in refusal(processing, tmp_path)
+    contradictory = projection_dataset(values, modality="DX")
+    contradictory.PresentationLUTShape = "INVERSE"
+    assert "contradictory polarity" in refusal(contradictory, tmp_path)
+    per_frame = projection_dataset(np.stack([values, values]), modality="DX")
+    item = pydicom.Dataset()
+    item.FrameVOILUTSequence = [pydicom.Dataset()]
+    per_frame.PerFrameFunctionalGroupsSequence = [item, item]
+    assert "FrameVOILUTSequence" in refusal(per_frame, tmp_path)
+    rgb = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
+    rgb.Modality = "DX"
+    assert "RGB is not grey" in refusal(rgb, tmp_path)
+    not_dicom = tmp_path / "not.dcm"
+    not_dicom.write_bytes(b"hello")
+    with pytest.raises(DicomError, match="cannot be read as DICOM"):
+        read_projection_images(not_dicom)
+
+
+def test_png_convention_rejects_colour_and_unknown_scaling() -> None:
+    ds = projection_dataset(chest_values(8))
+    with pytest.raises(ValueError, match="scaling"):
+        png_convention(chest_values(8), ds, scaling="percentile")  # type: ignore[arg-type]
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    with pytest.raises(ValueError, match="not grey"):
+        png_convention(chest_values(8), ds)

@@ -32,8 +32,9 @@ format: $(STAMP)
 	$(BIN)/ruff format innereye_batch tests bench tools sample_data
 
 demo: $(STAMP)
-	$(BIN)/innereye-batch run --model sample_data/final_model --input sample_data/scans --output demo_output/
-	@echo "Outputs are in demo_output/ (one folder per series, plus summary.json and summary.csv)."
+	$(BIN)/innereye-batch run --model sample_data/final_model --input sample_data/scans --output demo_output/segmentation
+	$(BIN)/innereye-batch run --model sample_data/cxr_model --input sample_data/cxr_scans --output demo_output/classification --explain gradcam
+	@echo "Outputs are in demo_output/segmentation (CT phantoms) and demo_output/classification (chest X-rays)."
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

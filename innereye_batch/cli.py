@@ -125,12 +125,21 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one sub-folder per series).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).")] = 2,
-    patch_batch: Annotated[int, typer.Option(help="Patches per forward pass.")] = 1,
+    patch_batch: Annotated[int, typer.Option(help="Segmentation: sliding-window patches per forward pass.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Classification: images per forward pass.")] = 16,
+    explain: Annotated[
+        str,
+        typer.Option(
+            help="Classification: explanation heat maps, comma-separated: gradcam, integrated-gradients, "
+            "gradient-shap (needs the [explain] extra)."
+        ),
+    ] = "",
     amp: Annotated[bool, typer.Option(help="Mixed precision (bf16/fp16) on CUDA.")] = False,
     formats: Annotated[
         str,
         typer.Option(
-            help="Comma-separated outputs (default: every output of the model's task): nifti, dicom-seg, json."
+            help="Comma-separated outputs (default: the model's task's): segmentation nifti, dicom-seg, json; "
+            "classification json, explanation-png, explanation-npz, explanation-dicom."
         ),
     ] = "",
     series: Annotated[
@@ -160,7 +169,8 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """Run the model over every series under --input; write NIfTI, DICOM-SEG and JSON per series.
+    """Run the model over every series under --input: segmentation writes NIfTI, DICOM-SEG and JSON per series;
+    classification writes JSON (and explanation heat maps) per image.
 
     Exit code 0 when every series succeeded (or was already done), 1 when some failed, 2 for usage errors.
     Safe to rerun: finished series are skipped, interrupted ones are redone.
@@ -176,6 +186,8 @@ def run(
         device=device,
         workers=workers,
         patch_batch=patch_batch,
+        batch_size=batch_size,
+        explain=_split([explain]),
         amp=amp,
         formats=_split([formats]),
         series_uids=_split(series or []),

@@ -40,6 +40,8 @@ class ItemResult:
     """Segmentation: size of every structure."""
     probabilities: dict[str, float] | None = None
     """Classification: probability per class."""
+    labels: tuple[str, ...] | None = None
+    """Classification: the predicted class(es) at the model's thresholds."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: load, preprocess, infer, postprocess, write."""
     outputs: dict[str, str] = field(default_factory=dict)

@@ -323,7 +323,8 @@ def _header_from_fields(
         series_number=h.single_int(number),
         transfer_syntax=syntax,
         images=tuple(images),
-        is_projection=projection and len(images) == 1,
+        # a projection radiograph, or each frame of a multi-frame one that places no frame in 3-D (cine DX)
+        is_projection=projection and (len(images) == 1 or all(im.position is None for im in images)),
         patient_id=str(h.value(header, "PatientID") or ""),
         images_in_acquisition=h.single_int(h.value(header, "ImagesInAcquisition")),
     )

@@ -251,6 +251,8 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
     fields = _Fields(file, prefix)
     if not isinstance(block, dict):
         raise fields.error("", f"the inference block must be a JSON object, got {type(block).__name__}", "version")
+    if block.get("task") == "classification":
+        return _classification_settings(block, file, prefix)
     unknown = [k for k in block if k not in BLOCK_FIELDS and not k.startswith("_")]
     if unknown:
         hints = [
@@ -267,7 +269,7 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
         )
     task = block.get("task", "segmentation")
     if task != "segmentation":
-        raise fields.error("task", f'must be "segmentation", got {task!r}')
+        raise fields.error("task", f'must be "segmentation" or "classification", got {task!r}')
     structures = _structures(fields, block["structures"])
     architecture = _architecture(fields, block["architecture"])
     channels = _channels(fields, block.get("channels", [{"name": "ct", "modality": "CT"}]))
@@ -282,6 +284,19 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
         postprocessing=_postprocessing(fields, block.get("postprocessing"), structures),
     )
     return {"task_spec": task_spec, "architecture": architecture, "channels": channels}
+
+
+def _classification_settings(block: dict[str, Any], file: Path, prefix: str) -> dict[str, Any]:
+    """The ``ModelPackage`` fields of a classification block (``model/classification.py`` validates it)."""
+    from innereye_batch.model.classification import (
+        network_channels,
+        parse_classification_architecture,
+        parse_classification_block,
+    )
+
+    spec = parse_classification_block(block, file, prefix=prefix)
+    architecture = parse_classification_architecture(block, file, prefix=prefix)
+    return {"task_spec": spec, "architecture": architecture, "channels": network_channels(spec)}
 
 
 def _read_json(path: Path) -> Any:
@@ -372,9 +387,9 @@ def _settings(
             settings = parse_inference_block(config["inference"], config_file, prefix="inference.")
         else:
             settings = parse_inference_block(_read_json(block_file), block_file)
-        block_names = list(settings["task_spec"].structure_names)
+        block_names = list(getattr(settings["task_spec"], "structure_names", ()))
         older_names = config.get("structure_names")
-        if isinstance(older_names, list) and older_names != block_names:
+        if isinstance(older_names, list) and block_names and older_names != block_names:
             raise _Fields(config_file).error(
                 "structure_names",
                 f"{older_names} disagrees with the inference block's structures {block_names}",

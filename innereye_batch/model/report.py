@@ -11,6 +11,7 @@ from innereye_batch.errors import InnerEyeBatchError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from innereye_batch.model.classification import ClassificationSpec
     from innereye_batch.model.spec import ModelPackage, Normalisation, SegmentationSpec
 
 
@@ -53,6 +54,29 @@ def _describe_segmentation(spec: SegmentationSpec) -> dict[str, Any]:
     }
 
 
+def _describe_classification(spec: ClassificationSpec) -> dict[str, Any]:
+    thresholds = spec.thresholds or (None,) * len(spec.classes)
+    return {
+        "classes": [
+            {"index": i, "name": name, "threshold": t}
+            for i, (name, t) in enumerate(zip(spec.classes, thresholds, strict=True))
+        ],
+        "activation": spec.activation,
+        "expected_input": {
+            "modalities": list(spec.modalities),
+            "input_size": list(spec.input_size),
+            "input_channels": spec.input_channels,
+            "intensity": {
+                "apply_voi": spec.intensity.apply_voi,
+                "png_scaling": spec.intensity.png_scaling,
+                "mean": list(spec.intensity.mean),
+                "std": list(spec.intensity.std),
+            },
+        },
+        "gradcam_layer": spec.gradcam_layer,
+    }
+
+
 def _describe_package(package: ModelPackage) -> dict[str, Any]:
     described: dict[str, Any] = {
         "name": package.name,
@@ -61,7 +85,10 @@ def _describe_package(package: ModelPackage) -> dict[str, Any]:
         "model_configs_namespace": package.model_configs_namespace,
         "architecture": {"name": package.architecture.name, "params": dict(package.architecture.params)},
     }
-    task_part = _describe_segmentation(package.segmentation)
+    if package.task == "classification":
+        task_part = _describe_classification(package.classification)
+    else:
+        task_part = _describe_segmentation(package.segmentation)
     described.update(task_part)
     described["expected_input"] = {"channels": [asdict(c) for c in package.channels], **task_part["expected_input"]}
     described["checkpoints"] = [
@@ -102,31 +129,10 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         console.print(
             f"name: {escape(report['name'])}   task: {report['task']}   settings from: {escape(report['source'])}"
         )
-        table = Table("label", "structure", "colour", title="Structures")
-        for s in report["structures"]:
-            r, g, b = s["colour"]
-            table.add_row(str(s["label"]), escape(s["name"]), f"[rgb({r},{g},{b})]■[/] ({r}, {g}, {b})")
-        console.print(table)
-        arch = report["architecture"]
-        params = ", ".join(f"{k}={v}" for k, v in arch["params"].items())
-        count = report.get("parameter_count")
-        console.print(
-            f"architecture: {arch['name']}({escape(params)})" + (f"   parameters: {count:,}" if count else "")
-        )
-        expected = report["expected_input"]
-        for channel, norm in zip(expected["channels"], expected["normalisation"], strict=True):
-            console.print(f"input channel {escape(channel['name'])} (modality {channel['modality']}): {norm}")
-        console.print(
-            f"spacing: {expected['target_spacing'] or 'native grid'}   "
-            f"patch: {expected['patch_size'] or 'whole volume'}   stride: {expected['stride']}   "
-            f"stitching: {expected['stitching']}   "
-            f"size multiple: {expected['size_multiple']}"
-        )
-        post = report["postprocessing"]
-        console.print(
-            f"post-processing: smoothing {post['posterior_smoothing_mm'] or 'none'} mm; largest component "
-            f"{', '.join(post['largest_component']) or 'none'}; fill holes {', '.join(post['fill_holes']) or 'none'}"
-        )
+        if report["task"] == "classification":
+            _render_classification(report, console)
+        else:
+            _render_segmentation(report, console)
         checkpoints = Table("checkpoint", "format", "size", "sha256", title="Checkpoints")
         for c in report["checkpoints"]:
             checkpoints.add_row(escape(c["path"]), c.get("format", "?"), f"{c['size_bytes']:,}", c["sha256"])
@@ -135,3 +141,55 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
         console.print("[green]verdict: loadable[/green]")
     else:
         console.print(f"[red]verdict: cannot load:[/red] {escape(report.get('error', 'unknown error'))}")
+
+
+def _render_architecture(report: dict[str, Any], console: Console) -> None:
+    from rich.markup import escape
+
+    arch = report["architecture"]
+    params = ", ".join(f"{k}={v}" for k, v in arch["params"].items())
+    count = report.get("parameter_count")
+    console.print(f"architecture: {arch['name']}({escape(params)})" + (f"   parameters: {count:,}" if count else ""))
+
+
+def _render_classification(report: dict[str, Any], console: Console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("index", "class", "threshold", title=f"Classes ({report['activation']})")
+    for c in report["classes"]:
+        table.add_row(str(c["index"]), escape(c["name"]), "" if c["threshold"] is None else f"{c['threshold']:g}")
+    console.print(table)
+    _render_architecture(report, console)
+    expected = report["expected_input"]
+    console.print(
+        f"input: {', '.join(expected['modalities'])} images, {expected['input_size'][0]} x {expected['input_size'][1]}"
+        f", {expected['input_channels']} channel(s); intensity {expected['intensity']}; "
+        f"Grad-CAM layer: {escape(str(report['gradcam_layer']))}"
+    )
+
+
+def _render_segmentation(report: dict[str, Any], console: Console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("label", "structure", "colour", title="Structures")
+    for s in report["structures"]:
+        r, g, b = s["colour"]
+        table.add_row(str(s["label"]), escape(s["name"]), f"[rgb({r},{g},{b})]■[/] ({r}, {g}, {b})")
+    console.print(table)
+    _render_architecture(report, console)
+    expected = report["expected_input"]
+    for channel, norm in zip(expected["channels"], expected["normalisation"], strict=True):
+        console.print(f"input channel {escape(channel['name'])} (modality {channel['modality']}): {norm}")
+    console.print(
+        f"spacing: {expected['target_spacing'] or 'native grid'}   "
+        f"patch: {expected['patch_size'] or 'whole volume'}   stride: {expected['stride']}   "
+        f"stitching: {expected['stitching']}   "
+        f"size multiple: {expected['size_multiple']}"
+    )
+    post = report["postprocessing"]
+    console.print(
+        f"post-processing: smoothing {post['posterior_smoothing_mm'] or 'none'} mm; largest component "
+        f"{', '.join(post['largest_component']) or 'none'}; fill holes {', '.join(post['fill_holes']) or 'none'}"
+    )

@@ -11,7 +11,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from innereye_batch.model.classification import ClassificationSpec
 
 Task = Literal["segmentation", "classification"]
 NormalisationMethod = Literal["ct_window", "zscore", "mri_window", "none"]
@@ -150,7 +153,7 @@ class ModelPackage:
 
     folder: Path
     name: str
-    task_spec: SegmentationSpec
+    task_spec: SegmentationSpec | ClassificationSpec
     checkpoints: tuple[CheckpointRef, ...]
     architecture: ArchitectureSpec
     channels: tuple[ChannelSpec, ...] = (ChannelSpec(name="ct", modality="CT"),)
@@ -173,6 +176,15 @@ class ModelPackage:
         """The segmentation spec; raises for a model of another task."""
         if not isinstance(self.task_spec, SegmentationSpec):
             raise TypeError(f"model {self.name} is a {self.task} model, not a segmentation model")
+        return self.task_spec
+
+    @property
+    def classification(self) -> ClassificationSpec:
+        """The classification spec; raises for a model of another task."""
+        from innereye_batch.model.classification import ClassificationSpec
+
+        if not isinstance(self.task_spec, ClassificationSpec):
+            raise TypeError(f"model {self.name} is a {self.task} model, not a classification model")
         return self.task_spec
 
     def fingerprint(self) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 from innereye_batch.dicom.scan import ScanResult
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage
-from innereye_batch.pipeline.channels import plan_work
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.state import input_fingerprint, is_done, series_folder
 from innereye_batch.results import ItemResult
+from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import WorkItem
 from innereye_batch.writers.registry import OutputFormat
 
@@ -96,7 +96,7 @@ def plan_run(
 ) -> tuple[list[Job], list[ItemResult]]:
     """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason)."""
     series = [s for s in scan.series if selection(s)]
-    items, unmatched = plan_work(series, package.channels)
+    items, unmatched = task_for(package.task).plan_items(series, package)
     settled = [item_result(u.series, "failed" if u.failed else "skipped", u.reason) for u in unmatched]
     model_fp = package.fingerprint()
     names = tuple(f.name for f in formats)

@@ -21,12 +21,14 @@ from innereye_batch import __version__
 from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from innereye_batch.model.spec import ModelPackage
+from innereye_batch.pipeline.loader import LoadedItem
 from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run
 from innereye_batch.pipeline.process import Job, item_result, write_outputs
 from innereye_batch.pipeline.progress import RunProgress
 from innereye_batch.pipeline.sources import FolderSource, Source
 from innereye_batch.results import ItemResult
-from innereye_batch.tasks.base import Predictor
+from innereye_batch.tasks import task_for
+from innereye_batch.tasks.base import Prediction, Predictor, PredictorOptions
 from innereye_batch.text import relative_paths
 from innereye_batch.writers.registry import OutputFormat, resolve_formats
 
@@ -54,6 +56,10 @@ class RunOptions:
     fail_fast: bool = False
     trust_checkpoint: bool = False
     writer_threads: int = 2
+    batch_size: int = 16
+    """Classification: images per forward pass."""
+    explain: tuple[str, ...] = ()
+    """Classification: explanation methods (gradcam, integrated-gradients, gradient-shap)."""
     max_voxels: int = DEFAULT_MAX_VOXELS
     """Largest grid (source or resampled) a series may have; larger ones fail before any decoding."""
     regrid_irregular: bool = False
@@ -91,16 +97,22 @@ def make_predictor(
     package: ModelPackage,
     networks: list[torch.nn.Module],
     device: torch.device,
-    *,
-    patch_batch: int = 1,
-    amp: bool = False,
+    options: PredictorOptions | None = None,
 ) -> Predictor:
     """The predictor of the package's task for loaded ``networks`` on ``device``."""
-    from innereye_batch.tasks.segmentation import SegmentationPredictor
+    return task_for(package.task).predictor(package, networks, device, options or PredictorOptions())
 
-    if package.task == "segmentation":
-        return SegmentationPredictor(package, networks, device, patch_batch=patch_batch, amp=amp)
-    raise UsageError(f"model {package.name}: `run` has no predictor for the task {package.task!r}")
+
+def _check_explain_methods(methods: Sequence[str]) -> None:
+    from innereye_batch.engine.explain import EXPLAIN_METHODS, captum_attr
+
+    unknown = [m for m in methods if m not in EXPLAIN_METHODS]
+    if unknown:
+        raise UsageError(
+            f"unknown explanation method(s) {', '.join(unknown)}; choose from {', '.join(EXPLAIN_METHODS)}"
+        )
+    if methods:
+        captum_attr()  # a clear UsageError now, before any work, when captum is not installed
 
 
 def run_batch(options: RunOptions, progress: RunProgress | None = None, source: Source | None = None) -> RunReport:
@@ -113,7 +125,10 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
             raise UsageError(f"input folder not found: {options.input}")
         source = FolderSource(options.input, regrid_irregular=options.regrid_irregular)
     package = load_model_package(options.model)
-    formats = resolve_formats(options.formats, package.task)
+    if options.explain and package.task != "classification":
+        raise UsageError(f"--explain applies to classification models; {package.name} is a {package.task} model")
+    _check_explain_methods(options.explain)
+    formats = resolve_formats(options.formats, package.task, explaining=bool(options.explain))
     selection = Selection(options.series_uids, options.modalities)
     root: Path | None = getattr(source, "root", None)
     scan = source.discover()
@@ -162,7 +177,10 @@ def _execute(
         progress.event("cleanup", message=f"removed {removed} temporary file(s) left by an interrupted run")
     device = resolve_device(options.device)
     networks = load_networks(package, device=device, trust_checkpoint=options.trust_checkpoint)
-    predictor = make_predictor(package, networks, device, patch_batch=options.patch_batch, amp=options.amp)
+    predictor_options = PredictorOptions(
+        patch_batch=options.patch_batch, batch_size=options.batch_size, amp=options.amp, explain=options.explain
+    )
+    predictor = make_predictor(package, networks, device, predictor_options)
     model_fp = package.fingerprint()
     for result in report.results:
         progress.series_done(result)
@@ -187,6 +205,34 @@ def _execute(
     loader = load_items(
         [j.item for j in jobs], predictor.decoder, workers=options.workers, pin_memory=device.type == "cuda"
     )
+    batch: list[tuple[Job, LoadedItem]] = []
+
+    def predict_and_write(pool: ThreadPoolExecutor) -> None:
+        """The batch through the model (one item at a time again if the batch fails), each result to a writer."""
+        items = [job.item for job, _ in batch]
+        try:
+            predictions: list[Prediction | Exception] = list(
+                predictor.predict_batch(items, [loaded.decoded for _, loaded in batch])  # type: ignore[misc]
+            )
+        except Exception:  # find the item that failed: the others still run
+            predictions = []
+            for job, loaded in batch:
+                try:
+                    predictions.append(predictor.predict(job.item, loaded.decoded))
+                except Exception as error:
+                    predictions.append(error)
+        for (job, loaded), prediction in zip(batch, predictions, strict=True):
+            if isinstance(prediction, Exception):  # one item's failure never stops the others
+                reason = f"inference: {type(prediction).__name__}: {prediction}"
+                finish(item_result(job.item.primary, "failed", reason, timings={"load": loaded.load_seconds}))
+                continue
+            timings = {"load": loaded.load_seconds, **prediction.timings}
+            slots.acquire()
+            future = pool.submit(write_outputs, job, prediction, formats, package, model_fp, timings)
+            future.add_done_callback(lambda _: slots.release())
+            pending.append(future)
+        batch.clear()
+
     try:
         with ThreadPoolExecutor(max_workers=max(options.writer_threads, 1)) as pool:
             for loaded in loader:
@@ -194,22 +240,16 @@ def _execute(
                 if loaded.decoded is None:
                     finish(item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds}))
                 else:
-                    try:
-                        prediction = predictor.predict(job.item, loaded.decoded)
-                    except Exception as error:  # one item's failure never stops the others
-                        finish(item_result(job.item.primary, "failed", f"inference: {type(error).__name__}: {error}"))
-                    else:
-                        timings = {"load": loaded.load_seconds, **prediction.timings}
-                        slots.acquire()
-                        future = pool.submit(write_outputs, job, prediction, formats, package, model_fp, timings)
-                        future.add_done_callback(lambda _: slots.release())
-                        pending.append(future)
-                        del prediction
+                    batch.append((job, loaded))
+                    if len(batch) >= predictor.batch_size:
+                        predict_and_write(pool)
                 del loaded
                 collect(done_only=True)
                 if options.fail_fast and any(r.status == "failed" for r in report.results):
                     fail_fast_stop = True
                     break
+            if batch and not fail_fast_stop:
+                predict_and_write(pool)
             collect(done_only=False)
     finally:
         loader.close()  # stops the decoding workers now, also after --fail-fast or an interrupt

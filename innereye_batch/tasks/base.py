@@ -5,15 +5,22 @@
   WorkItem into host tensors (it runs in DataLoader workers and must not touch the networks); ``predict`` runs
   the model on the device and returns the task's Prediction.
 - ``Prediction``: a typed result per task; ``findings()`` gives what the run's summary keeps of it.
+- ``Task``: what the pipeline asks of a task: which discovered series become its work items, and its predictor
+  for loaded networks (``tasks/__init__.py`` lists the tasks by name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from innereye_batch.dicom.series import SeriesInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from innereye_batch.model.spec import ModelPackage
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,37 @@ class Prediction(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Unmatched:
+    """A series (or study) that cannot run, with the reason; reported as ``skipped`` or ``failed``."""
+
+    series: SeriesInfo
+    reason: str
+    failed: bool
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """How a predictor runs, whatever its task (each task uses what applies to it)."""
+
+    patch_batch: int = 1
+    """Segmentation: sliding-window patches per forward pass."""
+    batch_size: int = 16
+    """Classification: images per forward pass."""
+    amp: bool = False
+    explain: tuple[str, ...] = ()
+    """Classification: explanation methods to compute (``engine.explain.EXPLAIN_METHODS``)."""
+
+
 class Predictor(Protocol):
     """A model loaded on one device, for one task."""
 
     task: ClassVar[str]
+
+    @property
+    def batch_size(self) -> int:
+        """How many loaded items ``predict_batch`` takes at once (1: one at a time)."""
+        ...
 
     @property
     def decoder(self) -> Callable[[WorkItem], Decoded]:
@@ -74,4 +108,24 @@ class Predictor(Protocol):
 
     def predict(self, item: WorkItem, decoded: Decoded | None = None) -> Prediction:
         """Predict one work item; ``decoded`` is the decoder's output (decoded here when None)."""
+        ...
+
+    def predict_batch(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[Prediction]:
+        """Predict several loaded items at once (at most ``batch_size``), in order."""
+        ...
+
+
+class Task(Protocol):
+    """A kind of model (segmentation, classification): its work items and its predictor."""
+
+    name: str
+
+    def plan_items(self, series: Sequence[SeriesInfo], package: ModelPackage) -> tuple[list[WorkItem], list[Unmatched]]:
+        """The work items the discovered ``series`` give this model, and the series it cannot take (why)."""
+        ...
+
+    def predictor(
+        self, package: ModelPackage, networks: list[torch.nn.Module], device: torch.device, options: PredictorOptions
+    ) -> Predictor:
+        """The predictor of ``package`` for loaded ``networks`` on ``device``."""
         ...

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.results import StructureStats
-from innereye_batch.tasks.base import Decoded, WorkItem
+from innereye_batch.tasks.base import Decoded, Prediction, PredictorOptions, Unmatched, WorkItem
 
 if TYPE_CHECKING:
     import torch
@@ -127,8 +128,15 @@ class SegmentationPredictor:
     task: ClassVar[str] = "segmentation"
 
     @property
+    def batch_size(self) -> int:
+        return 1  # a volume fills the device; patches are batched inside (patch_batch)
+
+    @property
     def decoder(self) -> Callable[[WorkItem], VolumeInput]:
         return decode_volumes
+
+    def predict_batch(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[Prediction]:
+        return [self.predict(item, one) for item, one in zip(items, decoded, strict=True)]
 
     def predict(self, item: WorkItem, decoded: Decoded | None = None) -> SegmentationPrediction:
         """The label map of one work item (decoded here when ``decoded`` is None)."""
@@ -186,3 +194,23 @@ class SegmentationPredictor:
             import torch
 
             torch.cuda.synchronize(self.device)
+
+
+@dataclass(frozen=True)
+class SegmentationTask:
+    """Segmentation models: one work item per series (per study for multi-channel models), one label map each."""
+
+    name: str = "segmentation"
+
+    def plan_items(self, series: Sequence[SeriesInfo], package: ModelPackage) -> tuple[list[WorkItem], list[Unmatched]]:
+        from innereye_batch.tasks.channels import plan_work
+
+        return plan_work(series, package.channels)
+
+    def predictor(
+        self, package: ModelPackage, networks: list[torch.nn.Module], device: torch.device, options: PredictorOptions
+    ) -> SegmentationPredictor:
+        return SegmentationPredictor(package, networks, device, patch_batch=options.patch_batch, amp=options.amp)
+
+
+TASK = SegmentationTask()

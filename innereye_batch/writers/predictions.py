@@ -7,20 +7,20 @@ import importlib.resources
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.files import write_json
 from innereye_batch.model.spec import CheckpointRef, ModelPackage
 from innereye_batch.results import StructureStats
+from innereye_batch.tasks.classification import ClassificationPrediction
+from innereye_batch.tasks.segmentation import SegmentationPrediction
 from innereye_batch.writers.registry import OutputFormat, WriteContext
-
-if TYPE_CHECKING:
-    from innereye_batch.tasks.segmentation import SegmentationPrediction
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_RESOURCE = "predictions.schema.json"
+CLASSIFICATION_SCHEMA_RESOURCE = "predictions.classification.schema.json"
 TOOL_NAME = "innereye-batch"
 
 
@@ -31,6 +31,22 @@ def checkpoint_relative_path(package: ModelPackage, checkpoint: CheckpointRef) -
         return path.relative_to(package.folder).as_posix()
     except ValueError:
         return path.as_posix()
+
+
+def model_record(package: ModelPackage) -> dict[str, Any]:
+    """The ``model`` object of predictions.json: name, task, version, architecture, fingerprint, checkpoints."""
+    return {
+        "name": package.name,
+        "task": package.task,
+        "version": package.version,
+        "source": package.source,
+        "architecture": package.architecture.name,
+        "fingerprint": package.fingerprint(),
+        "checkpoints": [
+            {"path": checkpoint_relative_path(package, c), "sha256": c.sha256, "size_bytes": c.size_bytes}
+            for c in package.checkpoints
+        ],
+    }
 
 
 def build_predictions(
@@ -51,18 +67,7 @@ def build_predictions(
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": TOOL_NAME, "version": tool_version},
-        "model": {
-            "name": package.name,
-            "task": package.task,
-            "version": package.version,
-            "source": package.source,
-            "architecture": package.architecture.name,
-            "fingerprint": package.fingerprint(),
-            "checkpoints": [
-                {"path": checkpoint_relative_path(package, c), "sha256": c.sha256, "size_bytes": c.size_bytes}
-                for c in package.checkpoints
-            ],
-        },
+        "model": model_record(package),
         "input": {
             "key": series.key,
             "series_instance_uid": series.series_instance_uid,
@@ -92,14 +97,77 @@ def build_predictions(
     return document
 
 
-def load_predictions_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of predictions.json, shipped with the package."""
-    resource = importlib.resources.files("innereye_batch.writers").joinpath(SCHEMA_RESOURCE)
+def build_classification_predictions(
+    *, package: ModelPackage, prediction: ClassificationPrediction, timings: Mapping[str, float], tool_version: str
+) -> dict[str, Any]:
+    """The predictions document of one classified image; it validates against the classification schema
+    (``load_predictions_schema("classification")``). Patient name and ID are never included."""
+    spec = package.classification
+    image = prediction.image
+    series = prediction.item.primary
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": TOOL_NAME, "version": tool_version},
+        "model": model_record(package),
+        "input": {
+            "key": series.key,
+            "series_instance_uid": series.series_instance_uid,
+            "study_instance_uid": series.study_instance_uid,
+            "sop_instance_uid": image.sop_instance_uid,
+            "sop_class_uid": image.sop_class_uid,
+            "frame": image.frame_index + 1 if image.number_of_frames > 1 else None,
+            "modality": image.modality,
+            "series_description": series.series_description,
+            "rows": int(series.geometry.shape[1]),
+            "columns": int(series.geometry.shape[2]),
+            "pixel_spacing_mm": list(image.pixel_spacing) if image.pixel_spacing else None,
+            "pixel_spacing_source": image.spacing_source or "unknown",
+            "photometric_interpretation": image.photometric_interpretation,
+            "inverted": image.inverted,
+            "voi": image.voi,
+        },
+        "classification": {
+            "activation": spec.activation,
+            "classes": list(spec.classes),
+            "thresholds": dict(zip(spec.classes, spec.thresholds, strict=True)) if spec.thresholds else None,
+            "probabilities": {name: round(float(p), 8) for name, p in prediction.probabilities.items()},
+            "predicted": list(prediction.labels),
+            "members": [{name: round(float(p), 8) for name, p in m.items()} for m in prediction.member_probabilities],
+        },
+        "explanations": {
+            "class": prediction.explained_class,
+            "methods": list(prediction.heatmaps),
+        }
+        if prediction.heatmaps
+        else None,
+        "timings_s": {stage: round(float(seconds), 6) for stage, seconds in timings.items()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return document
+
+
+def load_predictions_schema(task: str = "segmentation") -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of predictions.json for ``task``, shipped with the package."""
+    name = SCHEMA_RESOURCE if task == "segmentation" else CLASSIFICATION_SCHEMA_RESOURCE
+    resource = importlib.resources.files("innereye_batch.writers").joinpath(name)
     schema: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
     return schema
 
 
-def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
+def _write(path: Path, prediction: SegmentationPrediction | ClassificationPrediction, context: WriteContext) -> None:
+    if prediction.task == "classification":
+        assert isinstance(prediction, ClassificationPrediction)
+        write_json(
+            path,
+            build_classification_predictions(
+                package=context.package,
+                prediction=prediction,
+                timings=context.timings,
+                tool_version=context.tool_version,
+            ),
+        )
+        return
+    assert isinstance(prediction, SegmentationPrediction)
     document = build_predictions(
         package=context.package,
         series=prediction.item.primary,
@@ -115,8 +183,9 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
 FORMAT = OutputFormat(
     name="json",
     filename="predictions.json",
-    tasks=frozenset({"segmentation"}),
+    tasks=frozenset({"segmentation", "classification"}),
     write=_write,
-    description="model identity, input UIDs and geometry, per-structure voxels and mL, timings (JSON Schema)",
+    description="model identity, input UIDs and geometry, per-structure voxels and mL or class probabilities and "
+    "predicted labels, timings (JSON Schema)",
     summarises_outputs=True,
 )

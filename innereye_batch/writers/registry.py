@@ -19,7 +19,7 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import UsageError
 from innereye_batch.model.spec import ModelPackage
 
-_FORMAT_MODULES = ("nifti", "dicom_seg", "predictions")
+_FORMAT_MODULES = ("nifti", "dicom_seg", "predictions", "explanations")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class OutputFormat:
     """Why a series cannot get this output (checked when the run is planned), or None when it can."""
     summarises_outputs: bool = False
     """Written after every other format of the item, so that it can record their writing (predictions.json)."""
+    needs_explanations: bool = False
+    """Written only when the run computes explanations (``--explain``)."""
+    default: bool = True
+    """Part of the task's outputs when ``--formats`` is not given."""
 
 
 _registered: dict[str, OutputFormat] = {}
@@ -71,8 +75,9 @@ def registered_formats() -> dict[str, OutputFormat]:
     """Every format by name, in writing order (formats that summarise the others last)."""
     if not _registered:
         for module in _FORMAT_MODULES:
-            output: OutputFormat = importlib.import_module(f"innereye_batch.writers.{module}").FORMAT
-            _registered[output.name] = output
+            found = importlib.import_module(f"innereye_batch.writers.{module}")
+            for output in getattr(found, "FORMATS", None) or (found.FORMAT,):
+                _registered[output.name] = output
     ordered = sorted(_registered.values(), key=lambda f: f.summarises_outputs)
     return {f.name: f for f in ordered}
 
@@ -82,15 +87,20 @@ def formats_for_task(task: str) -> tuple[OutputFormat, ...]:
     return tuple(f for f in registered_formats().values() if task in f.tasks)
 
 
-def resolve_formats(requested: Sequence[str], task: str) -> tuple[OutputFormat, ...]:
-    """The requested formats (all of the task's when empty), in writing order; UsageError for unknown ones."""
+def resolve_formats(requested: Sequence[str], task: str, *, explaining: bool = False) -> tuple[OutputFormat, ...]:
+    """The requested formats (the task's default ones when empty), in writing order; UsageError for unknown ones
+    and for explanation outputs without ``explaining``."""
     available = formats_for_task(task)
     if not requested:
-        return available
+        return tuple(f for f in available if f.default and (explaining or not f.needs_explanations))
     names = {f.name for f in available}
     unknown = [name for name in requested if name not in names]
     if unknown:
         raise UsageError(
             f"unknown output format(s) {', '.join(unknown)} for a {task} model; choose from {', '.join(sorted(names))}"
         )
-    return tuple(f for f in available if f.name in requested)
+    chosen = tuple(f for f in available if f.name in requested)
+    unexplained = [f.name for f in chosen if f.needs_explanations and not explaining]
+    if unexplained:
+        raise UsageError(f"output format(s) {', '.join(unexplained)} need explanations: add --explain gradcam")
+    return chosen

@@ -80,6 +80,8 @@ def series_record(result: ItemResult) -> dict[str, Any]:
     }
     if result.probabilities is not None:
         record["probabilities"] = dict(result.probabilities)
+    if result.labels is not None:
+        record["predicted"] = list(result.labels)
     return record
 
 
@@ -91,26 +93,32 @@ def total_seconds(result: ItemResult) -> float:
 
 
 def summary_csv_text(results: Sequence[ItemResult], skipped_files: Sequence[SkippedFile] = ()) -> str:
-    """summary.csv: one row per series; a ``<structure>_ml`` column per structure seen in any result, then
-    a ``<class>_probability`` column per class seen, then ``total_s``. Missing values are empty cells. Then one
-    row per file not used: key ``file:<path>``, status ``skipped``, the reason."""
+    """summary.csv: one row per item; a ``<structure>_ml`` column per structure seen in any result, then a
+    ``<class>_probability`` column per class seen and ``predicted`` (labels joined by ``;``), then ``total_s``.
+    Missing values are empty cells. Then one row per file not used: key ``file:<path>``, status ``skipped``."""
     structure_names = _union(s.name for r in results for s in r.structures)
     class_names = _union(name for r in results for name in (r.probabilities or {}))
     volume_columns = [f"{name}_ml" for name in structure_names]
     probability_columns = [f"{name}_probability" for name in class_names]
+    with_labels = any(r.labels is not None for r in results)
+    if with_labels:
+        probability_columns.append("predicted")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow([csv_cell(c) for c in (*_FIXED_COLUMNS, *volume_columns, *probability_columns, "total_s")])
     for r in results:
         volumes = {s.name: _number(s.volume_ml) for s in r.structures}
         probabilities = {name: _number(p) for name, p in (r.probabilities or {}).items()}
+        class_cells = [probabilities.get(name, "") for name in class_names]
+        if with_labels:
+            class_cells.append(csv_cell(";".join(r.labels)) if r.labels is not None else "")
         writer.writerow(
             [
                 *(csv_cell(v) for v in (r.key, r.series_instance_uid, r.study_instance_uid, r.modality)),
                 r.status,
                 csv_cell(r.reason),
                 *(volumes.get(name, "") for name in structure_names),
-                *(probabilities.get(name, "") for name in class_names),
+                *class_cells,
                 _number(total_seconds(r)) if r.timings else "",
             ]
         )

@@ -5,20 +5,10 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ChannelSpec
-from innereye_batch.tasks.base import WorkItem
-
-
-@dataclass(frozen=True)
-class Unmatched:
-    """A series (or study) that cannot run, with the reason; reported as ``skipped`` or ``failed``."""
-
-    series: SeriesInfo
-    reason: str
-    failed: bool
+from innereye_batch.tasks.base import Unmatched, WorkItem
 
 
 def channel_matches(series: SeriesInfo, channel: ChannelSpec) -> bool:

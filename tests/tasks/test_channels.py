@@ -7,7 +7,7 @@ from pathlib import Path
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.model.spec import ChannelSpec
-from innereye_batch.pipeline.channels import plan_work
+from innereye_batch.tasks.channels import plan_work
 
 GEOMETRY = Geometry((1, 2, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 

@@ -93,6 +93,9 @@ class SegmentationPrediction:
     geometry: Geometry
     structures: tuple[StructureStats, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    """The primary channel it was predicted from, float32 (z, y, x) in modality units, for outputs that show it
+    (preview.png); None when not kept (such outputs decode the series again)."""
 
     task: ClassVar[str] = "segmentation"
 
@@ -124,7 +127,8 @@ class SegmentationPredictor:
         volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
         labels, timings = self.label_map(volume.image, volume.geometry)
         structures = structure_stats(labels, volume.geometry, self.package.segmentation.structure_names)
-        return SegmentationPrediction(item, labels, volume.geometry, structures, timings)
+        image = volume.image[0].numpy()  # a view of the decoded host tensor: no copy
+        return SegmentationPrediction(item, labels, volume.geometry, structures, timings, image=image)
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
         """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, and stage timings."""

@@ -23,6 +23,12 @@ def test_segmentation_formats_in_writing_order() -> None:
 
 def test_resolve_keeps_writing_order_and_refuses_unknown_names() -> None:
     assert [f.name for f in resolve_formats(("json", "nifti"), "segmentation")] == ["nifti", "json"]
-    assert [f.name for f in resolve_formats((), "segmentation")] == ["nifti", "dicom-seg", "rtstruct", "preview", "json"]
+    assert [f.name for f in resolve_formats((), "segmentation")] == [
+        "nifti",
+        "dicom-seg",
+        "rtstruct",
+        "preview",
+        "json",
+    ]
     with pytest.raises(UsageError, match="png"):
         resolve_formats(("nifti", "png"), "segmentation")

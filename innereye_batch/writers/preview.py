@@ -123,11 +123,13 @@ def ct_window(package: ModelPackage, image: np.ndarray) -> tuple[float, float]:
 def _section_indices(labels: np.ndarray, views: dict[str, _View]) -> dict[str, list[int]]:
     """Axial sections spread over the slices holding a structure; one coronal and one sagittal section where
     they cut the most of what was found (the middle of the volume when nothing was found)."""
+    def found_along(axis: int) -> np.ndarray:
+        return np.count_nonzero(labels, axis=tuple(a for a in range(3) if a != axis))
+
     axial = views["axial"].normal_axis
-    found = np.nonzero(labels)
     chosen: dict[str, list[int]] = {}
-    if found[axial].size:
-        holding = np.unique(found[axial])
+    holding = np.flatnonzero(found_along(axial))
+    if holding.size:
         picks = np.linspace(0, len(holding) - 1, min(AXIAL_PANELS, len(holding))).round().astype(int)
         chosen["axial"] = [int(holding[p]) for p in np.unique(picks)]
     else:
@@ -135,10 +137,8 @@ def _section_indices(labels: np.ndarray, views: dict[str, _View]) -> dict[str, l
         chosen["axial"] = sorted({int(v) for v in np.linspace(0, size - 1, min(AXIAL_PANELS, size)).round()})
     for name in ("coronal", "sagittal"):
         axis = views[name].normal_axis
-        if found[axis].size:
-            chosen[name] = [int(np.bincount(found[axis], minlength=labels.shape[axis]).argmax())]
-        else:
-            chosen[name] = [(labels.shape[axis] - 1) // 2]
+        counts = found_along(axis)
+        chosen[name] = [int(counts.argmax()) if counts.any() else (labels.shape[axis] - 1) // 2]
     return chosen
 
 
@@ -158,10 +158,8 @@ def render_preview(
 
     font = _font(13)
     views = anatomical_views(geometry)
-    low, high = window
-    grey = (np.clip((image - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
     panels = [
-        _panel(grey, labels, views[name], index, structures, font)
+        _panel(image, window, labels, views[name], index, structures, font)
         for name, indices in _section_indices(labels, views).items()
         for index in indices
     ]
@@ -188,14 +186,21 @@ def render_preview(
 
 
 def _panel(
-    grey: np.ndarray, labels: np.ndarray, view: _View, index: int, structures: Sequence[Structure], font: Any
+    image: np.ndarray,
+    window: tuple[float, float],
+    labels: np.ndarray,
+    view: _View,
+    index: int,
+    structures: Sequence[Structure],
+    font: Any,
 ) -> Image.Image:
-    """One panel: the section scaled to its aspect and centred, the structures' contours, the view's name."""
+    """One panel: the section windowed, scaled to its aspect and centred, the structures' contours, its name."""
     from PIL import Image, ImageDraw
 
     from innereye_batch.writers.contours import mask_contours
 
-    section = _section(grey, view, index)
+    low, high = window
+    section = (np.clip((_section(image, view, index) - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
     section_labels = _section(labels, view, index)
     rows, columns = section.shape
     mm_high, mm_wide = rows * view.spacing[0], columns * view.spacing[1]

@@ -54,11 +54,14 @@ class MaskStats:
 
 def mask_stats(mask: np.ndarray, geometry: Geometry) -> MaskStats:
     """Voxel count and patient-space centroid of a (z, y, x) boolean mask on ``geometry``'s grid."""
-    indices = np.nonzero(mask)
-    count = int(indices[0].size)
+    per_slice = np.count_nonzero(mask, axis=(1, 2))
+    count = int(per_slice.sum())
     if count == 0:
         return MaskStats(0, None)
-    z, y, x = (float(axis.mean()) for axis in indices)
+    # mean index along each axis from the mask's projections (no index arrays as large as the mask)
+    per_row = np.count_nonzero(mask, axis=(0, 2))
+    per_column = np.count_nonzero(mask, axis=(0, 1))
+    z, y, x = (float(np.dot(np.arange(p.size), p)) / count for p in (per_slice, per_row, per_column))
     centroid = geometry.index_to_lps((z, y, x))
     return MaskStats(count, (float(centroid[0]), float(centroid[1]), float(centroid[2])))
 

@@ -123,6 +123,7 @@ def ct_window(package: ModelPackage, image: np.ndarray) -> tuple[float, float]:
 def _section_indices(labels: np.ndarray, views: dict[str, _View]) -> dict[str, list[int]]:
     """Axial sections spread over the slices holding a structure; one coronal and one sagittal section where
     they cut the most of what was found (the middle of the volume when nothing was found)."""
+
     def found_along(axis: int) -> np.ndarray:
         return np.count_nonzero(labels, axis=tuple(a for a in range(3) if a != axis))
 

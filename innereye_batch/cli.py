@@ -160,7 +160,7 @@ def run(
         typer.Option(help='Text put into DICOM output descriptions and previews; "" for none.'),
     ] = NOT_FOR_CLINICAL_USE,
 ) -> None:
-    """Run the model over every series under --input; write NIfTI, DICOM-SEG and JSON per series.
+    """Run the model over every series under --input; write NIfTI, DICOM-SEG, RTSTRUCT, preview and JSON per series.
 
     Exit code 0 when every series succeeded (or was already done), 1 when some failed, 2 for usage errors.
     Safe to rerun: finished series are skipped, interrupted ones are redone.

@@ -237,11 +237,12 @@ FILENAME = "segmentation.dcm"
 
 def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
     """Write the SEG, then read it back: a file that disagrees with the label map fails the series."""
-    from innereye_batch.writers.readback import check_seg
+    from innereye_batch.writers.readback import check_seg, labels_on_source_slices
 
+    labels = labels_on_source_slices(prediction)
     write_dicom_seg(
         path,
-        prediction.labels,
+        labels,
         prediction.item.primary,
         context.package,
         software_version=context.tool_version,
@@ -249,7 +250,7 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
         clinical_marker=context.options.clinical_marker,
     )
     names = context.package.segmentation.structure_names
-    check_seg(path, FILENAME, prediction.labels, prediction.geometry, [n[:_LO_MAX] for n in names])
+    check_seg(path, FILENAME, labels, prediction.item.primary, [n[:_LO_MAX] for n in names])
 
 
 FORMAT = OutputFormat(

@@ -15,6 +15,10 @@ that wrote it.
   edge, and is far below what a lost island, a dropped slice or a wrong structure would change.
 - Centroids must agree within half the smallest voxel spacing: any shift by a whole voxel, or a flip of an
   off-centre structure, is caught, while the rounding of positions (about 1e-4 mm) is not mistaken for one.
+
+Label maps given here lie on the source slices (what DICOM outputs reference), and every slice is placed by its
+own ImagePositionPatient (``SlicePlanes``), so stacks whose slices are not on a regular grid (gantry tilt,
+variable spacing) are placed where the scanner put them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
 
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 _CONTOUR_DATA = 0x30060050
 _PLANE_TOLERANCE = 0.01
-"""How far (in slices) a contour point may lie off a slice plane."""
+"""How far a contour point may lie off a slice plane, as a fraction of the smallest distance between slices."""
 RTSTRUCT_COUNT_TOLERANCE = 0.001
 """Relative voxel-count tolerance for RT Structure Sets (see the module docstring)."""
 
@@ -52,18 +55,70 @@ class MaskStats:
     centroid: tuple[float, float, float] | None
 
 
-def mask_stats(mask: np.ndarray, geometry: Geometry) -> MaskStats:
-    """Voxel count and patient-space centroid of a (z, y, x) boolean mask on ``geometry``'s grid."""
-    per_slice = np.count_nonzero(mask, axis=(1, 2))
-    count = int(per_slice.sum())
-    if count == 0:
-        return MaskStats(0, None)
-    # mean index along each axis from the mask's projections (no index arrays as large as the mask)
-    per_row = np.count_nonzero(mask, axis=(0, 2))
-    per_column = np.count_nonzero(mask, axis=(0, 1))
-    z, y, x = (float(np.dot(np.arange(p.size), p)) / count for p in (per_slice, per_row, per_column))
-    centroid = geometry.index_to_lps((z, y, x))
-    return MaskStats(count, (float(centroid[0]), float(centroid[1]), float(centroid[2])))
+@dataclass(frozen=True, eq=False)
+class SlicePlanes:
+    """Where a series' images lie: each slice's first-pixel position and the patient-space step of one column and
+    of one row (shared by the slices of a stack), in slice order."""
+
+    positions: np.ndarray
+    """(slices, 3) ImagePositionPatient, LPS mm."""
+    column_step: np.ndarray
+    """LPS mm from one column to the next (along a row)."""
+    row_step: np.ndarray
+    """LPS mm from one row to the next (down a column)."""
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, series: SeriesInfo) -> SlicePlanes:
+        geometry = series.geometry
+        direction = geometry.direction_matrix
+        return cls(
+            positions=np.asarray([s.position for s in series.slices], dtype=np.float64),
+            column_step=direction[:, 0] * geometry.spacing[2],
+            row_step=direction[:, 1] * geometry.spacing[1],
+            shape=geometry.shape,
+        )
+
+    @property
+    def normal(self) -> np.ndarray:
+        normal = np.cross(self.column_step, self.row_step)
+        return normal / np.linalg.norm(normal)
+
+    def to_patient(self, slice_index: int, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """(n, 3) LPS positions of (possibly fractional) pixel positions on one slice."""
+        return self.positions[slice_index] + np.outer(columns, self.column_step) + np.outer(rows, self.row_step)
+
+    def locate(self, points: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """The slice whose plane holds every one of ``points`` and their (rows, columns) on it; None when they do
+        not lie on one slice plane."""
+        offsets = self.positions @ self.normal
+        gaps = np.diff(np.sort(offsets))
+        gaps = gaps[gaps > 1e-6]
+        tolerance = _PLANE_TOLERANCE * (float(gaps.min()) if gaps.size else float(np.linalg.norm(self.row_step)))
+        along = points @ self.normal
+        slice_index = int(np.abs(offsets - along.mean()).argmin())
+        if np.abs(along - offsets[slice_index]).max() > tolerance:
+            return None
+        relative = points - self.positions[slice_index]
+        columns = relative @ self.column_step / float(self.column_step @ self.column_step)
+        rows = relative @ self.row_step / float(self.row_step @ self.row_step)
+        return slice_index, rows, columns
+
+    def stats(self, mask: np.ndarray) -> MaskStats:
+        """Voxel count and patient-space centroid of a (slices, rows, columns) boolean mask on these slices."""
+        per_slice = np.count_nonzero(mask, axis=(1, 2))
+        count = int(per_slice.sum())
+        if count == 0:
+            return MaskStats(0, None)
+        # sums of row and column indices from projections per slice (no index arrays as large as the mask)
+        row_sums = np.count_nonzero(mask, axis=2) @ np.arange(mask.shape[1])
+        column_sums = np.count_nonzero(mask, axis=1) @ np.arange(mask.shape[2])
+        total = (
+            per_slice @ self.positions
+            + float(column_sums.sum()) * self.column_step
+            + float(row_sums.sum()) * self.row_step
+        )
+        return _stats_from_sums(count, total)
 
 
 def _stats_from_sums(count: int, position_sum: np.ndarray) -> MaskStats:
@@ -76,13 +131,14 @@ def _stats_from_sums(count: int, position_sum: np.ndarray) -> MaskStats:
 def compare_stats(
     expected: Mapping[str, MaskStats],
     found: Mapping[str, MaskStats],
-    geometry: Geometry,
+    spacing: Sequence[float],
     *,
     what: str,
     relative_count_tolerance: float = 0.0,
 ) -> None:
-    """Raise ``ReadBackError`` naming ``what`` (the file) and every structure whose count or centroid differ."""
-    centroid_tolerance = 0.5 * min(geometry.spacing)
+    """Raise ``ReadBackError`` naming ``what`` (the file) and every structure whose count or centroid differ;
+    centroids may differ by half the smallest of ``spacing`` (mm)."""
+    centroid_tolerance = 0.5 * min(spacing)
     problems = []
     for name, want in expected.items():
         got = found.get(name)
@@ -155,7 +211,7 @@ def _frame_axes(groups: Dataset, shared: Dataset) -> tuple[np.ndarray, np.ndarra
 
 
 def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, np.ndarray]:
-    """Per ROI name: its contours rasterised onto ``series``' grid, (z, y, x) boolean in slice order.
+    """Per ROI name: its contours rasterised onto ``series``' slices, (z, y, x) boolean in slice order.
 
     Raises ``ReadBackError`` for a contour that is not closed and planar on a slice of the grid, has fewer than
     3 points, or does not reference the source image at its plane.
@@ -166,10 +222,9 @@ def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
 
     rt = pydicom.dcmread(path)
     what = what or path.name
-    geometry = series.geometry
-    to_index = np.linalg.inv(geometry.lps_affine())
+    planes = SlicePlanes.of(series)
     names = {int(roi.ROINumber): str(roi.ROIName) for roi in rt.StructureSetROISequence}
-    masks = {name: np.zeros(geometry.shape, dtype=bool) for name in names.values()}
+    masks = {name: np.zeros(planes.shape, dtype=bool) for name in names.values()}
     for roi in rt.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         if number not in names:
@@ -178,29 +233,26 @@ def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
         by_slice: dict[int, list[np.ndarray]] = {}
         for index, contour in enumerate(roi.get("ContourSequence", [])):
             where = f"{what}: ROI {name!r} contour {index + 1}"
-            slice_index, points = _contour_on_grid(contour, to_index, geometry, where)
+            slice_index, points = _contour_on_slice(contour, planes, where)
             _check_contour_reference(contour, series, slice_index, where)
             by_slice.setdefault(slice_index, []).append(points)
         for slice_index, polygons in by_slice.items():
-            masks[name][slice_index] = rasterise_contours(polygons, geometry.shape[1:])
+            masks[name][slice_index] = rasterise_contours(polygons, planes.shape[1:])
     return masks
 
 
-def _contour_on_grid(contour: Dataset, to_index: np.ndarray, geometry: Geometry, where: str) -> tuple[int, np.ndarray]:
+def _contour_on_slice(contour: Dataset, planes: SlicePlanes, where: str) -> tuple[int, np.ndarray]:
     """The slice a contour lies on and its points as (row, column) pixel positions."""
     if str(contour.ContourGeometricType) != "CLOSED_PLANAR":
         raise ReadBackError(f"{where}: geometric type {contour.ContourGeometricType}, not CLOSED_PLANAR")
     points = contour_points(contour)
     if len(points) < 3 or int(contour.NumberOfContourPoints) != len(points):
         raise ReadBackError(f"{where}: {len(points)} points (NumberOfContourPoints {contour.NumberOfContourPoints})")
-    index = (to_index[:3, :3] @ points.T).T + to_index[:3, 3]  # (x, y, z) continuous voxel indices
-    slices = np.round(index[:, 2])
-    if np.ptp(slices) != 0 or np.abs(index[:, 2] - slices).max() > _PLANE_TOLERANCE:
+    located = planes.locate(points)
+    if located is None:
         raise ReadBackError(f"{where}: points do not lie on one slice plane of the source series")
-    slice_index = int(slices[0])
-    if not 0 <= slice_index < geometry.shape[0]:
-        raise ReadBackError(f"{where}: lies on no slice of the source series (slice index {slice_index})")
-    return slice_index, index[:, [1, 0]]
+    slice_index, rows, columns = located
+    return slice_index, np.column_stack([rows, columns])
 
 
 def contour_points(contour: Dataset) -> np.ndarray:
@@ -228,17 +280,28 @@ def _check_contour_reference(contour: Dataset, series: SeriesInfo, slice_index: 
         raise ReadBackError(f"{where}: does not reference frame {image.frame + 1} of {image.sop_instance_uid}")
 
 
-def check_seg(path: Path, what: str, labels: np.ndarray, geometry: Geometry, names: Sequence[str]) -> None:
-    """Raise ``ReadBackError`` unless the SEG at ``path`` holds, per structure, the label map's count and
-    centroid (``what`` names the file in the message)."""
-    expected = {name: mask_stats(labels == number, geometry) for number, name in enumerate(names, start=1)}
-    compare_stats(expected, seg_stats(path, what), geometry, what=what)
+def labels_on_source_slices(prediction: Any) -> np.ndarray:
+    """A segmentation prediction's label map on its primary series' own slices, which DICOM outputs reference:
+    the prediction's ``labels_on_source_slices()`` where it has one (a stack resampled onto a regular grid),
+    else its labels."""
+    to_source = getattr(prediction, "labels_on_source_slices", None)
+    return np.asarray(to_source() if callable(to_source) else prediction.labels)
+
+
+def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, names: Sequence[str]) -> None:
+    """Raise ``ReadBackError`` unless the SEG at ``path`` holds, per structure, the count and centroid of
+    ``labels`` (on ``series``' slices; ``what`` names the file in the message)."""
+    planes = SlicePlanes.of(series)
+    expected = {name: planes.stats(labels == number) for number, name in enumerate(names, start=1)}
+    compare_stats(expected, seg_stats(path, what), series.geometry.spacing, what=what)
 
 
 def check_rtstruct(path: Path, what: str, masks: Mapping[str, np.ndarray], series: SeriesInfo) -> None:
     """Raise ``ReadBackError`` unless the RT Structure Set at ``path``, rasterised onto ``series``' grid, gives
     each structure of ``masks`` (name -> contoured (z, y, x) mask) within the tolerances."""
-    geometry = series.geometry
-    expected = {name: mask_stats(mask, geometry) for name, mask in masks.items()}
-    found = {name: mask_stats(mask, geometry) for name, mask in rtstruct_masks(path, series, what).items()}
-    compare_stats(expected, found, geometry, what=what, relative_count_tolerance=RTSTRUCT_COUNT_TOLERANCE)
+    planes = SlicePlanes.of(series)
+    expected = {name: planes.stats(mask) for name, mask in masks.items()}
+    found = {name: planes.stats(mask) for name, mask in rtstruct_masks(path, series, what).items()}
+    compare_stats(
+        expected, found, series.geometry.spacing, what=what, relative_count_tolerance=RTSTRUCT_COUNT_TOLERANCE
+    )

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage, Structure
 from innereye_batch.writers.dicom_seg import MANUFACTURER, content_label, model_version, with_marker
+from innereye_batch.writers.readback import SlicePlanes
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
 if TYPE_CHECKING:
@@ -95,8 +95,9 @@ def write_rtstruct(
     software_version: str,
     clinical_marker: str = "",
 ) -> None:
-    """Write ``labels`` (z, y, x, rows in ``series.slices`` order; label i = the model's i-th structure) to
-    ``path`` as an RT Structure Set referencing ``series``."""
+    """Write ``labels`` (z, y, x on the source slices, rows in ``series.slices`` order; label i = the model's i-th
+    structure) to ``path`` as an RT Structure Set referencing ``series``; each slice is placed by its own
+    ImagePositionPatient."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -217,7 +218,7 @@ def _roi_contour(number: int, structure: Structure, mask: np.ndarray, series: Se
     item.ROIDisplayColor = list(structure.colour)
     item.ReferencedROINumber = number
     contours: list[Dataset] = []
-    for k, points in slice_contours(mask, series.geometry):
+    for k, points in slice_contours(mask, SlicePlanes.of(series)):
         image = series.slices[k]
         contour = Dataset()
         contour.ContourImageSequence = [_image_reference(series.sop_class_uid, image.sop_instance_uid, image.frame)]
@@ -231,11 +232,11 @@ def _roi_contour(number: int, structure: Structure, mask: np.ndarray, series: Se
     return item
 
 
-def slice_contours(mask: np.ndarray, geometry: Geometry) -> list[tuple[int, np.ndarray]]:
-    """(slice index, (n, 3) LPS points in mm) for every closed contour of a (z, y, x) mask, slice by slice."""
+def slice_contours(mask: np.ndarray, planes: SlicePlanes) -> list[tuple[int, np.ndarray]]:
+    """(slice index, (n, 3) LPS points in mm) for every closed contour of a (z, y, x) mask on the source slices,
+    each slice placed by its own position."""
     from innereye_batch.writers.contours import mask_contours
 
-    affine = geometry.lps_affine()
     result = []
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
         rows = np.flatnonzero(mask[k].any(axis=1))
@@ -243,10 +244,7 @@ def slice_contours(mask: np.ndarray, geometry: Geometry) -> list[tuple[int, np.n
         top, left = int(rows[0]), int(columns[0])
         crop = mask[k, top : int(rows[-1]) + 1, left : int(columns[-1]) + 1]  # contours only where the mask is
         for polygon in mask_contours(crop):
-            index = np.column_stack(
-                [polygon[:, 1] + left, polygon[:, 0] + top, np.full(len(polygon), float(k)), np.ones(len(polygon))]
-            )
-            result.append((int(k), (affine @ index.T).T[:, :3]))
+            result.append((int(k), planes.to_patient(int(k), polygon[:, 0] + top, polygon[:, 1] + left)))
     return result
 
 
@@ -294,19 +292,20 @@ def source_problem(series: SeriesInfo) -> str | None:
 
 def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
     """Write the structure set, then read it back: a file that disagrees with the label map fails the series."""
-    from innereye_batch.writers.readback import check_rtstruct
+    from innereye_batch.writers.readback import check_rtstruct, labels_on_source_slices
 
     series = prediction.item.primary
+    labels = labels_on_source_slices(prediction)
     write_rtstruct(
         path,
-        prediction.labels,
+        labels,
         series,
         context.package,
         software_version=context.tool_version,
         clinical_marker=context.options.clinical_marker,
     )
     spec = context.package.segmentation
-    masks = structure_masks(prediction.labels, spec.structures, spec.postprocessing.fill_holes)
+    masks = structure_masks(labels, spec.structures, spec.postprocessing.fill_holes)
     check_rtstruct(path, FILENAME, {name[:_LO_MAX]: mask for name, mask in masks.items()}, series)
 
 

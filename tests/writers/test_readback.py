@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,16 @@ from innereye_batch.tasks.segmentation import SegmentationPrediction, structure_
 from innereye_batch.writers import dicom_seg
 from innereye_batch.writers.readback import (
     ReadBackError,
+    SlicePlanes,
     check_rtstruct,
     check_seg,
-    mask_stats,
     seg_stats,
 )
 from innereye_batch.writers.registry import WriteContext, WriterOptions
 from innereye_batch.writers.rtstruct import structure_masks, write_rtstruct
 from tests.factory import rotation_direction, write_series
 from tests.writers.helpers import blob_labels, dciodvfy_errors, make_package, read_back_labels, series_info_from
+from tests.writers.test_rtstruct import tilted_series
 
 OBLIQUE = dict(zip(("row_direction", "column_direction"), rotation_direction((0.3, 1.0, 0.2), 30.0), strict=True))
 
@@ -49,10 +51,12 @@ def test_seg_stats_place_voxels_where_the_label_map_has_them(tmp_path: Path, seg
     found = seg_stats(out)
 
     for number, name in enumerate(package.segmentation.structure_names, start=1):
-        expected = mask_stats(labels == number, series.geometry)
+        expected = SlicePlanes.of(series).stats(labels == number)
+        independent = series.geometry.index_to_lps(tuple(np.argwhere(labels == number).mean(axis=0)))
+        np.testing.assert_allclose(expected.centroid, independent, atol=1e-6)  # type: ignore[arg-type]
         assert found[name].voxel_count == expected.voxel_count > 0
         np.testing.assert_allclose(found[name].centroid, expected.centroid, atol=1e-3)  # type: ignore[arg-type]
-    check_seg(out, "segmentation.dcm", labels, series.geometry, package.segmentation.structure_names)
+    check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
 
 
 def _prediction(series: SeriesInfo, labels: np.ndarray, names: tuple[str, ...]) -> SegmentationPrediction:
@@ -159,3 +163,21 @@ def test_rtstruct_check_refuses_a_contour_of_two_points(tmp_path: Path) -> None:
     rt.save_as(out)
     with pytest.raises(ReadBackError, match="2 points"):
         check_rtstruct(out, "rtstruct.dcm", masks, series)
+
+
+def test_a_tilted_stack_is_checked_where_its_slices_lie(tmp_path: Path) -> None:
+    """Slices sheared by a gantry tilt: SEG frames and contours sit at each image's own position; a check that
+    assumed a regular grid would see every centroid moved."""
+    series = tilted_series(write_series(tmp_path / "dicom", shape=(9, 16, 14)), shift_mm=1.5)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    names = package.segmentation.structure_names
+    seg, rt = tmp_path / "seg.dcm", tmp_path / "rt.dcm"
+    dicom_seg.write_dicom_seg(seg, labels, series, package, software_version="1")
+    write_rtstruct(rt, labels, series, package, software_version="1")
+
+    check_seg(seg, "segmentation.dcm", labels, series, names)
+    check_rtstruct(rt, "rtstruct.dcm", structure_masks(labels, package.segmentation.structures), series)
+    regular = replace(series, slices=series_info_from(write_series(tmp_path / "other", shape=(9, 16, 14))).slices)
+    with pytest.raises(ReadBackError, match="centroid"):
+        check_seg(seg, "segmentation.dcm", labels, regular, names)  # the same file against unsheared slices

@@ -19,10 +19,10 @@ from innereye_batch.model.spec import ModelPackage, PostProcessing, Structure
 from innereye_batch.tasks.base import WorkItem
 from innereye_batch.tasks.segmentation import SegmentationPrediction, structure_stats
 from innereye_batch.writers import rtstruct
-from innereye_batch.writers.readback import ReadBackError
+from innereye_batch.writers.readback import ReadBackError, check_rtstruct
 from innereye_batch.writers.registry import WriteContext, WriterOptions
-from innereye_batch.writers.rtstruct import FORMAT, write_rtstruct
-from tests.factory import rotation_direction, write_series
+from innereye_batch.writers.rtstruct import FORMAT, structure_masks, write_rtstruct
+from tests.factory import GeneratedSeries, rotation_direction, write_series
 from tests.writers.helpers import dciodvfy_errors, make_package, series_info_from
 from tests.writers.test_contours import even_odd_fill, ring
 from tests.writers.test_dicom_seg import _multi_frame_series
@@ -40,7 +40,23 @@ GRIDS = {
     "reversed_instance_numbers": {"instance_numbers_descending": True},
     "normal_minus_z": {"column_direction": (0.0, -1.0, 0.0)},
     "sagittal": {"row_direction": (0.0, 1.0, 0.0), "column_direction": (0.0, 0.0, -1.0)},
+    "tilted": {},  # gantry tilt: each slice shifted within its plane (see tilted_series)
 }
+
+
+def tilted_series(generated: GeneratedSeries, shift_mm: float = 0.7) -> SeriesInfo:
+    """The series with each slice k moved ``k * shift_mm`` along its columns (a gantry tilt's shear), in its
+    files and its SliceRefs: slices not on a regular grid, placed by their own ImagePositionPatient."""
+    series = series_info_from(generated)
+    column_direction = series.geometry.direction_matrix[:, 1]
+    slices = []
+    for k, ref in enumerate(series.slices):
+        position = np.asarray(ref.position) + k * shift_mm * column_direction
+        dataset = pydicom.dcmread(ref.path)
+        dataset.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        dataset.save_as(ref.path)
+        slices.append(replace(ref, position=tuple(float(v) for v in position)))
+    return replace(series, slices=tuple(slices))
 
 
 def phantom_labels(shape: tuple[int, int, int]) -> np.ndarray:
@@ -97,13 +113,14 @@ def _package(tmp_path: Path, fill_holes: tuple[str, ...] = ()) -> ModelPackage:
 @pytest.mark.parametrize("grid", sorted(GRIDS))
 def test_rtstruct_validates_and_rasterises_back_to_the_label_map(tmp_path: Path, grid: str) -> None:
     generated = write_series(tmp_path / "dicom", shape=(7, 24, 22), **GRIDS[grid])  # type: ignore[arg-type]
-    series = series_info_from(generated)
+    series = tilted_series(generated) if grid == "tilted" else series_info_from(generated)
     labels = phantom_labels(series.geometry.shape)
     out = tmp_path / "rtstruct.dcm"
 
     write_rtstruct(out, labels, series, _package(tmp_path), software_version=SOFTWARE_VERSION, clinical_marker=MARKER)
 
     assert dciodvfy_errors(out, "RTStructureSet") == []
+    check_rtstruct(out, "rtstruct.dcm", structure_masks(labels, STRUCTURES), series)
     back = oracle_masks(out, series)
     for number, structure in enumerate(STRUCTURES, start=1):
         expected = labels == number

@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.text import Text
 
 from innereye_batch import __version__
-from innereye_batch.errors import EXIT_USAGE, InnerEyeBatchError
+from innereye_batch.errors import EXIT_USAGE, InnerEyeBatchError, UsageError
 from innereye_batch.text import printable
+from innereye_batch.writers.registry import NOT_FOR_CLINICAL_USE, WriterOptions
 
 app = typer.Typer(
     name="innereye-batch",
@@ -138,8 +139,8 @@ def run(
     formats: Annotated[
         str,
         typer.Option(
-            help="Comma-separated outputs (default: the model's task's): segmentation nifti, dicom-seg, json; "
-            "classification json, explanation-png, explanation-npz, explanation-dicom."
+            help="Comma-separated outputs (default: the model's task's): segmentation nifti, dicom-seg, rtstruct, "
+            "preview, json; classification json, explanation-png, explanation-npz, explanation-dicom."
         ),
     ] = "",
     series: Annotated[
@@ -168,9 +169,17 @@ def run(
             "(NIfTI on that grid; DICOM outputs mapped back onto the source slices)."
         ),
     ] = False,
+    seg_type: Annotated[
+        str, typer.Option(help="DICOM-SEG type: binary (Segmentation Storage) or labelmap (Label Map Segmentation).")
+    ] = "binary",
+    preview: Annotated[bool, typer.Option("--preview/--no-preview", help="Write preview.png per series.")] = True,
+    clinical_marker: Annotated[
+        str,
+        typer.Option(help='Text put into DICOM output descriptions and previews; "" for none.'),
+    ] = NOT_FOR_CLINICAL_USE,
 ) -> None:
-    """Run the model over every series under --input: segmentation writes NIfTI, DICOM-SEG and JSON per series;
-    classification writes JSON (and explanation heat maps) per image.
+    """Run the model over every series under --input: segmentation writes NIfTI, DICOM-SEG, RTSTRUCT, a preview
+    and JSON per series; classification writes JSON (and explanation heat maps) per image.
 
     Exit code 0 when every series succeeded (or was already done), 1 when some failed, 2 for usage errors.
     Safe to rerun: finished series are skipped, interrupted ones are redone.
@@ -198,6 +207,8 @@ def run(
         trust_checkpoint=trust_checkpoint,
         max_voxels=max_voxels,
         regrid_irregular=regrid_irregular,
+        writer_options=_writer_options(seg_type, clinical_marker),
+        preview=preview,
     )
     progress = RunProgress(quiet=quiet, log_json=log_json, console=console)
     report = run_batch(options, progress)
@@ -207,6 +218,17 @@ def run(
     if not quiet and not log_json:
         render_run_report(report, output, stdout)
     raise typer.Exit(report.exit_code)
+
+
+def _writer_options(seg_type: str, clinical_marker: str) -> WriterOptions:
+    """The format options of `run`; UsageError for an unknown --seg-type."""
+    kind = seg_type.strip().upper()
+    if kind not in ("BINARY", "LABELMAP"):
+        raise UsageError(f"--seg-type must be binary or labelmap, got {seg_type!r}")
+    try:
+        return WriterOptions(seg_type="LABELMAP" if kind == "LABELMAP" else "BINARY", clinical_marker=clinical_marker)
+    except ValueError as error:
+        raise UsageError(f"--clinical-marker: {error}") from None
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ the field and an example of what to write. The block's format is documented in `
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
@@ -52,6 +53,8 @@ EXAMPLES = {
     '"largest_component": "all", "fill_holes": ["bladder"]}',
     "model_name": '{"model_name": "Lung", "checkpoint_paths": ["checkpoints/last.ckpt"]}',
     "checkpoint_paths": '"checkpoint_paths": ["checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/last.ckpt"]',
+    "roi_interpreted_type": '{"name": "external", "roi_interpreted_type": "EXTERNAL"}   (default "ORGAN")',
+    "roi_interpreted_types": '"roi_interpreted_types": ["EXTERNAL", "ORGAN", "CTV"]   (one per structure)',
 }
 _POSTPROCESSING_FIELDS = ("posterior_smoothing_mm", "largest_component", "fill_holes")
 _NORMALISATION_FIELDS = ("method", "level", "window", "output_range", "sharpen", "tail")
@@ -107,12 +110,52 @@ def _structures(fields: _Fields, value: Any) -> tuple[Structure, ...]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
             raise fields.error(f"structures[{index}]", f"needs a non-empty 'name', got {entry!r}")
         colour = parse_colour(fields, f"structures[{index}].colour", entry.get("colour", [255, 0, 0]))
-        result.append(Structure(name=entry["name"], colour=colour))
+        interpreted_type = _interpreted_type(
+            fields, f"structures[{index}].roi_interpreted_type", entry.get("roi_interpreted_type", "ORGAN")
+        )
+        result.append(Structure(name=entry["name"], colour=colour, interpreted_type=interpreted_type))
     names = [s.name for s in result]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise fields.error("structures", f"names must be unique; repeated: {', '.join(duplicates)}")
     return tuple(result)
+
+
+def _interpreted_type(fields: _Fields, name: str, value: Any) -> str:
+    """An RTROIInterpretedType (a DICOM Code String: up to 16 of A-Z, 0-9, _ and space), upper-cased."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z0-9_ ]{1,16}", value.strip().upper()):
+        raise fields.error(
+            name,
+            f"must be an RTROIInterpretedType such as ORGAN, EXTERNAL, PTV, CTV, GTV, got {value!r}",
+            "roi_interpreted_type",
+        )
+    return value.strip().upper()
+
+
+def _merge_interpreted_types(config: Mapping[str, Any], block: Any, file: Path) -> Any:
+    """A copy of the raw ``block`` whose structures carry InnerEye's ``roi_interpreted_types`` (one per structure,
+    from ``model_inference_config.json``); a structure's own ``roi_interpreted_type`` must agree with it."""
+    types = config.get("roi_interpreted_types")
+    if types is None or not isinstance(block, dict) or not isinstance(block.get("structures"), list):
+        return block
+    fields = _Fields(file)
+    structures = block["structures"]
+    if not isinstance(types, list) or len(types) != len(structures):
+        raise fields.error("roi_interpreted_types", f"needs one type per structure ({len(structures)}), got {types!r}")
+    merged = copy.deepcopy(block)
+    for index, (entry, value) in enumerate(zip(merged["structures"], types, strict=True)):
+        listed = _interpreted_type(fields, f"roi_interpreted_types[{index}]", value)
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if isinstance(entry, dict):
+            own = entry.get("roi_interpreted_type")
+            if own is not None and str(own).strip().upper() != listed:
+                raise fields.error(
+                    "roi_interpreted_types",
+                    f"{listed!r} for structure {index} disagrees with its roi_interpreted_type {own!r}",
+                )
+            entry["roi_interpreted_type"] = listed
+        merged["structures"][index] = entry
+    return merged
 
 
 def _architecture(fields: _Fields, value: Any) -> ArchitectureSpec:
@@ -384,9 +427,11 @@ def _settings(
         )
     if "inference" in config or block_file.is_file():
         if "inference" in config:
-            settings = parse_inference_block(config["inference"], config_file, prefix="inference.")
+            block = _merge_interpreted_types(config, config["inference"], config_file)
+            settings = parse_inference_block(block, config_file, prefix="inference.")
         else:
-            settings = parse_inference_block(_read_json(block_file), block_file)
+            block = _merge_interpreted_types(config, _read_json(block_file), config_file)
+            settings = parse_inference_block(block, block_file)
         block_names = list(getattr(settings["task_spec"], "structure_names", ()))
         older_names = config.get("structure_names")
         if isinstance(older_names, list) and block_names and older_names != block_names:
@@ -410,6 +455,7 @@ def _settings(
     if "structure_names" in config:
         _apply_older_form(config, block, config_file)
         source += f", structures from {CONFIG_FILE}"
+    block = _merge_interpreted_types(config, block, config_file)
     return source, parse_inference_block(block, config_file, prefix=f"({source}).")
 
 

@@ -23,10 +23,12 @@ Stitching = Literal["gaussian", "average"]
 
 @dataclass(frozen=True)
 class Structure:
-    """One segmented structure (foreground label i = index + 1) and its display colour."""
+    """One segmented structure (foreground label i = index + 1), its display colour and RT interpreted type."""
 
     name: str
     colour: tuple[int, int, int] = (255, 0, 0)
+    interpreted_type: str = "ORGAN"
+    """RTROIInterpretedType of its ROI in an RT Structure Set (ORGAN, EXTERNAL, PTV, CTV, GTV, AVOIDANCE, ...)."""
 
 
 @dataclass(frozen=True)

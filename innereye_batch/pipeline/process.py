@@ -19,7 +19,7 @@ from innereye_batch.files import atomic_write
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.results import ItemResult, Status
 from innereye_batch.tasks.base import Prediction, Predictor, WorkItem
-from innereye_batch.writers.registry import OutputFormat, WriteContext
+from innereye_batch.writers.registry import OutputFormat, WriteContext, WriterOptions
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ def write_outputs(
     package: ModelPackage,
     model_fp: str,
     timings: dict[str, float],
+    options: WriterOptions = WriterOptions(),  # the run's format options (--seg-type, ...)
 ) -> ItemResult:
     """Write every format atomically, then the done record; any failure fails the item, never the run.
 
@@ -69,7 +70,7 @@ def write_outputs(
             step = output.name
             if output.summarises_outputs:
                 timings = {**timings, "write": time.perf_counter() - start}
-            context = WriteContext(package=package, tool_version=__version__, timings=timings)
+            context = WriteContext(package=package, tool_version=__version__, timings=timings, options=options)
             path = job.folder / output.filename
             atomic_write(path, functools.partial(_write_one, output, prediction, context))
             written[output.name] = path
@@ -89,7 +90,12 @@ def _write_one(output: OutputFormat, prediction: Prediction, context: WriteConte
 
 
 def process_item(
-    job: Job, predictor: Predictor, formats: Sequence[OutputFormat], package: ModelPackage, model_fp: str
+    job: Job,
+    predictor: Predictor,
+    formats: Sequence[OutputFormat],
+    package: ModelPackage,
+    model_fp: str,
+    options: WriterOptions = WriterOptions(),
 ) -> ItemResult:
     """Decode, predict and write one planned item in this thread; failures become a failed ItemResult."""
     from innereye_batch.pipeline.loader import decode_safely
@@ -102,4 +108,4 @@ def process_item(
     except Exception as error:  # one item's failure never stops the others
         return item_result(job.item.primary, "failed", f"inference: {type(error).__name__}: {error}")
     timings = {"load": loaded.load_seconds, **prediction.timings}
-    return write_outputs(job, prediction, formats, package, model_fp, timings)
+    return write_outputs(job, prediction, formats, package, model_fp, timings, options)

@@ -30,7 +30,7 @@ from innereye_batch.results import ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import Prediction, Predictor, PredictorOptions
 from innereye_batch.text import relative_paths
-from innereye_batch.writers.registry import OutputFormat, resolve_formats
+from innereye_batch.writers.registry import OutputFormat, WriterOptions, resolve_formats
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +64,10 @@ class RunOptions:
     """Largest grid (source or resampled) a series may have; larger ones fail before any decoding."""
     regrid_irregular: bool = False
     """Resample tilted and variable-spacing stacks onto a regular grid instead of refusing them."""
+    writer_options: WriterOptions = field(default_factory=WriterOptions)
+    """--seg-type and --clinical-marker, passed to every writer."""
+    preview: bool = True
+    """False (--no-preview): no preview.png, even when the formats name it."""
 
 
 @dataclass
@@ -129,6 +133,8 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
         raise UsageError(f"--explain applies to classification models; {package.name} is a {package.task} model")
     _check_explain_methods(options.explain)
     formats = resolve_formats(options.formats, package.task, explaining=bool(options.explain))
+    if not options.preview:
+        formats = tuple(f for f in formats if f.name != "preview")
     selection = Selection(options.series_uids, options.modalities)
     root: Path | None = getattr(source, "root", None)
     scan = source.discover()
@@ -168,6 +174,7 @@ def _execute(
     from innereye_batch.model.checkpoints import load_networks
     from innereye_batch.pipeline.loader import load_items
     from innereye_batch.pipeline.state import remove_stale_temporaries
+    from innereye_batch.writers.run_report import write_run_report
     from innereye_batch.writers.summary import write_summary
 
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -228,7 +235,9 @@ def _execute(
                 continue
             timings = {"load": loaded.load_seconds, **prediction.timings}
             slots.acquire()
-            future = pool.submit(write_outputs, job, prediction, formats, package, model_fp, timings)
+            future = pool.submit(
+                write_outputs, job, prediction, formats, package, model_fp, timings, options.writer_options
+            )
             future.add_done_callback(lambda _: slots.release())
             pending.append(future)
         batch.clear()
@@ -281,6 +290,8 @@ def _execute(
             report.summary_paths = tuple(
                 write_summary(options.output, report.results, run_info=run_info, skipped_files=report.skipped_files)
             )
+            # the page a person reads, after the summary
+            report.summary_paths += (write_run_report(options.output, report.results, run_info),)
         except OSError as error:  # e.g. the disk is full: say so, never a traceback
             report.summary_error = f"{type(error).__name__}: {error}"
             progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")

@@ -101,6 +101,9 @@ class SegmentationPrediction:
     timings: dict[str, float] = field(default_factory=dict)
     regridding: Regridding | None = None
     """Set when the primary series was resampled onto a regular grid (gantry tilt, variable spacing)."""
+    image: np.ndarray | None = None
+    """The primary channel it was predicted from, float32 (z, y, x) in modality units, for outputs that show it
+    (preview.png); None when not kept (such outputs decode the series again)."""
 
     task: ClassVar[str] = "segmentation"
 
@@ -143,7 +146,10 @@ class SegmentationPredictor:
         volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
         labels, timings = self.label_map(volume.image, volume.geometry)
         structures = structure_stats(labels, volume.geometry, self.package.segmentation.structure_names)
-        return SegmentationPrediction(item, labels, volume.geometry, structures, timings, volume.regridding)
+        image = volume.image[0].numpy()  # a view of the decoded host tensor: no copy
+        return SegmentationPrediction(
+            item, labels, volume.geometry, structures, timings, regridding=volume.regridding, image=image
+        )
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
         """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, and stage timings."""

@@ -7,6 +7,10 @@ and algorithm identification naming the model, its version and its checkpoints.
 
 Empty frames are omitted. A label map with no foreground at all is still written (every frame, all empty):
 "nothing found" is a result, and a SEG cannot have zero frames; dciodvfy accepts it.
+
+The format writes BINARY (Segmentation Storage) by default, LABELMAP (Label Map Segmentation Storage) with
+``--seg-type labelmap``; either way the file is read back and checked against the label map (``readback``)
+before it is accepted, and the series description carries the run's "not for clinical use" marker.
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ def write_dicom_seg(
     *,
     software_version: str,
     segmentation_type: SegmentationType = "BINARY",
+    clinical_marker: str = "",
 ) -> None:
     """Write ``labels`` (z, y, x; 0 background, i = the model's i-th structure) to ``path`` as DICOM-SEG.
 
     ``labels`` rows follow ``series.slices``. ``BINARY`` (Segmentation Storage) is what viewers and PACS read
     today; ``LABELMAP`` (Label Map Segmentation Storage, 2024) is smaller and faster but newer.
-    Multi-frame sources are supported when the whole stack comes from one file.
+    Multi-frame sources are supported when the whole stack comes from one file. ``clinical_marker`` (e.g.
+    "NOT FOR CLINICAL USE") ends the series and content descriptions.
     """
     import highdicom as hd
 
@@ -90,9 +96,9 @@ def write_dicom_seg(
         device_serial_number=package.fingerprint()[:16],
         # A SEG needs at least one frame: with no foreground anywhere, keep them all (empty).
         omit_empty_frames=bool(frames.any()),
-        content_label=_content_label(package.name),
-        content_description=f"{package.name} segmentation, {num_structures} structures"[:_LO_MAX],
-        series_description=f"innereye-batch {package.name}"[:_LO_MAX],
+        content_label=content_label(package.name),
+        content_description=with_marker(f"{package.name} segmentation, {num_structures} structures", clinical_marker),
+        series_description=with_marker(f"innereye-batch {package.name}", clinical_marker),
     )
     segmentation.save_as(path, enforce_file_format=True)
 
@@ -121,9 +127,7 @@ def _algorithm_identification(package: ModelPackage) -> Any:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    version = package.version or "sha256:" + "+".join(c.sha256[:8] for c in package.checkpoints)
-    if len(version) > _LO_MAX:
-        version = f"fingerprint:{package.fingerprint()[:16]}"
+    version = model_version(package)
     parameters = {
         "architecture": package.architecture.name,
         "fingerprint": package.fingerprint(),
@@ -195,10 +199,27 @@ def _anatomical_type_keywords() -> dict[str, str]:
     return {keyword.lower(): keyword for keyword in codes.CID7192.dir()}
 
 
-def _content_label(model_name: str) -> str:
+def content_label(model_name: str) -> str:
     """ContentLabel (a DICOM Code String): upper-case letters, digits, underscores, at most 16 characters."""
     label = re.sub(r"[^A-Z0-9_]+", "_", model_name.upper()).strip("_")[:_CS_MAX]
     return label or "SEGMENTATION"
+
+
+def model_version(package: ModelPackage) -> str:
+    """The model's version for DICOM headers (a Long String): its own, else its checkpoints' hash prefixes."""
+    version = package.version or "sha256:" + "+".join(c.sha256[:8] for c in package.checkpoints)
+    if len(version) > _LO_MAX:
+        version = f"fingerprint:{package.fingerprint()[:16]}"
+    return version
+
+
+def with_marker(text: str, marker: str, limit: int = _LO_MAX) -> str:
+    """``text`` followed by ``marker`` within ``limit`` characters: ``text`` is shortened, never the marker."""
+    if not marker:
+        return text[:limit]
+    if len(marker) >= limit:
+        return marker[:limit]
+    return f"{text[: limit - len(marker) - 1]} {marker}"
 
 
 def source_problem(series: SeriesInfo) -> str | None:
@@ -211,16 +232,33 @@ def source_problem(series: SeriesInfo) -> str | None:
     return None
 
 
+FILENAME = "segmentation.dcm"
+
+
 def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
+    """Write the SEG, then read it back: a file that disagrees with the label map fails the series."""
+    from innereye_batch.writers.readback import check_seg
+
     labels = prediction.labels_on_source_slices()
-    write_dicom_seg(path, labels, prediction.item.primary, context.package, software_version=context.tool_version)
+    write_dicom_seg(
+        path,
+        labels,
+        prediction.item.primary,
+        context.package,
+        software_version=context.tool_version,
+        segmentation_type=context.options.seg_type,
+        clinical_marker=context.options.clinical_marker,
+    )
+    names = context.package.segmentation.structure_names
+    check_seg(path, FILENAME, labels, prediction.item.primary, [n[:_LO_MAX] for n in names])
 
 
 FORMAT = OutputFormat(
     name="dicom-seg",
-    filename="segmentation.dcm",
+    filename=FILENAME,
     tasks=frozenset({"segmentation"}),
     write=_write,
-    description="DICOM Segmentation (highdicom, BINARY): one segment per structure, references every source image",
+    description="DICOM Segmentation (highdicom, BINARY or --seg-type labelmap): one segment per structure, "
+    "references every source image, read back and checked",
     needs=source_problem,
 )

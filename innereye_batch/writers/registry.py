@@ -13,13 +13,32 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import UsageError
 from innereye_batch.model.spec import ModelPackage
 
-_FORMAT_MODULES = ("nifti", "dicom_seg", "predictions", "explanations")
+_FORMAT_MODULES = ("nifti", "dicom_seg", "rtstruct", "preview", "predictions", "explanations")
+
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """Choices a run makes for its formats (command-line options), the same for every item."""
+
+    seg_type: Literal["BINARY", "LABELMAP"] = "BINARY"
+    """DICOM-SEG flavour: Segmentation Storage (BINARY) or Label Map Segmentation Storage (LABELMAP)."""
+    clinical_marker: str = NOT_FOR_CLINICAL_USE
+    """Put into the descriptions of DICOM outputs and onto previews; empty: no marker."""
+
+    def __post_init__(self) -> None:
+        if self.seg_type not in ("BINARY", "LABELMAP"):
+            raise ValueError(f"seg_type must be BINARY or LABELMAP, got {self.seg_type!r}")
+        marker = self.clinical_marker
+        if len(marker) > 64 or not all(" " <= c <= "~" and c != "\\" for c in marker):
+            raise ValueError(f"the marker must be at most 64 printable ASCII characters without '\\', got {marker!r}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +49,7 @@ class WriteContext:
     tool_version: str
     timings: Mapping[str, float] = field(default_factory=dict)
     """Seconds per stage so far, writing of the outputs before this one included."""
+    options: WriterOptions = field(default_factory=WriterOptions)
 
 
 @dataclass(frozen=True)

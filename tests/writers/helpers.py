@@ -97,12 +97,14 @@ def blob_labels(shape: tuple[int, int, int], num_structures: int, seed: int = 0)
     return labels
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """The "Error" lines dciodvfy reports for ``path`` (it writes its report to stderr)."""
+def dciodvfy_errors(path: Path, iod: str = "Segmentation") -> list[str]:
+    """The "Error" lines dciodvfy reports for ``path`` (it writes its report to stderr), after checking that it
+    validated the file as ``iod`` (``Segmentation``, which it also names Label Map Segmentations, or
+    ``RTStructureSet``)."""
     exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
     report = out.stdout + out.stderr
-    assert "Segmentation" in report, f"dciodvfy did not recognise a Segmentation IOD:\n{report}"
+    assert iod in report.splitlines()[0], f"dciodvfy did not recognise a {iod} IOD:\n{report}"
     return [line for line in report.splitlines() if "Error" in line]
 
 

@@ -1,0 +1,299 @@
+"""Read a written DICOM output back and check it against the label map: a flipped or shifted file fails its series.
+
+Per structure, the voxel count and the centroid in patient coordinates (LPS, mm) of what the file says are
+compared with the label map's. The file is read with pydicom alone and placed with its own geometry (each
+frame's ImagePositionPatient, ImageOrientationPatient and PixelSpacing for a SEG; the contours' patient
+coordinates for an RT Structure Set), not with the writer's library, so the check is independent of the code
+that wrote it.
+
+- DICOM-SEG (BINARY or LABELMAP): lossless, so counts must be equal.
+- RT Structure Set: each contour is checked to lie on a slice plane of the source grid and to reference the
+  source image at that plane; the contours are rasterised back onto the source grid (pixel centres, even-odd
+  rule; see ``contours``). Marching-squares contours never pass within 0.35 pixel of a pixel centre, so the
+  round trip is exact in exact arithmetic; the count tolerance (0.1 % of the structure, at least one voxel)
+  only absorbs a pixel centre that rounding of the coordinates to DICOM decimal strings could move across an
+  edge, and is far below what a lost island, a dropped slice or a wrong structure would change.
+- Centroids must agree within half the smallest voxel spacing: any shift by a whole voxel, or a flip of an
+  off-centre structure, is caught, while the rounding of positions (about 1e-4 mm) is not mistaken for one.
+
+Label maps given here lie on the source slices (what DICOM outputs reference), and every slice is placed by its
+own ImagePositionPatient (``SlicePlanes``), so stacks whose slices are not on a regular grid (gantry tilt,
+variable spacing) are placed where the scanner put them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.errors import InnerEyeBatchError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+_CONTOUR_DATA = 0x30060050
+_PLANE_TOLERANCE = 0.01
+"""How far a contour point may lie off a slice plane, as a fraction of the smallest distance between slices."""
+RTSTRUCT_COUNT_TOLERANCE = 0.001
+"""Relative voxel-count tolerance for RT Structure Sets (see the module docstring)."""
+
+
+class ReadBackError(InnerEyeBatchError):
+    """A written output, read back, does not say what the label map says."""
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """Size and position of one structure: voxel count and centroid (LPS, mm; None when empty)."""
+
+    voxel_count: int
+    centroid: tuple[float, float, float] | None
+
+
+@dataclass(frozen=True, eq=False)
+class SlicePlanes:
+    """Where a series' images lie: each slice's first-pixel position and the patient-space step of one column and
+    of one row (shared by the slices of a stack), in slice order."""
+
+    positions: np.ndarray
+    """(slices, 3) ImagePositionPatient, LPS mm."""
+    column_step: np.ndarray
+    """LPS mm from one column to the next (along a row)."""
+    row_step: np.ndarray
+    """LPS mm from one row to the next (down a column)."""
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, series: SeriesInfo) -> SlicePlanes:
+        geometry = series.geometry
+        direction = geometry.direction_matrix
+        return cls(
+            positions=np.asarray([s.position for s in series.slices], dtype=np.float64),
+            column_step=direction[:, 0] * geometry.spacing[2],
+            row_step=direction[:, 1] * geometry.spacing[1],
+            shape=geometry.shape,
+        )
+
+    @property
+    def normal(self) -> np.ndarray:
+        normal = np.cross(self.column_step, self.row_step)
+        return normal / np.linalg.norm(normal)
+
+    def to_patient(self, slice_index: int, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """(n, 3) LPS positions of (possibly fractional) pixel positions on one slice."""
+        return self.positions[slice_index] + np.outer(columns, self.column_step) + np.outer(rows, self.row_step)
+
+    def locate(self, points: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """The slice whose plane holds every one of ``points`` and their (rows, columns) on it; None when they do
+        not lie on one slice plane."""
+        offsets = self.positions @ self.normal
+        gaps = np.diff(np.sort(offsets))
+        gaps = gaps[gaps > 1e-6]
+        tolerance = _PLANE_TOLERANCE * (float(gaps.min()) if gaps.size else float(np.linalg.norm(self.row_step)))
+        along = points @ self.normal
+        slice_index = int(np.abs(offsets - along.mean()).argmin())
+        if np.abs(along - offsets[slice_index]).max() > tolerance:
+            return None
+        relative = points - self.positions[slice_index]
+        columns = relative @ self.column_step / float(self.column_step @ self.column_step)
+        rows = relative @ self.row_step / float(self.row_step @ self.row_step)
+        return slice_index, rows, columns
+
+    def stats(self, mask: np.ndarray) -> MaskStats:
+        """Voxel count and patient-space centroid of a (slices, rows, columns) boolean mask on these slices."""
+        per_slice = np.count_nonzero(mask, axis=(1, 2))
+        count = int(per_slice.sum())
+        if count == 0:
+            return MaskStats(0, None)
+        # sums of row and column indices from projections per slice (no index arrays as large as the mask)
+        row_sums = np.count_nonzero(mask, axis=2) @ np.arange(mask.shape[1])
+        column_sums = np.count_nonzero(mask, axis=1) @ np.arange(mask.shape[2])
+        total = (
+            per_slice @ self.positions
+            + float(column_sums.sum()) * self.column_step
+            + float(row_sums.sum()) * self.row_step
+        )
+        return _stats_from_sums(count, total)
+
+
+def _stats_from_sums(count: int, position_sum: np.ndarray) -> MaskStats:
+    if count == 0:
+        return MaskStats(0, None)
+    centroid = position_sum / count
+    return MaskStats(count, (float(centroid[0]), float(centroid[1]), float(centroid[2])))
+
+
+def compare_stats(
+    expected: Mapping[str, MaskStats],
+    found: Mapping[str, MaskStats],
+    spacing: Sequence[float],
+    *,
+    what: str,
+    relative_count_tolerance: float = 0.0,
+) -> None:
+    """Raise ``ReadBackError`` naming ``what`` (the file) and every structure whose count or centroid differ;
+    centroids may differ by half the smallest of ``spacing`` (mm)."""
+    centroid_tolerance = 0.5 * min(spacing)
+    problems = []
+    for name, want in expected.items():
+        got = found.get(name)
+        if got is None:
+            problems.append(f"{name!r}: missing from the file")
+            continue
+        allowed = 0 if relative_count_tolerance == 0 else max(1, int(relative_count_tolerance * want.voxel_count))
+        if abs(got.voxel_count - want.voxel_count) > allowed:
+            problems.append(f"{name!r}: {got.voxel_count} voxels, the label map has {want.voxel_count}")
+            continue
+        if want.centroid is not None and got.centroid is not None:
+            distance = float(np.linalg.norm(np.subtract(got.centroid, want.centroid)))
+            if distance > centroid_tolerance:
+                problems.append(
+                    f"{name!r}: centroid {_mm(got.centroid)} is {distance:.2f} mm from the label map's "
+                    f"{_mm(want.centroid)} (tolerance {centroid_tolerance:.2f} mm)"
+                )
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        problems.append(f"structures not in the model: {extra}")
+    if problems:
+        raise ReadBackError(f"{what} read back does not match the label map: " + "; ".join(problems))
+
+
+def _mm(point: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in point) + ") mm"
+
+
+def seg_stats(path: Path, what: str = "") -> dict[str, MaskStats]:
+    """Per segment label: voxel count and centroid of a DICOM-SEG (BINARY or LABELMAP), placed by its own
+    per-frame positions, shared orientation and pixel spacing."""
+    import pydicom
+
+    seg = pydicom.dcmread(path)
+    frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
+    # A LABELMAP SEG may describe segment 0 (pixel value 0) as the background: not a structure.
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) != 0}
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    labelmap = str(seg.get("SegmentationType", "")) == "LABELMAP"
+    counts = dict.fromkeys(labels, 0)
+    sums = {number: np.zeros(3) for number in labels}
+    for index, frame in enumerate(frames):
+        groups = seg.PerFrameFunctionalGroupsSequence[index]
+        origin, row_step, column_step = _frame_axes(groups, shared)
+        if labelmap:
+            present = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
+        else:
+            number = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+            present = [(number, frame != 0)]
+        for number, mask in present:
+            if number not in counts:
+                raise ReadBackError(f"{what or path.name}: frame {index + 1} holds segment {number}, not described")
+            rows, columns = np.nonzero(mask)
+            counts[number] += int(rows.size)
+            sums[number] += rows.size * origin + columns.sum() * row_step + rows.sum() * column_step
+    return {labels[n]: _stats_from_sums(counts[n], sums[n]) for n in labels}
+
+
+def _frame_axes(groups: Dataset, shared: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame's first-pixel position and the patient-space steps of one column and of one row (mm)."""
+
+    def item(sequence: str) -> Any:
+        return groups[sequence][0] if sequence in groups else shared[sequence][0]
+
+    origin = np.asarray(item("PlanePositionSequence").ImagePositionPatient, dtype=np.float64)
+    orientation = np.asarray(item("PlaneOrientationSequence").ImageOrientationPatient, dtype=np.float64)
+    row_spacing, column_spacing = (float(v) for v in item("PixelMeasuresSequence").PixelSpacing)
+    # ImageOrientationPatient: direction along a row (column index grows), then down a column (row index grows).
+    return origin, orientation[:3] * column_spacing, orientation[3:] * row_spacing
+
+
+def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, np.ndarray]:
+    """Per ROI name: its contours rasterised onto ``series``' slices, (z, y, x) boolean in slice order.
+
+    Raises ``ReadBackError`` for a contour that is not closed and planar on a slice of the grid, has fewer than
+    3 points, or does not reference the source image at its plane.
+    """
+    import pydicom
+
+    from innereye_batch.writers.contours import rasterise_contours
+
+    rt = pydicom.dcmread(path)
+    what = what or path.name
+    planes = SlicePlanes.of(series)
+    names = {int(roi.ROINumber): str(roi.ROIName) for roi in rt.StructureSetROISequence}
+    masks = {name: np.zeros(planes.shape, dtype=bool) for name in names.values()}
+    for roi in rt.get("ROIContourSequence", []):
+        number = int(roi.ReferencedROINumber)
+        if number not in names:
+            raise ReadBackError(f"{what}: contours for ROI {number}, which the structure set does not list")
+        name = names[number]
+        by_slice: dict[int, list[np.ndarray]] = {}
+        for index, contour in enumerate(roi.get("ContourSequence", [])):
+            where = f"{what}: ROI {name!r} contour {index + 1}"
+            slice_index, points = _contour_on_slice(contour, planes, where)
+            _check_contour_reference(contour, series, slice_index, where)
+            by_slice.setdefault(slice_index, []).append(points)
+        for slice_index, polygons in by_slice.items():
+            masks[name][slice_index] = rasterise_contours(polygons, planes.shape[1:])
+    return masks
+
+
+def _contour_on_slice(contour: Dataset, planes: SlicePlanes, where: str) -> tuple[int, np.ndarray]:
+    """The slice a contour lies on and its points as (row, column) pixel positions."""
+    if str(contour.ContourGeometricType) != "CLOSED_PLANAR":
+        raise ReadBackError(f"{where}: geometric type {contour.ContourGeometricType}, not CLOSED_PLANAR")
+    points = contour_points(contour)
+    if len(points) < 3 or int(contour.NumberOfContourPoints) != len(points):
+        raise ReadBackError(f"{where}: {len(points)} points (NumberOfContourPoints {contour.NumberOfContourPoints})")
+    located = planes.locate(points)
+    if located is None:
+        raise ReadBackError(f"{where}: points do not lie on one slice plane of the source series")
+    slice_index, rows, columns = located
+    return slice_index, np.column_stack([rows, columns])
+
+
+def contour_points(contour: Dataset) -> np.ndarray:
+    """A contour's ContourData as (n, 3) float64 (parsed from the text at once when pydicom has not yet)."""
+    element = contour.get_item(_CONTOUR_DATA)
+    value = element.value if element is not None else None
+    if isinstance(value, bytes):
+        values = np.array(value.split(b"\\"), dtype=np.float64) if value.strip() else np.zeros(0)
+    else:
+        values = np.asarray(contour.get("ContourData", []), dtype=np.float64)
+    if values.size % 3:
+        raise ReadBackError(f"ContourData holds {values.size} numbers, not (x, y, z) triplets")
+    return values.reshape(-1, 3)
+
+
+def _check_contour_reference(contour: Dataset, series: SeriesInfo, slice_index: int, where: str) -> None:
+    image = series.slices[slice_index]
+    references = contour.get("ContourImageSequence", [])
+    uids = [str(r.ReferencedSOPInstanceUID) for r in references]
+    if uids != [image.sop_instance_uid]:
+        raise ReadBackError(
+            f"{where}: references image(s) {uids}, but the source image at its plane is {image.sop_instance_uid}"
+        )
+    if image.frame is not None and int(references[0].get("ReferencedFrameNumber", 0)) != image.frame + 1:
+        raise ReadBackError(f"{where}: does not reference frame {image.frame + 1} of {image.sop_instance_uid}")
+
+
+def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, names: Sequence[str]) -> None:
+    """Raise ``ReadBackError`` unless the SEG at ``path`` holds, per structure, the count and centroid of
+    ``labels`` (on ``series``' slices; ``what`` names the file in the message)."""
+    planes = SlicePlanes.of(series)
+    expected = {name: planes.stats(labels == number) for number, name in enumerate(names, start=1)}
+    compare_stats(expected, seg_stats(path, what), series.geometry.spacing, what=what)
+
+
+def check_rtstruct(path: Path, what: str, masks: Mapping[str, np.ndarray], series: SeriesInfo) -> None:
+    """Raise ``ReadBackError`` unless the RT Structure Set at ``path``, rasterised onto ``series``' grid, gives
+    each structure of ``masks`` (name -> contoured (z, y, x) mask) within the tolerances."""
+    planes = SlicePlanes.of(series)
+    expected = {name: planes.stats(mask) for name, mask in masks.items()}
+    found = {name: planes.stats(mask) for name, mask in rtstruct_masks(path, series, what).items()}
+    compare_stats(
+        expected, found, series.geometry.spacing, what=what, relative_count_tolerance=RTSTRUCT_COUNT_TOLERANCE
+    )

@@ -1,0 +1,183 @@
+"""Read-back checks: a correct DICOM output passes, a flipped, shifted or mis-referenced one fails with a reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.tasks.base import WorkItem
+from innereye_batch.tasks.segmentation import SegmentationPrediction, structure_stats
+from innereye_batch.writers import dicom_seg
+from innereye_batch.writers.readback import (
+    ReadBackError,
+    SlicePlanes,
+    check_rtstruct,
+    check_seg,
+    seg_stats,
+)
+from innereye_batch.writers.registry import WriteContext, WriterOptions
+from innereye_batch.writers.rtstruct import structure_masks, write_rtstruct
+from tests.factory import rotation_direction, write_series
+from tests.writers.helpers import blob_labels, dciodvfy_errors, make_package, read_back_labels, series_info_from
+from tests.writers.test_rtstruct import tilted_series
+
+OBLIQUE = dict(zip(("row_direction", "column_direction"), rotation_direction((0.3, 1.0, 0.2), 30.0), strict=True))
+
+
+def _series(tmp_path: Path, **kwargs: object) -> SeriesInfo:
+    return series_info_from(write_series(tmp_path / "dicom", shape=(7, 16, 14), **kwargs))  # type: ignore[arg-type]
+
+
+def _labels(shape: tuple[int, int, int]) -> np.ndarray:
+    labels = blob_labels(shape, 3, seed=4)
+    labels[1:3, 1:4, 1:3] = 3  # off-centre, so that any mirror moves every structure's centroid
+    return labels
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_seg_stats_place_voxels_where_the_label_map_has_them(tmp_path: Path, seg_type: str) -> None:
+    series = _series(tmp_path, **OBLIQUE)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    out = tmp_path / "seg.dcm"
+    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
+
+    found = seg_stats(out)
+
+    for number, name in enumerate(package.segmentation.structure_names, start=1):
+        expected = SlicePlanes.of(series).stats(labels == number)
+        independent = series.geometry.index_to_lps(tuple(np.argwhere(labels == number).mean(axis=0)))
+        np.testing.assert_allclose(expected.centroid, independent, atol=1e-6)  # type: ignore[arg-type]
+        assert found[name].voxel_count == expected.voxel_count > 0
+        np.testing.assert_allclose(found[name].centroid, expected.centroid, atol=1e-3)  # type: ignore[arg-type]
+    check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+
+
+def _prediction(series: SeriesInfo, labels: np.ndarray, names: tuple[str, ...]) -> SegmentationPrediction:
+    return SegmentationPrediction(
+        WorkItem((series,)), labels, series.geometry, structure_stats(labels, series.geometry, names)
+    )
+
+
+DAMAGES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "rows_flipped": lambda labels: labels[:, ::-1],
+    "columns_flipped": lambda labels: labels[:, :, ::-1],
+    "slices_reversed": lambda labels: labels[::-1],
+    "shifted_one_slice": lambda labels: np.roll(labels, 1, axis=0),
+}
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_seg_format_refuses_a_damaged_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seg_type: str, damage: str
+) -> None:
+    series = _series(tmp_path)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    original = dicom_seg.write_dicom_seg
+
+    def damaging_writer(path: Path, written: np.ndarray, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        original(path, np.ascontiguousarray(DAMAGES[damage](written)), *args, **kwargs)
+
+    monkeypatch.setattr(dicom_seg, "write_dicom_seg", damaging_writer)
+    context = WriteContext(package, "1", options=WriterOptions(seg_type=seg_type))  # type: ignore[arg-type]
+    prediction = _prediction(series, labels, package.segmentation.structure_names)
+    with pytest.raises(ReadBackError, match=r"segmentation\.dcm read back does not match the label map: .*centroid"):
+        dicom_seg.FORMAT.write(tmp_path / ".tmp-1-segmentation.dcm", prediction, context)
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_seg_format_writes_the_requested_type_with_the_marker(tmp_path: Path, seg_type: str) -> None:
+    series = _series(tmp_path, **OBLIQUE)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    out = tmp_path / "segmentation.dcm"
+    context = WriteContext(package, "1", options=WriterOptions(seg_type=seg_type))  # type: ignore[arg-type]
+
+    dicom_seg.FORMAT.write(out, _prediction(series, labels, package.segmentation.structure_names), context)
+
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    sop_class = {"BINARY": pydicom.uid.SegmentationStorage, "LABELMAP": "1.2.840.10008.5.1.4.1.1.66.7"}[seg_type]
+    assert seg.SOPClassUID == sop_class
+    assert seg.SegmentationType == seg_type
+    assert seg.SeriesDescription == "innereye-batch TestOrgans NOT FOR CLINICAL USE"
+    assert seg.ContentDescription.endswith("NOT FOR CLINICAL USE")
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)
+
+
+def test_marker_survives_long_model_names() -> None:
+    text = dicom_seg.with_marker("innereye-batch " + "A" * 80, "NOT FOR CLINICAL USE")
+    assert len(text) == 64 and text.endswith(" NOT FOR CLINICAL USE")
+    assert dicom_seg.with_marker("short", "") == "short"
+
+
+def _rtstruct(tmp_path: Path) -> tuple[Path, SeriesInfo, dict[str, np.ndarray]]:
+    series = _series(tmp_path, **OBLIQUE)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    out = tmp_path / "rtstruct.dcm"
+    write_rtstruct(out, labels, series, package, software_version="1")
+    return out, series, structure_masks(labels, package.segmentation.structures)
+
+
+def test_rtstruct_check_passes_a_correct_file_and_names_a_contour_on_the_wrong_image(tmp_path: Path) -> None:
+    out, series, masks = _rtstruct(tmp_path)
+    check_rtstruct(out, "rtstruct.dcm", masks, series)
+
+    rt = pydicom.dcmread(out)
+    contour = rt.ROIContourSequence[0].ContourSequence[0]
+    uid = contour.ContourImageSequence[0].ReferencedSOPInstanceUID
+    others = [s.sop_instance_uid for s in series.slices if s.sop_instance_uid != uid]
+    contour.ContourImageSequence[0].ReferencedSOPInstanceUID = others[0]
+    rt.save_as(out)
+    with pytest.raises(ReadBackError, match=r"rtstruct\.dcm: ROI 'liver' contour 1: references image"):
+        check_rtstruct(out, "rtstruct.dcm", masks, series)
+
+
+def test_rtstruct_check_refuses_a_contour_off_the_slice_planes(tmp_path: Path) -> None:
+    out, series, masks = _rtstruct(tmp_path)
+    rt = pydicom.dcmread(out)
+    contour = rt.ROIContourSequence[1].ContourSequence[0]
+    points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+    points += 0.4 * series.geometry.spacing[0] * series.geometry.direction_matrix[:, 2]  # 0.4 slice up
+    contour.ContourData = [f"{v:.4f}" for v in points.ravel()]
+    rt.save_as(out)
+    with pytest.raises(ReadBackError, match="do not lie on one slice plane"):
+        check_rtstruct(out, "rtstruct.dcm", masks, series)
+
+
+def test_rtstruct_check_refuses_a_contour_of_two_points(tmp_path: Path) -> None:
+    out, series, masks = _rtstruct(tmp_path)
+    rt = pydicom.dcmread(out)
+    contour = rt.ROIContourSequence[2].ContourSequence[0]
+    contour.ContourData = contour.ContourData[:6]
+    contour.NumberOfContourPoints = 2
+    rt.save_as(out)
+    with pytest.raises(ReadBackError, match="2 points"):
+        check_rtstruct(out, "rtstruct.dcm", masks, series)
+
+
+def test_a_tilted_stack_is_checked_where_its_slices_lie(tmp_path: Path) -> None:
+    """Slices sheared by a gantry tilt: SEG frames and contours sit at each image's own position; a check that
+    assumed a regular grid would see every centroid moved."""
+    series = tilted_series(write_series(tmp_path / "dicom", shape=(9, 16, 14)), shift_mm=1.5)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    names = package.segmentation.structure_names
+    seg, rt = tmp_path / "seg.dcm", tmp_path / "rt.dcm"
+    dicom_seg.write_dicom_seg(seg, labels, series, package, software_version="1")
+    write_rtstruct(rt, labels, series, package, software_version="1")
+
+    check_seg(seg, "segmentation.dcm", labels, series, names)
+    check_rtstruct(rt, "rtstruct.dcm", structure_masks(labels, package.segmentation.structures), series)
+    regular = replace(series, slices=series_info_from(write_series(tmp_path / "other", shape=(9, 16, 14))).slices)
+    with pytest.raises(ReadBackError, match="centroid"):
+        check_seg(seg, "segmentation.dcm", labels, regular, names)  # the same file against unsheared slices

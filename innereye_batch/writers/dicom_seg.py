@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from innereye_batch.dicom.mosaic import tiles_to_mosaic
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import SeriesError
 from innereye_batch.model.spec import ModelPackage, Structure
@@ -101,6 +102,9 @@ def _source_images_and_frames(series: SeriesInfo, labels: np.ndarray) -> tuple[l
     """Source headers (no pixel data) and the label frames in the order highdicom pairs them with sources."""
     import pydicom
 
+    if series.mosaic_size is not None:  # mosaic hook: one frame laid out as the source mosaic (dicom/mosaic.py)
+        source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        return [source], tiles_to_mosaic(labels, series)[None]
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
         return [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files], labels

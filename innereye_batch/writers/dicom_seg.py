@@ -95,6 +95,10 @@ def write_dicom_seg(
         content_description=f"{package.name} segmentation, {num_structures} structures"[:_LO_MAX],
         series_description=f"innereye-batch {package.name}"[:_LO_MAX],
     )
+    if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
+        # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote
+        # no plane geometry; General Image then needs PatientOrientation (type 2C): the source's, else empty.
+        segmentation.PatientOrientation = source_images[0].get("PatientOrientation", "")
     segmentation.save_as(path, enforce_file_format=True)
 
 

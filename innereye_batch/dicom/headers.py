@@ -120,7 +120,8 @@ class FileHeader:
     transfer_syntax: str
     images: tuple[ImageHeader, ...]
     is_projection: bool
-    """A projection radiograph (CR, DX, MG, IO, PX, RG): a 2-D image of its own, never placed in 3-D."""
+    """A projection radiograph (CR, DX, MG, IO, PX, RG): a 2-D image of its own, never placed in 3-D. Also set for
+    a mosaic that cannot be unpacked (``mosaic.py``), which then stands alone with its fatal ``mosaic`` problem."""
     patient_id: str = ""
     """Compared to split series that mix patients; never shown anywhere."""
     images_in_acquisition: int | None = None

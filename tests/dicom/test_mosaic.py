@@ -12,10 +12,12 @@ import pydicom
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
+from innereye_batch.dicom.headers import ImageHeader, SplitValues
 from innereye_batch.dicom.mosaic import tiles_to_mosaic
 from innereye_batch.dicom.problems import DUPLICATE_POSITIONS, MOSAIC
 from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.dicom.splitting import split_repeats
 from innereye_batch.dicom.volume import load_volume
 from innereye_batch.errors import SeriesError
 from tests.dicom.oracle import only_series
@@ -334,3 +336,36 @@ def test_cropped_scanner_mosaics_are_refused(tmp_path: Path) -> None:
         )
         with pytest.raises(SeriesError, match="mosaic"):
             load_volume(stack)
+
+
+def _frames(path: str, instance_number: int, positions: list[float]) -> list[ImageHeader]:
+    """Frames of one file at z = ``positions`` (as the scan makes a mosaic's tiles), sharing its InstanceNumber."""
+    return [
+        ImageHeader(
+            path=Path(path),
+            sop_instance_uid=path,
+            frame=k,
+            position=(0.0, 0.0, z),
+            orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+            pixel_spacing=(1.0, 1.0),
+            rows=4,
+            columns=4,
+            split=SplitValues(instance_number=instance_number),
+        )
+        for k, z in enumerate(positions)
+    ]
+
+
+def test_files_whose_frames_hold_every_position_are_runs_of_one_instance_number() -> None:
+    """The splitting rule mosaic series rely on, and where it must not apply."""
+    two_files = _frames("b", 7, [0.0, 3.0, 6.0]) + _frames("a", 4, [6.0, 3.0, 0.0])
+    parts = split_repeats(two_files)
+    assert [(suffix, by) for suffix, by, _ in parts] == [
+        (".vol1", {"InstanceNumber": "4"}),
+        (".vol2", {"InstanceNumber": "7"}),
+    ]
+    assert [{im.path.name for im in images} for _, _, images in parts] == [{"a"}, {"b"}]
+    one_file_twice = _frames("a", 1, [0.0, 3.0, 0.0, 3.0])  # one file's frames would fall in two runs
+    assert [suffix for suffix, _, _ in split_repeats(one_file_twice)] == [""]
+    shared_number = _frames("a", 1, [0.0, 3.0]) + _frames("b", 1, [0.0, 3.0])  # two files, one InstanceNumber
+    assert [suffix for suffix, _, _ in split_repeats(shared_number)] == [""]

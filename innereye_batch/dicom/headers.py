@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from innereye_batch.dicom.series import PixelLayout
+from innereye_batch.dicom.series import PixelLayout, Problem
 
 Source = Dataset | dict[Any, Any] | None
 """Top-level fields by keyword (private ones by tag number), or a sequence item."""
@@ -101,6 +101,8 @@ class ImageHeader:
     """Why the rescale cannot be applied (e.g. ``RescaleSlope 0``); None when fine or absent."""
     monochrome1: bool = False
     split: SplitValues = SplitValues()
+    mosaic_size: tuple[int, int] | None = None
+    """For one tile of a Siemens mosaic or UIH grid (``mosaic.py``): (rows, columns) of the whole mosaic image."""
 
 
 @dataclass(slots=True)  # not frozen: built once per file, in the hot loop
@@ -118,10 +120,13 @@ class FileHeader:
     transfer_syntax: str
     images: tuple[ImageHeader, ...]
     is_projection: bool
-    """A projection radiograph (CR, DX, MG, IO, PX, RG): a 2-D image of its own, never placed in 3-D."""
+    """A projection radiograph (CR, DX, MG, IO, PX, RG): a 2-D image of its own, never placed in 3-D. Also set for
+    a mosaic that cannot be unpacked (``mosaic.py``), which then stands alone with its fatal ``mosaic`` problem."""
     patient_id: str = ""
     """Compared to split series that mix patients; never shown anywhere."""
     images_in_acquisition: int | None = None
+    problems: tuple[Problem, ...] = ()
+    """Problems of this file that concern every stack holding its images (``no_decoder``, ``mosaic``)."""
 
 
 def value(source: Source, keyword: Any) -> Any:

@@ -47,6 +47,11 @@ no_readable_images          yes    every file that carries this SeriesInstanceUI
                                    listed (a row in the summary) though nothing of it can be read
 unsupported_images          yes*   images of this SeriesInstanceUID that cannot be processed (colour, 1-bit):
                                    fatal when they are all the series has, else they are left out and said so
+no_decoder                  yes    no installed decoder reads the files' transfer syntax (at their bit depth, for
+                                   12-bit JPEG Extended): the message names the syntax and what to install
+mosaic                      yes    a Siemens mosaic or UIH grid (one image holding a volume as tiles) whose slice
+                                   count, grid, positions, slice normal or slice spacing are missing or
+                                   inconsistent: it cannot be unpacked, and is never read as one 2-D slice
 ==========================  =====  ============================================================================
 """
 
@@ -73,6 +78,8 @@ GANTRY_TILT = "gantry_tilt"
 MIXED_TRANSFER_SYNTAXES = "mixed_transfer_syntaxes"
 NO_READABLE_IMAGES = "no_readable_images"
 UNSUPPORTED_IMAGES = "unsupported_images"
+NO_DECODER = "no_decoder"
+MOSAIC = "mosaic"
 
 REGRIDDABLE = frozenset({VARIABLE_SPACING, GANTRY_TILT})
 """Kinds that resampling onto a regular orthogonal grid (``regrid.py``) resolves."""
@@ -100,5 +107,7 @@ ALL_KINDS = frozenset(
         MIXED_TRANSFER_SYNTAXES,
         NO_READABLE_IMAGES,
         UNSUPPORTED_IMAGES,
+        NO_DECODER,
+        MOSAIC,
     }
 )

@@ -31,8 +31,10 @@ from pydicom.uid import (
 )
 
 from innereye_batch.dicom import headers as h
+from innereye_batch.dicom.codecs import decoder_problems
 from innereye_batch.dicom.damaged import Damaged, attach_damage, is_image_claim, salvage
 from innereye_batch.dicom.headers import FileHeader, ImageHeader
+from innereye_batch.dicom.mosaic import MOSAIC_TAGS, unpack_mosaic
 from innereye_batch.dicom.photometric import PROJECTION_MODALITIES
 from innereye_batch.dicom.pixel_data import (
     NATIVE_LITTLE_ENDIAN,
@@ -96,7 +98,9 @@ HEADER_KEYWORDS = (
 )
 """The top-level elements a scan reads (pydicom skips every other one; Specific Character Set is always read),
 plus the vendors' private diffusion elements in ``headers.PRIVATE_TAGS``."""
-_HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS] + [Tag(tag) for tag in h.PRIVATE_TAGS]
+_HEADER_TAGS = list(
+    dict.fromkeys([Tag(keyword) for keyword in HEADER_KEYWORDS] + [Tag(tag) for tag in h.PRIVATE_TAGS] + MOSAIC_TAGS)
+)  # MOSAIC_TAGS: what mosaic.py needs to tell a mosaic
 _CHARACTER_SET = Tag("SpecificCharacterSet")
 _IN_STACK_POSITION_POINTERS = (Tag("InStackPositionNumber"), Tag("ImagePositionPatient"))
 """Dimension index pointers that number positions, not volumes (left out of ``SplitValues.dimension_index``)."""
@@ -267,7 +271,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         return _claim(path, "1-bit (binary) image: not an image series", fields, unsupported=True)
     native = syntax in NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
     layout = pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
-    return _header_from_fields(path, fields, sop_class, syntax, layout)
+    header = _header_from_fields(path, fields, sop_class, syntax, layout)
+    header.problems = decoder_problems(syntax, fields.get("BitsStored"))  # codecs hook: can anything decode it?
+    return unpack_mosaic(header, ds)  # mosaic hook: a mosaic's tiles become its images
 
 
 def _header_from_fields(

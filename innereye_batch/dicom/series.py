@@ -61,6 +61,9 @@ class SliceRef:
     (compressed, big endian, multi-frame, unused high bits) or the scan did not record it."""
     monochrome1: bool = False
     """PhotometricInterpretation MONOCHROME1 (see ``photometric.py`` for which modalities are inverted)."""
+    mosaic_size: tuple[int, int] | None = None
+    """(rows, columns) of the mosaic image this slice is a tile of (``mosaic.py``; ``frame`` is the tile's
+    index, row-major); None for an ordinary image."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,12 @@ class SeriesInfo:
     def blocking_problems(self, *, regrid_irregular: bool = False) -> tuple[Problem, ...]:
         """Fatal problems, less those that resampling resolves when ``regrid_irregular`` is set."""
         return tuple(p for p in self.fatal_problems if not (regrid_irregular and p.kind in REGRIDDABLE))
+
+    @property
+    def mosaic_size(self) -> tuple[int, int] | None:
+        """(rows, columns) of the mosaic image whose tiles are all of this stack's slices; else None."""
+        sizes = {s.mosaic_size for s in self.slices}
+        return sizes.pop() if len(sizes) == 1 else None
 
     @property
     def inverts_monochrome1(self) -> bool:

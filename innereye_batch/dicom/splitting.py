@@ -12,8 +12,9 @@ Three kinds of split, in this order, each giving the parts a key suffix that say
 3. **Repeats** (``split_repeats``): where positions still repeat within one grid, the first of
    TemporalPositionIdentifier/Index (``.tN``), TriggerTime (``.trigN``, rank), AcquisitionNumber (``.acqN``),
    the enhanced DimensionIndexValues less the in-stack position (``.idxA-B``) and, last, runs of consecutive
-   InstanceNumbers that each hold every position once (``.volN``, GE fMRI) that tells the repeats apart (it
-   takes at most as many values as the largest number of images sharing a position).
+   InstanceNumbers that each hold every position once (``.volN``, GE fMRI; a mosaic file is such a run on its
+   own) that tells the repeats apart (it takes at most as many values as the largest number of images sharing
+   a position).
 
 Numbers come from the images' values, never from file or folder order, so keys are stable across reruns.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from innereye_batch.dicom.headers import FileHeader, ImageHeader, SplitValues
@@ -282,19 +284,26 @@ def _index_labels(images: list[ImageHeader]) -> _Labels:
 def _instance_block_labels(images: list[ImageHeader]) -> _Labels:
     """The last resort (GE fMRI, where nothing else tells time points apart): consecutive runs of InstanceNumbers
     that each hold every position exactly once are volumes, ``.volN`` in InstanceNumber order (dcm2niix's order).
+    Images that share an InstanceNumber must be frames of one file (a mosaic's tiles), which then stay in one run:
+    a series of mosaic files told apart by nothing else is one volume per file.
     Every image gets the same label (no split) unless the images fall exactly into such runs."""
     unsplit: _Labels = {id(im): ("", ()) for im in images}
-    numbers = [im.split.instance_number for im in images]
+    files: dict[int | None, set[Any]] = defaultdict(set)
+    for image in images:
+        files[image.split.instance_number].add(image.path)
     positions = {_position_key(im) for im in images}
-    if any(n is None for n in numbers) or len(set(numbers)) != len(numbers) or len(images) % len(positions):
+    if None in files or any(len(paths) > 1 for paths in files.values()) or len(images) % len(positions):
         return unsplit
-    ordered = sorted(images, key=lambda im: im.split.instance_number or 0)
+    ordered = sorted(images, key=lambda im: (im.split.instance_number or 0, im.frame or 0))
     size = len(positions)
     blocks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
     if any({_position_key(im) for im in block} != positions for block in blocks):
         return unsplit
+    numbers = [(block[0].split.instance_number, block[-1].split.instance_number) for block in blocks]
+    if any(last == following for (_, last), (following, _) in pairwise(numbers)):
+        return unsplit  # one file's frames in two runs
     labels: _Labels = {}
-    for number, block in enumerate(blocks, start=1):
-        shown = f"{block[0].split.instance_number}-{block[-1].split.instance_number}"
+    for number, (block, (first, last)) in enumerate(zip(blocks, numbers, strict=True), start=1):
+        shown = f"{first}-{last}" if first != last else f"{first}"
         labels.update({id(im): (f".vol{number}", (("InstanceNumber", shown),)) for im in block})
     return labels

@@ -145,6 +145,7 @@ def _series_info(
     files = [by_path[p] for p in dict.fromkeys(im.path for im in images)]
     syntaxes = tuple(sorted({f.transfer_syntax for f in files}))
     problems = list(part.problems) + problems + _image_problems(images, first.is_projection)
+    problems += dict.fromkeys(p for f in files for p in f.problems)  # of its files: no decoder, refused mosaic
     if len(syntaxes) > 1:
         names = ", ".join(UID(t).name or t for t in syntaxes)
         problems.append(Problem(kinds.MIXED_TRANSFER_SYNTAXES, f"files use {len(syntaxes)} syntaxes: {names}"))
@@ -217,6 +218,7 @@ def _slice_refs(images: list[ImageHeader], positions: np.ndarray) -> tuple[Slice
             frame=im.frame,
             pixel=im.pixel,
             monochrome1=im.monochrome1,
+            mosaic_size=im.mosaic_size,
         )
         for im, p in zip(images, positions, strict=True)
     )

@@ -27,7 +27,9 @@ from pydicom.pixels import pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from innereye_batch.dicom.codecs import register_decoders
 from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.mosaic import tiles_as_frames
 from innereye_batch.dicom.photometric import invert_stored
 from innereye_batch.dicom.pixel_data import transfer_syntax_of
 from innereye_batch.dicom.regrid import Regridding
@@ -97,6 +99,7 @@ def load_volume(series: SeriesInfo, *, workers: int | None = None, regrid_irregu
     if blocking:
         reasons = "; ".join(str(p) for p in blocking)
         raise SeriesError(series.series_instance_uid, f"{_stack_label(series)}cannot be loaded: {reasons}")
+    register_decoders()  # codecs hook: our GDCM plugin for 12-bit JPEG Extended, in this process too
     output = np.empty(series.geometry.shape, dtype=np.float32)
     targets: dict[Path, list[tuple[int, SliceRef]]] = {}
     for z, ref in enumerate(series.slices):
@@ -159,6 +162,7 @@ def _decode_file(
     try:
         found = _read_native_pixels(path) if native else None
         header, frames = found if found is not None else _read_pixels(path, deflated)
+        header, frames = tiles_as_frames(series, slots[0][1], header, frames)  # mosaic hook: tiles become frames
         _check_unchanged(series, path, slots, header)
     except SeriesError:
         raise

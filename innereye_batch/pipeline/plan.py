@@ -93,12 +93,13 @@ def plan_run(
     selection: Selection = Selection(),
     overwrite: bool = False,
     max_voxels: int = DEFAULT_MAX_VOXELS,
+    model_fp: str | None = None,
 ) -> tuple[list[Job], list[ItemResult]]:
     """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason)."""
     series = [s for s in scan.series if selection(s)]
     items, unmatched = task_for(package.task).plan_items(series, package)
     settled = [item_result(u.series, "failed" if u.failed else "skipped", u.reason) for u in unmatched]
-    model_fp = package.fingerprint()
+    model_fp = model_fp or package.fingerprint()
     names = tuple(f.name for f in formats)
     jobs = []
     for item in items:

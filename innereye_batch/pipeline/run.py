@@ -107,6 +107,17 @@ def make_predictor(
     return task_for(package.task).predictor(package, networks, device, options or PredictorOptions())
 
 
+def run_fingerprint(package: ModelPackage, options: RunOptions) -> str:
+    """What a done record vouches for: the model and every option that changes what is written."""
+    from dataclasses import asdict
+
+    from innereye_batch.pipeline.state import results_fingerprint
+
+    return results_fingerprint(
+        package.fingerprint(), {"writers": asdict(options.writer_options), "explain": options.explain}
+    )
+
+
 def _check_explain_methods(methods: Sequence[str]) -> None:
     from innereye_batch.engine.explain import EXPLAIN_METHODS, captum_attr
 
@@ -146,6 +157,7 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
         selection=selection,
         overwrite=options.overwrite,
         max_voxels=options.max_voxels,
+        model_fp=run_fingerprint(package, options),
     )
     skipped_files = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
     report = RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped_files)
@@ -188,7 +200,7 @@ def _execute(
         patch_batch=options.patch_batch, batch_size=options.batch_size, amp=options.amp, explain=options.explain
     )
     predictor = make_predictor(package, networks, device, predictor_options)
-    model_fp = package.fingerprint()
+    model_fp = run_fingerprint(package, options)
     for result in report.results:
         progress.series_done(result)
     progress.start(len(jobs))
@@ -277,7 +289,8 @@ def _execute(
             "tool_version": __version__,
             "model_name": package.name,
             "model_task": package.task,
-            "model_fingerprint": model_fp,
+            "model_fingerprint": package.fingerprint(),
+            "results_fingerprint": model_fp,
             "model_folder": str(options.model),
             "input": source.description,
             "device": str(device),

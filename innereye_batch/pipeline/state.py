@@ -62,6 +62,13 @@ def input_fingerprint(series: SeriesInfo) -> str:
     return digest.hexdigest()
 
 
+def results_fingerprint(model_fp: str, settings: Any) -> str:
+    """sha256 over the model's fingerprint and the run settings that change what is written (output options,
+    explanation methods): a series done with other settings is not done."""
+    blob = json.dumps({"model": model_fp, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def is_done(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]) -> bool:
     """True when ``folder`` holds a complete result for these fingerprints covering ``formats``."""
     try:

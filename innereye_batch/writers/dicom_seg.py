@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from innereye_batch.dicom.mosaic import tiles_to_mosaic
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import SeriesError
 from innereye_batch.model.spec import ModelPackage, Structure
@@ -100,6 +101,10 @@ def write_dicom_seg(
         content_description=with_marker(f"{package.name} segmentation, {num_structures} structures", clinical_marker),
         series_description=with_marker(f"innereye-batch {package.name}", clinical_marker),
     )
+    if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
+        # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote
+        # no plane geometry; General Image then needs PatientOrientation (type 2C): the source's, else empty.
+        segmentation.PatientOrientation = source_images[0].get("PatientOrientation", "")
     segmentation.save_as(path, enforce_file_format=True)
 
 
@@ -107,6 +112,9 @@ def _source_images_and_frames(series: SeriesInfo, labels: np.ndarray) -> tuple[l
     """Source headers (no pixel data) and the label frames in the order highdicom pairs them with sources."""
     import pydicom
 
+    if series.mosaic_size is not None:  # mosaic hook: one frame laid out as the source mosaic (dicom/mosaic.py)
+        source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        return [source], tiles_to_mosaic(labels, series)[None]
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
         return [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files], labels

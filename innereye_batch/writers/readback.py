@@ -283,9 +283,42 @@ def _check_contour_reference(contour: Dataset, series: SeriesInfo, slice_index: 
 def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, names: Sequence[str]) -> None:
     """Raise ``ReadBackError`` unless the SEG at ``path`` holds, per structure, the count and centroid of
     ``labels`` (on ``series``' slices; ``what`` names the file in the message)."""
+    if series.mosaic_size is not None:
+        _check_mosaic_seg(path, what, labels, series, names)
+        return
     planes = SlicePlanes.of(series)
     expected = {name: planes.stats(labels == number) for number, name in enumerate(names, start=1)}
     compare_stats(expected, seg_stats(path, what), series.geometry.spacing, what=what)
+
+
+def _check_mosaic_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, names: Sequence[str]) -> None:
+    """A mosaic's SEG is one frame laid out as the source mosaic (each slice in its tile): its segments must equal
+    the label map re-tiled, pixel for pixel (a flip or a tile out of place changes pixels)."""
+    import pydicom
+
+    from innereye_batch.dicom.mosaic import tiles_to_mosaic
+
+    seg = pydicom.dcmread(path)
+    frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
+    expected = tiles_to_mosaic(labels, series)
+    numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) != 0}
+    found = np.zeros(expected.shape, dtype=np.int32)
+    if str(seg.get("SegmentationType", "")) == "LABELMAP":
+        found = frames.max(axis=0).astype(np.int32)
+    else:
+        for index, frame in enumerate(frames):
+            number = int(
+                seg.PerFrameFunctionalGroupsSequence[index].SegmentIdentificationSequence[0].ReferencedSegmentNumber
+            )
+            found[frame != 0] = number
+    wrong = [
+        f"{label!r}: {int(np.count_nonzero((found == number) != (expected == number)))} pixel(s) differ"
+        for number, label in numbers.items()
+        if not np.array_equal(found == number, expected == number)
+    ]
+    if wrong or [numbers.get(i) for i in range(1, len(names) + 1)] != list(names):
+        details = "; ".join(wrong) or f"segments {sorted(numbers.values())} are not the structures {list(names)}"
+        raise ReadBackError(f"{what} read back does not match the label map laid out as the mosaic: {details}")
 
 
 def check_rtstruct(path: Path, what: str, masks: Mapping[str, np.ndarray], series: SeriesInfo) -> None:

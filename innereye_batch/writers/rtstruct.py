@@ -284,9 +284,15 @@ def _set_character_set(ds: Dataset, source: Dataset) -> None:
 
 
 def source_problem(series: SeriesInfo) -> str | None:
-    """Why an RT Structure Set cannot reference ``series``, or None: it needs the frame of reference."""
+    """Why an RT Structure Set cannot reference ``series``, or None: it needs the frame of reference, and one
+    image per slice to put each slice's contours on (a mosaic's slices share one image)."""
     if not series.frame_of_reference_uid:
         return "an RT Structure Set needs the source's FrameOfReferenceUID, which its images lack"
+    if series.mosaic_size is not None:
+        return (
+            "an RT Structure Set cannot reference the slices of a mosaic (they share one image); "
+            "use --formats without rtstruct"
+        )
     return None
 
 

@@ -1,4 +1,7 @@
-"""Write report.html for a run: one page a person reads in the morning, one row per series with its preview.
+"""Write report.html for a run: one page a person reads in the morning, one row per item with its picture.
+
+A segmentation series shows its preview and its volumes; a classified image shows its explanation overlay (when
+the run computed one), its probability per class and the predicted label(s).
 
 Self-contained: inline CSS, no script, no external asset; the previews are linked relatively
 (``<folder>/preview.png``, shown as thumbnails), so the page works wherever the output folder is copied and stays
@@ -78,7 +81,7 @@ def run_report_html(output_dir: Path, results: Sequence[ItemResult], run_info: M
 <p class="small">Automatic results, to be reviewed. Volumes in mL; times in seconds. Details: summary.json, \
 summary.csv.</p>
 <table>
-<thead><tr><th>preview</th><th>series</th><th>status</th><th>reason</th><th>volumes</th><th>time</th></tr></thead>
+<thead><tr><th>picture</th><th>series</th><th>status</th><th>reason</th><th>findings</th><th>time</th></tr></thead>
 <tbody>
 {rows}
 </tbody>
@@ -115,6 +118,11 @@ def _row(output_dir: Path, result: ItemResult) -> str:
         f"<li>{_text(s.name)}: {s.volume_ml:.1f} mL</li>" if s.present else f"<li>{_text(s.name)}: not found</li>"
         for s in result.structures
     )
+    volumes += "".join(
+        f"<li>{_text(name)}: {probability:.3f}</li>" for name, probability in (result.probabilities or {}).items()
+    )
+    if result.labels is not None:
+        volumes += f"<li><b>predicted: {_text(', '.join(result.labels) or 'none')}</b></li>"
     timings = ", ".join(f"{_text(stage)} {seconds:.2f}" for stage, seconds in result.timings.items())
     total = f"{total_seconds(result):.1f}" if result.timings else ""
     return (
@@ -130,7 +138,7 @@ def _row(output_dir: Path, result: ItemResult) -> str:
 
 
 def _thumbnail(output_dir: Path, result: ItemResult) -> str:
-    relative = result.outputs.get("preview")
+    relative = result.outputs.get("preview") or result.outputs.get("explanation-png")
     if not relative or not (output_dir / relative).is_file():
         return ""
     href = html.escape(urllib.parse.quote(Path(relative).as_posix(), safe="/~"), quote=True)

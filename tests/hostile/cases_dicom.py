@@ -17,6 +17,7 @@ from tests.dicom.split_cases import CASES
 from tests.dicom.test_regrid import write_tilted, write_variable
 from tests.factory import write_series
 from tests.hostile.case import Case, lenient_writing
+from tests.mosaic_factory import write_siemens_mosaics
 
 SHAPE = (6, 16, 16)
 UID_ROOT = "1.2.826.0.1.3680043.10.544"
@@ -146,3 +147,27 @@ def collision_cases(root: Path) -> list[Case]:
         Case("series with an intruder slice", "1 never merge", uid, "ok", key=uid),
         Case("the intruder, split off", "1 never merge", uid, "ok", key_prefix=uid + "."),
     ]
+
+
+def mosaic_cases(root: Path) -> list[Case]:
+    """Rules 1 and 2: a Siemens mosaic series (one file per volume) runs volume by volume; a mosaic that cannot be
+    unpacked fails, never read as one 2-D slice. Written as CT so that the corpus' CT model runs them."""
+    uid = f"{UID_ROOT}.40"
+    write_siemens_mosaics(root / "m_mosaic", volumes=2, slices=6, tile=(16, 16), modality="CT", series_instance_uid=uid)
+    rule = "2 split what the scanner put together"
+    # Unpacked and split (tests/pipeline/test_mosaic_run.py runs them ok with the other outputs); by default the
+    # run also asks for an RT Structure Set, whose contours cannot reference a mosaic's tiles: refused, said why.
+    refused = ("output rtstruct", "mosaic")
+    cases = [Case(f"mosaic volume {n} of 2", rule, uid, "failed", refused, key=f"{uid}.acq{n}") for n in (1, 2)]
+    uid = f"{UID_ROOT}.41"
+    write_siemens_mosaics(
+        root / "m_no_count",
+        slices=6,
+        tile=(16, 16),
+        modality="CT",
+        series_instance_uid=uid,
+        csa_count=None,
+        tag_count=None,
+    )
+    reason = ("mosaic", "ImageType MOSAIC without NumberOfImagesInMosaic")
+    return [*cases, Case("mosaic without a slice count", "1 never invent geometry", uid, "failed", reason)]

@@ -21,7 +21,7 @@ from pydicom.uid import CTImageStorage, RLELossless, generate_uid
 from innereye_batch.text import printable
 from tests.factory import write_series
 from tests.hostile.case import Case, lenient_writing
-from tests.hostile.cases_dicom import collision_cases, damage_cases, geometry_cases, split_cases
+from tests.hostile.cases_dicom import collision_cases, damage_cases, geometry_cases, mosaic_cases, split_cases
 
 SHAPE = (6, 16, 16)
 PATIENT_NAMES = ("Smith", "Doe^Jane")
@@ -161,6 +161,7 @@ BUILDERS: tuple[Builder, ...] = (
     damage_cases,
     split_cases,
     collision_cases,
+    mosaic_cases,
 )
 
 

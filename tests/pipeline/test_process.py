@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,13 @@ from innereye_batch.model.checkpoints import load_networks
 from innereye_batch.model.package import load_model_package
 from innereye_batch.pipeline.plan import plan_run
 from innereye_batch.pipeline.process import process_item
-from innereye_batch.pipeline.run import RunOptions, make_predictor, run_batch
+from innereye_batch.pipeline.run import RunOptions, make_predictor, run_batch, run_fingerprint
 from innereye_batch.pipeline.state import DONE_RECORD
 from innereye_batch.tasks.segmentation import SegmentationPrediction
 from innereye_batch.writers.registry import (
     OutputFormat,
     WriteContext,
+    WriterOptions,
     register_format,
     registered_formats,
     resolve_formats,
@@ -41,9 +43,11 @@ def test_process_item_writes_what_run_writes(tmp_path: Path, model: Path) -> Non
     package = load_model_package(model)
     formats = resolve_formats((), package.task)
     predictor = make_predictor(package, load_networks(package), resolve_device("cpu"))
-    jobs, settled = plan_run(scan_tree(scans), package, formats, tmp_path / "by_hand")
+    options = RunOptions(model=model, input=scans, output=tmp_path / "by_hand", workers=0)
+    fingerprint = run_fingerprint(package, options)  # the model and the run's output options
+    jobs, settled = plan_run(scan_tree(scans), package, formats, tmp_path / "by_hand", model_fp=fingerprint)
     assert settled == [] and len(jobs) == 1
-    result = process_item(jobs[0], predictor, formats, package, package.fingerprint())
+    result = process_item(jobs[0], predictor, formats, package, fingerprint)
     assert result.status == "ok", result.reason
     assert [s.name for s in result.structures] == ["liver", "spine"]
 
@@ -56,8 +60,10 @@ def test_process_item_writes_what_run_writes(tmp_path: Path, model: Path) -> Non
         labels_from_nifti(by_hand / "segmentation.nii.gz"), labels_from_nifti(by_run / "segmentation.nii.gz")
     )
     # the done record process_item wrote is the one a run trusts: a run into that folder has nothing to do
-    rerun = run_batch(RunOptions(model=model, input=scans, output=tmp_path / "by_hand", workers=0))
+    rerun = run_batch(options)
     assert [r.status for r in rerun.results] == ["skipped"]
+    labelmap = run_batch(replace(options, writer_options=WriterOptions(seg_type="LABELMAP")))
+    assert [r.status for r in labelmap.results] == ["ok"]  # other output options: not the same result
 
 
 def _write_label_sum(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:

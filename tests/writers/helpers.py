@@ -109,8 +109,15 @@ def dciodvfy_errors(path: Path, iod: str = "Segmentation") -> list[str]:
 
 
 def read_back_labels(path: Path, series: SeriesInfo) -> np.ndarray:
-    """The SEG's segments combined into a label map aligned to the source images, in slice order."""
+    """The SEG's segments combined into a label map aligned to the source images, in slice order; for a mosaic
+    source (one frame laid out as the mosaic), its tiles cut out in slice order (tile k: row k // per row)."""
     seg = hd.seg.segread(path)
-    return seg.get_pixels_by_source_instance(
+    labels = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=list(series.sop_instance_uids), combine_segments=True, dtype=np.uint8
     )
+    if series.mosaic_size is None:
+        return labels
+    rows, columns = series.geometry.shape[1:]
+    per_row = series.mosaic_size[1] // columns
+    tiles = [divmod(ref.frame or 0, per_row) for ref in series.slices]
+    return np.stack([labels[0, r * rows : (r + 1) * rows, c * columns : (c + 1) * columns] for r, c in tiles])

@@ -144,3 +144,24 @@ def test_report_opens_in_a_headless_browser_and_shows_the_previews(tmp_path: Pat
     for structure in STRUCTURES:  # the thumbnail's contours in the structures' colours
         assert count(structure.colour) > 200, structure.name
     assert count((198, 40, 40)) > 200  # the red "failed" badge: the page itself rendered
+
+
+def test_classified_images_show_probabilities_labels_and_their_overlay(tmp_path: Path) -> None:
+    (tmp_path / "1.2.7").mkdir()
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "1.2.7" / "explanation.png")
+    result = ItemResult(
+        key="1.2.7",
+        series_instance_uid="1.2.7",
+        study_instance_uid="1.2",
+        modality="CR",
+        status="ok",
+        probabilities={"normal": 0.25, "nodule": 0.75},
+        labels=("nodule",),
+        outputs={"json": "1.2.7/predictions.json", "explanation-png": "1.2.7/explanation.png"},
+    )
+    document = write_run_report(tmp_path, [result], {**RUN_INFO, "model_task": "classification"}).read_text()
+    parsed = _Collector()
+    parsed.feed(document)
+    text = "".join(parsed.text)
+    assert "normal: 0.250" in text and "nodule: 0.750" in text and "predicted: nodule" in text
+    assert [attrs["src"] for tag, attrs in parsed.tags if tag == "img"] == ["1.2.7/explanation.png"]

@@ -29,21 +29,21 @@ def predict_posteriors(
     activation: Activation | None = None,
 ) -> torch.Tensor:
     """Mean outputs (num_outputs, Z, Y, X) of ``networks`` on one (C, Z, Y, X) image: each network's logits go
-    through ``activation`` per patch (softmax posteriors for segmentation; None keeps logits), then are averaged.
+    through ``activation`` (softmax posteriors for segmentation; None keeps logits), then are averaged.
 
-    Every network sees the same pre-processed tensor and is put in eval mode. The mean is kept as a running
-    mean (mean += (p_k - mean) / k), so at most two posterior volumes exist at a time; N copies of one network
-    give exactly that network's posteriors. Once the accumulators had to fall back to the CPU for one network,
-    the others write to the CPU directly.
+    One sliding window for the whole ensemble: every batch of patches is cut out and copied once, each member
+    runs on it, and the members' activated outputs are averaged (a running mean in float32) before stitching.
+    Stitching is linear, so this equals averaging each member's own stitched volume, with one set of full-volume
+    accumulators instead of one per member. N copies of one network give exactly that network's posteriors.
     """
     if not networks:
         raise ValueError("predict_posteriors needs at least one network")
-    mean: torch.Tensor | None = None
-    target = output_device
-    for count, network in enumerate(networks, start=1):
+    for network in networks:
         network.eval()
-        posteriors = sliding_window_inference(
-            network,
+    if len(networks) == 1:
+        member = networks[0]
+        return sliding_window_inference(
+            member,
             image,
             num_outputs=num_outputs,
             patch_size=spec.patch_size,
@@ -51,19 +51,45 @@ def predict_posteriors(
             stitching=spec.stitching,
             patch_batch=patch_batch,
             size_multiple=spec.size_multiple,
-            output_device=target,
+            output_device=output_device,
             amp=amp,
             max_output_bytes=max_output_bytes,
             activation=activation,
         )
-        if mean is None:
-            mean = posteriors
-            target = posteriors.device
-            continue
-        mean += posteriors.to(mean.device).sub_(mean).div_(count)
-        del posteriors
-    assert mean is not None
-    return mean
+
+    def every_member(patches: torch.Tensor) -> torch.Tensor:
+        mean: torch.Tensor | None = None
+        for count, network in enumerate(networks, start=1):
+            outputs = _activate(network(patches), activation)
+            mean = outputs if mean is None else mean.add_(outputs.sub_(mean).div_(count))
+        assert mean is not None
+        return mean
+
+    return sliding_window_inference(
+        every_member,
+        image,
+        num_outputs=num_outputs,
+        patch_size=spec.patch_size,
+        stride=spec.stride,
+        stitching=spec.stitching,
+        patch_batch=patch_batch,
+        size_multiple=spec.size_multiple,
+        output_device=output_device,
+        amp=amp,
+        max_output_bytes=max_output_bytes,
+        activation=None,  # applied per member above, before averaging
+    )
+
+
+def _activate(logits: torch.Tensor, activation: Activation | None) -> torch.Tensor:
+    import torch
+
+    logits = logits.float()
+    if activation == "softmax":
+        return torch.softmax(logits, dim=1)
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits.clone()
 
 
 def classify(

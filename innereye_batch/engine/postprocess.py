@@ -31,7 +31,21 @@ def postprocess(
     spec: PostProcessing,
     structure_names: Sequence[str],
 ) -> np.ndarray:
-    """uint8 label map (Z, Y, X) from posteriors (K, Z, Y, X): 0 background, i the i-th structure (K = n + 1)."""
+    """uint8 label map (Z, Y, X) from posteriors (K, Z, Y, X): 0 background, i the i-th structure (K = n + 1).
+
+    ``posterior_labels`` (on the posteriors' device) then ``refine_labels`` (on the CPU).
+    """
+    return refine_labels(posterior_labels(posteriors, spacing, spec, structure_names), spec, structure_names)
+
+
+def posterior_labels(
+    posteriors: torch.Tensor | np.ndarray,
+    spacing: tuple[float, float, float],
+    spec: PostProcessing,
+    structure_names: Sequence[str],
+) -> np.ndarray:
+    """The first steps, where the posteriors are: smoothing when configured, then argmax to a uint8 label map;
+    only the label map leaves the device."""
     if len(posteriors.shape) != 4:
         raise ValueError(f"posteriors must be (classes, Z, Y, X), got shape {tuple(posteriors.shape)}")
     if posteriors.shape[0] != len(structure_names) + 1:
@@ -39,9 +53,12 @@ def postprocess(
             f"posteriors have {posteriors.shape[0]} classes but {len(structure_names)} structures + background"
         )
     if spec.posterior_smoothing_mm is not None and any(spec.posterior_smoothing_mm):
-        labels = argmax_labels(smooth_posteriors(posteriors, spec.posterior_smoothing_mm, spacing))
-    else:
-        labels = argmax_labels(posteriors)
+        return argmax_labels(smooth_posteriors(posteriors, spec.posterior_smoothing_mm, spacing))
+    return argmax_labels(posteriors)
+
+
+def refine_labels(labels: np.ndarray, spec: PostProcessing, structure_names: Sequence[str]) -> np.ndarray:
+    """In place, on the CPU: largest connected component, then hole filling, of the configured structures."""
     for name in spec.largest_component:
         keep_largest_component(labels, _label_of(name, structure_names))
     for name in spec.fill_holes:

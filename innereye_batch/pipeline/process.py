@@ -61,6 +61,11 @@ def write_outputs(
     from innereye_batch.pipeline.state import mark_done, mark_not_done
 
     series = job.item.primary
+    try:
+        prediction = prediction.finished()  # the CPU work the device loop left (connected components, sizes)
+    except Exception as error:
+        return item_result(series, "failed", f"post-processing: {type(error).__name__}: {error}", timings=timings)
+    timings = {**timings, **{k: v for k, v in prediction.timings.items() if k not in timings}}
     start = time.perf_counter()
     written: dict[str, Path] = {}
     step = "outputs"

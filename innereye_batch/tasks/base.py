@@ -68,6 +68,10 @@ class Prediction(Protocol):
         """The fields of ``results.ItemResult`` this prediction fills (structures, probabilities, ...)."""
         ...
 
+    def finished(self) -> Prediction:
+        """The prediction with any CPU work left by the device loop done (called in the writers' thread)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Unmatched:
@@ -107,11 +111,12 @@ class Predictor(Protocol):
         ...
 
     def predict(self, item: WorkItem, decoded: Decoded | None = None) -> Prediction:
-        """Predict one work item; ``decoded`` is the decoder's output (decoded here when None)."""
+        """Predict one work item, finished; ``decoded`` is the decoder's output (decoded here when None)."""
         ...
 
     def predict_batch(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[Prediction]:
-        """Predict several loaded items at once (at most ``batch_size``), in order."""
+        """Device work for several loaded items at once (at most ``batch_size``), in order; the predictions may
+        still need ``finished()``, which the pipeline calls off the device loop."""
         ...
 
 

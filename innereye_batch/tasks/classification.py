@@ -93,6 +93,9 @@ class ClassificationPrediction:
     def findings(self) -> dict[str, Any]:
         return {"probabilities": dict(self.probabilities), "labels": self.labels}
 
+    def finished(self) -> ClassificationPrediction:
+        return self
+
 
 @dataclass
 class ClassificationPredictor:

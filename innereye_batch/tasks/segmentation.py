@@ -1,8 +1,9 @@
 """Segmentation: decode a work item into a (channels, z, y, x) volume, predict a label map on its grid.
 
 On the device: normalise each channel, resample to the model's spacing, the ensemble's mean softmax posteriors
-(sliding window), back to the source grid, post-processing (argmax, largest component, hole filling). The label
-map and each structure's size make the SegmentationPrediction.
+(sliding window), back to the source grid, smoothing when configured, argmax: only the uint8 label map leaves the
+device. On the CPU, off the device loop (``SegmentationPrediction.finished``, called by the writers' thread):
+largest connected component, hole filling and each structure's size.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
-from innereye_batch.model.spec import ModelPackage
+from innereye_batch.model.spec import ModelPackage, PostProcessing
 from innereye_batch.results import StructureStats
 from innereye_batch.tasks.base import Decoded, Prediction, PredictorOptions, Unmatched, WorkItem
 
@@ -104,8 +105,26 @@ class SegmentationPrediction:
     image: np.ndarray | None = None
     """The primary channel it was predicted from, float32 (z, y, x) in modality units, for outputs that show it
     (preview.png); None when not kept (such outputs decode the series again)."""
+    refined: bool = True
+    """False straight from the device: ``finished()`` still has the CPU post-processing to do."""
+    postprocessing: PostProcessing | None = None
+    structure_names: tuple[str, ...] = ()
 
     task: ClassVar[str] = "segmentation"
+
+    def finished(self) -> SegmentationPrediction:
+        """The prediction with its CPU post-processing done (largest component, holes) and its structures sized;
+        itself when already done. Its label map is refined in place (the prediction owns it)."""
+        if self.refined:
+            return self
+        from innereye_batch.engine.postprocess import refine_labels
+
+        start = time.perf_counter()
+        assert self.postprocessing is not None
+        labels = refine_labels(self.labels, self.postprocessing, self.structure_names)
+        structures = structure_stats(labels, self.geometry, self.structure_names)
+        timings = {**self.timings, "refine": time.perf_counter() - start}
+        return replace(self, labels=labels, structures=structures, timings=timings, refined=True)
 
     def findings(self) -> dict[str, Any]:
         return {"structures": self.structures}
@@ -139,24 +158,38 @@ class SegmentationPredictor:
         return decode_volumes
 
     def predict_batch(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[Prediction]:
-        return [self.predict(item, one) for item, one in zip(items, decoded, strict=True)]
+        """Device work only: the predictions still need ``finished()`` (the writers' thread calls it)."""
+        return [self._on_device(item, one) for item, one in zip(items, decoded, strict=True)]
 
     def predict(self, item: WorkItem, decoded: Decoded | None = None) -> SegmentationPrediction:
-        """The label map of one work item (decoded here when ``decoded`` is None)."""
+        """The finished label map of one work item (decoded here when ``decoded`` is None)."""
+        return self._on_device(item, decoded).finished()
+
+    def _on_device(self, item: WorkItem, decoded: Decoded | None) -> SegmentationPrediction:
         volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
+        spec = self.package.segmentation
         labels, timings = self.label_map(volume.image, volume.geometry)
-        structures = structure_stats(labels, volume.geometry, self.package.segmentation.structure_names)
         image = volume.image[0].numpy()  # a view of the decoded host tensor: no copy
         return SegmentationPrediction(
-            item, labels, volume.geometry, structures, timings, regridding=volume.regridding, image=image
+            item,
+            labels,
+            volume.geometry,
+            (),
+            timings,
+            regridding=volume.regridding,
+            image=image,
+            refined=False,
+            postprocessing=spec.postprocessing,
+            structure_names=spec.structure_names,
         )
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
-        """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, and stage timings."""
+        """Label map (z, y, x) uint8 on ``geometry``'s grid for a (channels, z, y, x) image, before the CPU
+        post-processing (``engine.postprocess.refine_labels``), and stage timings."""
         import torch
 
         from innereye_batch.engine.ensemble import predict_posteriors
-        from innereye_batch.engine.postprocess import postprocess
+        from innereye_batch.engine.postprocess import posterior_labels
         from innereye_batch.engine.preprocess import normalise, resample, resample_to_shape
 
         spec = self.package.segmentation
@@ -191,7 +224,7 @@ class SegmentationPredictor:
                 posteriors, geometry.shape, spec.target_spacing, geometry.spacing, mode="trilinear"
             )
             spacing = geometry.spacing
-        labels = postprocess(posteriors, spacing, spec.postprocessing, spec.structure_names)
+        labels = posterior_labels(posteriors, spacing, spec.postprocessing, spec.structure_names)
         timings["postprocess"] = time.perf_counter() - start
         return labels, timings
 

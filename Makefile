@@ -37,6 +37,7 @@ demo: $(STAMP)
 	@echo "Outputs are in demo_output/segmentation (CT phantoms) and demo_output/classification (chest X-rays)."
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
 clean:

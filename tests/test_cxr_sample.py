@@ -26,21 +26,34 @@ from innereye_batch.model.classification import ClassificationSpec
 from innereye_batch.model.package import CONFIG_FILE, discover_checkpoints
 from tests.classifier_models import load_classifiers, read_classification_folder
 from tools.cxr_phantom import Chest, make_chest
-from tools.make_cxr_sample import SCANS, TEST_SEEDS_FROM, ScanPlan, inference_block, scan_dataset, training_png
+from tools.make_cxr_sample import (
+    SCANS,
+    TEST_SEEDS_FROM,
+    ScanPlan,
+    inference_block,
+    outside_share,
+    scan_dataset,
+    training_png,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "sample_data" / "cxr_model"
 SCAN_FOLDER = REPO / "sample_data" / "cxr_scans"
 HELD_OUT = 200
 MIN_ACCURACY = 0.95
-GRADCAM_POSITIVES = 40
-MIN_GRADCAM_MASS_INSIDE = 0.12
+MOST = 0.5
+"""Issue 15: Grad-CAM maps put MOST of their mass inside the nodule disc on positive images (mean fraction > 0.5)."""
+MIN_MEAN_MASS_INSIDE = 0.9
 """Measured when the model was made (its README): on 208 positive validation chests the ensemble's Grad-CAM for
-"nodule" puts 0.18 of its mass inside the disc on average (0.38 within twice the radius), while the disc covers
-0.8% of the image; the rest is a faint haze over the chest. 0.12 is 15 times chance and leaves room for the
-smaller held-out sample."""
-MIN_PEAK_INSIDE = 0.95
-"""Measured: the map's maximum lies inside the disc on 99.5% of the validation positives."""
+"nodule" puts 0.975 of its mass inside the disc on average (standard deviation 0.019, minimum 0.896, 5th
+percentile 0.939), while the disc covers 0.8% of the image; on the 110 positives among the held-out chests here,
+0.975 (standard deviation 0.026, minimum 0.795). The mean's standard error is under 0.003, so 0.9 fails only if
+the model really got worse."""
+MIN_MASS_INSIDE_EACH = 0.6
+"""Every positive map: the lowest of the 318 measured is 0.795; 0.6 still means "most" for each image."""
+MIN_PEAK_INSIDE = 0.97
+"""Measured: the map's maximum lies inside the disc on all 208 validation positives and all 110 here; 0.97 allows
+for a few misses should the model be retrained."""
 
 
 @pytest.fixture(scope="module")
@@ -111,29 +124,59 @@ def test_probabilities_ensemble_and_batching(spec: ClassificationSpec, networks,
         torch.testing.assert_close(result.mean[k], alone, rtol=0, atol=1e-5)
 
 
-def test_gradcam_mass_lies_inside_the_nodule(spec: ClassificationSpec, networks, held_out) -> None:
-    chests, images = held_out
-    positives = [(c, im) for c, im in zip(chests, images, strict=True) if c.has_nodule][:GRADCAM_POSITIVES]
-    inputs = network_inputs([im for _, im in positives], spec)
+def gradcam_on_image_grid(
+    spec: ClassificationSpec, networks: list[torch.nn.Module], images: list[np.ndarray], target: str
+) -> list[np.ndarray]:
+    """The ensemble's Grad-CAM maps for ``target`` on each image's own grid, as a run computes them."""
     maps = explain_batch(
         networks,
-        inputs,
-        [spec.classes.index("nodule")] * len(positives),
+        network_inputs(images, spec),
+        [spec.classes.index(target)] * len(images),
         "gradcam",
         layer=spec.gradcam_layer,
         mean=spec.channel_values("mean"),
         std=spec.channel_values("std"),
     )
+    return [to_image_grid(heat, image.shape) for image, heat in zip(images, maps, strict=True)]
+
+
+def test_gradcam_puts_most_of_its_mass_inside_the_nodule(spec: ClassificationSpec, networks, held_out) -> None:
+    chests, images = held_out
+    positives = [(c, im) for c, im in zip(chests, images, strict=True) if c.has_nodule]
+    grids = gradcam_on_image_grid(spec, networks, [im for _, im in positives], "nodule")
     fractions, peaks = [], []
-    for (chest, image), heat in zip(positives, maps, strict=True):
-        grid = to_image_grid(heat, image.shape)
-        assert grid.shape == image.shape and float(grid.max()) == pytest.approx(1.0)
+    for (chest, image), grid in zip(positives, grids, strict=True):
+        assert grid.shape == image.shape and grid.min() >= 0 and float(grid.max()) == pytest.approx(1.0)
         fractions.append(float(grid[chest.nodule_mask].sum() / grid.sum()))
         peaks.append(bool(chest.nodule_mask.flat[int(np.argmax(grid))]))
-    disc_share = np.mean([c.nodule_mask.mean() for c, _ in positives])
-    assert disc_share < 0.01
-    assert np.mean(fractions) >= MIN_GRADCAM_MASS_INSIDE, f"mean mass inside {np.mean(fractions):.3f}"
+    assert len(positives) >= 60
+    assert np.mean([c.nodule_mask.mean() for c, _ in positives]) < 0.01  # the disc is a small part of the image
+    assert np.mean(fractions) > MOST, f"mean mass inside {np.mean(fractions):.3f}"
+    assert np.mean(fractions) >= MIN_MEAN_MASS_INSIDE, f"mean mass inside {np.mean(fractions):.3f}"
+    assert min(fractions) >= MIN_MASS_INSIDE_EACH, f"least mass inside {min(fractions):.3f}"
     assert np.mean(peaks) >= MIN_PEAK_INSIDE, f"peak inside on {np.mean(peaks):.3f}"
+
+
+def test_gradcam_of_normal_chests_is_not_empty(spec: ClassificationSpec, networks, held_out) -> None:
+    """A run explains the predicted class; on normal chests that is "normal", whose map must show some evidence
+    (the training penalty shapes only the "nodule" evidence). Measured: none of 192 validation maps is empty."""
+    chests, images = held_out
+    negatives = [im for c, im in zip(chests, images, strict=True) if not c.has_nodule]
+    peaks = [float(grid.max()) for grid in gradcam_on_image_grid(spec, networks, negatives, "normal")]
+    assert len(negatives) >= 60 and peaks == pytest.approx([1.0] * len(negatives))
+
+
+def test_the_training_penalty_is_the_share_of_positive_evidence_outside_the_disc() -> None:
+    shares = torch.zeros(3, 4, 4)
+    shares[:, 1, 1], shares[:, 1, 2] = 1.0, 0.5  # one cell wholly inside the disc, one half inside
+    evidence = torch.full((3, 4, 4), -1.0)  # negative evidence counts nowhere (Grad-CAM's ReLU drops it)
+    evidence[0, 1, 1] = 2.0  # all positive evidence inside: nothing outside
+    evidence[1, 1, 2], evidence[1, 3, 3] = 2.0, 1.0  # 2 half inside, 1 outside: (1 + 1) / 3
+    evidence[2] = -evidence[2]  # uniform: the cells' outside shares, 14.5 of 16
+    torch.testing.assert_close(
+        outside_share(evidence, shares), torch.tensor([0.0, 2 / 3, 14.5 / 16]), atol=1e-5, rtol=0
+    )
+    assert float(outside_share(torch.full((1, 4, 4), -1.0), shares[:1])) == 0.0  # no positive evidence at all
 
 
 @pytest.mark.parametrize("plan", SCANS, ids=[p.name for p in SCANS])

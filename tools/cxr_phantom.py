@@ -155,6 +155,7 @@ def projection_dataset(
     presentation_intent: str | None = "FOR PRESENTATION",
     study_instance_uid: str | None = None,
     series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
     series_number: int = 1,
     instance_number: int = 1,
     description: str = "synthetic chest",
@@ -169,7 +170,7 @@ def projection_dataset(
     bits_allocated = 8 if bits_stored <= 8 else 16
     dtype = {(8, False): np.uint8, (8, True): np.int8, (16, False): np.uint16, (16, True): np.int16}
     sop_class = MULTI_FRAME_SOP_CLASS if frames > 1 else SOP_CLASSES[modality]
-    sop_uid = generate_uid()
+    sop_uid = UID(sop_instance_uid) if sop_instance_uid else generate_uid()
     now = datetime.datetime(2024, 5, 17, 10, 30)
 
     ds = Dataset()

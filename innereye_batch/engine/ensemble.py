@@ -4,7 +4,7 @@ running mean."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from innereye_batch.engine.sliding_window import Activation, amp_autocast, sliding_window_inference
@@ -27,9 +27,13 @@ def predict_posteriors(
     output_device: torch.device | None = None,
     max_output_bytes: int | None = None,
     activation: Activation | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Mean outputs (num_outputs, Z, Y, X) of ``networks`` on one (C, Z, Y, X) image: each network's logits go
     through ``activation`` (softmax posteriors for segmentation; None keeps logits), then are averaged.
+
+    ``channels_last``: patches go to the networks in the channels-last 3-D memory format (give it networks
+    converted by ``to_channels_last``): faster convolutions with oneDNN and cuDNN.
 
     One sliding window for the whole ensemble: every batch of patches is cut out and copied once, each member
     runs on it, and the members' activated outputs are averaged (a running mean in float32) before stitching.
@@ -43,7 +47,7 @@ def predict_posteriors(
     if len(networks) == 1:
         member = networks[0]
         return sliding_window_inference(
-            member,
+            _in_channels_last(member) if channels_last else member,
             image,
             num_outputs=num_outputs,
             patch_size=spec.patch_size,
@@ -58,6 +62,8 @@ def predict_posteriors(
         )
 
     def every_member(patches: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            patches = _channels_last(patches)
         mean: torch.Tensor | None = None
         for count, network in enumerate(networks, start=1):
             outputs = _activate(network(patches), activation)
@@ -79,6 +85,31 @@ def predict_posteriors(
         max_output_bytes=max_output_bytes,
         activation=None,  # applied per member above, before averaging
     )
+
+
+def to_channels_last(networks: Sequence[torch.nn.Module]) -> bool:
+    """Convert 3-D conv networks to the channels-last 3-D memory format, in place; False (nothing changed) when one
+    of them cannot be converted (a TorchScript or torch.export program)."""
+    import torch
+
+    try:
+        converted = [n.to(memory_format=torch.channels_last_3d) for n in networks]  # type: ignore[call-overload]
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return False
+    return all(isinstance(n, torch.nn.Module) for n in converted)
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return batch.contiguous(memory_format=torch.channels_last_3d) if batch.dim() == 5 else batch
+
+
+def _in_channels_last(network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(patches: torch.Tensor) -> torch.Tensor:
+        return network(_channels_last(patches))
+
+    return forward
 
 
 def _activate(logits: torch.Tensor, activation: Activation | None) -> torch.Tensor:

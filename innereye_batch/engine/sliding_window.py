@@ -93,8 +93,9 @@ def sliding_window_inference(
     None runs the whole volume at once (padded to ``size_multiple``). A patch larger than the volume is shrunk to
     the volume padded to ``size_multiple``; a volume smaller than a patch is padded (``padding``: edge or zero).
     ``stride`` defaults to half the patch. ``patch_batch`` patches go through each forward pass; with ``amp``
-    the forward pass runs under bf16 (fp16 without bf16 support) autocast on CUDA only. Patches run on the
-    image's device; see the module docstring for where the accumulators live.
+    the forward pass runs under mixed precision where the device computes it (``amp_autocast``: bf16 on CUDA and
+    on CPUs with native bf16). Patches run on the image's device; see the module docstring for where the
+    accumulators live.
     """
     import torch
 
@@ -145,7 +146,7 @@ def sliding_window_inference(
 def _forward(
     predict: Callable[[torch.Tensor], torch.Tensor], device: torch.device, amp: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``predict`` under torch.inference_mode, and under autocast when ``amp`` is on and the device is CUDA."""
+    """``predict`` under torch.inference_mode, and under autocast when ``amp`` is on (see ``amp_autocast``)."""
     import torch
 
     def forward(inputs: torch.Tensor) -> torch.Tensor:
@@ -259,10 +260,25 @@ def _zeros(num_outputs: int, grid: tuple[int, ...], device: torch.device) -> tup
 
 
 def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast (fp16 where bf16 is unsupported) when ``amp`` is on and ``device`` is CUDA; else nothing."""
+    """Mixed precision when ``amp`` is on: on CUDA bf16 autocast (fp16 where bf16 is unsupported); on a CPU whose
+    oneDNN computes in bf16 (AVX512-BF16, AMX), bf16 autocast; otherwise nothing (fp32)."""
     import torch
 
-    if not amp or device.type != "cuda":
+    if not amp:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    if device.type == "cpu" and cpu_computes_bf16():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cpu_computes_bf16() -> bool:
+    """True when this CPU runs bf16 convolutions natively (oneDNN's own check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

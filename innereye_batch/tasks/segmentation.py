@@ -146,8 +146,17 @@ class SegmentationPredictor:
     device: torch.device
     patch_batch: int = 1
     amp: bool = False
+    channels_last: bool = True
+    """Run the networks in the channels-last 3-D memory format (measured faster with oneDNN, in fp32 and bf16;
+    BENCHMARKS.md); kept off for programs that cannot be converted."""
 
     task: ClassVar[str] = "segmentation"
+
+    def __post_init__(self) -> None:
+        from innereye_batch.engine.ensemble import to_channels_last
+
+        if self.channels_last:
+            self.channels_last = to_channels_last(self.networks)
 
     @property
     def batch_size(self) -> int:
@@ -214,6 +223,7 @@ class SegmentationPredictor:
             patch_batch=self.patch_batch,
             amp=self.amp,
             activation=spec.activation,
+            channels_last=self.channels_last,
         )
         self._sync()
         timings["infer"] = time.perf_counter() - start

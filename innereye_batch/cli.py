@@ -114,6 +114,15 @@ def inspect(
         raise typer.Exit(EXIT_USAGE)
 
 
+def _patch_batch(value: str) -> int:
+    """``--patch-batch``: a positive number, or auto (0)."""
+    if value.strip().lower() == "auto":
+        return 0
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UsageError(f"--patch-batch must be a positive number or auto, got {value!r}")
+    return int(value)
+
+
 def _split(values: list[str]) -> tuple[str, ...]:
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
@@ -126,7 +135,12 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one sub-folder per series).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).")] = 2,
-    patch_batch: Annotated[int, typer.Option(help="Segmentation: sliding-window patches per forward pass.")] = 1,
+    patch_batch: Annotated[
+        str,
+        typer.Option(
+            help="Segmentation: sliding-window patches per forward pass, or auto (from free GPU memory; 4 on a CPU)."
+        ),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Classification: images per forward pass.")] = 16,
     explain: Annotated[
         str,
@@ -200,7 +214,7 @@ def run(
         output=output,
         device=device,
         workers=workers,
-        patch_batch=patch_batch,
+        patch_batch=_patch_batch(patch_batch),
         batch_size=batch_size,
         explain=_split([explain]),
         amp=amp,

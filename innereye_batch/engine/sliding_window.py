@@ -92,7 +92,8 @@ def sliding_window_inference(
     ``predict`` maps (N, C, z, y, x) to logits (N, num_outputs, z, y, x) of the same spatial size. ``patch_size``
     None runs the whole volume at once (padded to ``size_multiple``). A patch larger than the volume is shrunk to
     the volume padded to ``size_multiple``; a volume smaller than a patch is padded (``padding``: edge or zero).
-    ``stride`` defaults to half the patch. ``patch_batch`` patches go through each forward pass; with ``amp``
+    ``stride`` defaults to half the patch. ``patch_batch`` patches go through each forward pass (0: chosen from
+    the device, ``auto_patch_batch``); with ``amp``
     the forward pass runs under mixed precision where the device computes it (``amp_autocast``: bf16 on CUDA and
     on CPUs with native bf16). Patches run on the image's device; see the module docstring for where the
     accumulators live.
@@ -103,8 +104,8 @@ def sliding_window_inference(
         raise ValueError(f"sliding_window_inference needs a (C, Z, Y, X) image, got shape {tuple(image.shape)}")
     if stitching not in ("gaussian", "average"):
         raise ValueError(f"unknown stitching mode {stitching!r}: use 'gaussian' or 'average'")
-    if patch_batch < 1:
-        raise ValueError(f"patch_batch must be >= 1, got {patch_batch}")
+    if patch_batch < 0:
+        raise ValueError(f"patch_batch must be >= 1, or 0 to choose it from the device, got {patch_batch}")
     if activation not in (None, "softmax", "sigmoid"):
         raise ValueError(f"unknown activation {activation!r}: use 'softmax', 'sigmoid' or None (logits)")
     spatial = tuple(int(s) for s in image.shape[1:])
@@ -131,6 +132,9 @@ def sliding_window_inference(
         for y in patch_starts(grid[1], patch[1], steps[1])
         for x in patch_starts(grid[2], patch[2], steps[2])
     ]
+    if patch_batch == 0:
+        patch_batch = auto_patch_batch(predict, image.shape[0], patch, len(corners), image.device, amp)
+        log.info("patch batch %d for %d patches of %s on %s", patch_batch, len(corners), patch, image.device)
     for batch_corners in _chunks(corners, patch_batch):
         windows = [_window(corner, patch) for corner in batch_corners]
         inputs = torch.stack([padded[(slice(None), *window)] for window in windows])
@@ -257,6 +261,50 @@ def _zeros(num_outputs: int, grid: tuple[int, ...], device: torch.device) -> tup
     posteriors = torch.zeros((num_outputs, *grid), dtype=torch.float32, device=device)
     weights = torch.zeros(grid, dtype=torch.float32, device=device)
     return posteriors, weights
+
+
+CPU_PATCH_BATCH = 4
+"""Patches per forward pass on a CPU when chosen automatically: oneDNN runs batches of several patches faster per
+patch than one at a time (measured 1.1-1.2x with 24x64x64 patches, BENCHMARKS.md); more gives nothing more."""
+MAX_PATCH_BATCH = 32
+_PATCH_MEMORY_SHARE = 0.5
+"""Share of the free device memory that the patches' activations may take (the rest: accumulators, the image)."""
+
+
+def patch_batch_for_memory(free_bytes: int, bytes_per_patch: int, patches: int) -> int:
+    """How many patches fit one forward pass: half the free memory over one patch's peak use, at least 1, at most
+    ``MAX_PATCH_BATCH`` and the number of patches."""
+    if bytes_per_patch <= 0:
+        return max(1, min(MAX_PATCH_BATCH, patches))
+    fitting = int(free_bytes * _PATCH_MEMORY_SHARE) // bytes_per_patch
+    return max(1, min(MAX_PATCH_BATCH, patches, fitting))
+
+
+def auto_patch_batch(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    channels: int,
+    patch: Sequence[int],
+    patches: int,
+    device: torch.device,
+    amp: bool = False,
+) -> int:
+    """Patches per forward pass for ``device``: on CUDA from the free memory and one probe patch's peak memory
+    (measured, under the same autocast); on a CPU ``CPU_PATCH_BATCH``."""
+    import torch
+
+    if device.type != "cuda":
+        return max(1, min(CPU_PATCH_BATCH, patches))
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    probe = torch.zeros((1, channels, *patch), device=device)
+    with torch.inference_mode(), amp_autocast(device, amp):
+        predict(probe)
+    torch.cuda.synchronize(device)
+    per_patch = torch.cuda.max_memory_allocated(device) - before
+    del probe
+    free, _ = torch.cuda.mem_get_info(device)
+    return patch_batch_for_memory(free, per_patch, patches)
 
 
 def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:

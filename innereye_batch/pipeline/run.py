@@ -45,7 +45,8 @@ class RunOptions:
     output: Path
     device: str = "auto"
     workers: int = 2
-    patch_batch: int = 1
+    patch_batch: int = 0
+    """Segmentation: patches per forward pass; 0 chooses from the device (free memory on CUDA)."""
     amp: bool = False
     formats: tuple[str, ...] = ()
     """Output format names; empty means every format of the model's task."""

@@ -86,8 +86,8 @@ class Unmatched:
 class PredictorOptions:
     """How a predictor runs, whatever its task (each task uses what applies to it)."""
 
-    patch_batch: int = 1
-    """Segmentation: sliding-window patches per forward pass."""
+    patch_batch: int = 0
+    """Segmentation: sliding-window patches per forward pass; 0 chooses from the device."""
     batch_size: int = 16
     """Classification: images per forward pass."""
     amp: bool = False

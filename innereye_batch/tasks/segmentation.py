@@ -144,7 +144,8 @@ class SegmentationPredictor:
     package: ModelPackage
     networks: list[torch.nn.Module]
     device: torch.device
-    patch_batch: int = 1
+    patch_batch: int = 0
+    """Patches per forward pass; 0 chooses from the device (``engine.sliding_window.auto_patch_batch``)."""
     amp: bool = False
     channels_last: bool = True
     """Run the networks in the channels-last 3-D memory format (measured faster with oneDNN, in fp32 and bf16;
@@ -153,10 +154,13 @@ class SegmentationPredictor:
     task: ClassVar[str] = "segmentation"
 
     def __post_init__(self) -> None:
+        from innereye_batch.engine.cpu_convolution import use_onednn_conv3d
         from innereye_batch.engine.ensemble import to_channels_last
 
         if self.channels_last:
             self.channels_last = to_channels_last(self.networks)
+        if self.device.type == "cpu":
+            use_onednn_conv3d(self.networks)
 
     @property
     def batch_size(self) -> int:

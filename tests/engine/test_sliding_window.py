@@ -251,3 +251,26 @@ def test_sigmoid_is_applied_per_channel_before_stitching(image: torch.Tensor) ->
     assert not torch.allclose(result.sum(dim=0), torch.ones(20, 18, 22))  # independent channels, not softmax
     with pytest.raises(ValueError, match="activation"):
         sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), activation="relu")  # type: ignore[arg-type]
+
+
+def test_auto_patch_batch_on_a_cpu_and_from_free_memory(image: torch.Tensor) -> None:
+    from innereye_batch.engine.sliding_window import CPU_PATCH_BATCH, patch_batch_for_memory
+
+    net = conv_net(2, 3, seed=3)
+    sizes: list[int] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.shape[0])
+        return net(x)
+
+    auto = sliding_window_inference(
+        predict, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), patch_batch=0
+    )
+    assert sizes[0] == CPU_PATCH_BATCH and sum(sizes) == 4 * 4 * 5
+    one = sliding_window_inference(net, image, num_outputs=3, activation="softmax", patch_size=(8, 8, 8), patch_batch=1)
+    torch.testing.assert_close(auto, one, rtol=0, atol=1e-6)
+    gib = 2**30
+    assert patch_batch_for_memory(16 * gib, gib, 100) == 8  # half the free memory
+    assert patch_batch_for_memory(16 * gib, gib, 3) == 3  # never more than the patches
+    assert patch_batch_for_memory(gib, 4 * gib, 100) == 1  # at least one
+    assert patch_batch_for_memory(1000 * gib, gib, 100) == 32  # capped

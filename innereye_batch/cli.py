@@ -11,16 +11,18 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ParamSpec
+from typing import TYPE_CHECKING, Annotated, ParamSpec
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from innereye_batch import __version__
+from innereye_batch import NOT_FOR_CLINICAL_USE, __version__
 from innereye_batch.errors import EXIT_USAGE, InnerEyeBatchError, UsageError
 from innereye_batch.text import printable
-from innereye_batch.writers.registry import NOT_FOR_CLINICAL_USE, WriterOptions
+
+if TYPE_CHECKING:
+    from innereye_batch.writers.registry import WriterOptions
 
 app = typer.Typer(
     name="innereye-batch",
@@ -242,6 +244,8 @@ def run(
 
 def _writer_options(seg_type: str, clinical_marker: str) -> WriterOptions:
     """The format options of `run`; UsageError for an unknown --seg-type."""
+    from innereye_batch.writers.registry import WriterOptions
+
     kind = seg_type.strip().upper()
     if kind not in ("BINARY", "LABELMAP"):
         raise UsageError(f"--seg-type must be binary or labelmap, got {seg_type!r}")

@@ -9,7 +9,7 @@ def test_help_does_not_import_torch() -> None:
         "import sys; from typer.testing import CliRunner; from innereye_batch.cli import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
         "assert 'scan' in r.output and 'inspect' in r.output;"
-        "heavy = [m for m in ('torch', 'highdicom', 'SimpleITK') if m in sys.modules]; print(heavy)"
+        "heavy = [m for m in ('torch', 'highdicom', 'SimpleITK', 'numpy', 'pydicom') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from innereye_batch import NOT_FOR_CLINICAL_USE
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import UsageError
 from innereye_batch.model.spec import ModelPackage
 
 _FORMAT_MODULES = ("nifti", "dicom_seg", "rtstruct", "preview", "predictions", "explanations")
 
-NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
 
 @dataclass(frozen=True)

@@ -181,27 +181,106 @@ elements left out."""
 
 
 def _fields(ds: Dataset) -> _Fields:
-    """Every element pydicom read (only the wanted tags), each converted once by pydicom (straight from its raw
-    form: the Dataset's own bookkeeping is not needed here); a value pydicom cannot convert is kept as its text,
-    so that the problem it causes can name it."""
+    """Every element pydicom read (only the wanted tags), each converted once: plain text and number values
+    straight from their bytes (``_plain_value``), anything else by pydicom (from its raw form: the Dataset's own
+    bookkeeping is not needed here); a value pydicom cannot convert is kept as its text, so that the problem it
+    causes can name it."""
     fields: _Fields = {}
     encoding = ds.original_character_set or default_encoding
+    plain_text = encoding in (default_encoding, ["ISO_IR 6"], "ISO_IR 6", ["ISO_IR 100"], "ISO_IR 100")
+    little = ds.original_encoding[1] is not False
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would store every converted element in it)
         raw = ds.get_item(tag)
-        try:
-            if isinstance(raw, RawDataElement) and raw.VR != "SQ" and tag != _CHARACTER_SET:
-                element = convert_raw_data_element(raw, encoding=encoding, ds=ds)
-            else:
-                element = ds[tag]
-            found = element.value
-            keyword = element.keyword
-        except Exception:  # an invalid value (e.g. DS "abc"): keep its text
-            found = raw.value.decode("latin-1").strip("\x00 ") if isinstance(raw.value, bytes) else raw.value
-            keyword = pydicom.datadict.keyword_for_tag(tag)
+        found: Any = _NOT_PLAIN
+        keyword = ""
+        if isinstance(raw, RawDataElement) and tag != _CHARACTER_SET and isinstance(raw.value, bytes):
+            found = _plain_value(raw.VR, raw.value, little, plain_text)
+            if found is not _NOT_PLAIN:
+                keyword = _KEYWORDS.get(tag) or pydicom.datadict.keyword_for_tag(tag)
+        if found is _NOT_PLAIN:
+            try:
+                if isinstance(raw, RawDataElement) and raw.VR != "SQ" and tag != _CHARACTER_SET:
+                    element = convert_raw_data_element(raw, encoding=encoding, ds=ds)
+                else:
+                    element = ds[tag]
+                found = element.value
+                keyword = element.keyword
+            except Exception:  # an invalid value (e.g. DS "abc"): keep its text
+                found = raw.value.decode("latin-1").strip("\x00 ") if isinstance(raw.value, bytes) else raw.value
+                keyword = pydicom.datadict.keyword_for_tag(tag)
         if found is None or found == "":
             continue
         fields[keyword if keyword else int(tag)] = found
     return fields
+
+
+class _Decimal(float):
+    """A DS value that prints as the file wrote it (``0``, not ``0.0``), as pydicom's DSfloat does."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> _Decimal:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+class _Integer(int):
+    """An IS value that prints as the file wrote it, as pydicom's IS does."""
+
+    text: str
+
+    def __new__(cls, text: str) -> _Integer:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+_NOT_PLAIN = object()
+"""``_plain_value``'s answer for a value it leaves to pydicom."""
+_TEXT_VRS = frozenset({"UI", "CS", "SH", "LO", "AS", "DA", "TM"})
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_KEYWORDS = {int(Tag(keyword)): keyword for keyword in HEADER_KEYWORDS}
+
+
+def _plain_value(vr: str | None, value: bytes, little: bool, plain_text: bool) -> Any:
+    """The value of a plain element straight from its bytes, as pydicom converts it but without its per-value
+    validation: text VRs (ASCII, split at backslashes, padding stripped), IS and DS as int and float, binary
+    integers and floats; ``_NOT_PLAIN`` for anything else or anything unusual (pydicom then converts it)."""
+    if vr in _TEXT_VRS or vr in ("IS", "DS"):
+        if not plain_text or not value.isascii():
+            return _NOT_PLAIN
+        parts = [part.strip(" \x00") for part in value.decode("ascii").split("\\")]
+        if vr in ("IS", "DS"):
+            try:
+                numbers = [_Integer(p) if vr == "IS" else _Decimal(p) for p in parts if p]
+            except ValueError:
+                return _NOT_PLAIN
+            if len(numbers) != len(parts):
+                return _NOT_PLAIN
+            return numbers[0] if len(numbers) == 1 else numbers
+        if vr == "UI":
+            parts = [p.rstrip("\x00") for p in parts]
+        return parts[0] if len(parts) == 1 else parts
+    code = _NUMBER_FORMATS.get(vr or "")
+    if code is None:
+        return _NOT_PLAIN
+    size = struct.calcsize(code)
+    if not value or len(value) % size:
+        return _NOT_PLAIN
+    unpacked = struct.unpack(("<" if little else ">") + code * (len(value) // size), value)
+    return unpacked[0] if len(unpacked) == 1 else list(unpacked)
 
 
 def _unusable(path: Path, reason: str, fields: _Fields, sop_class: str, damaged: bool) -> SkippedFile | Damaged:

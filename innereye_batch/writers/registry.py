@@ -23,7 +23,6 @@ from innereye_batch.model.spec import ModelPackage
 _FORMAT_MODULES = ("nifti", "dicom_seg", "rtstruct", "preview", "predictions", "explanations")
 
 
-
 @dataclass(frozen=True)
 class WriterOptions:
     """Choices a run makes for its formats (command-line options), the same for every item."""

@@ -167,11 +167,11 @@ def _served(service: Service, model_id: str) -> ServedModel:
     return served
 
 
-def _job(service: Service, run_id: str) -> Job:
+def _job(service: Service, run_id: str, *, expired_too: bool = False) -> Job:
     job = service.store.get(run_id) if RUN_ID.fullmatch(run_id) else None
     if job is None:
         raise ApiError(404, ExtraDetails.INVALID_RUN_ID, "no run of this id")
-    if job.state == "expired":
+    if job.state == "expired" and not expired_too:
         raise ApiError(404, ExtraDetails.INVALID_RUN_ID, "the run's results have expired and were deleted")
     return job
 
@@ -244,7 +244,7 @@ def _add_our_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/model/status/{run_id}")
     async def status(run_id: str) -> JSONResponse:
-        job = _job(service, run_id)
+        job = _job(service, run_id, expired_too=True)
         return JSONResponse(_status_document(service, job))
 
     @app.get("/v1/models")

@@ -180,12 +180,12 @@ class JobRunner:
             self.on_finished(finished)
 
     def _execute(self, job: Job) -> tuple[Outcome, dict[str, Any] | None]:
+        if job.attempts > self.options.max_attempts:
+            reason = f"the service stopped {job.attempts - 1} times while running this job; it is not tried again"
+            return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, reason), None
         served = self.models.get(job.model_id)
         if served is None:
             reason = f"model {job.model_id} is not served any more (the service was restarted without it)"
-            return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, reason), None
-        if job.attempts > self.options.max_attempts:
-            reason = f"the service stopped {job.attempts - 1} times while running this job; it is not tried again"
             return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, reason), None
         if not self.upload_path(job.id).is_file():
             return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, "the upload of this job is gone"), None

@@ -51,6 +51,7 @@ class ServiceProcess:
         args += ["--state-dir", str(state_dir), "--device", "cpu", *[a for m in models for a in ("--model", m)]]
         args += list(extra_args)
         env = {**os.environ, "INNEREYE_BATCH_API_SECRET": SECRET}
+        state_dir.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True

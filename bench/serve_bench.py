@@ -88,7 +88,8 @@ def run(repeats: int = 3) -> str:
             "At concurrency 1 a request never has company, so both run batches of one (dynamic waits up to 5 ms "
             "for a partner that does not come). The service, the clients and torch share this machine's cores: "
             "each request also pays for its upload, header scan and decoding on the CPU, which batching does not "
-            "shorten; on a GPU the forward pass that batching shares is a larger part.",
+            "shorten; on a GPU the forward pass that batching shares is a larger part. Other work shared the "
+            "cores while this ran (see the ranges): compare the columns of a row, which ran in turn.",
             "",
         ]
     )

@@ -20,9 +20,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -76,14 +77,8 @@ def build_service(options: ServeOptions, models: Mapping[str, ServedModel], secr
     """The service's parts (threads start with the app's lifespan, ``create_app``)."""
     first = next(iter(models.values()), None)
     store = JobStore(options.state_dir)
-    holder: dict[str, ServiceMetrics] = {}
-    device_queue = DeviceQueue(on_run=lambda kind, seconds: holder["m"].observe_device(kind, seconds))
-    batchers = Batchers(
-        device_queue,
-        max_batch=options.max_batch,
-        max_wait_s=options.max_wait_ms / 1000,
-        on_batch=lambda size: holder["m"].batch_size.observe(size),
-    )
+    device_queue = DeviceQueue()
+    batchers = Batchers(device_queue, max_batch=options.max_batch, max_wait_s=options.max_wait_ms / 1000)
     metrics = ServiceMetrics(
         queue_depths=lambda: {
             "jobs": store.counts()["queued"],
@@ -93,7 +88,8 @@ def build_service(options: ServeOptions, models: Mapping[str, ServedModel], secr
         job_counts=store.counts,
         device=first.device if first is not None else None,
     )
-    holder["m"] = metrics
+    device_queue.on_run = metrics.observe_device
+    batchers.on_batch = metrics.batch_size.observe
 
     def finished(job: Job) -> None:
         metrics.jobs_finished.labels(job.model_id, job.state).inc()
@@ -114,10 +110,11 @@ def create_app(service: Service) -> FastAPI:
         try:
             yield
         finally:
-            service.runner.stop()
+            stopped = service.runner.stop()
             service.batchers.close()
             service.device_queue.close()
-            service.store.close()
+            if stopped:  # a job still running keeps its store; it is queued again at the next start-up
+                service.store.close()
 
     app = FastAPI(title="innereye-batch", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     _add_handlers(app, service)
@@ -153,7 +150,10 @@ def _add_handlers(app: FastAPI, service: Service) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         status = error.status_code if error.status_code in (400, 404, 405) else 500
-        return _error(status)
+        response = _error(status)
+        if error.headers and "allow" in {k.lower() for k in error.headers}:  # 405 says which methods
+            response.headers.update({k: v for k, v in error.headers.items() if k.lower() == "allow"})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -207,28 +207,25 @@ def _add_innereye_routes(app: FastAPI, service: Service) -> None:
         except UploadRefused as refused:
             # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
             temporary.unlink(missing_ok=True)
-            service.store.add(job_id, served.model_id, refused=refused.reason)
+            await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
             log.info("job %s (%s): upload refused", job_id, served.model_id)
         else:
-            os.replace(temporary, service.runner.upload_path(job_id))
-            _sync_folder(uploads)
-            service.store.add(job_id, served.model_id)  # committed before the client hears of the job
-            service.runner.wake()
+            await run_in_threadpool(_accept, service, temporary, job_id, served.model_id)
             log.info("job %s (%s): queued", job_id, served.model_id)
         return Response(job_id.encode("ascii"), status_code=201, headers={"content-type": "text/plain"})
 
     @app.get("/v1/model/results/{run_id}")
-    async def results(run_id: str, format: str | None = None) -> Response:
+    async def results(run_id: str, wanted: Annotated[str | None, Query(alias="format")] = None) -> Response:
         from innereye_batch.service.packaging import all_outputs_zip, innereye_zip
 
-        if format not in (None, "", "all"):
+        if wanted not in (None, "", "all"):
             raise ApiError(400, None, "format must be 'all' (every output) or absent (InnerEye's result)")
         job = _job(service, run_id)
         if job.state in ("queued", "running"):
             return _empty(202)
         output = service.runner.output_dir(job.id)
         extra = ExtraDetails(job.extra_details) if job.extra_details else None
-        if format == "all" and output.is_dir():
+        if wanted == "all" and output.is_dir():
             content = await run_in_threadpool(all_outputs_zip, output)
         elif job.http_status != 200:
             raise ApiError(job.http_status or 500, extra, job.reason)
@@ -323,13 +320,22 @@ def _status_document(service: Service, job: Job) -> dict[str, Any]:
     return document
 
 
-def _remove(folder: Any) -> None:
+def _accept(service: Service, upload: Path, job_id: str, model_id: str) -> None:
+    """The upload renamed into place (durably), then the job committed: only then does the client hear of it."""
+    final = service.runner.upload_path(job_id)
+    os.replace(upload, final)
+    _sync_folder(final.parent)
+    service.store.add(job_id, model_id)
+    service.runner.wake()
+
+
+def _remove(folder: Path) -> None:
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sync_folder(folder: Any) -> None:
+def _sync_folder(folder: Path) -> None:
     """fsync a folder, so that a file just renamed into it survives a power cut."""
     fd = os.open(folder, os.O_RDONLY)
     try:

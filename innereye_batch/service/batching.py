@@ -136,13 +136,12 @@ class DynamicBatcher:
 class Batchers:
     """One batcher per predictor, made on first use."""
 
-    def __init__(
-        self, device_queue: DeviceQueue, *, max_batch: int, max_wait_s: float, on_batch: Callable[[int], None]
-    ) -> None:
+    def __init__(self, device_queue: DeviceQueue, *, max_batch: int, max_wait_s: float) -> None:
         self.device_queue = device_queue
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.on_batch = on_batch
+        self.on_batch: Callable[[int], None] | None = None
+        """Called with the size of each batch run (the metrics); set before the first request."""
         self._batchers: dict[int, DynamicBatcher] = {}
         self._lock = threading.Lock()
 

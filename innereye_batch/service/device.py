@@ -27,11 +27,12 @@ JOB = 1
 class DeviceQueue:
     """Runs submitted calls one at a time on its own thread, by priority then arrival."""
 
-    def __init__(self, on_run: Callable[[str, float], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None, str]]
         self._queue = queue.PriorityQueue()
         self._order = itertools.count()
-        self._on_run = on_run
+        self.on_run: Callable[[str, float], None] | None = None
+        """Called after each call with its kind and seconds (the metrics)."""
         self._thread = threading.Thread(target=self._loop, name="device", daemon=True)
         self._thread.start()
 
@@ -69,8 +70,8 @@ class DeviceQueue:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-            if self._on_run is not None:
-                self._on_run(kind, time.perf_counter() - start)
+            if self.on_run is not None:
+                self.on_run(kind, time.perf_counter() - start)
 
 
 @dataclass

@@ -132,12 +132,14 @@ class JobRunner:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
-        """Stop taking jobs; a job running now is left ``running`` and queued again at the next start-up."""
+    def stop(self) -> bool:
+        """Stop taking jobs; a job running now is left ``running`` and queued again at the next start-up.
+        True when every thread has stopped."""
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=2)
+        return not any(thread.is_alive() for thread in self._threads)
 
     def wake(self) -> None:
         """A job was queued."""

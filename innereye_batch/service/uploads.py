@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from innereye_batch.service.options import UploadLimits
-from innereye_batch.text import printable
+from innereye_batch.text import printable, relative_paths
 
 _CHUNK = 1 << 20
 _RATIO_FLOOR_BYTES = 1 << 20
@@ -172,9 +172,10 @@ def extract_zip(path: Path, target: Path, limits: UploadLimits) -> list[Path]:
             except UploadRefused:
                 raise
             except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as error:
+                why = relative_paths(str(error), root)  # never the service's own paths
                 raise UploadRefused(
                     f"zip member {printable(member.info.filename)!r} cannot be extracted ({type(error).__name__}: "
-                    f"{printable(error)})"
+                    f"{printable(why)})"
                 ) from None
             written.append(destination)
     return written

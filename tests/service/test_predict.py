@@ -4,7 +4,7 @@ adds the explanation montage `run --explain gradcam` draws.
 
 Requests posted one after another are batches of one image, so `run --batch-size 1` is the reference, and the
 probabilities agree to the last of their 8 decimals. Images batched together differ from images run alone by
-float32 rounding only (a few 1e-8; the load test checks concurrent answers against sequential ones).
+float32 rounding only (below 1e-6; the load test checks concurrent answers against sequential ones).
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def serve(
         Path | None,
         typer.Option(help="File holding the API secret (else the environment variable INNEREYE_BATCH_API_SECRET)."),
     ] = None,
-    no_auth: Annotated[bool, typer.Option(help="No API secret: only allowed on a loopback host.")] = False,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No API secret: only allowed on a loopback host.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[bool, typer.Option(help="Mixed precision (bf16/fp16) on CUDA.")] = False,
     patch_batch: Annotated[int, typer.Option(help="Segmentation: sliding-window patches per forward pass.")] = 1,
@@ -264,7 +264,8 @@ def serve(
     """Serve the models over HTTP, compatible with InnerEye's inference API: zipped series in, RT Structure
     Sets out (jobs in SQLite under --state-dir), and real-time classification of single images.
 
-    Needs the [serve] extra. Every endpoint but / needs the header API_AUTH_SECRET unless --no-auth.
+    Needs FastAPI and uvicorn (the serve extra). Every endpoint but / needs the header API_AUTH_SECRET unless
+    --no-auth.
     """
     from innereye_batch.service.auth import read_secret
     from innereye_batch.service.models import model_sources

@@ -100,6 +100,7 @@ def test_a_job_whose_model_is_gone_is_cancelled_as_innereye_says(
 
 def test_results_expire_after_keep_results(app_without_models: tuple[Service, TestClient]) -> None:
     service, client = app_without_models
+    service.runner.stop()  # the janitor would race this test; expire_now is what it calls
     service.store.add(ID_B, "m:1")
     output = service.runner.output_dir(ID_B)
     output.mkdir(parents=True)
@@ -126,3 +127,16 @@ def test_a_job_interrupted_too_often_is_cancelled(app_without_models: tuple[Serv
     service.runner.run_job(claimed)
     body = assert_innereye_error(client.get(f"/v1/model/results/{ID_C}"), 500, "RunCancelled")
     assert "stopped 2 times" in body["reason"]
+
+
+def test_the_janitor_deletes_expired_results_by_itself(app_without_models: tuple[Service, TestClient]) -> None:
+    service, _ = app_without_models
+    service.store.add(ID_A, "m:1")
+    output = service.runner.output_dir(ID_A)
+    output.mkdir(parents=True)
+    service.store.finish(ID_A, "succeeded", http_status=200)
+    _wait_for_state(service.store, ID_A, "expired")
+    deadline = time.monotonic() + 30
+    while service.runner.job_dir(ID_A).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not service.runner.job_dir(ID_A).exists()

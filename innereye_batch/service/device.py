@@ -3,7 +3,7 @@
 Real-time predict batches go before the forward passes of queued jobs (``PREDICT`` < ``JOB``); within a priority
 the order is first come, first served. Decoding and writing stay on the callers' threads, so they overlap with
 the device's work. ``OnDevice`` wraps a task's predictor so that the pipeline's ``process_item`` runs its
-``predict`` through the queue and everything else (decoding, writing) where it is called.
+``predict`` through the queue and everything else (decoding, finishing, writing) where it is called.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ class DeviceQueue:
                 self.on_run(kind, time.perf_counter() - start)
 
 
+def finish(prediction: Prediction) -> Prediction:
+    """``prediction.finished()`` where the task defines it: the CPU work a predictor may leave after its device
+    work (``predict_batch``), done off the device thread; the prediction itself otherwise."""
+    finished = getattr(prediction, "finished", None)
+    return finished() if callable(finished) else prediction
+
+
 @dataclass
 class OnDevice:
     """A predictor whose forward passes run through the device queue (priority ``JOB``); decoding stays with
@@ -93,9 +100,12 @@ class OnDevice:
         return self.inner.decoder
 
     def predict(self, item: WorkItem, decoded: Decoded | None = None) -> Prediction:
+        """The device's part on the device thread (``predict_batch`` of one), the rest (``finish``) here."""
         if decoded is None:
             decoded = self.inner.decoder(item)  # here, not on the device thread
-        return self.device_queue.run(lambda: self.inner.predict(item, decoded), JOB, "job")
+        one = decoded
+        (prediction,) = self.device_queue.run(lambda: self.inner.predict_batch([item], [one]), JOB, "job")
+        return finish(prediction)
 
     def predict_batch(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[Prediction]:
         return self.device_queue.run(lambda: self.inner.predict_batch(items, decoded), JOB, "job")

@@ -18,6 +18,7 @@ from typing import Any
 
 from innereye_batch import __version__
 from innereye_batch.service.batching import Batched
+from innereye_batch.service.device import finish
 from innereye_batch.service.models import ServedModel
 from innereye_batch.service.responses import ApiError
 from innereye_batch.tasks.base import Decoded, Predictor, WorkItem
@@ -77,7 +78,7 @@ def predictions_document(served: ServedModel, prepared: PreparedImage, batched: 
     from innereye_batch.tasks.classification import ClassificationPrediction
     from innereye_batch.writers.predictions import build_classification_predictions
 
-    prediction = batched.prediction
+    prediction = finish(batched.prediction)
     if not isinstance(prediction, ClassificationPrediction):
         raise TypeError(f"a classification prediction was expected, got {type(prediction).__name__}")
     timings = {"load": prepared.load_seconds, "queue": batched.queued_seconds, **prediction.timings}

@@ -258,3 +258,22 @@ def test_metrics_count_requests_by_route_and_show_queues(service: ServiceProcess
     assert samples['innereye_batch_jobs_finished_total{model_id="SamplePhantomAbdomen:1",state="succeeded"}'] >= 1
     assert samples['innereye_batch_device_call_duration_seconds_count{kind="job"}'] >= 1
     assert 'innereye_batch_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/ping"}' in samples
+
+
+def test_no_series_the_model_takes_and_a_broken_series_are_400_with_the_reason(service: ServiceProcess) -> None:
+    from tests.service.harness import CXR_SCANS
+
+    broken = zipfile.ZipFile(io.BytesIO(zip_folders([(SERIES, "")])))
+    without_a_slice = [(name, broken.read(name)) for name in broken.namelist() if name != "IM0020.dcm"]
+    with service.client() as client:
+        chest = start_job(client, SEGMENTATION_ID, zip_folders([(CXR_SCANS, "")]))
+        gap = start_job(client, SEGMENTATION_ID, zip_members(without_a_slice))
+        chest_reason = assert_innereye_error(wait_for_result(client, chest), 400)["reason"]
+        gap_body = assert_innereye_error(wait_for_result(client, gap), 400)
+        gap_items = client.get(f"/v1/model/status/{gap}").json()["items"]
+    assert (
+        "no series in the upload that the model takes" in chest_reason
+        and "does not match the model's channel 'ct'" in chest_reason
+    )
+    assert "missing" in gap_body["reason"] and gap_body["title"] == "InvalidInput"
+    assert [item["status"] for item in gap_items] == ["failed"]

@@ -49,11 +49,14 @@ class Outcome:
     reason: str = ""
 
 
-def innereye_outcome(task: str, results: Sequence[ItemResult], scan: ScanResult) -> Outcome:
+def innereye_outcome(
+    task: str, results: Sequence[ItemResult], scan: ScanResult, skipped: Sequence[SkippedFile]
+) -> Outcome:
     """InnerEye's result holds one structure set: the upload must give exactly one series the model takes, and it
-    must have succeeded. A classification job's result is every output; it needs one image that succeeded."""
+    must have succeeded. A classification job's result is every output; it needs one image that succeeded.
+    ``skipped`` are the scan's files not used, paths relative to the upload."""
     if not scan.series:
-        reasons = "; ".join(f"{printable(f.path)}: {printable(f.reason)}" for f in scan.skipped[:5])
+        reasons = "; ".join(f"{printable(f.path)}: {printable(f.reason)}" for f in skipped[:5])
         return Outcome("failed", 400, ExtraDetails.INVALID_ZIP_FILE, f"no DICOM image in the upload ({reasons})")
     candidates = [r for r in results if r.status != "skipped"]
     if not candidates:
@@ -225,9 +228,8 @@ class JobRunner:
         self.store.progress(job.id, "running", items_total=len(planned), items_done=0)
         predictor = OnDevice(served.predictor(), self.device_queue)
         results = list(settled)
+        package, formats, writer_options = served.package, served.formats, self.options.writer_options
         for done, planned_job in enumerate(planned, start=1):
-            writer_options = self.options.writer_options
-            package, formats = served.package, served.formats
             results.append(process_item(planned_job, predictor, formats, package, served.results_fp, writer_options))
             self.store.progress(job.id, "running", items_done=done)
         results = [r if not r.reason else _with_reason(r, relative_paths(r.reason, input_dir)) for r in results]
@@ -249,7 +251,7 @@ class JobRunner:
         }
         write_summary(output_dir, results, run_info=run_info, skipped_files=skipped)
         write_run_report(output_dir, results, run_info)
-        outcome = innereye_outcome(served.package.task, results, scan)
+        outcome = innereye_outcome(served.package.task, results, scan, skipped)
         report = {
             "items": [series_record(r) for r in results],
             "ignored_files": [{"path": printable(f.path), "reason": printable(f.reason)} for f in skipped],

@@ -107,7 +107,8 @@ def check_zip(path: Path, limits: UploadLimits) -> list[ZipMember]:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as error:
-        raise UploadRefused(f"the upload is not a readable zip file ({type(error).__name__}: {error})") from None
+        why = printable(relative_paths(str(error), path.parent))  # never the service's own paths
+        raise UploadRefused(f"the upload is not a readable zip file ({type(error).__name__}: {why})") from None
     if len(infos) > limits.max_members:
         raise UploadRefused(f"the zip holds {len(infos):,} members, over the limit of {limits.max_members:,}")
     members: list[ZipMember] = []

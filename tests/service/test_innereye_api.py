@@ -225,7 +225,8 @@ def test_a_zip_without_dicom_is_400_and_lists_what_it_ignored(service: ServicePr
         run_id = start_job(client, SEGMENTATION_ID, body)
         reason = assert_innereye_error(wait_for_result(client, run_id), 400, "InvalidZipFile")["reason"]
         status = client.get(f"/v1/model/status/{run_id}").json()
-    assert "no DICOM image" in reason and "notes.txt" in reason
+    assert "no DICOM image" in reason and "notes.txt" in reason and str(service.state_dir) not in reason
+    assert str(service.state_dir) not in json.dumps(status)  # paths are the upload's, never the service's
     assert sorted(f["path"] for f in status["ignored_files"]) == ["notes.txt", "scan.png"]
 
 

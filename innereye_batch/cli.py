@@ -242,6 +242,91 @@ def run(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+@_reports_errors
+def serve(
+    model: Annotated[
+        list[str],
+        typer.Option("--model", "-m", help="Model folder to serve, as DIR (id <model_name>:1) or ID=DIR; repeatable."),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    state_dir: Annotated[
+        Path, typer.Option(help="Folder of the job store, uploads while they run, and results.")
+    ] = Path("innereye-batch-state"),
+    api_secret_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API secret (else the environment variable INNEREYE_BATCH_API_SECRET)."),
+    ] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="No API secret: only allowed on a loopback host.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[
+        bool, typer.Option(help="Mixed precision: bf16/fp16 on CUDA, bf16 on CPUs that compute it natively.")
+    ] = False,
+    patch_batch: Annotated[
+        str,
+        typer.Option(
+            help="Segmentation: sliding-window patches per forward pass, or auto (from free GPU memory; 4 on a CPU)."
+        ),
+    ] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Real-time predict: most images per forward pass.")] = 16,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Real-time predict: longest a request waits for others to share its batch.")
+    ] = 10.0,
+    keep_results: Annotated[float, typer.Option(help="Hours a finished job's results are kept.")] = 24.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (a zip, or one DICOM file).")] = 1024.0,
+    max_unzipped_mb: Annotated[
+        float, typer.Option(help="Largest total size a zip's members may declare (zip bombs are refused).")
+    ] = 8192.0,
+    max_zip_ratio: Annotated[
+        float, typer.Option(help="Largest compression ratio of a zip, or of a member over 1 MiB.")
+    ] = 200.0,
+    max_voxels: Annotated[int, typer.Option(help="Largest grid a series may have (source or resampled).")] = 2**29,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(help="Allow checkpoints that need arbitrary code to unpickle. Only for files you trust."),
+    ] = False,
+    clinical_marker: Annotated[
+        str, typer.Option(help='Text put into DICOM output descriptions and previews; "" for none.')
+    ] = NOT_FOR_CLINICAL_USE,
+) -> None:
+    """Serve the models over HTTP, compatible with InnerEye's inference API: zipped series in, RT Structure
+    Sets out (jobs in SQLite under --state-dir), and real-time classification of single images.
+
+    Needs FastAPI and uvicorn (the serve extra). Every endpoint but / needs the header API_AUTH_SECRET unless
+    --no-auth.
+    """
+    from innereye_batch.service.auth import read_secret
+    from innereye_batch.service.models import model_sources
+    from innereye_batch.service.options import ServeOptions, UploadLimits
+    from innereye_batch.service.server import serve as run_service
+
+    limits = UploadLimits(
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_unzipped_bytes=int(max_unzipped_mb * 2**20),
+        max_ratio=max_zip_ratio,
+    )
+    options = ServeOptions(
+        models=model_sources(model),
+        host=host,
+        port=port,
+        state_dir=state_dir,
+        api_secret=None if no_auth else read_secret(api_secret_file),
+        no_auth=no_auth,
+        device=device,
+        amp=amp,
+        patch_batch=_patch_batch(patch_batch),
+        trust_checkpoint=trust_checkpoint,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        keep_results_hours=keep_results,
+        limits=limits,
+        max_voxels=max_voxels,
+        writer_options=_writer_options("binary", clinical_marker),
+    )
+    run_service(options)
+
+
 def _writer_options(seg_type: str, clinical_marker: str) -> WriterOptions:
     """The format options of `run`; UsageError for an unknown --seg-type."""
     from innereye_batch.writers.registry import WriterOptions

@@ -1,0 +1,344 @@
+"""The FastAPI app: InnerEye's inference API (same paths, codes and bodies) and ours beside it.
+
+InnerEye's: ``GET /`` (health, no auth), ``GET /v1/ping``, ``POST /v1/model/start/{model_id}`` (a zip of DICOM
+files -> 201 and the run id as text/plain), ``GET /v1/model/results/{run_id}`` (202 while queued or running,
+then 200 and a zip holding ``segmentation.dcm``, or InnerEye's error body). Ours: ``?format=all`` (every output),
+``GET /v1/model/status/{run_id}`` (JSON progress), ``GET /v1/models``, ``POST /v1/model/predict/{model_id}`` (one
+DICOM image -> its predictions.json, batched with concurrent requests) and ``GET /metrics`` (Prometheus).
+Every path but ``/`` needs the ``API_AUTH_SECRET`` header when the service has a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from innereye_batch.files import TEMP_PREFIX
+from innereye_batch.service import auth
+from innereye_batch.service.batching import Batchers
+from innereye_batch.service.device import DeviceQueue
+from innereye_batch.service.jobs import JobRunner
+from innereye_batch.service.metrics import ServiceMetrics
+from innereye_batch.service.models import ServedModel
+from innereye_batch.service.options import ServeOptions
+from innereye_batch.service.responses import EMPTY_MEDIA_TYPE, ApiError, ExtraDetails, error_body
+from innereye_batch.service.store import Job, JobStore
+from innereye_batch.service.uploads import UploadRefused, check_zip, save_body
+
+log = logging.getLogger("innereye_batch.service")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class Service:
+    """What the routes share: options, models, the store, the job runner, the device queue and batchers."""
+
+    options: ServeOptions
+    models: Mapping[str, ServedModel]
+    secret: str | None
+    store: JobStore
+    runner: JobRunner
+    device_queue: DeviceQueue
+    batchers: Batchers
+    metrics: ServiceMetrics
+
+
+def _empty(status: int) -> Response:
+    return Response(b"", status_code=status, headers={"content-type": EMPTY_MEDIA_TYPE})
+
+
+def _error(status: int, extra: ExtraDetails | None = None, reason: str = "") -> JSONResponse:
+    return JSONResponse(error_body(status, extra, reason), status_code=status)
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_service(options: ServeOptions, models: Mapping[str, ServedModel], secret: str | None) -> Service:
+    """The service's parts (threads start with the app's lifespan, ``create_app``)."""
+    first = next(iter(models.values()), None)
+    store = JobStore(options.state_dir)
+    device_queue = DeviceQueue()
+    batchers = Batchers(device_queue, max_batch=options.max_batch, max_wait_s=options.max_wait_ms / 1000)
+    metrics = ServiceMetrics(
+        queue_depths=lambda: {
+            "jobs": store.counts()["queued"],
+            "predict": batchers.depth,
+            "device": device_queue.depth,
+        },
+        job_counts=store.counts,
+        device=first.device if first is not None else None,
+    )
+    device_queue.on_run = metrics.observe_device
+    batchers.on_batch = metrics.batch_size.observe
+
+    def finished(job: Job) -> None:
+        metrics.jobs_finished.labels(job.model_id, job.state).inc()
+
+    runner = JobRunner(store, models, device_queue, options, on_finished=finished)
+    return Service(options, models, secret, store, runner, device_queue, batchers, metrics)
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app over ``service``; its lifespan recovers interrupted jobs and starts the worker."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        requeued = service.runner.recover()
+        if requeued:
+            log.info("%d interrupted job(s) queued again", len(requeued))
+        service.runner.start()
+        try:
+            yield
+        finally:
+            stopped = service.runner.stop()
+            service.batchers.close()
+            service.device_queue.close()
+            if stopped:  # a job still running keeps its store; it is queued again at the next start-up
+                service.store.close()
+
+    app = FastAPI(title="innereye-batch", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    _add_handlers(app, service)
+    _add_innereye_routes(app, service)
+    _add_our_routes(app, service)
+    return app
+
+
+def _add_handlers(app: FastAPI, service: Service) -> None:
+    @app.middleware("http")
+    async def authenticate_and_measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        refused = None if request.url.path == "/" else auth.check(request.headers.get(auth.HEADER), service.secret)
+        if refused is not None:
+            response: Response = _error(refused)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # never a traceback to the client
+                log.exception("unhandled error on %s", request.url.path)
+                response = _error(500)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        service.metrics.observe_request(request.method, template, response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        status = error.status_code if error.status_code in (400, 404, 405) else 500
+        response = _error(status)
+        if error.headers and "allow" in {k.lower() for k in error.headers}:  # 405 says which methods
+            response.headers.update({k: v for k, v in error.headers.items() if k.lower() == "allow"})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(400, reason="the request's parameters are not valid")
+
+
+def _served(service: Service, model_id: str) -> ServedModel:
+    served = service.models.get(model_id)
+    if served is None:
+        raise ApiError(404, ExtraDetails.INVALID_MODEL_ID, "no model of this id is served here (GET /v1/models)")
+    return served
+
+
+def _job(service: Service, run_id: str, *, expired_too: bool = False) -> Job:
+    job = service.store.get(run_id) if RUN_ID.fullmatch(run_id) else None
+    if job is None:
+        raise ApiError(404, ExtraDetails.INVALID_RUN_ID, "no run of this id")
+    if job.state == "expired" and not expired_too:
+        raise ApiError(404, ExtraDetails.INVALID_RUN_ID, "the run's results have expired and were deleted")
+    return job
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _add_innereye_routes(app: FastAPI, service: Service) -> None:
+    options = service.options
+    uploads = options.state_dir / "uploads"
+
+    @app.get("/")
+    async def health() -> Response:
+        return _empty(200)
+
+    @app.get("/v1/ping")
+    async def ping() -> Response:
+        return _empty(200)
+
+    @app.post("/v1/model/start/{model_id}")
+    async def start(model_id: str, request: Request) -> Response:
+        served = _served(service, model_id)
+        job_id = uuid.uuid4().hex
+        temporary = uploads / f"{TEMP_PREFIX}{job_id}.zip"
+        try:
+            await save_body(request.stream(), temporary, options.limits.max_upload_bytes, _declared_length(request))
+        except UploadRefused as refused:
+            raise ApiError(400, None, refused.reason) from None
+        try:
+            await run_in_threadpool(check_zip, temporary, options.limits)
+        except UploadRefused as refused:
+            # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
+            temporary.unlink(missing_ok=True)
+            await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
+            log.info("job %s (%s): upload refused", job_id, served.model_id)
+        else:
+            await run_in_threadpool(_accept, service, temporary, job_id, served.model_id)
+            log.info("job %s (%s): queued", job_id, served.model_id)
+        return Response(job_id.encode("ascii"), status_code=201, headers={"content-type": "text/plain"})
+
+    @app.get("/v1/model/results/{run_id}")
+    async def results(run_id: str, wanted: Annotated[str | None, Query(alias="format")] = None) -> Response:
+        from innereye_batch.service.packaging import all_outputs_zip, innereye_zip
+
+        if wanted not in (None, "", "all"):
+            raise ApiError(400, None, "format must be 'all' (every output) or absent (InnerEye's result)")
+        job = _job(service, run_id)
+        if job.state in ("queued", "running"):
+            return _empty(202)
+        output = service.runner.output_dir(job.id)
+        extra = ExtraDetails(job.extra_details) if job.extra_details else None
+        if wanted == "all" and output.is_dir():
+            content = await run_in_threadpool(all_outputs_zip, output)
+        elif job.http_status != 200:
+            raise ApiError(job.http_status or 500, extra, job.reason)
+        elif any(output.glob("*/rtstruct.dcm")):
+            content = await run_in_threadpool(innereye_zip, output, job.model_id)
+        else:  # a classification job: its result is every output
+            content = await run_in_threadpool(all_outputs_zip, output)
+        return Response(content, status_code=200, media_type="application/zip")
+
+
+def _add_our_routes(app: FastAPI, service: Service) -> None:
+    options = service.options
+
+    @app.get("/v1/model/status/{run_id}")
+    async def status(run_id: str) -> JSONResponse:
+        job = _job(service, run_id, expired_too=True)
+        return JSONResponse(_status_document(service, job))
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"models": [served.describe() for served in service.models.values()]})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        text, media_type = service.metrics.render()
+        return Response(text, media_type=media_type)
+
+    @app.post("/v1/model/predict/{model_id}")
+    async def predict(model_id: str, request: Request, explain: str | None = None) -> JSONResponse:
+        from innereye_batch.service.predict import (
+            FILE_NAME,
+            explain_methods,
+            explanation_png_base64,
+            new_request_folder,
+            predictions_document,
+            prepare_image,
+        )
+
+        served = _served(service, model_id)
+        if served.task != "classification":
+            raise ApiError(400, None, f"{model_id} is a {served.task} model: post a zip to /v1/model/start instead")
+        methods = explain_methods(explain)
+        predictor = served.predictor(methods)
+        predict_dir = options.state_dir / "predict"
+        folder = new_request_folder(predict_dir)
+        try:
+            await save_body(
+                request.stream(), folder / FILE_NAME, options.limits.max_upload_bytes, _declared_length(request)
+            )
+        except UploadRefused as refused:
+            await run_in_threadpool(_remove, folder)
+            raise ApiError(400, None, refused.reason) from None
+        except BaseException:
+            await run_in_threadpool(_remove, folder)
+            raise
+        prepared = await run_in_threadpool(prepare_image, folder, served, predictor, options.max_voxels)
+        try:
+            batched = await asyncio.wrap_future(
+                service.batchers.for_predictor(predictor).submit(prepared.item, prepared.decoded)
+            )
+        except Exception as error:
+            raise ApiError(500, None, f"inference: {type(error).__name__}: {error}") from None
+        document = predictions_document(served, prepared, batched)
+        if methods:
+            scratch = predict_dir / uuid.uuid4().hex
+            document["explanation_png"] = await run_in_threadpool(explanation_png_base64, served, batched, scratch)
+        return JSONResponse(document)
+
+
+def _status_document(service: Service, job: Job) -> dict[str, Any]:
+    keep = service.options.keep_results_hours * 3600
+    document: dict[str, Any] = {
+        "run_id": job.id,
+        "model_id": job.model_id,
+        "state": job.state,
+        "stage": job.stage,
+        "attempts": job.attempts,
+        "created": _iso(job.created),
+        "started": _iso(job.started),
+        "finished": _iso(job.finished),
+        "expires": _iso(job.finished + keep) if job.finished is not None else None,
+        "items_total": job.items_total,
+        "items_done": job.items_done,
+    }
+    if job.state == "queued":
+        document["queue_position"] = service.store.position(job)
+    if job.http_status is not None:
+        document["result"] = {"status": job.http_status, "extra_details": job.extra_details, "reason": job.reason}
+    if job.report is not None:
+        document["items"] = job.report.get("items", [])
+        document["ignored_files"] = job.report.get("ignored_files", [])
+    return document
+
+
+def _accept(service: Service, upload: Path, job_id: str, model_id: str) -> None:
+    """The upload renamed into place (durably), then the job committed: only then does the client hear of it."""
+    final = service.runner.upload_path(job_id)
+    os.replace(upload, final)
+    _sync_folder(final.parent)
+    service.store.add(job_id, model_id)
+    service.runner.wake()
+
+
+def _remove(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a file just renamed into it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

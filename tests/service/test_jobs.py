@@ -1,0 +1,142 @@
+"""The job store, the worker's bookkeeping and the app's answers about jobs, in-process (no model needed): order,
+recovery after a crash, cancellation, expiry of results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from innereye_batch.service.app import Service, build_service, create_app
+from innereye_batch.service.options import ModelSource, ServeOptions
+from innereye_batch.service.store import JobStore
+from tests.service.harness import HEADER, SECRET, assert_innereye_error, zip_members
+
+ID_A, ID_B, ID_C = ("a" * 32, "b" * 32, "c" * 32)
+
+
+def _options(state: Path, **overrides: object) -> ServeOptions:
+    return ServeOptions(models=(ModelSource(Path("unused")),), state_dir=state, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def app_without_models(tmp_path: Path) -> Iterator[tuple[Service, TestClient]]:
+    service = build_service(_options(tmp_path / "state", keep_results_hours=1e-6, max_attempts=2), {}, SECRET)
+    with TestClient(create_app(service), headers={HEADER: SECRET}) as client:
+        yield service, client
+
+
+def _wait_for_state(store: JobStore, job_id: str, state: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = store.get(job_id)
+        if job is not None and job.state == state:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} never reached {state}: {store.get(job_id)}")
+
+
+def test_jobs_are_claimed_first_come_first_served_and_interrupted_ones_requeued(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    for job_id in (ID_A, ID_B, ID_C):
+        store.add(job_id, "m:1")
+    first = store.claim_next()
+    assert first is not None and (first.id, first.state, first.attempts) == (ID_A, "running", 1)
+    job_c = store.get(ID_C)
+    assert job_c is not None and store.position(job_c) == 2  # the running job and B are ahead
+    assert store.requeue_interrupted() == [ID_A]
+    again = store.claim_next()
+    assert again is not None and (again.id, again.attempts) == (ID_A, 2)
+    store.finish(ID_A, "succeeded", http_status=200, report={"items": []})
+    assert store.counts() == {"queued": 2, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0, "expired": 0}
+    assert store.expire(time.time() - 3600) == [] and store.expire(time.time() + 1) == [ID_A]
+    with pytest.raises(ValueError):
+        store.finish(ID_B, "running", http_status=200)
+    store.close()
+    reopened = JobStore(tmp_path)  # committed state survives the process
+    job_a = reopened.get(ID_A)
+    assert job_a is not None and job_a.state == "expired" and job_a.report == {"items": []}
+
+
+def test_recovery_keeps_only_what_live_jobs_own(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = JobStore(state)
+    store.add(ID_B, "m:1")
+    store.claim_next()  # B running when the service died: queued again, its partial folder removed
+    store.add(ID_A, "m:1")  # queued: its upload stays
+    store.add(ID_C, "m:1", refused="not a zip")
+    for name in (f"uploads/{ID_A}.zip", f"uploads/{ID_B}.zip", f"uploads/.tmp-{'d' * 32}.zip", "uploads/stray.zip"):
+        (state / name).parent.mkdir(parents=True, exist_ok=True)
+        (state / name).write_bytes(b"PK")
+    for name in (f"jobs/{ID_B}/input/x.dcm", f"jobs/{'e' * 32}/output/x.nii.gz", "predict/f/image.dcm"):
+        (state / name).parent.mkdir(parents=True, exist_ok=True)
+        (state / name).write_bytes(b"x")
+    service = build_service(_options(state), {}, SECRET)
+    assert service.runner.recover() == [ID_B]
+    left = sorted(p.relative_to(state).as_posix() for p in state.rglob("*") if p.is_file() and "sqlite" not in p.name)
+    assert left == [f"uploads/{ID_A}.zip", f"uploads/{ID_B}.zip"]
+    job_b = service.store.get(ID_B)
+    assert job_b is not None and job_b.state == "queued"
+    service.store.close()
+    service.device_queue.close()
+
+
+def test_a_job_whose_model_is_gone_is_cancelled_as_innereye_says(
+    app_without_models: tuple[Service, TestClient],
+) -> None:
+    service, client = app_without_models
+    upload = service.runner.upload_path(ID_A)
+    upload.write_bytes(zip_members([("a.dcm", b"x")]))
+    service.store.add(ID_A, "Retired:3")
+    service.runner.wake()
+    _wait_for_state(service.store, ID_A, "cancelled")
+    body = assert_innereye_error(client.get(f"/v1/model/results/{ID_A}"), 500, "RunCancelled")
+    assert "not served" in body["reason"] and body["title"] == "InternalError"
+    assert not upload.exists()
+
+
+def test_results_expire_after_keep_results(app_without_models: tuple[Service, TestClient]) -> None:
+    service, client = app_without_models
+    service.runner.stop()  # the janitor would race this test; expire_now is what it calls
+    service.store.add(ID_B, "m:1")
+    output = service.runner.output_dir(ID_B)
+    output.mkdir(parents=True)
+    (output / "summary.json").write_text("{}")
+    service.store.finish(ID_B, "succeeded", http_status=200)
+    time.sleep(0.01)  # --keep-results of 1e-6 hours: 3.6 ms
+    assert service.runner.expire_now() == [ID_B]
+    assert not service.runner.job_dir(ID_B).exists()
+    body = assert_innereye_error(client.get(f"/v1/model/results/{ID_B}"), 404, "InvalidRunId")
+    assert "expired" in body["reason"]
+    assert client.get(f"/v1/model/status/{ID_B}").json()["state"] == "expired"
+
+
+def test_a_job_interrupted_too_often_is_cancelled(app_without_models: tuple[Service, TestClient]) -> None:
+    service, client = app_without_models
+    service.runner.stop()  # claim by hand, as the worker would after each crash
+    service.runner.upload_path(ID_C).write_bytes(b"PK")
+    service.store.add(ID_C, "m:1")
+    for _ in range(2):  # --max-attempts 2 here: two crashes, then a third claim
+        service.store.claim_next()
+        service.store.requeue_interrupted()
+    claimed = service.store.claim_next()
+    assert claimed is not None and claimed.attempts == 3
+    service.runner.run_job(claimed)
+    body = assert_innereye_error(client.get(f"/v1/model/results/{ID_C}"), 500, "RunCancelled")
+    assert "stopped 2 times" in body["reason"]
+
+
+def test_the_janitor_deletes_expired_results_by_itself(app_without_models: tuple[Service, TestClient]) -> None:
+    service, _ = app_without_models
+    service.store.add(ID_A, "m:1")
+    output = service.runner.output_dir(ID_A)
+    output.mkdir(parents=True)
+    service.store.finish(ID_A, "succeeded", http_status=200)
+    _wait_for_state(service.store, ID_A, "expired")
+    deadline = time.monotonic() + 30
+    while service.runner.job_dir(ID_A).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not service.runner.job_dir(ID_A).exists()

@@ -92,6 +92,8 @@ class RunReport:
     """Why the summary could not be written (e.g. the disk is full); empty when it was."""
     merged: bool = False
     """With --shard: whether this shard merged the shard summaries into summary.json (it finished last)."""
+    shard_note: str = ""
+    """With --shard: what became of the summary (merged, or which shards it waits for)."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -291,7 +293,12 @@ def _write_summaries(
     options: RunOptions, report: RunReport, run_info: Mapping[str, Any], progress: RunProgress
 ) -> None:
     """summary.json, summary.csv and report.html; for a shard its own summary, merged when it finished last."""
-    from innereye_batch.pipeline.summarize import SummaryMergeError, merge_if_last, write_shard_summary
+    from innereye_batch.pipeline.summarize import (
+        SummaryMergeError,
+        merge_if_last,
+        missing_shards,
+        write_shard_summary,
+    )
     from innereye_batch.writers.run_report import write_run_report
     from innereye_batch.writers.summary import write_summary
 
@@ -308,11 +315,19 @@ def _write_summaries(
                 options.output, options.shard, report.results, run_info=run_info, skipped_files=report.skipped_files
             ),
         )
-        merged = merge_if_last(options.output, options.shard)
+        shard = options.shard
+        merged = merge_if_last(options.output, shard)
         if merged is not None:
             report.merged = True
             report.summary_paths += merged.paths
-            progress.event("summarize", message=f"every shard of {options.shard.count} done: summary.json merged")
+            report.shard_note = f"shard {shard}: every shard of {shard.count} done, summary.json merged"
+        else:
+            waiting = ", ".join(str(s) for s in missing_shards(options.output, shard.count))
+            report.shard_note = (
+                f"shard {shard}: {shard.summary_name} written; summary.json is merged when the last shard finishes "
+                f"(waiting for {waiting or 'none'})"
+            )
+        progress.event("summarize", message=report.shard_note)
     except OSError as error:  # e.g. the disk is full: say so, never a traceback
         report.summary_error = f"{type(error).__name__}: {error}"
         progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")

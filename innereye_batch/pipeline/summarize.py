@@ -116,7 +116,10 @@ def read_shard_summary(path: Path, shard: Shard) -> ShardSummary:
     return ShardSummary(shard, run, results, skipped)
 
 
-def _choose_count(output_dir: Path, found: dict[int, dict[int, Path]], count: int | None) -> int:
+def shard_count(output_dir: Path, count: int | None = None) -> int:
+    """The N of the shard summaries in ``output_dir`` (``count`` checked when given); SummaryMergeError when
+    there are none, or summaries of several N and no ``count``."""
+    found = shard_summary_files(output_dir)
     if count is not None:
         if count not in found:
             raise SummaryMergeError(f"{output_dir}: no summary of a run split into {count} shards")
@@ -137,7 +140,7 @@ def load_shard_summaries(output_dir: Path, count: int | None = None) -> list[Sha
     """Every shard summary of the run split into ``count`` shards (the only count present when None), checked
     to belong together; SummaryMergeError with the reason otherwise."""
     found = shard_summary_files(output_dir)
-    count = _choose_count(output_dir, found, count)
+    count = shard_count(output_dir, count)
     missing = [f"{k}/{count}" for k in range(count) if k not in found[count]]
     if missing:
         raise SummaryMergeError(
@@ -231,6 +234,12 @@ def merge_shard_summaries(output_dir: Path, count: int | None = None) -> MergedS
     return MergedSummary(len(shards), results, skipped, paths)
 
 
+def missing_shards(output_dir: Path, count: int) -> list[Shard]:
+    """The shards of ``count`` whose summary is not (yet) in ``output_dir``."""
+    present = shard_summary_files(output_dir).get(count, {})
+    return [Shard(k, count) for k in range(count) if k not in present]
+
+
 def merge_if_last(output_dir: Path, shard: Shard) -> MergedSummary | None:
     """After shard ``shard`` wrote its summary: merge when every shard's summary is present (this shard then
     finished last, or finished alongside the last); None while some are missing.
@@ -241,7 +250,6 @@ def merge_if_last(output_dir: Path, shard: Shard) -> MergedSummary | None:
     from innereye_batch.pipeline.locks import summary_lock
 
     with summary_lock(output_dir):
-        present = shard_summary_files(output_dir).get(shard.count, {})
-        if len(present) < shard.count:
+        if missing_shards(output_dir, shard.count):
             return None
     return merge_shard_summaries(output_dir, shard.count)

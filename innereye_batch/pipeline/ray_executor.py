@@ -125,7 +125,13 @@ def _start(ray: Any, options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     if options.address:
-        ray.init(address=options.address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=options.address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as error:
+            raise UsageError(
+                f"--ray-address {options.address}: cannot join the Ray cluster ({error}); on a node of the cluster, "
+                "--ray-address auto finds it"
+            ) from None
         return False
     import torch
 

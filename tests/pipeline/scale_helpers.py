@@ -28,7 +28,8 @@ class ScaleCase:
     """The output folder of one plain run (one device, no shard) over the cohort."""
 
     def options(self, out: Path, **overrides: Any) -> RunOptions:
-        return RunOptions(model=self.model, input=self.cohort.root, output=out, device="cpu", workers=0, **overrides)
+        device = "auto" if "devices" in overrides else "cpu"  # --devices replaces --device
+        return RunOptions(model=self.model, input=self.cohort.root, output=out, device=device, workers=0, **overrides)
 
 
 def make_case(base: Path) -> ScaleCase:

@@ -231,7 +231,7 @@ class _Driver:
     def run(self, jobs: Sequence[Job]) -> None:
         queue = collections.deque(jobs)
         try:
-            while (queue and not self.context.stopping) or self.in_flight or self.probes:
+            while (queue and not self.context.stopping) or self.in_flight:
                 self._assign(queue)
                 if not self.in_flight and not self.probes:
                     break  # no live actor left

@@ -240,7 +240,7 @@ def _execute(
         # Writes in flight finished before the executor returned (also on Ctrl-C / SIGTERM) and were recorded:
         # now every item the run never reached, so the summary accounts for the whole plan.
         finished = {r.key for r in report.results}
-        stopped_by_failure = options.fail_fast and context.failed_seen
+        stopped_by_failure = options.fail_fast and context.failed_seen and not context.interrupted.is_set()
         reason = "--fail-fast stopped the run after a failure" if stopped_by_failure else "the run was interrupted"
         for job in jobs:
             if job.item.key not in finished:
@@ -316,16 +316,17 @@ def _write_summaries(
             ),
         )
         shard = options.shard
-        merged = merge_if_last(options.output, shard)
+        merged, others = merge_if_last(options.output, shard, run_info)
         if merged is not None:
             report.merged = True
             report.summary_paths += merged.paths
             report.shard_note = f"shard {shard}: every shard of {shard.count} done, summary.json merged"
         else:
             waiting = ", ".join(str(s) for s in missing_shards(options.output, shard.count))
+            stale = f"; from another plan or model (an earlier run?): {', '.join(map(str, others))}" if others else ""
             report.shard_note = (
                 f"shard {shard}: {shard.summary_name} written; summary.json is merged when the last shard finishes "
-                f"(waiting for {waiting or 'none'})"
+                f"(waiting for {waiting or 'none'}{stale})"
             )
         progress.event("summarize", message=report.shard_note)
     except OSError as error:  # e.g. the disk is full: say so, never a traceback

@@ -240,16 +240,32 @@ def missing_shards(output_dir: Path, count: int) -> list[Shard]:
     return [Shard(k, count) for k in range(count) if k not in present]
 
 
-def merge_if_last(output_dir: Path, shard: Shard) -> MergedSummary | None:
-    """After shard ``shard`` wrote its summary: merge when every shard's summary is present (this shard then
-    finished last, or finished alongside the last); None while some are missing.
+def merge_if_last(
+    output_dir: Path, shard: Shard, run_info: Mapping[str, Any]
+) -> tuple[MergedSummary | None, list[Shard]]:
+    """After shard ``shard`` wrote its summary (``run_info`` its run): merge when the summaries of every shard are
+    present and agree with this one's plan and results fingerprints (this shard finished last, or alongside the
+    last). Otherwise nothing is merged; the second value lists the shards whose summary disagrees (an earlier
+    run's, left by a shard of this run that has not started yet): `summarize` says why.
 
-    A shard removes its own old summary when it starts, so a summary present is one of this run's. Two shards
-    finishing together may both merge; under the summary lock one after the other, to the same result.
+    A shard removes its own old summary when it starts, so a summary present is of the shard's latest run. Two
+    shards finishing together may both merge; under the summary lock, one after the other, to the same result.
     """
     from innereye_batch.pipeline.locks import summary_lock
 
     with summary_lock(output_dir):
         if missing_shards(output_dir, shard.count):
-            return None
-    return merge_shard_summaries(output_dir, shard.count)
+            return None, []
+        files = shard_summary_files(output_dir)[shard.count]
+        others = []
+        for index, path in sorted(files.items()):
+            try:
+                run = json.loads(path.read_text(encoding="utf-8"))["run"]
+            except (OSError, ValueError, KeyError, TypeError):
+                others.append(Shard(index, shard.count))
+                continue
+            if any(run.get(f) != run_info.get(f) for f in ("plan_fingerprint", "results_fingerprint")):
+                others.append(Shard(index, shard.count))
+        if others:
+            return None, others
+    return merge_shard_summaries(output_dir, shard.count), []

@@ -12,7 +12,12 @@ from typer.testing import CliRunner
 from innereye_batch.cli import app
 from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.pipeline.shards import Shard, plan_fingerprint
-from innereye_batch.pipeline.summarize import SummaryMergeError, merge_shard_summaries, write_shard_summary
+from innereye_batch.pipeline.summarize import (
+    SummaryMergeError,
+    merge_if_last,
+    merge_shard_summaries,
+    write_shard_summary,
+)
 from innereye_batch.results import ItemResult, StructureStats
 from innereye_batch.text import printable
 from innereye_batch.writers.run_report import run_report_html
@@ -152,3 +157,18 @@ def test_summarize_command_exit_codes_and_several_counts(tmp_path: Path) -> None
 def _text(output: str) -> str:
     """Console output with rich's line wrapping undone."""
     return " ".join(output.split())
+
+
+def test_a_finishing_shard_does_not_merge_a_summary_left_by_an_earlier_run(tmp_path: Path) -> None:
+    _write_shards(tmp_path, 2)
+    mine = _run_info(plan_fingerprint="n" * 64)  # this run's cohort changed since shard 1 last ran
+    results = [_result(key) for key in KEYS if Shard(0, 2).owns(key)]
+    write_shard_summary(tmp_path, Shard(0, 2), results, run_info=mine)
+    merged, others = merge_if_last(tmp_path, Shard(0, 2), mine)
+    assert merged is None and others == [Shard(1, 2)]
+    assert not (tmp_path / "summary.json").exists()
+    (tmp_path / "summary.shard-1-of-2.json").unlink()  # shard 1 of this run starts
+    assert merge_if_last(tmp_path, Shard(0, 2), mine) == (None, [])
+    write_shard_summary(tmp_path, Shard(1, 2), [_result(k) for k in KEYS if Shard(1, 2).owns(k)], run_info=mine)
+    merged, others = merge_if_last(tmp_path, Shard(1, 2), mine)
+    assert merged is not None and others == [] and len(merged.results) == len(KEYS)

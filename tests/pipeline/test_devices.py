@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from innereye_batch.errors import UsageError
 from innereye_batch.pipeline.devices import parse_devices, run_devices
-from innereye_batch.pipeline.run import run_batch
+from innereye_batch.pipeline.run import RunOptions, run_batch
 from innereye_batch.tasks.segmentation import SegmentationPredictor
 from tests.pipeline.scale_helpers import ScaleCase, assert_same_as_reference, make_case, summary
 
@@ -70,3 +71,27 @@ def test_fail_fast_with_replicas_stops_and_accounts_for_every_item(case: ScaleCa
     statuses = {r.key: r.status for r in report.results}
     assert len(statuses) == len(report.results) == len(summary(case.reference)["series"])
     assert "failed" in statuses.values()
+
+
+def test_two_replicas_classify_as_one_with_explanations(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    model, scans = repo / "sample_data" / "cxr_model", repo / "sample_data" / "cxr_scans"
+    runs = {}
+    for name, devices in (("one", ("cpu",)), ("two", ("cpu", "cpu"))):
+        out = tmp_path / name
+        options = RunOptions(
+            model=model, input=scans, output=out, workers=0, batch_size=2, explain=("gradcam",), devices=devices
+        )
+        assert run_batch(options).exit_code == 0
+        runs[name] = {r["key"]: (r["status"], r["probabilities"], r["predicted"]) for r in summary(out)["series"]}
+        maps = {p.parent.name: np.load(p)["gradcam"] for p in out.glob("*/explanation.npz")}
+        runs[name + "-maps"] = maps
+    # the same labels; probabilities equal to float precision (the replicas batch other images together)
+    assert len(runs["one"]) == 5 and runs["two"].keys() == runs["one"].keys()
+    for key, (status, probabilities, predicted) in runs["one"].items():
+        assert runs["two"][key][0] == status == "ok" and runs["two"][key][2] == predicted
+        for name, probability in probabilities.items():
+            assert runs["two"][key][1][name] == pytest.approx(probability, abs=1e-6)
+    assert runs["two-maps"].keys() == runs["one-maps"].keys()
+    for key, heat in runs["one-maps"].items():
+        np.testing.assert_allclose(runs["two-maps"][key], heat, atol=1e-5)

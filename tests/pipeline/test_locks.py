@@ -75,7 +75,8 @@ def test_a_killed_shard_releases_its_locks(tmp_path: Path) -> None:
         with pytest.raises(OutputLockedError), output_lock(tmp_path):
             pass
     finally:
-        os.kill(holder.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        assert holder.pid is not None
+        os.kill(holder.pid, signal.SIGKILL)
         holder.join()
     with output_lock(tmp_path, Shard(1, 2)):  # the kernel released the dead shard's locks
         pass

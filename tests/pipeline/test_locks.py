@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_a_stale_shard_count_does_not_block_a_run_of_another_count(tmp_path: Pat
         pass
 
 
-def _hold_shard(folder: str, index: int, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+def _hold_shard(folder: str, index: int, ready: Any) -> None:
     import time
 
     with output_lock(Path(folder), Shard(index, 2)):

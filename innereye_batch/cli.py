@@ -199,6 +199,30 @@ def run(
         str,
         typer.Option(help='Text put into DICOM output descriptions and previews; "" for none.'),
     ] = NOT_FOR_CLINICAL_USE,
+    devices: Annotated[
+        str,
+        typer.Option(
+            help="One model replica per device, comma-separated: GPU indices (0,1), cuda:N, cpu, or all "
+            "(default with --device auto: every GPU when there are several)."
+        ),
+    ] = "",
+    shard: Annotated[
+        str,
+        typer.Option(
+            help="K/N: only shard K (0..N-1) of N; N runs into one --output process every series once "
+            "(a job array), the last one merges the summary."
+        ),
+    ] = "",
+    executor: Annotated[str, typer.Option(help="local (this machine, --devices) or ray (needs the [ray] extra).")] = (
+        "local"
+    ),
+    ray_address: Annotated[
+        str, typer.Option(help="--executor ray: the cluster to join (e.g. auto); default: a local Ray instance.")
+    ] = "",
+    ray_actors: Annotated[
+        int, typer.Option(help="--executor ray: inference actors (0: one per GPU, else one per CPU group).")
+    ] = 0,
+    ray_cpus_per_actor: Annotated[int, typer.Option(help="--executor ray: CPUs each actor reserves.")] = 2,
 ) -> None:
     """Run the model over every series under --input: segmentation writes NIfTI, DICOM-SEG, RTSTRUCT, a preview
     and JSON per series; classification writes JSON (and explanation heat maps) per image.
@@ -207,9 +231,18 @@ def run(
     Safe to rerun: finished series are skipped, interrupted ones are redone.
     """
     from innereye_batch.pipeline.progress import RunProgress
+    from innereye_batch.pipeline.ray_executor import RayOptions
     from innereye_batch.pipeline.render import render_dry_run, render_run_report
     from innereye_batch.pipeline.run import RunOptions, run_batch
+    from innereye_batch.pipeline.shards import parse_shard
 
+    kind = executor.strip().lower()
+    if kind not in ("local", "ray"):
+        raise UsageError(f"--executor must be local or ray, got {executor!r}")
+    if kind == "ray" and devices:
+        raise UsageError("--devices applies to --executor local; Ray places one actor per GPU itself (--ray-actors)")
+    if ray_actors < 0 or ray_cpus_per_actor < 1:
+        raise UsageError("--ray-actors must be 0 or more and --ray-cpus-per-actor 1 or more")
     options = RunOptions(
         model=model,
         input=input,
@@ -231,6 +264,10 @@ def run(
         regrid_irregular=regrid_irregular,
         writer_options=_writer_options(seg_type, clinical_marker),
         preview=preview,
+        devices=_split([devices]),
+        shard=parse_shard(shard) if shard else None,
+        executor=kind,
+        ray=RayOptions(address=ray_address or None, actors=ray_actors, cpus_per_actor=ray_cpus_per_actor),
     )
     progress = RunProgress(quiet=quiet, log_json=log_json, console=console)
     report = run_batch(options, progress)
@@ -325,6 +362,41 @@ def serve(
         writer_options=_writer_options("binary", clinical_marker),
     )
     run_service(options)
+
+
+@app.command()
+@_reports_errors
+def summarize(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder of a sharded run.")],
+    shards: Annotated[
+        int, typer.Option(help="N of the shards to merge (only needed when summaries of several N are present).")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing.")] = False,
+) -> None:
+    """Merge the summaries of a sharded run's shards (summary.shard-K-of-N.json) into summary.json, summary.csv
+    and report.html, as one unsharded run writes them. The shard that finishes last does this by itself.
+
+    Exit code 0 when every series succeeded, 1 when some failed or the shards cannot be merged (one is missing,
+    or they saw different inputs or models), 2 for usage errors.
+    """
+    from innereye_batch.pipeline.locks import shards_lock
+    from innereye_batch.pipeline.summarize import merge_shard_summaries, shard_count
+
+    if not output.is_dir():
+        raise UsageError(f"output folder not found: {output}")
+    count = shard_count(output, shards or None)
+    with shards_lock(output, count):
+        merged = merge_shard_summaries(output, count)
+    counts = {s: sum(r.status == s for r in merged.results) for s in ("ok", "failed", "skipped")}
+    if not quiet:
+        stdout.print(
+            Text(
+                f"{merged.count} shard summaries merged: {counts['ok']} ok, {counts['failed']} failed, "
+                f"{counts['skipped']} skipped, {len(merged.skipped_files)} file(s) not used; "
+                f"{', '.join(p.name for p in merged.paths)} written in {printable(output)}/"
+            )
+        )
+    raise typer.Exit(1 if counts["failed"] else 0)
 
 
 def _writer_options(seg_type: str, clinical_marker: str) -> WriterOptions:

@@ -18,6 +18,7 @@ from innereye_batch.dicom.scan import ScanResult
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.process import Job, item_result
+from innereye_batch.pipeline.shards import Shard
 from innereye_batch.pipeline.state import input_fingerprint, is_done, series_folder
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks import task_for
@@ -94,10 +95,18 @@ def plan_run(
     overwrite: bool = False,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     model_fp: str | None = None,
+    shard: Shard | None = None,
 ) -> tuple[list[Job], list[ItemResult]]:
-    """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason)."""
+    """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason).
+
+    With ``shard``, only the items (and unmatched series) whose key belongs to it, chosen before any file is
+    looked at again, so each of N shards pays only for its own share.
+    """
     series = [s for s in scan.series if selection(s)]
     items, unmatched = task_for(package.task).plan_items(series, package)
+    if shard is not None:
+        items = [i for i in items if shard.owns(i.key)]
+        unmatched = [u for u in unmatched if shard.owns(u.series.key)]
     settled = [item_result(u.series, "failed" if u.failed else "skipped", u.reason) for u in unmatched]
     model_fp = model_fp or package.fingerprint()
     names = tuple(f.name for f in formats)

@@ -6,6 +6,7 @@ one item in the calling thread, for the bench, the tests and a service, with the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.files import atomic_write
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.results import ItemResult, Status
-from innereye_batch.tasks.base import Prediction, Predictor, WorkItem
+from innereye_batch.tasks.base import Decoded, Prediction, Predictor, WorkItem
 from innereye_batch.writers.registry import OutputFormat, WriteContext, WriterOptions
 
 
@@ -94,6 +95,23 @@ def _write_one(output: OutputFormat, prediction: Prediction, context: WriteConte
     output.write(path, prediction, context)
 
 
+def predict_loaded(
+    predictor: Predictor, items: Sequence[WorkItem], decoded: Sequence[Decoded | None]
+) -> list[Prediction | Exception]:
+    """Decoded items through the model at once; when the batch fails, one at a time, so that only the items that
+    fail get their exception (one item's failure never stops the others)."""
+    try:
+        return list(predictor.predict_batch(items, decoded))  # type: ignore[arg-type]
+    except Exception:  # find the item that failed: the others still run
+        predictions: list[Prediction | Exception] = []
+        for item, data in zip(items, decoded, strict=True):
+            try:
+                predictions.append(predictor.predict(item, data))
+            except Exception as error:
+                predictions.append(error)
+        return predictions
+
+
 def process_item(
     job: Job,
     predictor: Predictor,
@@ -101,15 +119,22 @@ def process_item(
     package: ModelPackage,
     model_fp: str,
     options: WriterOptions = WriterOptions(),
+    *,
+    inference_lock: contextlib.AbstractContextManager[Any] | None = None,
 ) -> ItemResult:
-    """Decode, predict and write one planned item in this thread; failures become a failed ItemResult."""
+    """Decode, predict and write one planned item in this thread; failures become a failed ItemResult.
+
+    ``inference_lock``: held around the prediction only, so that threads sharing one predictor (a Ray actor)
+    decode and write in parallel while the model runs one item at a time.
+    """
     from innereye_batch.pipeline.loader import decode_safely
 
     loaded = decode_safely(predictor.decoder, job.item, 0)
     if loaded.decoded is None:
         return item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds})
     try:
-        prediction = predictor.predict(job.item, loaded.decoded)
+        with inference_lock or contextlib.nullcontext():
+            prediction = predictor.predict(job.item, loaded.decoded)
     except Exception as error:  # one item's failure never stops the others
         return item_result(job.item.primary, "failed", f"inference: {type(error).__name__}: {error}")
     timings = {"load": loaded.load_seconds, **prediction.timings}

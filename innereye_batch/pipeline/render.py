@@ -56,6 +56,8 @@ def render_run_report(report: RunReport, output: Path, console: Console, limit: 
     counts = {s: sum(r.status == s for r in report.results) for s in ("ok", "failed", "skipped")}
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
     console.print(Text(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped. Stages: {stages}"))
+    if report.shard_note:
+        console.print(Text(printable(report.shard_note)))
     if report.summary_error:
         console.print(Text(f"error: the run summary could not be written: {printable(report.summary_error)}", "red"))
     else:

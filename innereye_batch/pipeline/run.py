@@ -9,31 +9,32 @@ loop is task-independent: the model's task picks the predictor (``tasks/``) and 
 from __future__ import annotations
 
 import datetime
-import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from innereye_batch import __version__
 from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from innereye_batch.model.spec import ModelPackage
-from innereye_batch.pipeline.loader import LoadedItem
 from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run
-from innereye_batch.pipeline.process import Job, item_result, write_outputs
+from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.progress import RunProgress
+from innereye_batch.pipeline.ray_executor import RayOptions
+from innereye_batch.pipeline.shards import Shard, plan_fingerprint
 from innereye_batch.pipeline.sources import FolderSource, Source
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks import task_for
-from innereye_batch.tasks.base import Prediction, Predictor, PredictorOptions
+from innereye_batch.tasks.base import Predictor, PredictorOptions
 from innereye_batch.text import relative_paths
 from innereye_batch.writers.registry import OutputFormat, WriterOptions, resolve_formats
 
 if TYPE_CHECKING:
     import torch
+
+    from innereye_batch.pipeline.executors import RunContext
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,13 @@ class RunOptions:
     """--seg-type and --clinical-marker, passed to every writer."""
     preview: bool = True
     """False (--no-preview): no preview.png, even when the formats name it."""
+    devices: tuple[str, ...] = ()
+    """--devices: one model replica per device (GPU indices, cuda:N, cpu, or all); empty: see devices.py."""
+    shard: Shard | None = None
+    """--shard K/N: only this shard's items (shards.py); the summary is merged when the last shard finishes."""
+    executor: str = "local"
+    """local (this machine: --devices) or ray (actors on a Ray cluster: ray_executor.py)."""
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 @dataclass
@@ -83,6 +91,10 @@ class RunReport:
     summary_paths: tuple[Path, ...] = ()
     summary_error: str = ""
     """Why the summary could not be written (e.g. the disk is full); empty when it was."""
+    merged: bool = False
+    """With --shard: whether this shard merged the shard summaries into summary.json (it finished last)."""
+    shard_note: str = ""
+    """With --shard: what became of the summary (merged, or which shards it waits for)."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -159,8 +171,12 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
         overwrite=options.overwrite,
         max_voxels=options.max_voxels,
         model_fp=run_fingerprint(package, options),
+        shard=options.shard,
     )
     skipped_files = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
+    plan_fp = plan_fingerprint([s.key for s in scan.series if selection(s)] + [f"file:{f.path}" for f in skipped_files])
+    if options.shard is not None:
+        skipped_files = tuple(f for f in skipped_files if options.shard.owns(f"file:{f.path}"))
     report = RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped_files)
     if options.dry_run:
         report.planned = [{"key": j.item.key, "action": "run", "folder": str(j.folder)} for j in jobs]
@@ -169,8 +185,8 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     from innereye_batch.pipeline.library_log import library_messages_to
     from innereye_batch.pipeline.state import output_lock
 
-    with output_lock(options.output), library_messages_to(progress, root):
-        return _execute(options, package, formats, source, root, jobs, report, progress)
+    with output_lock(options.output, options.shard), library_messages_to(progress, root):
+        return _execute(options, package, formats, source, root, jobs, report, progress, plan_fp)
 
 
 def _execute(
@@ -182,104 +198,51 @@ def _execute(
     jobs: list[Job],
     report: RunReport,
     progress: RunProgress,
+    plan_fp: str,
 ) -> RunReport:
-    from innereye_batch.engine.device import resolve_device
-    from innereye_batch.model.checkpoints import load_networks
-    from innereye_batch.pipeline.loader import load_items
+    from innereye_batch.pipeline.executors import RunContext
     from innereye_batch.pipeline.state import remove_stale_temporaries
-    from innereye_batch.writers.run_report import write_run_report
-    from innereye_batch.writers.summary import write_summary
+    from innereye_batch.pipeline.summarize import remove_shard_summaries
 
     started = datetime.datetime.now(datetime.timezone.utc)
     wall = time.perf_counter()
-    removed = remove_stale_temporaries(options.output)
+    shard = options.shard
+    # a shard cleans only its own series' folders: the other shards may be writing theirs right now
+    removed = remove_stale_temporaries(options.output, [j.folder for j in jobs] if shard else None)
     if removed:
         progress.event("cleanup", message=f"removed {removed} temporary file(s) left by an interrupted run")
-    device = resolve_device(options.device)
-    networks = load_networks(package, device=device, trust_checkpoint=options.trust_checkpoint)
-    predictor_options = PredictorOptions(
-        patch_batch=options.patch_batch, batch_size=options.batch_size, amp=options.amp, explain=options.explain
-    )
-    predictor = make_predictor(package, networks, device, predictor_options)
-    model_fp = run_fingerprint(package, options)
-    for result in report.results:
-        progress.series_done(result)
-    progress.start(len(jobs))
+    if shard is None:
+        remove_shard_summaries(options.output)  # this run's summary.json supersedes any sharded run's
+    else:  # a summary present is one of this run's shards (merge_if_last relies on it)
+        remove_shard_summaries(options.output, except_count=shard.count)
+        (options.output / shard.summary_name).unlink(missing_ok=True)
 
-    slots = threading.BoundedSemaphore(max(2 * options.writer_threads, 1))
-    pending: list[Future[ItemResult]] = []
-    lock = threading.Lock()
-
-    def finish(result: ItemResult) -> None:
+    def record(result: ItemResult) -> None:
         result = _relative(result, root)
         report.results.append(result)
         progress.series_done(result)
 
-    def collect(done_only: bool) -> None:
-        with lock:
-            for future in [f for f in pending if f.done() or not done_only]:
-                finish(future.result())
-                pending.remove(future)
-
-    fail_fast_stop = False
-    loader = load_items(
-        [j.item for j in jobs], predictor.decoder, workers=options.workers, pin_memory=device.type == "cuda"
+    context = RunContext(
+        package=package,
+        formats=formats,
+        model_fp=run_fingerprint(package, options),
+        writer_options=options.writer_options,
+        predictor_options=PredictorOptions(
+            patch_batch=options.patch_batch, batch_size=options.batch_size, amp=options.amp, explain=options.explain
+        ),
+        record=record,
+        fail_fast=options.fail_fast,
+        failed_seen=any(r.status == "failed" for r in report.results),
     )
-    batch: list[tuple[Job, LoadedItem]] = []
-
-    def predict_and_write(pool: ThreadPoolExecutor) -> None:
-        """The batch through the model (one item at a time again if the batch fails), each result to a writer."""
-        items = [job.item for job, _ in batch]
-        try:
-            predictions: list[Prediction | Exception] = list(
-                predictor.predict_batch(items, [loaded.decoded for _, loaded in batch])  # type: ignore[misc]
-            )
-        except Exception:  # find the item that failed: the others still run
-            predictions = []
-            for job, loaded in batch:
-                try:
-                    predictions.append(predictor.predict(job.item, loaded.decoded))
-                except Exception as error:
-                    predictions.append(error)
-        for (job, loaded), prediction in zip(batch, predictions, strict=True):
-            if isinstance(prediction, Exception):  # one item's failure never stops the others
-                reason = f"inference: {type(prediction).__name__}: {prediction}"
-                finish(item_result(job.item.primary, "failed", reason, timings={"load": loaded.load_seconds}))
-                continue
-            timings = {"load": loaded.load_seconds, **prediction.timings}
-            slots.acquire()
-            future = pool.submit(
-                write_outputs, job, prediction, formats, package, model_fp, timings, options.writer_options
-            )
-            future.add_done_callback(lambda _: slots.release())
-            pending.append(future)
-        batch.clear()
-
+    device = "not started"
     try:
-        with ThreadPoolExecutor(max_workers=max(options.writer_threads, 1)) as pool:
-            for loaded in loader:
-                job = jobs[loaded.index]
-                if loaded.decoded is None:
-                    finish(item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds}))
-                else:
-                    batch.append((job, loaded))
-                    if len(batch) >= predictor.batch_size:
-                        predict_and_write(pool)
-                del loaded
-                collect(done_only=True)
-                if options.fail_fast and any(r.status == "failed" for r in report.results):
-                    fail_fast_stop = True
-                    break
-            if batch and not fail_fast_stop:
-                predict_and_write(pool)
-            collect(done_only=False)
+        device = _run_jobs(options, context, jobs, report, progress)
     finally:
-        loader.close()  # stops the decoding workers now, also after --fail-fast or an interrupt
-        # Writes in flight finished when the pool closed (also on Ctrl-C / SIGTERM): record them, then every
-        # item the run never reached, so the summary accounts for the whole plan.
-        report.results.extend(_relative(f.result(), root) for f in pending if f.done() and not f.cancelled())
+        # Writes in flight finished before the executor returned (also on Ctrl-C / SIGTERM) and were recorded:
+        # now every item the run never reached, so the summary accounts for the whole plan.
         finished = {r.key for r in report.results}
-        reason = "--fail-fast stopped the run after a failure" if fail_fast_stop else "the run was interrupted"
+        stopped_by_failure = options.fail_fast and context.failed_seen and not context.interrupted.is_set()
+        reason = "--fail-fast stopped the run after a failure" if stopped_by_failure else "the run was interrupted"
         for job in jobs:
             if job.item.key not in finished:
                 report.results.append(item_result(job.item.primary, "skipped", f"not run: {reason}"))
@@ -291,25 +254,88 @@ def _execute(
             "model_name": package.name,
             "model_task": package.task,
             "model_fingerprint": package.fingerprint(),
-            "results_fingerprint": model_fp,
+            "results_fingerprint": context.model_fp,
+            "plan_fingerprint": plan_fp,
             "model_folder": str(options.model),
             "input": source.description,
-            "device": str(device),
+            "device": device,
             "formats": [f.name for f in formats],
             "started": started.isoformat(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "stage_seconds": report.stage_seconds,
         }
-        try:
+        _write_summaries(options, report, run_info, progress)
+    return report
+
+
+def _run_jobs(
+    options: RunOptions, context: RunContext, jobs: list[Job], report: RunReport, progress: RunProgress
+) -> str:
+    """The planned jobs through the chosen executor; returns the device(s) for the summary."""
+    from innereye_batch.pipeline.devices import run_devices
+    from innereye_batch.pipeline.executors import device_names, load_replicas, run_local
+
+    if options.executor == "ray":
+        from innereye_batch.pipeline.ray_executor import run_ray
+
+        for result in list(report.results):
+            progress.series_done(result)
+        return run_ray(context, jobs, options, progress)
+    devices = run_devices(options.device, options.devices)
+    predictors = load_replicas(context, devices, options.trust_checkpoint)
+    for result in list(report.results):
+        progress.series_done(result)
+    progress.start(len(jobs))
+    run_local(context, jobs, predictors, devices, workers=options.workers, writer_threads=options.writer_threads)
+    return device_names(devices)
+
+
+def _write_summaries(
+    options: RunOptions, report: RunReport, run_info: Mapping[str, Any], progress: RunProgress
+) -> None:
+    """summary.json, summary.csv and report.html; for a shard its own summary, merged when it finished last."""
+    from innereye_batch.pipeline.summarize import (
+        SummaryMergeError,
+        merge_if_last,
+        missing_shards,
+        write_shard_summary,
+    )
+    from innereye_batch.writers.run_report import write_run_report
+    from innereye_batch.writers.summary import write_summary
+
+    try:
+        if options.shard is None:
             report.summary_paths = tuple(
                 write_summary(options.output, report.results, run_info=run_info, skipped_files=report.skipped_files)
             )
             # the page a person reads, after the summary
             report.summary_paths += (write_run_report(options.output, report.results, run_info),)
-        except OSError as error:  # e.g. the disk is full: say so, never a traceback
-            report.summary_error = f"{type(error).__name__}: {error}"
-            progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")
-    return report
+            return
+        report.summary_paths = (
+            write_shard_summary(
+                options.output, options.shard, report.results, run_info=run_info, skipped_files=report.skipped_files
+            ),
+        )
+        shard = options.shard
+        merged, others = merge_if_last(options.output, shard, run_info)
+        if merged is not None:
+            report.merged = True
+            report.summary_paths += merged.paths
+            report.shard_note = f"shard {shard}: every shard of {shard.count} done, summary.json merged"
+        else:
+            waiting = ", ".join(str(s) for s in missing_shards(options.output, shard.count))
+            stale = f"; from another plan or model (an earlier run?): {', '.join(map(str, others))}" if others else ""
+            report.shard_note = (
+                f"shard {shard}: {shard.summary_name} written; summary.json is merged when the last shard finishes "
+                f"(waiting for {waiting or 'none'}{stale})"
+            )
+        progress.event("summarize", message=report.shard_note)
+    except OSError as error:  # e.g. the disk is full: say so, never a traceback
+        report.summary_error = f"{type(error).__name__}: {error}"
+        progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")
+    except SummaryMergeError as error:
+        report.summary_error = str(error)
+        progress.event("summary_failed", message=f"the shard summaries could not be merged: {error}")
 
 
 def _stage_totals(results: Sequence[ItemResult], wall_seconds: float) -> dict[str, float]:

@@ -8,23 +8,20 @@ leaves a series that looks done but is not.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
-import socket
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from innereye_batch.dicom.series import SeriesInfo
-from innereye_batch.errors import OutputLockedError
 from innereye_batch.files import TEMP_PREFIX, write_json_atomic
+from innereye_batch.pipeline.locks import LOCK_FILE, output_lock
+
+__all__ = ["LOCK_FILE", "output_lock"]  # the lock lives in locks.py; kept importable from here
 
 DONE_RECORD = "done.json"
-LOCK_FILE = ".innereye-batch.lock"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _PLAIN_KEY = re.compile(r"[0-9]+(\.[0-9]+)*(\.[a-z][a-z0-9]*)*")
 """A DICOM UID, optionally with the lower-case suffixes the scan adds to split series (``.stack2``, ``.echo2``)."""
@@ -102,60 +99,19 @@ def mark_done(folder: Path, input_fp: str, model_fp: str, outputs: dict[str, Pat
     write_json_atomic(folder / DONE_RECORD, record)
 
 
-def remove_stale_temporaries(output_dir: Path) -> int:
-    """Delete temporary files left by an interrupted run (only safe while holding the lock)."""
+def remove_stale_temporaries(output_dir: Path, folders: Iterable[Path] | None = None) -> int:
+    """Delete temporary files left by an interrupted run (only safe while holding the lock).
+
+    ``folders``: only the temporaries directly in these folders (a shard's own series, while other shards may
+    be writing theirs); None: every temporary under ``output_dir``.
+    """
+    if folders is None:
+        candidates: Iterable[Path] = output_dir.glob(f"**/{TEMP_PREFIX}*")
+    else:
+        candidates = (temp for folder in folders for temp in folder.glob(f"{TEMP_PREFIX}*"))
     removed = 0
-    for temp in output_dir.glob(f"**/{TEMP_PREFIX}*"):
+    for temp in candidates:
         if temp.is_file():
             temp.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-_held_locks: set[int] = set()
-"""File descriptors of the output locks this process holds."""
-
-
-def _drop_locks_in_child() -> None:
-    """After a fork: the child (a DataLoader worker) closes its copies of the lock descriptors. An flock belongs
-    to the open file, shared by every copy of its descriptor: a worker left orphaned by a SIGKILLed run would
-    otherwise keep the folder locked for every later run."""
-    for fd in list(_held_locks):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _held_locks.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_locks_in_child)
-
-
-@contextlib.contextmanager
-def output_lock(output_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the output folder; a second concurrent run fails with a clear message.
-
-    The lock is an ``flock`` on a file, so the operating system releases it when the process dies, even by
-    SIGKILL: a crashed run never blocks the next one. Forked children (decoding workers) do not keep it.
-    """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = output_dir / LOCK_FILE
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole run
-    _held_locks.add(handle.fileno())
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown process"
-            raise OutputLockedError(
-                f"output folder {output_dir} is in use by another innereye-batch run ({holder}); "
-                "wait for it to finish or choose another --output"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        yield
-    finally:
-        _held_locks.discard(handle.fileno())
-        handle.close()

@@ -41,6 +41,17 @@ def write_summary(
     """
     json_path = output_dir / SUMMARY_JSON
     csv_path = output_dir / SUMMARY_CSV
+    json_text = summary_json_text(results, run_info=run_info, skipped_files=skipped_files)
+    csv_text = summary_csv_text(results, skipped_files)
+    atomic_write(json_path, lambda temp: temp.write_text(json_text, encoding="utf-8"))
+    atomic_write(csv_path, lambda temp: temp.write_text(csv_text, encoding="utf-8", newline=""))
+    return json_path, csv_path
+
+
+def summary_json_text(
+    results: Sequence[ItemResult], *, run_info: Mapping[str, Any], skipped_files: Sequence[SkippedFile] = ()
+) -> str:
+    """summary.json's text: ``run``, ``counts``, one record per item (``series``) and the files not used."""
     document = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run": dict(run_info),
@@ -48,11 +59,7 @@ def write_summary(
         "series": [series_record(r) for r in results],
         "skipped_files": [{"path": printable(f.path), "reason": printable(f.reason)} for f in skipped_files],
     }
-    json_text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=printable) + "\n"
-    csv_text = summary_csv_text(results, skipped_files)
-    atomic_write(json_path, lambda temp: temp.write_text(json_text, encoding="utf-8"))
-    atomic_write(csv_path, lambda temp: temp.write_text(csv_text, encoding="utf-8", newline=""))
-    return json_path, csv_path
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False, default=printable) + "\n"
 
 
 def status_counts(results: Sequence[ItemResult]) -> dict[str, int]:

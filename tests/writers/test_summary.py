@@ -174,7 +174,7 @@ def test_interrupted_rename_leaves_old_file_and_no_temporary(tmp_path: Path, mon
     def failing_replace(src: str, dst: str) -> None:
         raise OSError("disk went away")
 
-    monkeypatch.setattr("innereye_batch.pipeline.state.os.replace", failing_replace)
+    monkeypatch.setattr("innereye_batch.files.os.replace", failing_replace)  # atomic_write renames with it
     with pytest.raises(OSError, match="disk went away"):
         write_summary(tmp_path, results()[:1], run_info=RUN_INFO)
 

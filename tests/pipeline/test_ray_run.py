@@ -1,0 +1,90 @@
+"""`--executor ray`: a local Ray instance with two actors writes what one plain run writes, also when an actor's
+process is killed part-way through."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from innereye_batch.pipeline.ray_executor import RayOptions
+from innereye_batch.pipeline.run import RunReport, run_batch
+from tests.pipeline.scale_helpers import ScaleCase, assert_same_as_reference, make_case, summary
+
+pytest.importorskip("ray")
+TWO_ACTORS = RayOptions(actors=2, cpus_per_actor=1)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> ScaleCase:
+    return make_case(tmp_path_factory.mktemp("ray"))
+
+
+def test_two_ray_actors_write_what_one_run_writes(case: ScaleCase, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = run_batch(case.options(out, executor="ray", ray=TWO_ACTORS))
+    assert report.exit_code == 1
+    assert_same_as_reference(case, out)
+    assert summary(out)["run"]["device"] == "ray: 2 actor(s) on cpu"
+    again = run_batch(case.options(out, executor="ray", ray=TWO_ACTORS))  # a rerun skips what is done
+    assert sum(r.reason == "already done with this model and input" for r in again.results) == 6
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _actor_processes() -> list[int]:
+    pids = []
+    for pid in _descendants(os.getpid()):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if command.startswith(b"ray::InferenceActor"):
+            pids.append(pid)
+    return sorted(pids)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the actor's process through /proc")
+def test_a_killed_actor_still_gives_a_complete_correct_folder(case: ScaleCase, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    outcome: list[RunReport | BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(run_batch(case.options(out, executor="ray", ray=TWO_ACTORS)))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*/done.json")) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    actors = _actor_processes()
+    assert len(actors) == 2, "the run must have started two actors"
+    done_at_kill = len(list(out.glob("*/done.json")))
+    os.kill(actors[0], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert 0 < done_at_kill < 6, "the kill must land part-way through the run"
+    report = outcome[0]
+    assert isinstance(report, RunReport), report
+    assert "actor death" in summary(out)["run"]["device"]
+    assert_same_as_reference(case, out)

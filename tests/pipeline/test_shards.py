@@ -1,0 +1,130 @@
+"""`run --shard K/N`: N shards into one folder, one after another and all at once, equal one unsharded run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from innereye_batch.errors import UsageError
+from innereye_batch.pipeline.run import run_batch
+from innereye_batch.pipeline.shards import Shard, parse_shard, plan_fingerprint, shard_of
+from tests.pipeline.scale_helpers import ScaleCase, assert_same_as_reference, make_case, statuses, summary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> ScaleCase:
+    return make_case(tmp_path_factory.mktemp("shards"))
+
+
+def test_shard_of_is_a_partition_stable_across_processes() -> None:
+    keys = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(600)] + ["1.2.3/4", "..", "1.2.3.stack2", "\udcff"]
+    for count in (1, 2, 3, 7):
+        owners = [[k for k in range(count) if Shard(k, count).owns(key)] for key in keys]
+        assert all(len(o) == 1 for o in owners), "every key in exactly one shard"
+        sizes = [sum(o == [k] for o in owners) for k in range(count)]
+        assert min(sizes) > 0.7 * len(keys) / count  # sha256 spreads keys evenly
+    code = (
+        "import sys; from innereye_batch.pipeline.shards import shard_of; print([shard_of(k, 5) for k in sys.argv[1:]])"
+    )
+    others = [
+        subprocess.run(
+            [sys.executable, "-c", code, *keys[:50]],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=ROOT,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    ]
+    assert others[0] == others[1] == str([shard_of(k, 5) for k in keys[:50]])
+
+
+def test_parse_shard_and_its_errors() -> None:
+    assert parse_shard("2/3") == Shard(2, 3) and parse_shard(" 0 / 1 ") == Shard(0, 1)
+    for bad in ("3/3", "1", "a/b", "-1/3", "0/0"):
+        with pytest.raises(UsageError):
+            parse_shard(bad)
+    assert Shard(1, 3).summary_name == "summary.shard-1-of-3.json"
+    assert plan_fingerprint(["b", "a", "a"]) == plan_fingerprint(["a", "b"]) != plan_fingerprint(["a"])
+
+
+def test_three_shards_one_after_another_equal_a_single_run(case: ScaleCase, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    reports = [run_batch(case.options(out, shard=Shard(k, 3))) for k in range(3)]
+    assert [r.merged for r in reports] == [False, False, True]
+    assert "waiting for 1/3, 2/3" in reports[0].shard_note
+    keys = [{r.key for r in report.results} for report in reports]
+    assert sum(len(k) for k in keys) == len(set().union(*keys)), "no item in two shards"
+    for k, report in enumerate(reports):
+        assert all(Shard(k, 3).owns(r.key) for r in report.results)
+        shard_summary = json.loads((out / f"summary.shard-{k}-of-3.json").read_text())
+        assert shard_summary["run"]["shard"] == f"{k}/3"
+        assert {r["key"] for r in shard_summary["series"]} == keys[k]
+    assert sum(1 for k in keys if k) >= 2, "the cohort must spread over the shards for the test to mean anything"
+    assert_same_as_reference(case, out)
+    run = summary(out)["run"]
+    assert [s["shard"] for s in run["shards"]] == ["0/3", "1/3", "2/3"]
+    assert run["plan_fingerprint"] == summary(case.reference)["run"]["plan_fingerprint"]
+    assert run["started"] <= run["finished"] and run["stage_seconds"]["wall"] > 0
+
+    # a shard run again skips what it did; the merged summary then says so, as a rerun of a single run would
+    again = run_batch(case.options(out, shard=Shard(1, 3)))
+    assert again.merged
+    rerun = statuses(out)
+    for key in keys[1]:
+        expected = statuses(case.reference)[key]
+        assert rerun[key] == (
+            ("skipped", "already done with this model and input") if expected[0] == "ok" else expected
+        )
+
+
+def test_three_shards_at_once_equal_a_single_run(case: ScaleCase, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--model", str(case.model), "--input", str(case.cohort.root), "--output", str(out), "--device", "cpu"]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "innereye_batch", "run", *args, "--workers", "0", "--shard", f"{k}/3"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(3)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all("Traceback" not in o and "in use" not in o for o in outputs), outputs
+    assert all(p.returncode in (0, 1) for p in processes), outputs
+    assert any("summary.json merged" in o for o in outputs), outputs
+    assert_same_as_reference(case, out)
+    shards = summary(out)["run"]["shards"]
+    assert sum(s["counts"]["total"] for s in shards) == len(statuses(case.reference))
+
+
+def test_summarize_command_merges_again(case: ScaleCase, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for k in range(2):
+        run_batch(case.options(out, shard=Shard(k, 2)))
+    (out / "summary.json").unlink()
+    (out / "summary.csv").unlink()
+    (out / "report.html").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # two series failed, as in the single run
+    assert "2 shard summaries merged: 6 ok, 2 failed, 1 skipped" in done.stdout
+    assert_same_as_reference(case, out)
+    # an unsharded run afterwards supersedes the shards: their summaries go, its own summary stays
+    report = run_batch(case.options(out))
+    assert not list(out.glob("summary.shard-*")) and report.exit_code == 1
+    assert summary(out)["counts"]["skipped"] == 7  # six done, one MR

@@ -45,10 +45,14 @@ def main(selected: list[str]) -> None:
         stamp = f"\n_{time.strftime('%Y-%m-%d')}, {platform.machine()}, Python {platform.python_version()}, "
         sections[name] = body.rstrip() + stamp + f"bench took {time.perf_counter() - started:.0f} s._\n"
         print(sections[name])
+        _write(modules, sections)  # after each bench: a later one that fails loses nothing
+    print(f"wrote {OUTPUT}")
+
+
+def _write(modules: list[str], sections: dict[str, str]) -> None:
     ordered = [m for m in modules if m in sections] + [m for m in sections if m not in modules]
     parts = [TITLE] + [f"{_marker(m)[0]}\n{sections[m]}{_marker(m)[1]}\n" for m in ordered]
     OUTPUT.write_text("\n".join(parts))
-    print(f"wrote {OUTPUT}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def _reports_errors(command: Callable[P, None]) -> Callable[P, None]:
 def scan(
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")] = False,
-    workers: Annotated[int, typer.Option(help="Header-reading threads (0 = automatic).")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="Header-reading processes (0 = automatic: one per core for 2,000 files or more).")
+    ] = 0,
     regrid_irregular: Annotated[
         bool,
         typer.Option(help="Report tilted and variable-spacing stacks as loadable (resampled onto a regular grid)."),

@@ -146,9 +146,15 @@ _Outcome = _Tiles | str | None
 
 def _siemens_flagged(ds: Dataset) -> bool:
     """ImageType says MOSAIC."""
-    image_type = ds.get("ImageType")
+    element = ds.get_item(_IMAGE_TYPE)  # as read: converting (and validating) it for every file costs more
+    image_type = element.value if element is not None else None
+    if isinstance(image_type, bytes):
+        image_type = image_type.decode("latin-1").split("\\")
     values = [image_type] if isinstance(image_type, str) else list(image_type or [])
-    return "MOSAIC" in (str(v).strip().upper() for v in values)
+    return "MOSAIC" in (str(v).strip(" \x00").upper() for v in values)
+
+
+_IMAGE_TYPE = Tag("ImageType")
 
 
 def _siemens_tag_count(ds: Dataset) -> int | None:
@@ -295,13 +301,20 @@ def _mosaic_details(path: Path) -> Dataset:
 def _private(ds: Dataset, group: int, creator: str, offset: int) -> DataElement | None:
     """The private element ``offset`` of ``creator``'s block in ``group``, wherever the block lies."""
     for block in _PRIVATE_BLOCKS:
-        owner = ds.get((group, block))
-        value = owner.value if owner is not None else None
+        owner = ds.get_item(_CREATOR_TAGS[group][block]) if group in _CREATOR_TAGS else ds.get((group, block))
+        value = owner.value if owner is not None else None  # as read: the creator is compared as text below
         if isinstance(value, bytes):
             value = value.decode("latin-1")
         if isinstance(value, str) and value.strip(" \x00") == creator:
             return ds.get((group, (block << 8) | offset))
     return None
+
+
+_CREATOR_TAGS = {
+    group: {block: Tag(group, block) for block in _PRIVATE_BLOCKS}
+    for group, _, _ in (_SIEMENS_MOSAIC_COUNT, _UIH_GRID_COUNT, _SIEMENS_CSA, _UIH_TILE_ITEMS)
+}
+"""The private creator tags searched, made once (every scanned file is asked for two of its groups)."""
 
 
 def _csa_header(ds: Dataset) -> tuple[dict | None, str | None]:

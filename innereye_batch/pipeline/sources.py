@@ -32,7 +32,7 @@ class FolderSource:
 
     root: Path
     workers: int | None = None
-    """Header-reading threads (None: automatic)."""
+    """Header-reading processes (None: automatic, see ``scan_tree``)."""
     regrid_irregular: bool = False
     """Tilted and variable-spacing stacks become loadable (resampled onto a regular grid) instead of refused."""
 

@@ -215,7 +215,7 @@ class JobRunner:
 
         started = datetime.datetime.now(datetime.timezone.utc)
         self.store.progress(job.id, "scanning")
-        scan = FolderSource(input_dir, workers=2).discover()
+        scan = FolderSource(input_dir, workers=1).discover()  # in this process: no fork of the server
         output_dir.mkdir(parents=True, exist_ok=True)
         planned, settled = plan_run(
             scan,

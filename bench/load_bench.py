@@ -25,6 +25,11 @@ def _median_seconds(function: Callable[[], object], repeats: int) -> float:
 def _interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds of each function, run in turn (A B A B ...) so that load from other processes on a
     shared machine falls on all of them alike; one warm-up run each (file cache, imports, thread pools)."""
+    return {name: statistics.median(values) for name, values in _interleaved_times(functions, repeats).items()}
+
+
+def _interleaved_times(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Every run's seconds of each function, run in turn after one warm-up run each."""
     for function in functions.values():
         function()
     times: dict[str, list[float]] = {name: [] for name in functions}
@@ -33,7 +38,11 @@ def _interleaved_medians(functions: dict[str, Callable[[], object]], repeats: in
             started = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f} s"
 
 
 def _simpleitk_names(folder: Path) -> list[str]:
@@ -106,7 +115,7 @@ def run(repeats: int = REPEATS) -> str:
     """Generate the series in a temporary folder, time both readers in this process, return markdown."""
     from pydicom.uid import RLELossless
 
-    from innereye_batch.dicom.scan import scan_tree
+    from innereye_batch.dicom.scan import _process_count, scan_tree
     from tests.factory import recode_file, write_series
 
     rows = []
@@ -131,8 +140,18 @@ def run(repeats: int = REPEATS) -> str:
         files = TREE_SERIES * TREE_SLICES
         result = scan_tree(tree)
         assert len(result.series) == TREE_SERIES and not result.skipped
-        scan_seconds = _median_seconds(lambda: scan_tree(tree), max(3, repeats // 2))
-        loop_seconds = _median_seconds(lambda: _pydicom_header_loop(tree), 1)
+        tree_times = _interleaved_times(
+            {
+                "scan": lambda: scan_tree(tree),
+                "scan_one": lambda: scan_tree(tree, workers=1),
+                "loop": lambda: _pydicom_header_loop(tree),
+            },
+            max(3, repeats // 2),
+        )
+        scan_seconds, scan_one_seconds, loop_seconds = (
+            statistics.median(tree_times[k]) for k in ("scan", "scan_one", "loop")
+        )
+        processes = _process_count(files, None)
 
     cores = os.cpu_count()
     return "\n".join(
@@ -171,9 +190,14 @@ def run(repeats: int = REPEATS) -> str:
             ),
             f"Header scan of a {files:,}-file tree ({TREE_SERIES} series of {TREE_SLICES} slices "
             f"{TREE_IMAGE[0]}x{TREE_IMAGE[1]}, in per-patient folders): `scan_tree` {scan_seconds:.2f} s "
-            f"({scan_seconds / files * 1e6:.0f} µs per file, grouping, sorting and checks included); "
-            f"a plain single-threaded `pydicom.dcmread(stop_before_pixels=True)` loop over the same files: "
-            f"{loop_seconds:.2f} s.",
+            f"({scan_seconds / files * 1e6:.0f} µs per file, grouping, sorting and checks included; "
+            f"{processes} header-reading processes, automatic), {scan_one_seconds:.2f} s in this process alone "
+            f"(`workers=1`, {scan_one_seconds / files * 1e6:.0f} µs per file); a plain single-threaded "
+            f"`pydicom.dcmread(stop_before_pixels=True)` loop over the same files: {loop_seconds:.2f} s "
+            f"({loop_seconds / files * 1e6:.0f} µs per file). Automatic scan / plain loop: "
+            f"**{scan_seconds / loop_seconds:.2f}x** the loop's time (below 1: faster). Medians of "
+            f"{len(tree_times['scan'])} interleaved runs; ranges: scan {_range(tree_times['scan'])}, alone "
+            f"{_range(tree_times['scan_one'])}, loop {_range(tree_times['loop'])}.",
             "",
         ]
     )

@@ -46,6 +46,7 @@ from innereye_batch.dicom.pixel_data import (
 )
 from innereye_batch.dicom.series import PixelLayout, SeriesInfo, SkippedFile
 from innereye_batch.dicom.stacks import build_series
+from innereye_batch.processes import die_with_parent
 
 _BARE_DICOM_STARTS = (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02")
 """First bytes of a file without preamble that starts with group 0008 or 0002 (either byte order)."""
@@ -165,13 +166,29 @@ def _read_headers(paths: list[Path], processes: int) -> list[FileHeader | Skippe
     answered: list[list[FileHeader | SkippedFile | Damaged] | None] = [None] * len(chunks)
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")  # spawn only when asked for
-    try:  # fork: no start-up imports, and no re-import of the caller's main module (the workers run pydicom only)
-        with ProcessPoolExecutor(max_workers=min(processes, len(chunks)), mp_context=context) as pool:
-            for index, outcome in enumerate(pool.map(_read_chunk, chunks)):
-                answered[index] = outcome
+    pool = ProcessPoolExecutor(  # fork: no start-up imports, no re-import of the caller's main module
+        max_workers=min(processes, len(chunks)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
+    )
+    try:
+        for index, outcome in enumerate(pool.map(_read_chunk, chunks)):
+            answered[index] = outcome
     except (BrokenProcessPool, OSError):  # a worker died, or none could start: read the rest here
         pass
+    finally:  # on Ctrl-C too: the chunks not started are dropped, not read first
+        pool.shutdown(wait=True, cancel_futures=True)
     return [o for index, chunk in enumerate(chunks) for o in (answered[index] or _read_chunk(chunk))]
+
+
+def _init_worker(parent: int) -> None:
+    """In each header-reading worker: die with the scanning process; Ctrl-C is the scanning process's to handle
+    (held locks were closed at the fork, see ``pipeline.locks``)."""
+    import signal
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _read_chunk(paths: list[Path]) -> list[FileHeader | SkippedFile | Damaged]:

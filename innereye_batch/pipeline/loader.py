@@ -13,14 +13,10 @@ worker each, fails the one whose worker dies again with that reason, and goes on
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import logging
 import multiprocessing as mp
 import os
-import signal
-import sys
 import time
 import traceback
 import warnings
@@ -31,6 +27,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from innereye_batch.errors import InnerEyeBatchError
+from innereye_batch.processes import die_with_parent
 from innereye_batch.tasks.base import Decoded, WorkItem
 
 
@@ -84,20 +81,13 @@ def _single(item: Any) -> Any:
     return item
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def _init_worker(parent: int, worker_id: int) -> None:
     """In each worker: die with the run's process ``parent``, and keep library warnings off the terminal.
 
     PyTorch's own watchdog compares the parent pid at the worker's start, so a worker orphaned before it starts
     would run (and wait) forever: here the parent is the pid recorded before the fork.
     """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the run died before (or while) the request took effect
-        os._exit(1)
+    die_with_parent(parent)
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
 

@@ -4,6 +4,9 @@ costs nothing: the files it had not answered are read again here."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,48 @@ def test_automatic_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
     assert scan._process_count(scan.PARALLEL_MIN_FILES - 1, None) == 1
     assert 1 <= scan._process_count(scan.PARALLEL_MIN_FILES, None) <= scan.MAX_SCAN_PROCESSES
     assert scan._process_count(10, 3) == 3 and scan._process_count(10_000, 1) == 1
+
+
+_SLOW_SCAN = """
+import os, sys, time
+from pathlib import Path
+from innereye_batch.dicom import scan
+
+read_chunk = scan._read_chunk
+def slow(paths):
+    with open(sys.argv[2], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    time.sleep(0.5)
+    return read_chunk(paths)
+
+scan._CHUNK_FILES = 4
+scan._read_chunk = slow
+scan.scan_tree(Path(sys.argv[1]), workers=2)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_scan(tmp_path: Path) -> None:
+    """Rule 8 of issue 14 for the scan: a SIGKILLed run leaves no header-reading worker behind."""
+    write_series(tmp_path / "series", shape=(40, 8, 8))
+    pids = tmp_path / "pids.txt"
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_SCAN, str(tmp_path / "series"), str(pids)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not pids.exists() or len(set(pids.read_text().split())) < 2):
+        time.sleep(0.05)
+    workers = {int(p) for p in pids.read_text().split()}
+    assert len(workers) == 2 and process.pid not in workers
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)

@@ -26,15 +26,16 @@ BLOCK = {
 }
 
 
-def _make_inputs(root: Path) -> tuple[Path, Path]:
+def make_inputs(root: Path, shape: tuple[int, int, int] = SHAPE, series: int = COHORT_SERIES) -> tuple[Path, Path]:
+    """``series`` phantom CT series of ``shape`` and a light 2-member UNet3D ensemble (also the scale bench's)."""
     from innereye_batch.model.architectures import build_network
     from innereye_batch.model.export import write_model_folder
     from innereye_batch.model.spec import ArchitectureSpec
     from tests.factory import write_series
 
     scans = root / "scans"
-    for i in range(COHORT_SERIES):
-        write_series(scans / f"s{i}", shape=SHAPE, spacing=(2.5, 0.9, 0.9), seed=i)
+    for i in range(series):
+        write_series(scans / f"s{i}", shape=shape, spacing=(2.5, 0.9, 0.9), seed=i)
     torch.manual_seed(0)
     networks = [build_network(ArchitectureSpec("UNet3D", ARCHITECTURE), 1, 3).eval() for _ in range(2)]
     model = write_model_folder(root / "model", networks, model_name="BenchModel", inference_block=BLOCK)
@@ -120,7 +121,7 @@ def run(repeats: int = 2) -> str:
     """Markdown section with the median wall time of each way and their ratio."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        scans, model = _make_inputs(root)
+        scans, model = make_inputs(root)
         sequential, pipelined = [], []
         for r in range(repeats):
             sequential.append(_sequential(scans, model, root / f"seq{r}"))

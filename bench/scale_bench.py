@@ -17,39 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.pipeline_bench import make_inputs
+
 REPO = Path(__file__).resolve().parent.parent
 COHORT_SERIES = 8
 SHAPE = (40, 112, 112)
 REPEATS = 2
-ARCHITECTURE = {"initial_feature_channels": 4, "num_downsampling_paths": 2}
-BLOCK = {
-    "version": 1,
-    "task": "segmentation",
-    "structures": [{"name": "liver", "colour": [220, 120, 60]}, {"name": "spine", "colour": [240, 240, 200]}],
-    "architecture": {"name": "UNet3D", **ARCHITECTURE},
-    "channels": [{"name": "ct", "modality": "CT"}],
-    "normalisation": [{"method": "ct_window", "level": 40, "window": 400}],
-    "patch_size": None,
-    "stitching": "gaussian",
-    "postprocessing": {"largest_component": "all"},
-}
-
-
-def _make_inputs(root: Path) -> tuple[Path, Path]:
-    import torch
-
-    from innereye_batch.model.architectures import build_network
-    from innereye_batch.model.export import write_model_folder
-    from innereye_batch.model.spec import ArchitectureSpec
-    from tests.factory import write_series
-
-    scans = root / "scans"
-    for i in range(COHORT_SERIES):
-        write_series(scans / f"s{i}", shape=SHAPE, spacing=(2.5, 0.9, 0.9), seed=i)
-    torch.manual_seed(0)
-    networks = [build_network(ArchitectureSpec("UNet3D", ARCHITECTURE), 1, 3).eval() for _ in range(2)]
-    model = write_model_folder(root / "model", networks, model_name="BenchModel", inference_block=BLOCK)
-    return scans, model
 
 
 def _shards(scans: Path, model: Path, out: Path, count: int) -> float:
@@ -115,7 +88,7 @@ def run() -> str:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        scans, model = _make_inputs(root)
+        scans, model = make_inputs(root, SHAPE, COHORT_SERIES)
         _, stages = _run(scans, model, root / "stages", device="cpu")  # warm-up, and the stage split
         shards = _alternate(_shards, scans, model, root)
         torch.set_num_threads(1)

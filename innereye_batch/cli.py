@@ -118,6 +118,15 @@ def inspect(
         raise typer.Exit(EXIT_USAGE)
 
 
+_PatchBatch = Annotated[
+    str,
+    typer.Option(
+        help="Segmentation: sliding-window patches per forward pass, or auto (from free GPU memory; 4 on a CPU)."
+    ),
+]
+"""``--patch-batch`` of run and serve."""
+
+
 def _patch_batch(value: str) -> int:
     """``--patch-batch``: a positive number, or auto (0)."""
     if value.strip().lower() == "auto":
@@ -139,12 +148,7 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one sub-folder per series).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).")] = 2,
-    patch_batch: Annotated[
-        str,
-        typer.Option(
-            help="Segmentation: sliding-window patches per forward pass, or auto (from free GPU memory; 4 on a CPU)."
-        ),
-    ] = "auto",
+    patch_batch: _PatchBatch = "auto",
     batch_size: Annotated[int, typer.Option(help="Classification: images per forward pass.")] = 16,
     explain: Annotated[
         str,
@@ -302,12 +306,7 @@ def serve(
     amp: Annotated[
         bool, typer.Option(help="Mixed precision: bf16/fp16 on CUDA, bf16 on CPUs that compute it natively.")
     ] = False,
-    patch_batch: Annotated[
-        str,
-        typer.Option(
-            help="Segmentation: sliding-window patches per forward pass, or auto (from free GPU memory; 4 on a CPU)."
-        ),
-    ] = "auto",
+    patch_batch: _PatchBatch = "auto",
     max_batch: Annotated[int, typer.Option(help="Real-time predict: most images per forward pass.")] = 16,
     max_wait_ms: Annotated[
         float, typer.Option(help="Real-time predict: longest a request waits for others to share its batch.")

@@ -274,37 +274,29 @@ def _fields(ds: Dataset) -> _Fields:
     return fields
 
 
-class _Decimal(float):
-    """A DS value that prints as the file wrote it (``0``, not ``0.0``), as pydicom's DSfloat does."""
+class _AsWritten:
+    """A DS or IS number that prints as the file wrote it (``0``, not ``0.0``), as pydicom's DSfloat and IS do."""
 
+    __slots__ = ()
+    text: str
+
+    def __new__(cls, text: str) -> Any:
+        number = super().__new__(cls, text)  # type: ignore[call-arg]  # float's or int's
+        number.text = text  # type: ignore[misc]  # a slot of _Decimal; int subclasses have a __dict__
+        return number
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+class _Decimal(_AsWritten, float):
     __slots__ = ("text",)
-    text: str
-
-    def __new__(cls, text: str) -> _Decimal:
-        number = super().__new__(cls, text)
-        number.text = text
-        return number
-
-    def __str__(self) -> str:
-        return self.text
-
-    __repr__ = __str__
 
 
-class _Integer(int):
-    """An IS value that prints as the file wrote it, as pydicom's IS does."""
-
-    text: str
-
-    def __new__(cls, text: str) -> _Integer:
-        number = super().__new__(cls, text)
-        number.text = text
-        return number
-
-    def __str__(self) -> str:
-        return self.text
-
-    __repr__ = __str__
+class _Integer(_AsWritten, int):
+    pass  # int subclasses cannot have slots of their own
 
 
 _NOT_PLAIN = object()

@@ -3,6 +3,7 @@ running mean."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -44,22 +45,22 @@ def predict_posteriors(
         raise ValueError("predict_posteriors needs at least one network")
     for network in networks:
         network.eval()
+    window = functools.partial(
+        sliding_window_inference,
+        image=image,
+        num_outputs=num_outputs,
+        patch_size=spec.patch_size,
+        stride=spec.stride,
+        stitching=spec.stitching,
+        patch_batch=patch_batch,
+        size_multiple=spec.size_multiple,
+        output_device=output_device,
+        amp=amp,
+        max_output_bytes=max_output_bytes,
+    )
     if len(networks) == 1:
         member = networks[0]
-        return sliding_window_inference(
-            _in_channels_last(member) if channels_last else member,
-            image,
-            num_outputs=num_outputs,
-            patch_size=spec.patch_size,
-            stride=spec.stride,
-            stitching=spec.stitching,
-            patch_batch=patch_batch,
-            size_multiple=spec.size_multiple,
-            output_device=output_device,
-            amp=amp,
-            max_output_bytes=max_output_bytes,
-            activation=activation,
-        )
+        return window(_in_channels_last(member) if channels_last else member, activation=activation)
 
     def every_member(patches: torch.Tensor) -> torch.Tensor:
         if channels_last:
@@ -71,20 +72,7 @@ def predict_posteriors(
         assert mean is not None
         return mean
 
-    return sliding_window_inference(
-        every_member,
-        image,
-        num_outputs=num_outputs,
-        patch_size=spec.patch_size,
-        stride=spec.stride,
-        stitching=spec.stitching,
-        patch_batch=patch_batch,
-        size_multiple=spec.size_multiple,
-        output_device=output_device,
-        amp=amp,
-        max_output_bytes=max_output_bytes,
-        activation=None,  # applied per member above, before averaging
-    )
+    return window(every_member, activation=None)  # applied per member above, before averaging
 
 
 def to_channels_last(networks: Sequence[torch.nn.Module]) -> bool:

@@ -111,24 +111,13 @@ class DynamicBatcher:
                     pending.future.set_result(Batched(outcome, started - pending.enqueued, len(batch)))
 
     def _predict(self, batch: list[_Pending]) -> list[Prediction | BaseException]:
+        from innereye_batch.pipeline.process import predict_loaded  # one at a time where the batch fails
+
         items = [p.item for p in batch]
         decoded = [p.decoded for p in batch]
-        predictor = self.predictor
-
-        def one_by_one() -> list[Prediction | BaseException]:
-            outcomes: list[Prediction | BaseException] = []
-            for item, one in zip(items, decoded, strict=True):
-                try:
-                    outcomes.append(predictor.predict(item, one))
-                except Exception as error:
-                    outcomes.append(error)
-            return outcomes
 
         def on_device() -> list[Prediction | BaseException]:
-            try:
-                return list(predictor.predict_batch(items, decoded))
-            except Exception:  # find the image that failed: the others still get their answer
-                return one_by_one()
+            return list(predict_loaded(self.predictor, items, decoded))
 
         return self.device_queue.run(on_device, PREDICT, "predict")
 

@@ -23,7 +23,8 @@ SHAPE = (6, 16, 16)
 UID_ROOT = "1.2.826.0.1.3680043.10.544"
 
 
-def _series(root: Path, folder: str, uid: str, seed: int, **kwargs: object) -> list[Path]:
+def write_case_series(root: Path, folder: str, uid: str, seed: int, **kwargs: object) -> list[Path]:
+    """A small series of the corpus, written even where its values are invalid on purpose."""
     with lenient_writing():
         return list(write_series(root / folder, shape=SHAPE, series_instance_uid=uid, seed=seed, **kwargs).paths)
 
@@ -45,21 +46,21 @@ def geometry_cases(root: Path) -> list[Case]:
         ds.PixelSpacing = ["0", "0"]
 
     uid = f"{UID_ROOT}.1"
-    _every_slice(_series(root, "g_zero_spacing", uid, 1), zero_spacing)
+    _every_slice(write_case_series(root, "g_zero_spacing", uid, 1), zero_spacing)
     cases.append(Case("PixelSpacing 0\\0", rule, uid, "failed", ("invalid_pixel_spacing",)))
 
     def no_position(ds: Dataset) -> None:
         del ds.ImagePositionPatient
 
     uid = f"{UID_ROOT}.2"
-    _every_slice(_series(root, "g_no_position", uid, 2), no_position)
+    _every_slice(write_case_series(root, "g_no_position", uid, 2), no_position)
     cases.append(Case("no ImagePositionPatient", rule, uid, "failed", ("no_position",)))
 
     def skewed(ds: Dataset) -> None:
         ds.ImageOrientationPatient = ["1", "0", "0", "0.3", "0.9539392", "0"]
 
     uid = f"{UID_ROOT}.3"
-    _every_slice(_series(root, "g_skewed", uid, 3), skewed)
+    _every_slice(write_case_series(root, "g_skewed", uid, 3), skewed)
     cases.append(Case("non-orthogonal ImageOrientationPatient", rule, uid, "failed", ("invalid_orientation",)))
 
     for index, slope in enumerate(("NaN", "0")):
@@ -68,21 +69,21 @@ def geometry_cases(root: Path) -> list[Case]:
             ds.RescaleSlope = slope
 
         uid = f"{UID_ROOT}.4.{index}"
-        _every_slice(_series(root, f"g_rescale_{index}", uid, 4 + index), bad_rescale)
+        _every_slice(write_case_series(root, f"g_rescale_{index}", uid, 4 + index), bad_rescale)
         cases.append(Case(f"RescaleSlope {slope}", rule, uid, "failed", ("invalid_rescale",)))
 
     def no_frame_of_reference(ds: Dataset) -> None:
         del ds.FrameOfReferenceUID
 
     uid = f"{UID_ROOT}.5"
-    _every_slice(_series(root, "g_no_for", uid, 6), no_frame_of_reference)
+    _every_slice(write_case_series(root, "g_no_for", uid, 6), no_frame_of_reference)
     cases.append(Case("no FrameOfReferenceUID (DICOM-SEG needs it)", rule, uid, "failed", ("FrameOfReferenceUID",)))
 
     def monochrome1(ds: Dataset) -> None:
         ds.PhotometricInterpretation = "MONOCHROME1"
 
     uid = f"{UID_ROOT}.6"
-    _every_slice(_series(root, "g_monochrome1_ct", uid, 7), monochrome1)
+    _every_slice(write_case_series(root, "g_monochrome1_ct", uid, 7), monochrome1)
     cases.append(Case("MONOCHROME1 CT (HU kept)", rule, uid, "ok"))
     return cases
 
@@ -92,15 +93,15 @@ def damage_cases(root: Path) -> list[Case]:
     rule = "1 never drop data"
     cases = []
     uid = f"{UID_ROOT}.10"
-    paths = _series(root, "d_edge_cut", uid, 10)
+    paths = write_case_series(root, "d_edge_cut", uid, 10)
     paths[-1].write_bytes(paths[-1].read_bytes()[:300])  # cut inside the header of the last slice
     cases.append(Case("edge slice cut in its header", rule, uid, "failed", ("unreadable_file",)))
     uid = f"{UID_ROOT}.11"
-    paths = _series(root, "d_edge_empty", uid, 11)
+    paths = write_case_series(root, "d_edge_empty", uid, 11)
     paths[0].write_bytes(b"")  # the first slice lost: zero bytes
     cases.append(Case("edge slice of zero bytes", rule, uid, "failed", ("unreadable_file_in_folder",)))
     uid = f"{UID_ROOT}.12"
-    for path in _series(root, "d_all_damaged", uid, 12):
+    for path in write_case_series(root, "d_all_damaged", uid, 12):
         path.write_bytes(path.read_bytes()[:-100])  # every file's pixel data cut short
     cases.append(Case("every file damaged", "4 every input", uid, "failed", ("no_readable_images",)))
 
@@ -110,7 +111,7 @@ def damage_cases(root: Path) -> list[Case]:
         ds.PixelData = np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
 
     uid = f"{UID_ROOT}.13"
-    _every_slice(_series(root, "d_colour", uid, 13), rgb)
+    _every_slice(write_case_series(root, "d_colour", uid, 13), rgb)
     cases.append(Case("colour-only series", "4 every input", uid, "failed", ("unsupported_images",)))
     return cases
 
@@ -126,7 +127,7 @@ def split_cases(root: Path) -> list[Case]:
         uid = written[0].series_instance_uid
         cases += [Case(f"{name} part {key}", rule, uid, "ok", key=uid + key) for key in keys]
     uid = f"{UID_ROOT}.20"
-    _series(root, "s_missing_slice", uid, 20, remove_slice=3)
+    write_case_series(root, "s_missing_slice", uid, 20, remove_slice=3)
     cases.append(Case("a slice missing", rule, uid, "failed", ("missing_slices",)))
     write_variable(root / "s_variable")
     uid = str(pydicom.dcmread(next((root / "s_variable").iterdir())).SeriesInstanceUID)
@@ -140,7 +141,7 @@ def split_cases(root: Path) -> list[Case]:
 def collision_cases(root: Path) -> list[Case]:
     """Rule 1: a slice of another study carrying the same SeriesInstanceUID is split off, never merged."""
     uid = f"{UID_ROOT}.30"
-    _series(root, "c_main", uid, 30)
+    write_case_series(root, "c_main", uid, 30)
     with lenient_writing():
         write_series(root / "c_intruder", shape=(1, 16, 16), series_instance_uid=uid, seed=31, patient_id="OTHER")
     return [

@@ -20,18 +20,20 @@ from pydicom.uid import CTImageStorage, RLELossless, generate_uid
 
 from innereye_batch.text import printable
 from tests.factory import write_series
-from tests.hostile.case import Case, lenient_writing
-from tests.hostile.cases_dicom import collision_cases, damage_cases, geometry_cases, mosaic_cases, split_cases
+from tests.hostile.case import Case
+from tests.hostile.cases_dicom import (
+    SHAPE,
+    collision_cases,
+    damage_cases,
+    geometry_cases,
+    mosaic_cases,
+    split_cases,
+    write_case_series,
+)
 
-SHAPE = (6, 16, 16)
 PATIENT_NAMES = ("Smith", "Doe^Jane")
 """Names written into the corpus: none may appear in anything the run prints or writes besides DICOM outputs."""
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
-
-
-def _series(root: Path, folder: str, uid: str, seed: int, **kwargs: object) -> list[Path]:
-    with lenient_writing():
-        return list(write_series(root / folder, shape=SHAPE, series_instance_uid=uid, seed=seed, **kwargs).paths)
 
 
 def _rle_bomb(root: Path) -> str:
@@ -92,22 +94,22 @@ def _text_cases(root: Path) -> list[Case]:
     rule = "5 text is data"
     cases = []
     uid = f"{UID_ROOT}.1.[/red]"
-    _series(root, "markup_uid", uid, 1)
+    write_case_series(root, "markup_uid", uid, 1)
     cases.append(Case("markup in a SeriesInstanceUID", rule, uid, "ok"))
     uid = f"{UID_ROOT}.2"
-    _series(root, "markup_description", uid, 2, series_description="AXIAL [/w contrast]")
+    write_case_series(root, "markup_description", uid, 2, series_description="AXIAL [/w contrast]")
     cases.append(Case("markup in a SeriesDescription", rule, uid, "ok"))
     uid = f"{UID_ROOT}.3"
-    _series(root, "[/old]", uid, 3)
+    write_case_series(root, "[/old]", uid, 3)
     cases.append(Case("markup in a folder name", rule, uid, "ok"))
     uid = '=HYPERLINK("http://x.invalid","a")'
-    _series(root, "formula_uid", uid, 4)
+    write_case_series(root, "formula_uid", uid, 4)
     cases.append(Case("a UID that is a spreadsheet formula", rule, uid, "ok"))
     uid = f"{UID_ROOT}.5\x1b[2J\x00.9"
-    _series(root, "control_uid", uid, 5)
+    write_case_series(root, "control_uid", uid, 5)
     cases.append(Case("terminal control and NUL bytes in a UID", rule, printable(uid), "ok"))
     uid = f"{UID_ROOT}.6"
-    paths = _series(root, "non_utf8", uid, 6)
+    paths = write_case_series(root, "non_utf8", uid, 6)
     broken = paths[2].with_name(os.fsdecode(b"slice\xff\xfe.dcm"))
     paths[2].rename(broken)
     broken.write_bytes(broken.read_bytes()[:-200])  # pixel data cut: the series fails, its reason names the file
@@ -126,7 +128,7 @@ def _folder_cases(root: Path) -> list[Case]:
     cases = []
     for index, pair in enumerate(pairs):
         for side, uid in enumerate(pair):
-            _series(root, f"collide_{index}_{side}", uid, 10 + 2 * index + side)
+            write_case_series(root, f"collide_{index}_{side}", uid, 10 + 2 * index + side)
             cases.append(Case(f"folder-name collision {index} ({side})", rule, uid, "ok"))
     return cases
 
@@ -134,7 +136,7 @@ def _folder_cases(root: Path) -> list[Case]:
 def _identity_cases(root: Path) -> list[Case]:
     """Rule 7: no patient identity outside DICOM outputs (highdicom quotes a PatientName without a caret)."""
     uid = f"{UID_ROOT}.20"
-    _series(root, "single_component_name", uid, 20, patient_name=PATIENT_NAMES[0], patient_id="MRN-SMITH-1")
+    write_case_series(root, "single_component_name", uid, 20, patient_name=PATIENT_NAMES[0], patient_id="MRN-SMITH-1")
     return [Case("a PatientName highdicom warns about", "7 no identity", uid, "ok")]
 
 
@@ -147,7 +149,7 @@ def _memory_cases(root: Path) -> list[Case]:
 def _tree_cases(root: Path) -> list[Case]:
     """Rule 8: a 1,100-level folder tree."""
     uid = f"{UID_ROOT}.30"
-    _series(root, str(_deep(root, 1100)), uid, 30)
+    write_case_series(root, str(_deep(root, 1100)), uid, 30)
     return [Case("a series 1,100 folders deep", "8 leftovers and trees", uid, "ok")]
 
 

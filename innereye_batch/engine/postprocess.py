@@ -11,6 +11,12 @@ Matches InnerEye's ``InferencePipeline.post_process`` and ``image_util``:
 - hole filling: InnerEye fills holes only when drawing RT-struct contours; here each configured structure's
   mask is filled in 3-D (``binary_fill_holes``, 6-connected background), and only background voxels are
   relabelled, so a structure enclosed by another keeps its own label.
+
+``refine_labels`` labels the components of every largest-component structure in one pass (``skimage.measure.label``
+on the label map, equal neighbouring values connected) and fills each structure's holes within the bounding box of
+its voxels (``scipy.ndimage.find_objects``); the result is that of one whole-volume pass per structure: every voxel
+of a structure lies in its box, the order of components (ties) is their first voxel's raster order, and background
+touching the box's border reaches the volume's border outside the box, where the structure has no voxel.
 """
 
 from __future__ import annotations
@@ -59,10 +65,23 @@ def posterior_labels(
 
 def refine_labels(labels: np.ndarray, spec: PostProcessing, structure_names: Sequence[str]) -> np.ndarray:
     """In place, on the CPU: largest connected component, then hole filling, of the configured structures."""
-    for name in spec.largest_component:
-        keep_largest_component(labels, _label_of(name, structure_names))
-    for name in spec.fill_holes:
-        fill_holes(labels, _label_of(name, structure_names))
+    from scipy.ndimage import find_objects
+
+    largest = [_label_of(name, structure_names) for name in spec.largest_component]
+    filled = [_label_of(name, structure_names) for name in spec.fill_holes]
+    if largest:
+        found = find_objects(labels, max_label=max(largest))
+        boxes = [found[label - 1] for label in set(largest) if found[label - 1] is not None]
+        if boxes:  # every voxel of these structures lies in the union of their boxes
+            axes = range(labels.ndim)
+            union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in axes)
+            keep_largest_components(labels[union], largest)
+    if filled:
+        boxes = find_objects(labels, max_label=max(filled))  # after the largest components: tighter boxes
+        for label in filled:
+            box = boxes[label - 1]  # fill_holes only adds this label, inside its own box: other boxes still hold
+            if box is not None:
+                fill_holes(labels[box], label)
     return labels
 
 
@@ -97,30 +116,58 @@ def smooth_posteriors(
 
 def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
     """In place: voxels of ``label`` outside its largest 6-connected component become background. Returns labels."""
+    return keep_largest_components(labels, (label,))
+
+
+def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.ndarray:
+    """In place: voxels of each label of ``numbers`` outside that label's largest 6-connected component become
+    background; ties keep the component whose first voxel comes first in (z, y, x) raster order (the lowest-numbered
+    of ``scipy.ndimage.label``). One labelling for all of them. Returns labels."""
+    import numpy as np
+    from skimage.measure import label as connected_components
+
+    wanted = sorted({int(n) for n in numbers} - {0})
+    selected = np.isin(labels, wanted)
+    values = labels[selected]  # raster order
+    if values.size == 0:
+        return labels
+    # other structures' voxels become background for the labelling; equal neighbours connect (6-connectivity)
+    source = labels if values.size == np.count_nonzero(labels) else np.where(selected, labels, 0)
+    ids = connected_components(source, background=0, connectivity=1)[selected]
+    sizes = np.bincount(ids)
+    owners = np.zeros(sizes.size, dtype=labels.dtype)
+    owners[ids] = values
+    present, first = np.unique(ids, return_index=True)  # each component's first voxel, in raster order
+    order = np.lexsort((first, -sizes[present], owners[present]))  # per label: largest, then first
+    ranked = owners[present][order]
+    keep = np.zeros(sizes.size, dtype=bool)
+    keep[present[order][np.r_[True, ranked[1:] != ranked[:-1]]]] = True
+    dropped = ~keep[ids]
+    if dropped.any():
+        values[dropped] = 0
+        labels[selected] = values
+    return labels
+
+
+def fill_holes(labels: np.ndarray, label: int) -> np.ndarray:
+    """In place: background voxels enclosed (in 3-D) by ``label``'s mask are set to ``label``. Returns labels.
+
+    As ``binary_fill_holes``: the 6-connected regions outside the mask that do not reach the array's border are
+    holes; one labelling of those regions instead of its dilation to convergence.
+    """
     import numpy as np
     from scipy.ndimage import label as connected_components
 
     mask = labels == label
     if not mask.any():
         return labels
-    components, count = connected_components(mask)
-    if count <= 1:
-        return labels
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    labels[mask & (components != int(np.argmax(sizes)))] = 0
-    return labels
-
-
-def fill_holes(labels: np.ndarray, label: int) -> np.ndarray:
-    """In place: background voxels enclosed (in 3-D) by ``label``'s mask are set to ``label``. Returns labels."""
-    from scipy.ndimage import binary_fill_holes
-
-    mask = labels == label
-    if not mask.any():
-        return labels
-    filled = binary_fill_holes(mask)
-    labels[filled & (labels == 0)] = label
+    outside, count = connected_components(~mask)
+    reaches_border = np.zeros(count + 1, dtype=bool)
+    reaches_border[0] = True  # the mask itself
+    for axis in range(outside.ndim):
+        reaches_border[np.take(outside, [0, -1], axis=axis)] = True
+    holes = ~reaches_border[outside]
+    labels[holes & (labels == 0)] = label
     return labels
 
 

@@ -106,13 +106,21 @@ class SlicePlanes:
 
     def stats(self, mask: np.ndarray) -> MaskStats:
         """Voxel count and patient-space centroid of a (slices, rows, columns) boolean mask on these slices."""
-        per_slice = np.count_nonzero(mask, axis=(1, 2))
-        count = int(per_slice.sum())
-        if count == 0:
+        # only the slices, then the rows, that hold the mask are counted (``any`` finds them at little cost)
+        occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+        if occupied.size == 0:
             return MaskStats(0, None)
+        first, last = int(occupied[0]), int(occupied[-1]) + 1
+        per_row = np.count_nonzero(mask[first:last], axis=2)
+        rows = np.flatnonzero(per_row.any(axis=0))
+        top, bottom = int(rows[0]), int(rows[-1]) + 1
+        per_column = np.count_nonzero(mask[first:last, top:bottom], axis=1)
+        per_slice = np.zeros(mask.shape[0], dtype=per_row.dtype)
+        per_slice[first:last] = per_row.sum(axis=1)
+        count = int(per_slice.sum())
         # sums of row and column indices from projections per slice (no index arrays as large as the mask)
-        row_sums = np.count_nonzero(mask, axis=2) @ np.arange(mask.shape[1])
-        column_sums = np.count_nonzero(mask, axis=1) @ np.arange(mask.shape[2])
+        row_sums = per_row @ np.arange(mask.shape[1])
+        column_sums = per_column @ np.arange(mask.shape[2])
         total = (
             per_slice @ self.positions
             + float(column_sums.sum()) * self.column_step
@@ -191,9 +199,13 @@ def seg_stats(path: Path, what: str = "") -> dict[str, MaskStats]:
         for number, mask in present:
             if number not in counts:
                 raise ReadBackError(f"{what or path.name}: frame {index + 1} holds segment {number}, not described")
-            rows, columns = np.nonzero(mask)
-            counts[number] += int(rows.size)
-            sums[number] += rows.size * origin + columns.sum() * row_step + rows.sum() * column_step
+            # index sums from the frame's projections (no index arrays)
+            per_row = np.count_nonzero(mask, axis=1)
+            count = int(per_row.sum())
+            row_sum = int(per_row @ np.arange(mask.shape[0]))
+            column_sum = int(np.count_nonzero(mask, axis=0) @ np.arange(mask.shape[1]))
+            counts[number] += count
+            sums[number] += count * origin + column_sum * row_step + row_sum * column_step
     return {labels[n]: _stats_from_sums(counts[n], sums[n]) for n in labels}
 
 

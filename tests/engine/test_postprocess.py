@@ -1,4 +1,5 @@
-"""Post-processing on hand-made arrays: smoothing (axis order), argmax, largest component, hole filling."""
+"""Post-processing on hand-made arrays: smoothing (axis order), argmax, largest component, hole filling; the
+box-wise refinement against the whole-volume algorithm on random label maps."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import binary_fill_holes
+from scipy.ndimage import label as connected_components
 
-from innereye_batch.engine.postprocess import argmax_labels, postprocess, smooth_posteriors
+from innereye_batch.engine.postprocess import argmax_labels, postprocess, refine_labels, smooth_posteriors
 from innereye_batch.model.spec import PostProcessing
 
 NAMES = ("liver", "kidney")
@@ -96,3 +99,94 @@ def test_configuration_errors_name_the_problem() -> None:
         postprocess(posteriors, (1.0, 1.0, 1.0), PostProcessing(largest_component=("spleen",)), NAMES)
     with pytest.raises(ValueError, match="3 classes"):
         postprocess(posteriors, (1.0, 1.0, 1.0), PostProcessing(), ("liver",))
+
+
+def _reference_refine(labels: np.ndarray, spec: PostProcessing, names: tuple[str, ...]) -> np.ndarray:
+    """The whole-volume algorithm: one scipy labelling, or hole filling, of the full volume per structure."""
+    labels = labels.copy()
+    for name in spec.largest_component:
+        mask = labels == names.index(name) + 1
+        components, count = connected_components(mask)
+        if count > 1:
+            sizes = np.bincount(components.ravel())
+            sizes[0] = 0
+            labels[mask & (components != int(np.argmax(sizes)))] = 0
+    for name in spec.fill_holes:
+        label = names.index(name) + 1
+        labels[binary_fill_holes(labels == label) & (labels == 0)] = label
+    return labels
+
+
+REFINE_NAMES = ("a", "b", "c", "d", "e", "absent")  # label 6 never occurs
+
+
+def _random_labels(seed: int) -> np.ndarray:
+    """Blocks (some touching, some at the border), hollow shells with cavities (some holding another structure,
+    some open), pairs of equal blocks of one label (ties), and speckles of random labels."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(9, 16)), int(rng.integers(10, 20)), int(rng.integers(10, 20)))
+    labels = np.zeros(shape, dtype=np.uint8)
+    for _ in range(int(rng.integers(3, 8))):
+        label = int(rng.integers(1, 6))
+        start = [int(rng.integers(0, n - 3)) for n in shape]
+        size = [int(rng.integers(3, min(8, n - s) + 1)) for n, s in zip(shape, start, strict=True)]
+        outer = tuple(slice(s, s + z) for s, z in zip(start, size, strict=True))
+        labels[outer] = label
+        if rng.random() < 0.6 and min(size) >= 3:  # hollow it: a cavity, maybe with another structure or opened
+            inner = tuple(slice(s + 1, s + z - 1) for s, z in zip(start, size, strict=True))
+            labels[inner] = 0
+            if rng.random() < 0.4:
+                labels[tuple(slice(s + 1, s + 2) for s in start)] = (label % 5) + 1
+            if rng.random() < 0.3:
+                opening = list(inner)
+                opening[0] = slice(start[0] + size[0] - 1, start[0] + size[0])
+                labels[tuple(opening)] = 0
+    for _ in range(int(rng.integers(0, 3))):  # two equal, separate blocks of one label: a tie
+        label = int(rng.integers(1, 6))
+        corner = [int(rng.integers(0, n - 5)) for n in shape]
+        labels[corner[0] : corner[0] + 2, corner[1] : corner[1] + 2, corner[2] : corner[2] + 2] = label
+        labels[corner[0] + 3 : corner[0] + 5, corner[1] : corner[1] + 2, corner[2] : corner[2] + 2] = label
+    speckle = rng.random(shape) < 0.02
+    labels[speckle] = rng.integers(1, 6, int(speckle.sum()))
+    return labels
+
+
+REFINE_SPECS = {
+    "largest": PostProcessing(largest_component=REFINE_NAMES),
+    "holes": PostProcessing(fill_holes=REFINE_NAMES),
+    "both": PostProcessing(largest_component=REFINE_NAMES, fill_holes=REFINE_NAMES),
+    "some": PostProcessing(largest_component=("c", "a", "absent"), fill_holes=("e", "b", "c", "e")),
+}
+
+
+@pytest.mark.parametrize("spec_name", sorted(REFINE_SPECS))
+def test_refine_labels_equals_the_whole_volume_algorithm(spec_name: str) -> None:
+    spec = REFINE_SPECS[spec_name]
+    changed = 0
+    for seed in range(60):
+        labels = _random_labels(seed)
+        expected = _reference_refine(labels, spec, REFINE_NAMES)
+        out = refine_labels(labels.copy(), spec, REFINE_NAMES)
+        assert out.dtype == np.uint8
+        assert np.array_equal(out, expected), f"seed {seed}"
+        changed += not np.array_equal(expected, labels)
+    assert changed >= 20  # the maps exercise the refinement, not only its no-op paths
+
+
+def test_refine_labels_in_place_on_a_view_with_ties_holes_and_empty_structures() -> None:
+    labels = np.zeros((6, 9, 9), dtype=np.uint8)
+    labels[1:3, 1:3, 1:3] = 1  # two equal components of "a": the first in raster order stays
+    labels[1:3, 1:3, 5:7] = 1
+    labels[0, 8, 8] = 2  # a lone voxel of "b" in the corner, and a larger block of "b"
+    labels[3:6, 4:9, 4:9] = 2
+    labels[4, 6, 6] = 0  # an enclosed cavity of "b"
+    labels[3:6, 0:3, 0:3] = 3  # "c" with a cavity open to the volume's border: not a hole
+    labels[4:6, 1, 1] = 0
+    spec = PostProcessing(largest_component=REFINE_NAMES, fill_holes=REFINE_NAMES)
+    expected = _reference_refine(labels, spec, REFINE_NAMES)
+    assert expected[1, 1, 5] == 0 and expected[1, 1, 1] == 1 and expected[0, 8, 8] == 0 and expected[4, 6, 6] == 2
+    assert expected[4, 1, 1] == 0
+    out = refine_labels(labels, spec, REFINE_NAMES)
+    assert out is labels and np.array_equal(labels, expected)
+    empty = np.zeros((3, 4, 5), dtype=np.uint8)
+    assert not refine_labels(empty, spec, REFINE_NAMES).any()

@@ -59,6 +59,34 @@ def test_seg_stats_place_voxels_where_the_label_map_has_them(tmp_path: Path, seg
     check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
 
 
+def test_slice_plane_stats_count_and_centroid_every_voxel_of_any_mask() -> None:
+    """Masks at the edges of the grid (first and last slice, row and column), lone voxels, empty and full masks,
+    on irregularly spaced slices: count and centroid equal a voxel-by-voxel computation."""
+    rng = np.random.default_rng(3)
+    shape = (6, 7, 5)
+    planes = SlicePlanes(
+        positions=np.cumsum(rng.uniform(0.5, 3.0, (shape[0], 3)), axis=0),
+        column_step=np.array([0.7, 0.1, -0.2]),
+        row_step=np.array([-0.1, 0.9, 0.3]),
+        shape=shape,
+    )
+    masks = [rng.random(shape) < p for p in (0.0, 0.02, 0.1, 0.5, 1.0)]
+    for corner in [(0, 0, 0), (5, 6, 4), (0, 6, 0), (5, 0, 4), (2, 3, 1)]:
+        lone = np.zeros(shape, dtype=bool)
+        lone[corner] = True
+        masks.append(lone)
+    for mask in masks:
+        found = planes.stats(mask)
+        voxels = np.argwhere(mask)
+        assert found.voxel_count == len(voxels)
+        if not len(voxels):
+            assert found.centroid is None
+            continue
+        points = planes.positions[voxels[:, 0]] + np.outer(voxels[:, 2], planes.column_step)
+        points += np.outer(voxels[:, 1], planes.row_step)
+        np.testing.assert_allclose(found.centroid, points.mean(axis=0), rtol=0, atol=1e-9)  # type: ignore[arg-type]
+
+
 def _prediction(series: SeriesInfo, labels: np.ndarray, names: tuple[str, ...]) -> SegmentationPrediction:
     return SegmentationPrediction(
         WorkItem((series,)), labels, series.geometry, structure_stats(labels, series.geometry, names)

@@ -167,7 +167,36 @@ def write_rtstruct(
     ]
     ds.ApprovalStatus = "UNAPPROVED"
     _set_character_set(ds, source)
+    if _longest_contour_data(ds) > _EXPLICIT_VR_MAX_LENGTH:
+        _to_implicit_vr(ds)
     ds.save_as(path, enforce_file_format=True)
+
+
+_EXPLICIT_VR_MAX_LENGTH = 0xFFFE
+"""Longest value an explicit-VR DS element can hold (its length field has 16 bits; lengths are even)."""
+
+
+def _longest_contour_data(ds: Dataset) -> int:
+    return max(
+        (
+            contour.get_item(CONTOUR_DATA).length
+            for roi in ds.ROIContourSequence
+            for contour in roi.get("ContourSequence", [])
+        ),
+        default=0,
+    )
+
+
+def _to_implicit_vr(ds: Dataset) -> None:
+    """Implicit VR Little Endian (the DICOM default, 32-bit value lengths) for a structure set with a contour too
+    long for an explicit-VR DS element: pydicom would otherwise write that element as UN, which RT readers need
+    not accept."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    for roi in ds.ROIContourSequence:
+        for contour in roi.get("ContourSequence", []):
+            contour.set_original_encoding(True, True, contour._character_set)
 
 
 def _referenced_frame_of_reference(series: SeriesInfo) -> Dataset:
@@ -226,6 +255,9 @@ def _roi_contour(number: int, structure: Structure, mask: np.ndarray, series: Se
         contour.NumberOfContourPoints = len(points)
         contour.ContourNumber = len(contours) + 1
         contour[CONTOUR_DATA] = _decimal_strings(CONTOUR_DATA, points.ravel())
+        # as if read from a file in the encoding it is written in: pydicom then writes the raw ContourData as it
+        # is, instead of parsing every number of it back into a DS value first (most of the writer's time)
+        contour.set_original_encoding(False, True, contour._character_set)
         contours.append(contour)
     if contours:  # a structure the model did not find has no Contour Sequence at all
         item.ContourSequence = contours

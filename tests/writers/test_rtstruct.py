@@ -305,3 +305,39 @@ def test_needs_a_frame_of_reference(tmp_path: Path) -> None:
     assert FORMAT.needs is not None
     assert FORMAT.needs(series) is None
     assert "FrameOfReferenceUID" in (FORMAT.needs(replace(series, frame_of_reference_uid="")) or "")
+
+
+def test_a_contour_longer_than_explicit_vr_allows_makes_the_file_implicit_vr(tmp_path: Path) -> None:
+    """One coastline-like contour of over 2,000 points: its ContourData exceeds the 64 KiB an explicit-VR DS
+    element can hold, so the structure set is written in Implicit VR Little Endian (never as an UN element), is
+    valid, and rasterises back to the mask exactly."""
+    from scipy.ndimage import binary_fill_holes, gaussian_filter
+    from scipy.ndimage import label as components
+
+    generated = write_series(tmp_path / "dicom", shape=(2, 512, 512))
+    series = series_info_from(generated)
+    field = gaussian_filter(np.random.default_rng(5).normal(size=(512, 512)), 2.0) > 0
+    parts, _ = components(field)
+    largest = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+    labels = np.zeros(series.geometry.shape, dtype=np.uint8)
+    labels[1] = binary_fill_holes(largest)  # one outer contour, no holes
+    out = tmp_path / "rtstruct.dcm"
+
+    write_rtstruct(out, labels, series, _package(tmp_path), software_version=SOFTWARE_VERSION)
+
+    rt = pydicom.dcmread(out)
+    assert rt.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+    (contour,) = rt.ROIContourSequence[0].ContourSequence
+    assert contour.get_item(0x30060050).length > 0xFFFE  # the precondition: too long for explicit VR
+    assert contour["ContourData"].VR == "DS"
+    assert dciodvfy_errors(out, "RTStructureSet") == []
+    check_rtstruct(out, "rtstruct.dcm", structure_masks(labels, STRUCTURES), series)
+    np.testing.assert_array_equal(oracle_masks(out, series)["body"], labels == 1)
+
+
+def test_ordinary_structure_sets_stay_explicit_vr(tmp_path: Path) -> None:
+    generated = write_series(tmp_path / "dicom", shape=(6, 20, 18))
+    series = series_info_from(generated)
+    out = tmp_path / "rtstruct.dcm"
+    write_rtstruct(out, phantom_labels(series.geometry.shape), series, _package(tmp_path), software_version="1")
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian

@@ -136,6 +136,15 @@ def _patch_batch(value: str) -> int:
     return int(value)
 
 
+def _writer_processes(value: str) -> int | None:
+    """``--writers``: a number of processes (0: threads), or auto (None)."""
+    if value.strip().lower() == "auto":
+        return None
+    if not value.strip().isdigit():
+        raise UsageError(f"--writers must be a number (0 for threads) or auto, got {value!r}")
+    return int(value)
+
+
 def _split(values: list[str]) -> tuple[str, ...]:
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
@@ -149,6 +158,13 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).")] = 2,
     patch_batch: _PatchBatch = "auto",
+    writers: Annotated[
+        str,
+        typer.Option(
+            help="Writer processes, 0 (two threads in this process), or auto (on a GPU one per spare core, at most "
+            "8; on a CPU threads)."
+        ),
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(help="Classification: images per forward pass.")] = 16,
     explain: Annotated[
         str,
@@ -256,6 +272,7 @@ def run(
         device=device,
         workers=workers,
         patch_batch=_patch_batch(patch_batch),
+        writer_processes=_writer_processes(writers),
         batch_size=batch_size,
         explain=_split([explain]),
         amp=amp,

@@ -2,8 +2,8 @@
 
 - ``RunContext``: what every executor shares: the model, the formats, the options, and ``finish`` (records an
   item's result, thread-safe) and ``stopping`` (--fail-fast or an interrupt).
-- ``Writers``: the writer pool; each prediction is written (``write_outputs``) in a pool thread and its result
-  recorded when written. At most twice as many writes as threads wait, so memory stays bounded.
+- ``Writers`` (``writer_pool.py``): each prediction is written off the device loop, in threads or, on a GPU,
+  in writer processes, and its result recorded when written.
 - ``Replica``: one predictor on one device; batches loaded items (the task's batch size), one item at a time
   again when a batch fails, hands predictions to the writers.
 - ``run_local``: the DataLoader feeds one replica inline (one device) or, for several devices, one thread per
@@ -18,15 +18,15 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.loader import LoadedItem
-from innereye_batch.pipeline.process import Job, item_result, predict_loaded, write_outputs
+from innereye_batch.pipeline.process import Job, item_result, predict_loaded
+from innereye_batch.pipeline.writer_pool import Writers, writer_processes_for
 from innereye_batch.results import ItemResult
-from innereye_batch.tasks.base import Prediction, Predictor, PredictorOptions
+from innereye_batch.tasks.base import Predictor, PredictorOptions
 from innereye_batch.writers.registry import OutputFormat, WriterOptions
 
 if TYPE_CHECKING:
@@ -58,39 +58,6 @@ class RunContext:
     def stopping(self) -> bool:
         """True once --fail-fast has seen a failure, or the run was interrupted."""
         return self.interrupted.is_set() or (self.fail_fast and self.failed_seen)
-
-
-class Writers:
-    """The writer pool: ``submit`` writes a prediction's outputs in a pool thread; the result is recorded then."""
-
-    def __init__(self, context: RunContext, pool: ThreadPoolExecutor, threads: int) -> None:
-        self.context = context
-        self.pool = pool
-        self.slots = threading.BoundedSemaphore(max(2 * threads, 1))
-
-    def submit(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
-        context = self.context
-        self.slots.acquire()
-        try:
-            future = self.pool.submit(
-                write_outputs,
-                job,
-                prediction,
-                context.formats,
-                context.package,
-                context.model_fp,
-                timings,
-                context.writer_options,
-            )
-        except BaseException:
-            self.slots.release()
-            raise
-        future.add_done_callback(self._written)
-
-    def _written(self, future: Future[ItemResult]) -> None:
-        self.slots.release()
-        if not future.cancelled():
-            self.context.finish(future.result())
 
 
 class Replica:
@@ -152,10 +119,12 @@ def run_local(
     *,
     workers: int,
     writer_threads: int,
+    writer_processes: int | None = None,
 ) -> None:
     """Every job through the loader, the replicas and the writers; returns when every write has finished.
 
     Results are recorded through ``context.finish``; jobs never reached (--fail-fast, Ctrl-C) are not recorded.
+    ``writer_processes``: None chooses (``writer_pool.writer_processes_for``), 0 writes in ``writer_threads``.
     """
     from innereye_batch.pipeline.loader import load_items
 
@@ -166,8 +135,8 @@ def run_local(
         pin_memory=any(d.type == "cuda" for d in devices),
     )
     try:
-        with ThreadPoolExecutor(max_workers=max(writer_threads, 1), thread_name_prefix="writer") as pool:
-            writers = Writers(context, pool, writer_threads)
+        processes = writer_processes_for(devices, workers, writer_processes)
+        with Writers(context, writer_threads, processes) as writers:
             replicas = [Replica(p, d, context, writers) for p, d in zip(predictors, devices, strict=True)]
             try:
                 if len(replicas) == 1:

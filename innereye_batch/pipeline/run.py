@@ -58,6 +58,8 @@ class RunOptions:
     fail_fast: bool = False
     trust_checkpoint: bool = False
     writer_threads: int = 2
+    writer_processes: int | None = None
+    """Writer processes; None: one per core left over when a GPU runs the model, else threads (0)."""
     batch_size: int = 16
     """Classification: images per forward pass."""
     explain: tuple[str, ...] = ()
@@ -286,7 +288,15 @@ def _run_jobs(
     for result in list(report.results):
         progress.series_done(result)
     progress.start(len(jobs))
-    run_local(context, jobs, predictors, devices, workers=options.workers, writer_threads=options.writer_threads)
+    run_local(
+        context,
+        jobs,
+        predictors,
+        devices,
+        workers=options.workers,
+        writer_threads=options.writer_threads,
+        writer_processes=options.writer_processes,
+    )
     return device_names(devices)
 
 

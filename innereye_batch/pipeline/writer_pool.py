@@ -1,0 +1,177 @@
+"""The writer pool of a local run: each prediction's outputs written off the device loop, in threads or processes.
+
+Threads (the default on a CPU, where torch already uses every core) share this process. On a GPU the host's
+cores are otherwise idle while the device works, and writing (connected components, DICOM-SEG, RTSTRUCT with
+their read-back checks) is pure-Python work that threads would serialise on the GIL: there the writers are
+separate processes, one per core left over (``writer_processes_for``). A prediction goes to a process without
+the image it was predicted from (the preview decodes it again there): only the uint8 label map crosses.
+
+A writer process that dies (killed, out of memory) breaks the pool, and every write in it fails: each is tried
+once more, alone in a process of its own, so that only the item that kills its writer fails (with the reason);
+later writes go to a fresh pool, and the run goes on. Writer processes die with this process and leave Ctrl-C to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
+
+from innereye_batch.pipeline.process import Job, item_result, write_outputs
+from innereye_batch.results import ItemResult
+from innereye_batch.tasks.base import Prediction
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
+
+    from innereye_batch.pipeline.executors import RunContext
+
+log = logging.getLogger(__name__)
+
+MAX_WRITER_PROCESSES = 8
+
+
+def writer_processes_for(devices: Sequence[torch.device], workers: int, requested: int | None) -> int:
+    """Writer processes for a run: ``requested`` when given (0: threads); else, when a GPU runs the model, one per
+    core left after the decoding workers and the device loop (at most ``MAX_WRITER_PROCESSES``); else 0."""
+    if requested is not None:
+        return max(requested, 0)
+    if not any(d.type == "cuda" for d in devices):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WRITER_PROCESSES, cores - max(workers, 0) - 2))
+
+
+def _init_writer_process(parent: int) -> None:
+    import signal
+
+    from innereye_batch.processes import die_with_parent
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: writes in flight finish
+
+
+class Writers:
+    """``submit`` writes a prediction's outputs in the pool; the result is recorded (``context.finish``) when
+    written. At most twice as many writes as pool members wait, so memory stays bounded."""
+
+    def __init__(self, context: RunContext, threads: int, processes: int = 0) -> None:
+        self.context = context
+        self.processes = processes
+        size = processes if processes > 0 else max(threads, 1)
+        self.slots = threading.BoundedSemaphore(2 * size)
+        self._lock = threading.Condition()
+        self._outstanding = 0
+        """Writes submitted and not yet recorded (retries included)."""
+        self.pool: Executor = self._new_pool(size)
+
+    def _new_pool(self, size: int) -> Executor:
+        if self.processes > 0:
+            import multiprocessing
+
+            # spawn: a fork of this process (CUDA initialised, threads running) is not safe
+            return ProcessPoolExecutor(
+                max_workers=size,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_writer_process,
+                initargs=(os.getpid(),),
+            )
+        return ThreadPoolExecutor(max_workers=size, thread_name_prefix="writer")
+
+    def __enter__(self) -> Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Waits until every write submitted is recorded (a retry may still be running in a fresh pool)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._outstanding == 0)
+            pool = self.pool
+        pool.shutdown(wait=True)
+
+    def submit(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
+        self.slots.acquire()
+        with self._lock:
+            self._outstanding += 1
+        try:
+            self._send(job, _without_image(prediction) if self.processes > 0 else prediction, timings)
+        except BaseException:
+            self._settled()
+            raise
+
+    def _settled(self) -> None:
+        self.slots.release()
+        with self._lock:
+            self._outstanding -= 1
+            self._lock.notify_all()
+
+    def _send(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
+        """Into the pool; a pool broken since the last write is replaced by a fresh one first."""
+        context = self.context
+        with self._lock:
+            pool = self.pool
+        arguments = (job, prediction, context.formats, context.package, context.model_fp, timings)
+        try:
+            future = pool.submit(write_outputs, *arguments, context.writer_options)
+        except BrokenProcessPool:
+            future = self._fresh_pool(pool).submit(write_outputs, *arguments, context.writer_options)
+        future.add_done_callback(lambda done: self._written(job, prediction, timings, done, True))
+
+    def _retry_alone(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
+        context = self.context
+        alone = self._new_pool(1)
+        arguments = (job, prediction, context.formats, context.package, context.model_fp, timings)
+        future = alone.submit(write_outputs, *arguments, context.writer_options)
+
+        def written(done: Future[ItemResult]) -> None:
+            alone.shutdown(wait=False)
+            self._written(job, prediction, timings, done, False)
+
+        future.add_done_callback(written)
+
+    def _fresh_pool(self, broken: Executor) -> Executor:
+        with self._lock:
+            if self.pool is broken:
+                self.pool = self._new_pool(self.processes)
+            pool = self.pool
+        broken.shutdown(wait=False)
+        return pool
+
+    def _written(
+        self, job: Job, prediction: Prediction, timings: dict[str, float], future: Future[ItemResult], retry: bool
+    ) -> None:
+        if future.cancelled():
+            self._settled()
+            return
+        error = future.exception()
+        if isinstance(error, BrokenProcessPool) and retry:
+            # a writer process died: every write it shared the pool with failed too. Each is tried once more,
+            # alone in a process of its own, so that only the item that kills its writer fails.
+            try:
+                self._retry_alone(job, prediction, timings)
+                return
+            except BaseException as again:  # no process could be started
+                error = again
+        try:
+            if error is None:
+                self.context.finish(future.result())
+            else:
+                reason = f"writing: the writer process failed ({type(error).__name__}: {error or 'it died'})"
+                log.warning("%s: %s", job.item.key, reason)
+                for output in self.context.formats:  # what the dead writer left has no done record to vouch for it
+                    (job.folder / output.filename).unlink(missing_ok=True)
+                self.context.finish(item_result(job.item.primary, "failed", reason))
+        finally:
+            self._settled()
+
+
+def _without_image(prediction: Prediction) -> Prediction:
+    """The prediction without the (large) image it kept for the preview, which a writer process decodes again."""
+    if dataclasses.is_dataclass(prediction) and getattr(prediction, "image", None) is not None:
+        return dataclasses.replace(prediction, image=None)
+    return prediction

@@ -1,0 +1,125 @@
+"""The writer pool in processes (as on a GPU run): the same outputs as threads, and a dying writer fails only its
+own series."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from innereye_batch.pipeline.run import RunOptions, run_batch
+from innereye_batch.pipeline.writer_pool import MAX_WRITER_PROCESSES, writer_processes_for
+from innereye_batch.writers.registry import OutputFormat, register_format, unregister_format
+from tests.factory import write_series
+from tests.pipeline.cohort import labels_from_nifti, model_folder
+
+DOOMED = "doomed"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_folder(tmp_path_factory.mktemp("model") / "model", members=1)
+
+
+def _scans(root: Path) -> Path:
+    scans = root / "scans"
+    for i in range(3):
+        write_series(scans / f"s{i}", shape=(8, 16, 16), seed=10 + i, series_description=f"series {i}")
+    return scans
+
+
+def _by_series(report: Any) -> dict[str, Any]:
+    return {r.key: r for r in report.results}
+
+
+def test_writer_processes_write_what_threads_write(tmp_path: Path, model: Path) -> None:
+    scans = _scans(tmp_path)
+    runs = {}
+    for processes in (0, 2):
+        out = tmp_path / f"out{processes}"
+        options = RunOptions(model=model, input=scans, output=out, device="cpu", workers=0, writer_processes=processes)
+        report = run_batch(options)
+        assert report.exit_code == 0, [r.reason for r in report.results]
+        runs[processes] = (out, _by_series(report))
+    (threads_out, threads), (processes_out, processes) = runs[0], runs[2]
+    assert sorted(threads) == sorted(processes) and len(threads) == 3
+    for key in threads:
+        assert processes[key].status == "ok"
+        assert processes[key].structures == threads[key].structures
+        assert sorted(processes[key].outputs) == sorted(threads[key].outputs)
+        np.testing.assert_array_equal(
+            labels_from_nifti(processes_out / key / "segmentation.nii.gz"),
+            labels_from_nifti(threads_out / key / "segmentation.nii.gz"),
+        )
+        # the preview decoded the image again in the writer process: the same picture
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(processes_out / key / "preview.png")),
+            np.asarray(Image.open(threads_out / key / "preview.png")),
+        )
+        record = json.loads((processes_out / key / "predictions.json").read_text())
+        assert record["structures"] == json.loads((threads_out / key / "predictions.json").read_text())["structures"]
+
+
+def _die_on_doomed(path: Path, prediction: Any, context: Any) -> None:
+    """A writer that kills its own process for the doomed series (as the kernel's OOM killer would)."""
+    if prediction.item.primary.series_description == DOOMED:
+        os.kill(os.getpid(), signal.SIGKILL)
+    path.write_text(prediction.item.key)
+
+
+@pytest.fixture
+def dying_format() -> Any:
+    output = OutputFormat(
+        name="dies-on-doomed",
+        filename="dies.txt",
+        tasks=frozenset({"segmentation"}),
+        write=_die_on_doomed,
+        description="test format",
+        default=False,
+    )
+    register_format(output)
+    yield output
+    unregister_format(output.name)
+
+
+def test_a_dying_writer_process_fails_only_its_own_series(tmp_path: Path, model: Path, dying_format: Any) -> None:
+    scans = _scans(tmp_path)
+    doomed = write_series(scans / "doomed", shape=(8, 16, 16), seed=30, series_description=DOOMED)
+    out = tmp_path / "out"
+    options = RunOptions(
+        model=model,
+        input=scans,
+        output=out,
+        device="cpu",
+        workers=0,
+        writer_processes=2,
+        formats=("nifti", dying_format.name),
+    )
+    report = run_batch(options)
+    results = _by_series(report)
+    assert len(results) == 4 and report.exit_code == 1
+    failed = results.pop(doomed.series_instance_uid)
+    assert failed.status == "failed" and "writer process failed" in failed.reason
+    assert not (out / doomed.series_instance_uid / "segmentation.nii.gz").exists()  # no output without its record
+    for key, result in results.items():  # the writes that shared the broken pool were tried again, and landed
+        assert result.status == "ok", result.reason
+        assert (out / key / "dies.txt").read_text() == key
+    summary = json.loads((out / "summary.json").read_text())
+    assert {s["status"] for s in summary["series"]} == {"ok", "failed"}
+
+
+def test_writer_processes_are_chosen_for_gpu_runs_only() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert writer_processes_for([cpu], workers=2, requested=None) == 0
+    chosen = writer_processes_for([gpu], workers=2, requested=None)
+    cores = len(os.sched_getaffinity(0))
+    assert chosen == max(1, min(MAX_WRITER_PROCESSES, cores - 4))
+    assert writer_processes_for([gpu], workers=2, requested=0) == 0
+    assert writer_processes_for([cpu], workers=2, requested=3) == 3

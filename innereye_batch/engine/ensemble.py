@@ -29,12 +29,14 @@ def predict_posteriors(
     max_output_bytes: int | None = None,
     activation: Activation | None = None,
     channels_last: bool = False,
+    chosen_batches: dict[tuple[object, ...], int] | None = None,
 ) -> torch.Tensor:
     """Mean outputs (num_outputs, Z, Y, X) of ``networks`` on one (C, Z, Y, X) image: each network's logits go
     through ``activation`` (softmax posteriors for segmentation; None keeps logits), then are averaged.
 
     ``channels_last``: patches go to the networks in the channels-last 3-D memory format (give it networks
-    converted by ``to_channels_last``): faster convolutions with oneDNN and cuDNN.
+    converted by ``to_channels_last``): faster convolutions with oneDNN and cuDNN. ``chosen_batches``: the
+    caller's memo of automatic patch batches (see ``sliding_window_inference``).
 
     One sliding window for the whole ensemble: every batch of patches is cut out and copied once, each member
     runs on it, and the members' activated outputs are averaged (a running mean in float32) before stitching.
@@ -57,6 +59,7 @@ def predict_posteriors(
         output_device=output_device,
         amp=amp,
         max_output_bytes=max_output_bytes,
+        chosen_batches=chosen_batches,
     )
     if len(networks) == 1:
         member = networks[0]

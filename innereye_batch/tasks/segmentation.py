@@ -151,6 +151,10 @@ class SegmentationPredictor:
     """Run the networks in the channels-last 3-D memory format (measured faster with oneDNN, in fp32 and bf16;
     BENCHMARKS.md); kept off for programs that cannot be converted."""
 
+    chosen_batches: dict[tuple[object, ...], int] = field(default_factory=dict)
+    """Automatic patch batches chosen so far (one per patch shape): kept for the whole run, so that every series
+    sends the networks batches of one shape (cuDNN autotunes each new shape)."""
+
     task: ClassVar[str] = "segmentation"
 
     def __post_init__(self) -> None:
@@ -161,6 +165,10 @@ class SegmentationPredictor:
             self.channels_last = to_channels_last(self.networks)
         if self.device.type == "cpu":
             use_onednn_conv3d(self.networks)
+        if self.device.type == "cuda":
+            import torch
+
+            torch.backends.cudnn.benchmark = True  # one patch shape all run long: cuDNN's fastest algorithm for it
 
     @property
     def batch_size(self) -> int:
@@ -228,6 +236,7 @@ class SegmentationPredictor:
             amp=self.amp,
             activation=spec.activation,
             channels_last=self.channels_last,
+            chosen_batches=self.chosen_batches,
         )
         self._sync()
         timings["infer"] = time.perf_counter() - start

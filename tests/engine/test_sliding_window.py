@@ -274,3 +274,46 @@ def test_auto_patch_batch_on_a_cpu_and_from_free_memory(image: torch.Tensor) -> 
     assert patch_batch_for_memory(16 * gib, gib, 3) == 3  # never more than the patches
     assert patch_batch_for_memory(gib, 4 * gib, 100) == 1  # at least one
     assert patch_batch_for_memory(1000 * gib, gib, 100) == 32  # capped
+
+
+def test_fixed_batch_pads_the_last_batch_and_keeps_the_result(image: torch.Tensor) -> None:
+    """As on CUDA: every forward pass gets the full patch batch (cuDNN autotunes each new shape once), the padding
+    patches' outputs are dropped, and the result equals the unpadded run's."""
+    net = conv_net(2, 3, seed=3)
+    shapes: list[tuple[int, ...]] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return net(x)
+
+    kwargs = {"num_outputs": 3, "activation": "softmax", "patch_size": (8, 8, 8), "stride": (4, 4, 4)}
+    padded = sliding_window_inference(predict, image, patch_batch=7, fixed_batch=True, **kwargs)  # type: ignore[arg-type]
+    patches = 4 * 4 * 5
+    assert len(shapes) == -(-patches // 7) and set(shapes) == {(7, 2, 8, 8, 8)}  # 80 = 11 * 7 + 3: last padded
+    shapes.clear()
+    plain = sliding_window_inference(predict, image, patch_batch=7, fixed_batch=False, **kwargs)  # type: ignore[arg-type]
+    assert shapes[-1][0] == patches % 7
+    torch.testing.assert_close(padded, plain, rtol=0, atol=1e-6)
+
+
+def test_an_automatic_patch_batch_is_chosen_once_per_memo(image: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The predictor keeps a memo across series: the first series chooses, later ones reuse the choice even
+    when the free memory (here: the chooser's answer) has changed since."""
+    net = conv_net(2, 3, seed=3)
+    answers = iter([5, 2])
+    monkeypatch.setattr(sliding_window, "auto_patch_batch", lambda *args, **kwargs: next(answers))
+    memo: dict[tuple[object, ...], int] = {}
+    batch_sizes: list[int] = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        batch_sizes.append(x.shape[0])
+        return net(x)
+
+    for _ in range(2):
+        sliding_window_inference(
+            predict, image, num_outputs=3, patch_size=(8, 8, 8), stride=(4, 4, 4), patch_batch=0, chosen_batches=memo
+        )
+    assert list(memo.values()) == [5] and max(batch_sizes) == 5 and batch_sizes.count(5) == 2 * (80 // 5)
+    batch_sizes.clear()
+    sliding_window_inference(predict, image, num_outputs=3, patch_size=(8, 8, 8), stride=(4, 4, 4), patch_batch=0)
+    assert max(batch_sizes) == 2  # without a memo: chosen again

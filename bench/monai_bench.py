@@ -139,8 +139,17 @@ def _patch_forward_ms() -> tuple[float, float, float]:
     return per_patch(network(), one), per_patch(routed, one), per_patch(ours, four)
 
 
-def _monai(scans: Path, model: Path, out: Path) -> float:
-    """The MONAI script, timed from loading the model to the last NIfTI written."""
+def monai_script(
+    scans: Path,
+    model: Path,
+    out: Path,
+    *,
+    reader: str = "ITKReader",
+    device: str = "cpu",
+    sw_batch_size: int = 1,
+) -> float:
+    """The MONAI script, timed from loading the model to the last NIfTI written. On a GPU (``device`` cuda) the
+    image goes to it after loading, and every transform and the sliding window run there."""
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
         EnsureChannelFirst,
@@ -158,10 +167,10 @@ def _monai(scans: Path, model: Path, out: Path) -> float:
     start = time.perf_counter()
     package = load_model_package(model)
     spec = package.segmentation
-    networks = load_networks(package)
+    networks = load_networks(package, device=torch.device(device))
     window = spec.normalisation[0]
     assert window.level is not None and window.window is not None
-    load = LoadImage(reader="ITKReader", image_only=True)
+    load = LoadImage(reader=reader, image_only=True)
     channel_first = EnsureChannelFirst()
     scale = ScaleIntensityRange(
         a_min=window.level - window.window / 2, a_max=window.level + window.window / 2, b_min=-1, b_max=1, clip=True
@@ -172,7 +181,7 @@ def _monai(scans: Path, model: Path, out: Path) -> float:
     largest = KeepLargestConnectedComponent(applied_labels=labels_to_keep, connectivity=1)
     save = SaveImage(output_dir=str(out), output_postfix="seg", separate_folder=False, print_log=False)
     for folder in sorted(p for p in scans.iterdir() if p.is_dir()):
-        image = scale(channel_first(load(str(folder))))
+        image = scale(channel_first(load(str(folder))).to(device))
         shape = tuple(image.shape[1:])
         resampled = spacing(image) if spacing is not None else image
         roi = spec.inference.patch_size
@@ -183,7 +192,7 @@ def _monai(scans: Path, model: Path, out: Path) -> float:
                 logits = sliding_window_inference(
                     batch,
                     roi_size=tuple(roi) if roi else tuple(batch.shape[2:]),
-                    sw_batch_size=1,
+                    sw_batch_size=sw_batch_size,
                     predictor=network,
                     overlap=0.5,
                     mode="gaussian" if spec.inference.stitching == "gaussian" else "constant",
@@ -202,7 +211,7 @@ def _monai(scans: Path, model: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def _agreement(scans: Path, ours: Path, theirs: Path) -> float:
+def label_agreement(scans: Path, ours: Path, theirs: Path) -> float:
     """Fraction of voxels on which our label maps and MONAI's agree over every series (both NIfTI files brought to
     the closest canonical orientation by their affines)."""
     import nibabel as nib
@@ -228,9 +237,9 @@ def _cohort(label: str, scans: Path, model: Path, root: Path, repeats: int) -> l
         rows["forward"].append(_forward_floor(scans, model, root / f"{name}_forward_{r}"))
         rows["nifti"].append(_ours(scans, model, root / f"{name}_nifti_{r}", ("nifti",)))
         rows["all"].append(_ours(scans, model, root / f"{name}_all_{r}", ()))
-        rows["monai"].append(_monai(scans, model, root / f"{name}_monai_{r}"))
+        rows["monai"].append(monai_script(scans, model, root / f"{name}_monai_{r}"))
     monai = statistics.median(rows["monai"])
-    agreement = _agreement(scans, root / f"{name}_nifti_0", root / f"{name}_monai_0")
+    agreement = label_agreement(scans, root / f"{name}_nifti_0", root / f"{name}_monai_0")
 
     def cell(values: list[float]) -> str:
         median = statistics.median(values)

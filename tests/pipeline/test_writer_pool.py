@@ -123,3 +123,17 @@ def test_writer_processes_are_chosen_for_gpu_runs_only() -> None:
     assert chosen == max(1, min(MAX_WRITER_PROCESSES, cores - 4))
     assert writer_processes_for([gpu], workers=2, requested=0) == 0
     assert writer_processes_for([cpu], workers=2, requested=3) == 3
+
+
+def test_the_writers_option(tmp_path: Path, model: Path) -> None:
+    from typer.testing import CliRunner
+
+    from innereye_batch.cli import app
+
+    generated = write_series(tmp_path / "scans" / "a", shape=(8, 16, 16), seed=3)
+    args = ["run", "--model", str(model), "--input", str(tmp_path / "scans"), "--device", "cpu", "--workers", "0"]
+    result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "out"), "--writers", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / generated.series_instance_uid / "rtstruct.dcm").is_file()
+    bad = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "bad"), "--writers", "many"])
+    assert bad.exit_code == 2 and "--writers" in bad.output

@@ -265,6 +265,7 @@ def _execute(
             "started": started.isoformat(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "stage_seconds": report.stage_seconds,
+            "peak_memory_gib": peak_memory_gib(),
         }
         _write_summaries(options, report, run_info, progress)
     return report
@@ -346,6 +347,25 @@ def _write_summaries(
     except SummaryMergeError as error:
         report.summary_error = str(error)
         progress.event("summary_failed", message=f"the shard summaries could not be merged: {error}")
+
+
+def peak_memory_gib() -> dict[str, float]:
+    """Peak memory of the run so far, GiB: this process's resident set (``host``), the largest of its finished
+    worker processes' (``workers``: decoding and writer processes), and what torch allocated on each CUDA device
+    it used (``cuda:N``)."""
+    import resource
+    import sys
+
+    scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
+    peaks = {
+        "host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale,
+        "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        for index in range(torch.cuda.device_count()):
+            peaks[f"cuda:{index}"] = torch.cuda.max_memory_allocated(index) / 2**30
+    return {name: round(value, 3) for name, value in peaks.items()}
 
 
 def _stage_totals(results: Sequence[ItemResult], wall_seconds: float) -> dict[str, float]:

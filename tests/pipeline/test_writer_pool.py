@@ -65,6 +65,10 @@ def test_writer_processes_write_what_threads_write(tmp_path: Path, model: Path) 
         )
         record = json.loads((processes_out / key / "predictions.json").read_text())
         assert record["structures"] == json.loads((threads_out / key / "predictions.json").read_text())["structures"]
+    # summary.json reports the run's peak memory: this process, and the largest writer process
+    peaks = json.loads((processes_out / "summary.json").read_text())["run"]["peak_memory_gib"]
+    assert peaks["host"] > 0.1  # torch alone takes more
+    assert 0.02 < peaks["workers"] < peaks["host"] * 4
 
 
 def _die_on_doomed(path: Path, prediction: Any, context: Any) -> None:

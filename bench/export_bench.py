@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.gpu import STRUCTURES
+
 SHAPE = (300, 512, 512)
-STRUCTURES = ["liver", "spleen", "kidney_l", "kidney_r", "spine", "lung_l", "lung_r", "heart"]
 
 
 def _organs(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -45,7 +46,8 @@ def _mosaic(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
 
 
 def _setup(root: Path) -> tuple[Any, Any, Any, Any]:
-    from bench.gpu import SPACING, body_phantom
+    """The series, and the GPU bench's package (its light variant: the network is never run here)."""
+    from bench.gpu import SMOKE_BLOCK, SPACING, body_phantom
     from innereye_batch.dicom.scan import scan_tree
     from innereye_batch.dicom.volume import load_volume
     from innereye_batch.model.architectures import build_network
@@ -57,20 +59,10 @@ def _setup(root: Path) -> tuple[Any, Any, Any, Any]:
     from tests.factory import write_series
 
     write_series(root / "scans" / "s0", voxels=body_phantom(SHAPE, 7), spacing=SPACING, seed=7)
-    block = {
-        "version": 1,
-        "task": "segmentation",
-        "structures": [{"name": n, "colour": [30 * i, 100, 200 - 20 * i]} for i, n in enumerate(STRUCTURES)],
-        "architecture": {"name": "UNet3D", "initial_feature_channels": 4, "num_downsampling_paths": 2},
-        "channels": [{"name": "ct", "modality": "CT"}],
-        "normalisation": [{"method": "ct_window", "level": 40, "window": 400}],
-        "patch_size": None,
-        "stitching": "gaussian",
-        "postprocessing": {"largest_component": "all"},
-    }
-    params = {"initial_feature_channels": 4, "num_downsampling_paths": 2}
+    params = {k: v for k, v in SMOKE_BLOCK["architecture"].items() if k != "name"}
     network = build_network(ArchitectureSpec("UNet3D", params), 1, len(STRUCTURES) + 1)
-    package = load_model_package(write_model_folder(root / "model", [network], model_name="X", inference_block=block))
+    folder = write_model_folder(root / "model", [network], model_name="X", inference_block=SMOKE_BLOCK)
+    package = load_model_package(folder)
     formats = resolve_formats((), package.task)
     jobs, _ = plan_run(scan_tree(root / "scans"), package, formats, root / "out")
     return package, formats, jobs[0], load_volume(jobs[0].item.primary)

@@ -59,16 +59,16 @@ def _init_writer_process(parent: int) -> None:
 
 class Writers:
     """``submit`` writes a prediction's outputs in the pool; the result is recorded (``context.finish``) when
-    written. At most twice as many writes as pool members wait, so memory stays bounded."""
+    written. At most twice as many writes as pool members wait, so memory stays bounded: each holds a slot
+    from its submission until its result (after any retry) is recorded."""
 
     def __init__(self, context: RunContext, threads: int, processes: int = 0) -> None:
         self.context = context
         self.processes = processes
         size = processes if processes > 0 else max(threads, 1)
-        self.slots = threading.BoundedSemaphore(2 * size)
-        self._lock = threading.Condition()
-        self._outstanding = 0
-        """Writes submitted and not yet recorded (retries included)."""
+        self._slot_count = 2 * size
+        self.slots = threading.BoundedSemaphore(self._slot_count)
+        self._lock = threading.Lock()
         self.pool: Executor = self._new_pool(size)
 
     def _new_pool(self, size: int) -> Executor:
@@ -88,51 +88,44 @@ class Writers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Waits until every write submitted is recorded (a retry may still be running in a fresh pool)."""
+        """Waits until every write submitted is recorded (all slots free again: a retry may still be running in
+        a process of its own), then closes the pool."""
+        for _ in range(self._slot_count):
+            self.slots.acquire()
         with self._lock:
-            self._lock.wait_for(lambda: self._outstanding == 0)
             pool = self.pool
         pool.shutdown(wait=True)
 
     def submit(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
         self.slots.acquire()
-        with self._lock:
-            self._outstanding += 1
-        try:
-            self._send(job, _without_image(prediction) if self.processes > 0 else prediction, timings)
-        except BaseException:
-            self._settled()
-            raise
-
-    def _settled(self) -> None:
-        self.slots.release()
-        with self._lock:
-            self._outstanding -= 1
-            self._lock.notify_all()
-
-    def _send(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
-        """Into the pool; a pool broken since the last write is replaced by a fresh one first."""
-        context = self.context
+        if self.processes > 0:
+            prediction = _without_image(prediction)
         with self._lock:
             pool = self.pool
-        arguments = (job, prediction, context.formats, context.package, context.model_fp, timings)
         try:
-            future = pool.submit(write_outputs, *arguments, context.writer_options)
-        except BrokenProcessPool:
-            future = self._fresh_pool(pool).submit(write_outputs, *arguments, context.writer_options)
-        future.add_done_callback(lambda done: self._written(job, prediction, timings, done, True))
+            try:
+                future = self._write_in(pool, job, prediction, timings)
+            except BrokenProcessPool:  # broken since the last write: a fresh pool for this one and the next
+                future = self._write_in(self._fresh_pool(pool), job, prediction, timings)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(lambda done: self._written(job, prediction, timings, done, retry=True))
 
-    def _retry_alone(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
+    def _write_in(
+        self, pool: Executor, job: Job, prediction: Prediction, timings: dict[str, float]
+    ) -> Future[ItemResult]:
         context = self.context
-        alone = self._new_pool(1)
-        arguments = (job, prediction, context.formats, context.package, context.model_fp, timings)
-        future = alone.submit(write_outputs, *arguments, context.writer_options)
-
-        def written(done: Future[ItemResult]) -> None:
-            alone.shutdown(wait=False)
-            self._written(job, prediction, timings, done, False)
-
-        future.add_done_callback(written)
+        return pool.submit(
+            write_outputs,
+            job,
+            prediction,
+            context.formats,
+            context.package,
+            context.model_fp,
+            timings,
+            context.writer_options,
+        )
 
     def _fresh_pool(self, broken: Executor) -> Executor:
         with self._lock:
@@ -142,11 +135,21 @@ class Writers:
         broken.shutdown(wait=False)
         return pool
 
+    def _retry_alone(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
+        alone = self._new_pool(1)
+        future = self._write_in(alone, job, prediction, timings)
+
+        def written(done: Future[ItemResult]) -> None:
+            alone.shutdown(wait=False)
+            self._written(job, prediction, timings, done, retry=False)
+
+        future.add_done_callback(written)
+
     def _written(
-        self, job: Job, prediction: Prediction, timings: dict[str, float], future: Future[ItemResult], retry: bool
+        self, job: Job, prediction: Prediction, timings: dict[str, float], future: Future[ItemResult], *, retry: bool
     ) -> None:
         if future.cancelled():
-            self._settled()
+            self.slots.release()
             return
         error = future.exception()
         if isinstance(error, BrokenProcessPool) and retry:
@@ -154,7 +157,7 @@ class Writers:
             # alone in a process of its own, so that only the item that kills its writer fails.
             try:
                 self._retry_alone(job, prediction, timings)
-                return
+                return  # the slot passes to the retry
             except BaseException as again:  # no process could be started
                 error = again
         try:
@@ -167,7 +170,7 @@ class Writers:
                     (job.folder / output.filename).unlink(missing_ok=True)
                 self.context.finish(item_result(job.item.primary, "failed", reason))
         finally:
-            self._settled()
+            self.slots.release()
 
 
 def _without_image(prediction: Prediction) -> Prediction:

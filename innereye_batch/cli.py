@@ -180,6 +180,14 @@ def run(
             "Much faster there; results differ slightly from fp32."
         ),
     ] = False,
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(
+            help="GiB that torch may allocate on each GPU (a shared GPU, or a smaller card's budget); patch batch "
+            "and where accumulators live are chosen within it. Default: all the GPU has. No effect on a CPU.",
+            min=0.1,
+        ),
+    ] = None,
     formats: Annotated[
         str,
         typer.Option(
@@ -276,6 +284,7 @@ def run(
         batch_size=batch_size,
         explain=_split([explain]),
         amp=amp,
+        gpu_memory_gib=gpu_memory,
         formats=_split([formats]),
         series_uids=_split(series or []),
         modalities=_split(modality or []),

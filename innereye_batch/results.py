@@ -44,5 +44,7 @@ class ItemResult:
     """Classification: the predicted class(es) at the model's thresholds."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: load, preprocess, infer, postprocess, write."""
+    peak_memory_gib: dict[str, float] = field(default_factory=dict)
+    """Peak memory of the item's device work, GiB: ``host`` (the process), ``cuda:N`` (``engine.memory``)."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Output format -> path relative to the output folder."""

@@ -264,12 +264,12 @@ def _allocate_accumulators(
 
 
 def _accumulators_too_big(needed: int, device: torch.device, max_output_bytes: int | None) -> str | None:
-    import torch
-
     if max_output_bytes is not None and needed > max_output_bytes:
         return f"{needed} bytes > max_output_bytes {max_output_bytes}"
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        from innereye_batch.engine.memory import free_device_bytes
+
+        free = free_device_bytes(device)
         if needed > free * _CUDA_ACCUMULATOR_SHARE:
             return f"{free / 2**30:.2f} GiB free on the device"
     return None
@@ -314,8 +314,10 @@ def auto_patch_batch(
 
     if device.type != "cuda":
         return max(1, min(CPU_PATCH_BATCH, patches))
+    from innereye_batch.engine.memory import free_device_bytes, reset_cuda_peak
+
     torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    reset_cuda_peak(device)
     before = torch.cuda.memory_allocated(device)
     probe = torch.zeros((1, channels, *patch), device=device)
     with torch.inference_mode(), amp_autocast(device, amp):
@@ -323,8 +325,7 @@ def auto_patch_batch(
     torch.cuda.synchronize(device)
     per_patch = torch.cuda.max_memory_allocated(device) - before
     del probe
-    free, _ = torch.cuda.mem_get_info(device)
-    return patch_batch_for_memory(free, per_patch, patches)
+    return patch_batch_for_memory(free_device_bytes(device), per_patch, patches)
 
 
 def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:

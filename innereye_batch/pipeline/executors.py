@@ -100,12 +100,14 @@ def _load(loaded: LoadedItem) -> dict[str, float]:
 
 def load_replicas(context: RunContext, devices: Sequence[torch.device], trust_checkpoint: bool) -> list[Predictor]:
     """One predictor per device, each with networks of its own (loaded from the checkpoints once per device)."""
+    from innereye_batch.engine.memory import limit_device_memory
     from innereye_batch.model.checkpoints import load_networks
     from innereye_batch.tasks import task_for
 
     task = task_for(context.package.task)
     predictors = []
     for device in devices:
+        limit_device_memory(device, context.predictor_options.gpu_memory_gib)
         networks = load_networks(context.package, device=device, trust_checkpoint=trust_checkpoint)
         predictors.append(task.predictor(context.package, networks, device, context.predictor_options))
     return predictors

@@ -88,7 +88,14 @@ def write_outputs(
             path.unlink(missing_ok=True)
         return item_result(series, "failed", f"writing {step}: {type(error).__name__}: {error}", timings=timings)
     outputs = {name: str(path.relative_to(job.folder.parent)) for name, path in written.items()}
-    return item_result(series, "ok", timings=timings, outputs=outputs, **prediction.findings())
+    return item_result(
+        series,
+        "ok",
+        timings=timings,
+        outputs=outputs,
+        peak_memory_gib=dict(prediction.peak_memory_gib),
+        **prediction.findings(),
+    )
 
 
 def _write_one(output: OutputFormat, prediction: Prediction, context: WriteContext, path: Path) -> None:

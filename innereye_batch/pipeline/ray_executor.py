@@ -81,6 +81,7 @@ class InferenceActor:
         import ray
         import torch
 
+        from innereye_batch.engine.memory import limit_device_memory
         from innereye_batch.model.checkpoints import load_networks
         from innereye_batch.model.package import load_model_package
         from innereye_batch.pipeline.run import make_predictor, run_fingerprint
@@ -95,6 +96,7 @@ class InferenceActor:
             )
         on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()  # Ray made its GPU the only visible one
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+        limit_device_memory(self.device, shared.predictor_options.gpu_memory_gib)
         networks = load_networks(self.package, device=self.device, trust_checkpoint=options.trust_checkpoint)
         self.predictor = make_predictor(self.package, networks, self.device, shared.predictor_options)
         self.formats = shared.formats

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from innereye_batch import __version__
 from innereye_batch.dicom.series import SkippedFile
+from innereye_batch.engine.memory import run_peak_memory_gib
 from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run
@@ -49,6 +50,8 @@ class RunOptions:
     patch_batch: int = 0
     """Segmentation: patches per forward pass; 0 chooses from the device (free memory on CUDA)."""
     amp: bool = False
+    gpu_memory_gib: float | None = None
+    """--gpu-memory: what torch may allocate on each GPU, GiB (None: all it has)."""
     formats: tuple[str, ...] = ()
     """Output format names; empty means every format of the model's task."""
     series_uids: tuple[str, ...] = ()
@@ -230,7 +233,11 @@ def _execute(
         model_fp=run_fingerprint(package, options),
         writer_options=options.writer_options,
         predictor_options=PredictorOptions(
-            patch_batch=options.patch_batch, batch_size=options.batch_size, amp=options.amp, explain=options.explain
+            patch_batch=options.patch_batch,
+            batch_size=options.batch_size,
+            amp=options.amp,
+            explain=options.explain,
+            gpu_memory_gib=options.gpu_memory_gib,
         ),
         record=record,
         fail_fast=options.fail_fast,
@@ -265,7 +272,7 @@ def _execute(
             "started": started.isoformat(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "stage_seconds": report.stage_seconds,
-            "peak_memory_gib": peak_memory_gib(),
+            "peak_memory_gib": run_peak_memory_gib(),
         }
         _write_summaries(options, report, run_info, progress)
     return report
@@ -347,25 +354,6 @@ def _write_summaries(
     except SummaryMergeError as error:
         report.summary_error = str(error)
         progress.event("summary_failed", message=f"the shard summaries could not be merged: {error}")
-
-
-def peak_memory_gib() -> dict[str, float]:
-    """Peak memory of the run so far, GiB: this process's resident set (``host``), the largest of its finished
-    worker processes' (``workers``: decoding and writer processes), and what torch allocated on each CUDA device
-    it used (``cuda:N``)."""
-    import resource
-    import sys
-
-    scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
-    peaks = {
-        "host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale,
-        "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale,
-    }
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        for index in range(torch.cuda.device_count()):
-            peaks[f"cuda:{index}"] = torch.cuda.max_memory_allocated(index) / 2**30
-    return {name: round(value, 3) for name, value in peaks.items()}
 
 
 def _stage_totals(results: Sequence[ItemResult], wall_seconds: float) -> dict[str, float]:

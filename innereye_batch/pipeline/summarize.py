@@ -97,6 +97,7 @@ def _result(record: Mapping[str, Any]) -> ItemResult:
         probabilities=record.get("probabilities"),
         labels=tuple(record["predicted"]) if "predicted" in record else None,
         timings=dict(record.get("timings_s", {})),
+        peak_memory_gib=dict(record.get("peak_memory_gib", {})),
         outputs=dict(record.get("outputs", {})),
     )
 

@@ -64,6 +64,11 @@ class Prediction(Protocol):
         """Seconds per stage spent by the predictor (preprocess, infer, postprocess, ...)."""
         ...
 
+    @property
+    def peak_memory_gib(self) -> dict[str, float]:
+        """Peak memory of the device work that made it, GiB: ``host``, ``cuda:N`` (``engine.memory``)."""
+        ...
+
     def findings(self) -> dict[str, Any]:
         """The fields of ``results.ItemResult`` this prediction fills (structures, probabilities, ...)."""
         ...
@@ -93,6 +98,8 @@ class PredictorOptions:
     amp: bool = False
     explain: tuple[str, ...] = ()
     """Classification: explanation methods to compute (``engine.explain.EXPLAIN_METHODS``)."""
+    gpu_memory_gib: float | None = None
+    """What torch may allocate on a GPU, GiB (``engine.memory.limit_device_memory``); None: all it has."""
 
 
 class Predictor(Protocol):

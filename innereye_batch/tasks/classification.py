@@ -87,6 +87,8 @@ class ClassificationPrediction:
     explained_class: str | None = None
     """The class the maps explain (the predicted one, or the most probable for sigmoid models)."""
     timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_gib: dict[str, float] = field(default_factory=dict)
+    """Peak memory of the device work of the batch it was classified in (``engine.memory.SeriesPeak``)."""
 
     task: ClassVar[str] = "classification"
 
@@ -130,6 +132,13 @@ class ClassificationPredictor:
         return list(self._predict(items, decoded))
 
     def _predict(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[ClassificationPrediction]:
+        from innereye_batch.engine.memory import SeriesPeak
+
+        with SeriesPeak(self.device) as peak:
+            predictions = self._classify(items, decoded)
+        return [replace(p, peak_memory_gib=peak.gib) for p in predictions]
+
+    def _classify(self, items: Sequence[WorkItem], decoded: Sequence[Decoded]) -> list[ClassificationPrediction]:
         import torch
 
         from innereye_batch.engine.classify import classify_batch, predicted_labels

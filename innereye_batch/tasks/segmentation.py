@@ -109,6 +109,8 @@ class SegmentationPrediction:
     """False straight from the device: ``finished()`` still has the CPU post-processing to do."""
     postprocessing: PostProcessing | None = None
     structure_names: tuple[str, ...] = ()
+    peak_memory_gib: dict[str, float] = field(default_factory=dict)
+    """Peak memory of its device work (``engine.memory.SeriesPeak``): ``host``, ``cuda:N``."""
 
     task: ClassVar[str] = "segmentation"
 
@@ -187,9 +189,12 @@ class SegmentationPredictor:
         return self._on_device(item, decoded).finished()
 
     def _on_device(self, item: WorkItem, decoded: Decoded | None) -> SegmentationPrediction:
+        from innereye_batch.engine.memory import SeriesPeak
+
         volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
         spec = self.package.segmentation
-        labels, timings = self.label_map(volume.image, volume.geometry)
+        with SeriesPeak(self.device) as peak:
+            labels, timings = self.label_map(volume.image, volume.geometry)
         image = volume.image[0].numpy()  # a view of the decoded host tensor: no copy
         return SegmentationPrediction(
             item,
@@ -202,6 +207,7 @@ class SegmentationPredictor:
             refined=False,
             postprocessing=spec.postprocessing,
             structure_names=spec.structure_names,
+            peak_memory_gib=peak.gib,
         )
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:

@@ -59,6 +59,7 @@ def build_predictions(
     timings: Mapping[str, float],
     tool_version: str,
     resampled: bool = False,
+    peak_memory_gib: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The predictions document for one series; it validates against ``load_predictions_schema()``.
 
@@ -90,6 +91,7 @@ def build_predictions(
             for s in structures
         ],
         "timings_s": {stage: round(float(seconds), 6) for stage, seconds in timings.items()},
+        "peak_memory_gib": {name: float(gib) for name, gib in (peak_memory_gib or {}).items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if probabilities is not None:
@@ -141,6 +143,7 @@ def build_classification_predictions(
         if prediction.heatmaps
         else None,
         "timings_s": {stage: round(float(seconds), 6) for stage, seconds in timings.items()},
+        "peak_memory_gib": {name: float(gib) for name, gib in prediction.peak_memory_gib.items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return document
@@ -176,6 +179,7 @@ def _write(path: Path, prediction: SegmentationPrediction | ClassificationPredic
         timings=context.timings,
         tool_version=context.tool_version,
         resampled=prediction.regridding is not None,
+        peak_memory_gib=prediction.peak_memory_gib,
     )
     write_json(path, document)
 

@@ -83,6 +83,7 @@ def series_record(result: ItemResult) -> dict[str, Any]:
         ],
         "timings_s": dict(result.timings),
         "total_s": total_seconds(result),
+        "peak_memory_gib": dict(result.peak_memory_gib),
         "outputs": dict(result.outputs),
     }
     if result.probabilities is not None:

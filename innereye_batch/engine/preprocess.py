@@ -11,7 +11,7 @@ writes its default value further out. Inside that band, trilinear results equal 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from innereye_batch.model.spec import Normalisation
@@ -211,35 +211,91 @@ def resample_to_shape(
     """
     if mode not in ("trilinear", "linear", "nearest"):
         raise ValueError(f"unknown resampling mode {mode!r}: use 'trilinear' or 'nearest'")
-    out_shape = _three(shape, "shape")
-    steps = [float(t) / float(s) for s, t in zip(_three_f(spacing_from), _three_f(spacing_to), strict=True)]
-    result = tensor if mode == "nearest" or tensor.is_floating_point() else tensor.float()
-    if mode != "nearest":
-        result = result.float()
+    result = tensor if mode == "nearest" else tensor.float()
+    axes = _axis_plan(tuple(result.shape[-3:]), shape, spacing_from, spacing_to, result.device, mode == "nearest")
     first_axis = result.dim() - 3
-    # Shrink first: the axes that reduce the volume most go first, so later passes touch fewer voxels.
-    order = sorted(range(3), key=lambda k: out_shape[k] / max(1, result.shape[first_axis + k]))
-    for k in order:
-        result = _resample_axis(result, first_axis + k, out_shape[k], steps[k], nearest=mode == "nearest")
+    for k, taps in axes:
+        result = _apply_axis(result, first_axis + k, taps)
     return result
 
 
-def _resample_axis(x: torch.Tensor, axis: int, out_size: int, step: float, *, nearest: bool) -> torch.Tensor:
+def resample_slabs(
+    tensor: torch.Tensor,
+    shape: Sequence[int],
+    spacing_from: Sequence[float],
+    spacing_to: Sequence[float],
+    slab_bytes: int = 2**28,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``resample_to_shape(tensor, ...)`` (trilinear) one slab of output slices (z) at a time: ``(first slice,
+    slab)`` pairs, each slab at most about ``slab_bytes``; equal bit for bit to the same slices of the whole
+    result (every output voxel is computed from the same source voxels by the same operations), while only the
+    source slices a slab needs and the slab itself are held, never the whole resampled volume."""
+    result = tensor.float()
+    axes = _axis_plan(tuple(result.shape[-3:]), shape, spacing_from, spacing_to, result.device, False)
+    first_axis = result.dim() - 3
+    out_z = _three(shape, "shape")[0]
+    per_slice = math.prod(result.shape[:-3]) * math.prod(_three(shape, "shape")[1:]) * 4
+    step = max(1, min(out_z, slab_bytes // max(1, per_slice)))
+    z_taps = dict(axes).get(0)
+    for start in range(0, out_z, step):
+        stop = min(out_z, start + step)
+        if z_taps is None:  # z unchanged: the slab's own slices
+            part, slab_axes = result[..., start:stop, :, :], axes
+        else:  # the source slices between the slab's first and last taps, the taps counted from there
+            lower, upper, weight = z_taps
+            assert upper is not None and weight is not None
+            low, high = int(lower[start]), int(upper[stop - 1]) + 1
+            part = result[..., low:high, :, :]
+            shifted = (lower[start:stop] - low, upper[start:stop] - low, weight[start:stop])
+            slab_axes = [(k, shifted if k == 0 else taps) for k, taps in axes]
+        for k, taps in slab_axes:
+            part = _apply_axis(part, first_axis + k, taps)
+        yield start, part
+
+
+_Taps = tuple["torch.Tensor", "torch.Tensor | None", "torch.Tensor | None"]
+"""One axis's resampling: source index below each output index, the one above and the weight of the one above
+(None, None for nearest neighbour)."""
+
+
+def _axis_plan(
+    in_shape: tuple[int, ...],
+    shape: Sequence[int],
+    spacing_from: Sequence[float],
+    spacing_to: Sequence[float],
+    device: torch.device,
+    nearest: bool,
+) -> list[tuple[int, _Taps]]:
+    """The axes to resample, in order, each with its taps. The axes that shrink the volume most go first, so that
+    later passes touch fewer voxels; an axis whose size and spacing stay is left out."""
     import torch
 
-    in_size = x.shape[axis]
-    if out_size == in_size and step == 1.0:
-        return x
-    source = torch.arange(out_size, dtype=torch.float64, device=x.device) * step
-    source = source.clamp_(0, in_size - 1)
-    if nearest:
-        index = torch.floor(source + 0.5).long().clamp_(max=in_size - 1)
-        return x.index_select(axis, index)
-    lower = torch.floor(source).long()
-    upper = (lower + 1).clamp_(max=in_size - 1)
+    out_shape = _three(shape, "shape")
+    steps = [float(t) / float(s) for s, t in zip(_three_f(spacing_from), _three_f(spacing_to), strict=True)]
+    order = sorted(range(3), key=lambda k: out_shape[k] / max(1, in_shape[k]))
+    plan: list[tuple[int, _Taps]] = []
+    for k in order:
+        in_size, out_size = in_shape[k], out_shape[k]
+        if out_size == in_size and steps[k] == 1.0:
+            continue
+        source = torch.arange(out_size, dtype=torch.float64, device=device) * steps[k]
+        source = source.clamp_(0, in_size - 1)
+        if nearest:
+            plan.append((k, (torch.floor(source + 0.5).long().clamp_(max=in_size - 1), None, None)))
+            continue
+        lower = torch.floor(source).long()
+        upper = (lower + 1).clamp_(max=in_size - 1)
+        plan.append((k, (lower, upper, (source - lower).float())))
+    return plan
+
+
+def _apply_axis(x: torch.Tensor, axis: int, taps: _Taps) -> torch.Tensor:
+    lower, upper, weight = taps
+    if upper is None or weight is None:  # nearest neighbour
+        return x.index_select(axis, lower)
     shape = [1] * x.dim()
-    shape[axis] = out_size
-    weight = (source - lower).to(x.dtype).reshape(shape)
+    shape[axis] = lower.numel()
+    weight = weight.reshape(shape)
     below = x.index_select(axis, lower)
     return below.mul_(1 - weight).add_(x.index_select(axis, upper).mul_(weight))
 

@@ -216,8 +216,8 @@ class SegmentationPredictor:
         import torch
 
         from innereye_batch.engine.ensemble import predict_posteriors
-        from innereye_batch.engine.postprocess import posterior_labels
-        from innereye_batch.engine.preprocess import normalise, resample, resample_to_shape
+        from innereye_batch.engine.postprocess import posterior_labels, resampled_labels
+        from innereye_batch.engine.preprocess import normalise, resample
 
         spec = self.package.segmentation
         timings: dict[str, float] = {}
@@ -248,12 +248,17 @@ class SegmentationPredictor:
         timings["infer"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        if spec.target_spacing is not None:
-            posteriors = resample_to_shape(
-                posteriors, geometry.shape, spec.target_spacing, geometry.spacing, mode="trilinear"
+        if spec.target_spacing is not None:  # back onto the source grid, a slab of slices at a time
+            labels = resampled_labels(
+                posteriors,
+                geometry.shape,
+                spec.target_spacing,
+                geometry.spacing,
+                spec.postprocessing,
+                spec.structure_names,
             )
-            spacing = geometry.spacing
-        labels = posterior_labels(posteriors, spacing, spec.postprocessing, spec.structure_names)
+        else:
+            labels = posterior_labels(posteriors, spacing, spec.postprocessing, spec.structure_names)
         timings["postprocess"] = time.perf_counter() - start
         return labels, timings
 

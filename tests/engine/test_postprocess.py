@@ -4,6 +4,8 @@ box-wise refinement against the whole-volume algorithm on random label maps."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,3 +192,38 @@ def test_refine_labels_in_place_on_a_view_with_ties_holes_and_empty_structures()
     assert out is labels and np.array_equal(labels, expected)
     empty = np.zeros((3, 4, 5), dtype=np.uint8)
     assert not refine_labels(empty, spec, REFINE_NAMES).any()
+
+
+@pytest.mark.parametrize("smoothing", [None, (2.0, 1.0, 1.0)])
+def test_resampled_labels_equal_those_of_the_whole_resampled_posteriors(
+    smoothing: tuple[float, float, float] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slab by slab (slabs of 2 slices here) or whole (smoothing needs the whole volume): the same label map as
+    resampling every posterior back whole and taking the argmax, ties included."""
+    from innereye_batch.engine import preprocess
+    from innereye_batch.engine.postprocess import posterior_labels, resampled_labels
+
+    rng = np.random.default_rng(5)
+    coarse = rng.random((4, 9, 11, 10)).astype(np.float32)
+    coarse[:, 2] = 0.25  # a slice of exact ties: the first class wins both ways
+    posteriors = torch.from_numpy(coarse)
+    shape, spacing_from, spacing_to = (17, 20, 13), (2.0, 1.6, 1.2), (1.0, 0.8, 0.9)
+    spec = PostProcessing(posterior_smoothing_mm=smoothing)
+    names = ("a", "b", "c")
+    expected = posterior_labels(
+        preprocess.resample_to_shape(posteriors, shape, spacing_from, spacing_to), spacing_to, spec, names
+    )
+    slabs: list[int] = []
+    whole_slabs = preprocess.resample_slabs
+
+    def two_slices_at_a_time(*args: Any, **kwargs: Any) -> Iterator[tuple[int, torch.Tensor]]:
+        for start, slab in whole_slabs(*args, slab_bytes=2 * 4 * 20 * 13 * 4):
+            slabs.append(start)
+            yield start, slab
+
+    monkeypatch.setattr(preprocess, "resample_slabs", two_slices_at_a_time)
+    labels = resampled_labels(posteriors, shape, spacing_from, spacing_to, spec, names)
+    assert labels.dtype == np.uint8 and labels.shape == shape
+    np.testing.assert_array_equal(labels, expected)
+    assert len(np.unique(expected)) >= 3  # a real label map, not one class
+    assert slabs == ([] if smoothing else list(range(0, 17, 2)))  # smoothing resamples whole

@@ -14,6 +14,7 @@ from innereye_batch.engine.preprocess import (
     otsu_threshold,
     pad_to_multiple,
     resample,
+    resample_slabs,
     resample_to_shape,
     resampled_shape,
 )
@@ -184,3 +185,30 @@ def test_identity_resampling_is_exact() -> None:
     volume = torch.randn((3, 4, 5, 6))
     same = resample(volume, (1.5, 1.0, 1.0), (1.5, 1.0, 1.0))
     assert torch.equal(same, volume)
+
+
+@pytest.mark.parametrize(
+    ("source", "shape", "spacing_from", "spacing_to"),
+    [
+        ((7, 9, 11), (13, 12, 17), (2.0, 1.3, 1.0), (1.0, 0.97, 0.6)),  # every axis up
+        ((19, 10, 8), (6, 15, 8), (1.0, 1.0, 0.8), (3.1, 0.66, 0.8)),  # z down (first), x unchanged
+        ((5, 8, 8), (5, 4, 11), (2.5, 1.0, 1.0), (2.5, 2.0, 0.7)),  # z unchanged
+        ((1, 6, 6), (3, 6, 6), (1.0, 1.0, 1.0), (0.4, 1.0, 1.0)),  # one source slice
+    ],
+)
+@pytest.mark.parametrize("slices_per_slab", [1, 2, 5, 1000])
+def test_resample_slabs_equal_the_whole_resampling_bit_for_bit(
+    source: tuple[int, int, int],
+    shape: tuple[int, int, int],
+    spacing_from: tuple[float, float, float],
+    spacing_to: tuple[float, float, float],
+    slices_per_slab: int,
+) -> None:
+    tensor = torch.from_numpy(np.random.default_rng(sum(source)).normal(size=(3, *source)).astype(np.float32))
+    whole = resample_to_shape(tensor, shape, spacing_from, spacing_to)
+    slab_bytes = slices_per_slab * 3 * shape[1] * shape[2] * 4
+    slabs = list(resample_slabs(tensor, shape, spacing_from, spacing_to, slab_bytes=slab_bytes))
+    assert [start for start, _ in slabs] == list(range(0, shape[0], min(slices_per_slab, shape[0])))
+    joined = torch.cat([slab for _, slab in slabs], dim=1)
+    assert joined.shape == whole.shape == (3, *shape)
+    assert torch.equal(joined, whole)  # the same floats, not merely close

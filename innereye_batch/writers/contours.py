@@ -68,7 +68,7 @@ def rasterise_contours(contours: Iterable[np.ndarray], shape: tuple[int, int]) -
     crossings on its left, over all contours of the slice together.
     """
     rows, columns = shape
-    toggles = np.zeros((rows, columns + 1), dtype=np.int32)
+    crossings: list[tuple[np.ndarray, np.ndarray]] = []
     for contour in contours:
         start = np.asarray(contour, dtype=np.float64)
         end = np.roll(start, -1, axis=0)
@@ -84,8 +84,19 @@ def rasterise_contours(contours: Iterable[np.ndarray], shape: tuple[int, int]) -
         slope = (end[edge, 1] - start[edge, 1]) / (end[edge, 0] - start[edge, 0])
         column = start[edge, 1] + (row - start[edge, 0]) * slope
         first_right = np.clip(np.floor(column) + 1, 0, columns).astype(np.int64)
-        np.add.at(toggles, (row, first_right), 1)
-    return (np.cumsum(toggles, axis=1)[:, :columns] % 2).astype(bool)
+        crossings.append((row, first_right))
+    mask = np.zeros(shape, dtype=bool)
+    if not crossings:
+        return mask
+    row = np.concatenate([r for r, _ in crossings])
+    first_right = np.concatenate([c for _, c in crossings])
+    # Only the box of the crossings is filled: left of the first crossing nothing is toggled, and right of the last
+    # every row has been toggled an even number of times (each closed contour crosses a row an even number of times)
+    top, left, right = int(row.min()), int(first_right.min()), int(first_right.max())
+    toggles = np.zeros((int(row.max()) + 1 - top, right + 1 - left), dtype=np.int32)
+    np.add.at(toggles, (row - top, first_right - left), 1)
+    mask[top : top + len(toggles), left:right] = (np.cumsum(toggles, axis=1)[:, : right - left] % 2).astype(bool)
+    return mask
 
 
 def fill_holes_2d(mask: np.ndarray) -> np.ndarray:

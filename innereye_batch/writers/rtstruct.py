@@ -26,7 +26,7 @@ The format writes the file, then reads it back and rasterises its contours onto 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,10 +94,11 @@ def write_rtstruct(
     *,
     software_version: str,
     clinical_marker: str = "",
+    masks: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write ``labels`` (z, y, x on the source slices, rows in ``series.slices`` order; label i = the model's i-th
     structure) to ``path`` as an RT Structure Set referencing ``series``; each slice is placed by its own
-    ImagePositionPatient."""
+    ImagePositionPatient. ``masks``: ``structure_masks`` of ``labels``, when the caller has them already."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -109,7 +110,8 @@ def write_rtstruct(
         raise ValueError(f"label map holds label {int(labels.max())}; the model has {len(spec.structures)} structures")
     if not series.frame_of_reference_uid:
         raise ValueError(f"series {series.key} has no FrameOfReferenceUID for the structure set to reference")
-    masks = structure_masks(labels, spec.structures, spec.postprocessing.fill_holes)
+    if masks is None:
+        masks = structure_masks(labels, spec.structures, spec.postprocessing.fill_holes)
     source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
     now = datetime.datetime.now()
     version = model_version(package)
@@ -334,6 +336,8 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
 
     series = prediction.item.primary
     labels = prediction.labels_on_source_slices()
+    spec = context.package.segmentation
+    masks = structure_masks(labels, spec.structures, spec.postprocessing.fill_holes)  # written, then checked
     write_rtstruct(
         path,
         labels,
@@ -341,9 +345,8 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
         context.package,
         software_version=context.tool_version,
         clinical_marker=context.options.clinical_marker,
+        masks=masks,
     )
-    spec = context.package.segmentation
-    masks = structure_masks(labels, spec.structures, spec.postprocessing.fill_holes)
     check_rtstruct(path, FILENAME, {name[:_LO_MAX]: mask for name, mask in masks.items()}, series)
 
 

@@ -87,3 +87,14 @@ def test_fill_holes_2d_fills_enclosed_background_only() -> None:
     filled = fill_holes_2d(mask)
     assert filled[15, 15] and filled[0, 0] and not filled[29, 29]
     assert len(mask_contours(filled)) == 2  # the hole is gone; two islands remain
+
+
+def test_rasterise_fills_only_where_the_contours_cross_yet_equals_the_full_width_fill() -> None:
+    """Random polygons (self-crossing, partly off the grid, several per slice, nested): the boxed scanline fill
+    equals the whole-grid even-odd fill of the oracle pixel for pixel."""
+    rng = np.random.default_rng(11)
+    shape = (40, 37)
+    for _ in range(60):
+        contours = [rng.uniform(-6, 45, size=(int(rng.integers(3, 9)), 2)) for _ in range(int(rng.integers(1, 4)))]
+        np.testing.assert_array_equal(rasterise_contours(contours, shape), even_odd_fill(contours, shape))
+    assert not rasterise_contours([np.array([[50.0, 1.0], [60.0, 5.0], [55.0, 9.0]])], shape).any()  # off the grid

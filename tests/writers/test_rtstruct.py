@@ -290,8 +290,9 @@ def test_read_back_catches_a_damaged_output(tmp_path: Path, monkeypatch: pytest.
     labels[2:5, 3:9, 2:7] = 3  # off-centre, so that every mirror moves it
     original = rtstruct.write_rtstruct
 
-    def damaging_writer(path: Path, written: np.ndarray, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        original(path, np.ascontiguousarray(damage(written)), *args, **kwargs)
+    def damaging_writer(path: Path, written: np.ndarray, *args, masks, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        damaged = {name: np.ascontiguousarray(damage(mask.astype(np.uint8) * 2)) == 2 for name, mask in masks.items()}
+        original(path, np.ascontiguousarray(damage(written)), *args, masks=damaged, **kwargs)
 
     monkeypatch.setattr(rtstruct, "write_rtstruct", damaging_writer)
     with pytest.raises(ReadBackError, match=f"rtstruct.dcm read back does not match the label map: .*{message}"):

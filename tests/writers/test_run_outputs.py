@@ -112,6 +112,8 @@ def test_a_mirrored_dicom_output_fails_its_series_and_leaves_no_output(
     original = getattr(module, writer)
 
     def mirroring_writer(path: Path, written: np.ndarray, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if "masks" in kwargs:  # the structure set's masks, made once for writing and checking
+            kwargs["masks"] = {name: np.ascontiguousarray(m[:, :, ::-1]) for name, m in kwargs["masks"].items()}
         original(path, np.ascontiguousarray(written[:, :, ::-1]), *args, **kwargs)  # left-right mirror
 
     monkeypatch.setattr(module, writer, mirroring_writer)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -106,6 +105,8 @@ def run_peak_memory_gib() -> dict[str, float]:
     """Peak memory of the run so far, GiB: this process's resident set (``host``), the largest of its finished
     worker processes' (``workers``: decoding and writer processes), and what torch allocated on each CUDA device
     it used (``cuda:N``)."""
+    import resource  # POSIX only: imported where used
+
     scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
     peaks = {
         "host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale,

@@ -125,6 +125,15 @@ _PatchBatch = Annotated[
     ),
 ]
 """``--patch-batch`` of run and serve."""
+_GpuMemory = Annotated[
+    float | None,
+    typer.Option(
+        help="GiB that torch may allocate on each GPU (a shared GPU, or a smaller card's budget); patch batch and "
+        "where accumulators live are chosen within it. Default: all the GPU has. No effect on a CPU.",
+        min=0.1,
+    ),
+]
+"""``--gpu-memory`` of run and serve."""
 
 
 def _patch_batch(value: str) -> int:
@@ -180,14 +189,7 @@ def run(
             "Much faster there; results differ slightly from fp32."
         ),
     ] = False,
-    gpu_memory: Annotated[
-        float | None,
-        typer.Option(
-            help="GiB that torch may allocate on each GPU (a shared GPU, or a smaller card's budget); patch batch "
-            "and where accumulators live are chosen within it. Default: all the GPU has. No effect on a CPU.",
-            min=0.1,
-        ),
-    ] = None,
+    gpu_memory: _GpuMemory = None,
     formats: Annotated[
         str,
         typer.Option(
@@ -333,6 +335,7 @@ def serve(
         bool, typer.Option(help="Mixed precision: bf16/fp16 on CUDA, bf16 on CPUs that compute it natively.")
     ] = False,
     patch_batch: _PatchBatch = "auto",
+    gpu_memory: _GpuMemory = None,
     max_batch: Annotated[int, typer.Option(help="Real-time predict: most images per forward pass.")] = 16,
     max_wait_ms: Annotated[
         float, typer.Option(help="Real-time predict: longest a request waits for others to share its batch.")
@@ -380,6 +383,7 @@ def serve(
         device=device,
         amp=amp,
         patch_batch=_patch_batch(patch_batch),
+        gpu_memory_gib=gpu_memory,
         trust_checkpoint=trust_checkpoint,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,

@@ -90,12 +90,14 @@ def load_served_models(options: ServeOptions) -> dict[str, ServedModel]:
     """Load every ``--model`` once, on the service's device; UsageError or ModelFolderError (exit code 2) for a
     folder that cannot be served or an id given twice."""
     from innereye_batch.engine.device import resolve_device
+    from innereye_batch.engine.memory import limit_device_memory
     from innereye_batch.model.checkpoints import load_networks
     from innereye_batch.model.package import load_model_package
     from innereye_batch.pipeline.run import RunOptions, run_fingerprint
     from innereye_batch.writers.registry import resolve_formats
 
     device = resolve_device(options.device)
+    limit_device_memory(device, options.gpu_memory_gib)
     predictor_options = PredictorOptions(patch_batch=options.patch_batch, batch_size=options.max_batch, amp=options.amp)
     served: dict[str, ServedModel] = {}
     for source in options.models:

@@ -71,6 +71,8 @@ class ServeOptions:
     amp: bool = False
     patch_batch: int = 0
     """Sliding-window patches per forward pass; 0 = auto."""
+    gpu_memory_gib: float | None = None
+    """What torch may allocate on the GPU, GiB (None: all it has)."""
     trust_checkpoint: bool = False
     max_batch: int = 16
     """Real-time predict: most images per forward pass."""

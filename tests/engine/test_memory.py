@@ -135,11 +135,18 @@ def test_accumulators_leave_a_16_gib_gpu_for_a_300_slice_ct(monkeypatch: pytest.
     assert reason is not None and "4.00 GiB free" in reason
 
 
-def test_run_reports_each_series_peak_memory(tmp_path: Path) -> None:
-    """Through the command line, with a GPU budget that a CPU run ignores; a budget of nothing is refused."""
+def test_run_reports_each_series_peak_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the command line, with a GPU budget (handed to every replica's device; a CPU ignores it); a budget
+    of nothing is refused."""
     from typer.testing import CliRunner
 
     from innereye_batch.cli import app
+
+    budgets: list[tuple[str, float | None]] = []
+    real_limit = memory.limit_device_memory
+    monkeypatch.setattr(
+        memory, "limit_device_memory", lambda d, gib: budgets.append((str(d), gib)) or real_limit(d, gib)
+    )
 
     model = model_folder(tmp_path / "model", members=1)
     for i in range(2):
@@ -148,6 +155,7 @@ def test_run_reports_each_series_peak_memory(tmp_path: Path) -> None:
     args = ["run", "--model", str(model), "--input", str(tmp_path / "scans"), "--device", "cpu", "--workers", "0"]
     result = CliRunner().invoke(app, [*args, "--output", str(out), "--gpu-memory", "16", "-q"])
     assert result.exit_code == 0, result.output
+    assert budgets == [("cpu", 16.0)]
     bad = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "bad"), "--gpu-memory", "0"])
     assert bad.exit_code == 2 and "--gpu-memory" in bad.output
     summary = json.loads((out / "summary.json").read_text())
@@ -162,3 +170,16 @@ def test_run_reports_each_series_peak_memory(tmp_path: Path) -> None:
         document: dict[str, Any] = json.loads((out / row["outputs"]["json"]).read_text())
         jsonschema.validate(document, schema)
         assert document["peak_memory_gib"] == peak
+
+
+def test_serve_hands_its_gpu_budget_to_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from innereye_batch.service.models import load_served_models
+    from innereye_batch.service.options import ModelSource, ServeOptions
+
+    budgets: list[tuple[str, float | None]] = []
+    monkeypatch.setattr(memory, "limit_device_memory", lambda device, gib: budgets.append((str(device), gib)))
+    options = ServeOptions(
+        models=(ModelSource(Path("sample_data/final_model")),), device="cpu", gpu_memory_gib=12.5, no_auth=True
+    )
+    served = load_served_models(options)
+    assert budgets == [("cpu", 12.5)] and len(served) == 1

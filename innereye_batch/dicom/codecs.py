@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID, AllTransferSyntaxes, JPEGExtended12Bit
+from pydicom.uid import UID, AllTransferSyntaxes, JPEGExtended12Bit, UncompressedTransferSyntaxes
 
 from innereye_batch.dicom.series import Problem
 
@@ -67,6 +67,8 @@ def _move_gdcm_last(syntax: str) -> None:
 def decoder_problems(syntax: str, bits_stored: Any = None) -> tuple[Problem, ...]:
     """``()`` when an installed decoder can read pixel data in ``syntax`` with ``bits_stored`` bits; else one
     fatal ``no_decoder`` problem naming the syntax and what to install."""
+    if syntax in UncompressedTransferSyntaxes:  # pydicom's native decoder: nothing to ask (the scan's common case)
+        return ()
     register_decoders()
     uid = UID(syntax)
     name = f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)

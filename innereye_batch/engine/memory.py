@@ -122,18 +122,26 @@ def run_peak_memory_gib() -> dict[str, float]:
 
 def limit_device_memory(device: torch.device, gib: float | None) -> None:
     """Hold torch to ``gib`` GiB on a CUDA ``device`` (``--gpu-memory``: a shared GPU, or a small one's budget on
-    a large one); nothing on a CPU or when ``gib`` is None. UsageError when the device has less than that."""
-    if gib is None or device.type != "cuda":
+    a large one); None lifts a budget an earlier run in this process set (each run's options decide); nothing on
+    a CPU. UsageError when the device has less than ``gib``."""
+    if device.type != "cuda":
         return
     import torch
 
+    index = device.index or 0
+    if gib is None:
+        with _lock:
+            lifted = _budgets.pop(index, None)
+        if lifted is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+        return
     total = torch.cuda.get_device_properties(device).total_memory
     budget = int(gib * 2**30)
     if budget <= 0 or budget > total:
         raise UsageError(f"--gpu-memory {gib:g} GiB: {device} has {total / 2**30:.1f} GiB in all")
     torch.cuda.set_per_process_memory_fraction(budget / total, device)
     with _lock:
-        _budgets[device.index or 0] = budget
+        _budgets[index] = budget
 
 
 def free_device_bytes(device: torch.device) -> int:

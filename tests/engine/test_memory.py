@@ -115,10 +115,11 @@ def test_gpu_memory_budget_caps_free_memory_and_torch(monkeypatch: pytest.Monkey
     assert fake.fraction == pytest.approx(16 / 80)  # torch's allocator refuses past the budget
     assert free_device_bytes(CUDA) == 14 * GIB  # the budget less what torch holds
     limit_device_memory(torch.device("cpu"), 1)  # no effect on a CPU
-    limit_device_memory(CUDA, None)
-    assert free_device_bytes(CUDA) == 14 * GIB
     with pytest.raises(UsageError, match=r"80\.0 GiB in all"):
         limit_device_memory(CUDA, 100)
+    assert free_device_bytes(CUDA) == 14 * GIB  # a refused budget leaves the one in force
+    limit_device_memory(CUDA, None)  # a later run in this process without --gpu-memory: the whole GPU again
+    assert fake.fraction == 1.0 and free_device_bytes(CUDA) == 71 * GIB
 
 
 def test_accumulators_leave_a_16_gib_gpu_for_a_300_slice_ct(monkeypatch: pytest.MonkeyPatch, clean_state: None) -> None:

@@ -102,7 +102,7 @@ plus the vendors' private diffusion elements in ``headers.PRIVATE_TAGS``."""
 _HEADER_TAGS = list(
     dict.fromkeys([Tag(keyword) for keyword in HEADER_KEYWORDS] + [Tag(tag) for tag in h.PRIVATE_TAGS] + MOSAIC_TAGS)
 )  # MOSAIC_TAGS: what mosaic.py needs to tell a mosaic
-_CHARACTER_SET = Tag("SpecificCharacterSet")
+_CHARACTER_SET = int(Tag("SpecificCharacterSet"))
 _IN_STACK_POSITION_POINTERS = (Tag("InStackPositionNumber"), Tag("ImagePositionPatient"))
 """Dimension index pointers that number positions, not volumes (left out of ``SplitValues.dimension_index``)."""
 
@@ -251,15 +251,16 @@ def _fields(ds: Dataset) -> _Fields:
     little = ds.original_encoding[1] is not False
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would store every converted element in it)
         raw = ds.get_item(tag)
+        number = int(tag)  # plain int comparisons and look-ups: a BaseTag compares in Python
         found: Any = _NOT_PLAIN
         keyword = ""
-        if isinstance(raw, RawDataElement) and tag != _CHARACTER_SET and isinstance(raw.value, bytes):
+        if isinstance(raw, RawDataElement) and number != _CHARACTER_SET and isinstance(raw.value, bytes):
             found = _plain_value(raw.VR, raw.value, little, plain_text)
             if found is not _NOT_PLAIN:
-                keyword = _KEYWORDS.get(tag) or pydicom.datadict.keyword_for_tag(tag)
+                keyword = _KEYWORDS.get(number) or pydicom.datadict.keyword_for_tag(tag)
         if found is _NOT_PLAIN:
             try:
-                if isinstance(raw, RawDataElement) and raw.VR != "SQ" and tag != _CHARACTER_SET:
+                if isinstance(raw, RawDataElement) and raw.VR != "SQ" and number != _CHARACTER_SET:
                     element = convert_raw_data_element(raw, encoding=encoding, ds=ds)
                 else:
                     element = ds[tag]
@@ -270,7 +271,7 @@ def _fields(ds: Dataset) -> _Fields:
                 keyword = pydicom.datadict.keyword_for_tag(tag)
         if found is None or found == "":
             continue
-        fields[keyword if keyword else int(tag)] = found
+        fields[keyword if keyword else number] = found
     return fields
 
 

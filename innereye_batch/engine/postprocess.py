@@ -140,11 +140,6 @@ def smooth_posteriors(
     return np.stack([gaussian_filter(volume, sigma=sigma) for volume in array], axis=0)
 
 
-def keep_largest_component(labels: np.ndarray, label: int) -> np.ndarray:
-    """In place: voxels of ``label`` outside its largest 6-connected component become background. Returns labels."""
-    return keep_largest_components(labels, (label,))
-
-
 def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.ndarray:
     """In place: voxels of each label of ``numbers`` outside that label's largest 6-connected component become
     background; ties keep the component whose first voxel comes first in (z, y, x) raster order (the lowest-numbered

@@ -233,10 +233,8 @@ class SegmentationPredictor:
         image = image.to(self.device, non_blocking=True).float()
         channels = [normalise(image[c], norm, channel_index=c) for c, norm in enumerate(spec.normalisation)]
         prepared = torch.stack(channels)
-        spacing = geometry.spacing
         if spec.target_spacing is not None:
-            prepared = resample(prepared, spacing, spec.target_spacing, mode="trilinear")
-            spacing = spec.target_spacing
+            prepared = resample(prepared, geometry.spacing, spec.target_spacing, mode="trilinear")
         self._sync()
         timings["preprocess"] = time.perf_counter() - start
 
@@ -266,7 +264,7 @@ class SegmentationPredictor:
                 spec.structure_names,
             )
         else:
-            labels = posterior_labels(posteriors, spacing, spec.postprocessing, spec.structure_names)
+            labels = posterior_labels(posteriors, geometry.spacing, spec.postprocessing, spec.structure_names)
         timings["postprocess"] = time.perf_counter() - start
         return labels, timings
 

@@ -30,6 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: starts in half the time, and keeps [brackets] as written
 )
 console = Console(stderr=True)
 P = ParamSpec("P")

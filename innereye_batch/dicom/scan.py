@@ -300,6 +300,8 @@ class _Integer(_AsWritten, int):
     pass  # int subclasses cannot have slots of their own
 
 
+_OFFSET_TOLERANCE_MM = 1e-3
+"""How close GridFrameOffsetVector's first value must be to 0 or to ImagePositionPatient along the normal."""
 _NOT_PLAIN = object()
 """``_plain_value``'s answer for a value it leaves to pydicom."""
 _TEXT_VRS = frozenset({"UI", "CS", "SH", "LO", "AS", "DA", "TM"})
@@ -419,7 +421,7 @@ def _header_from_fields(
     per_frame = h.value(header, "PerFrameFunctionalGroupsSequence")
     monochrome1 = str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     if per_frame:
-        images = _enhanced_images(path, sop_uid, header, size, projection)
+        images = _enhanced_images(path, sop_uid, header, size, frames, projection)
     elif frames > 1:
         images = _legacy_multiframe_images(path, sop_uid, header, size, frames, projection)
     else:
@@ -469,9 +471,11 @@ def _header_from_fields(
 
 
 def _enhanced_images(
-    path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], projection: bool
+    path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], frames: int, projection: bool
 ) -> list[ImageHeader]:
-    """One image per frame of an enhanced multi-frame file, from its per-frame and shared groups."""
+    """One image per frame of an enhanced multi-frame file, from its per-frame and shared groups. When the
+    per-frame items are not one per frame (NumberOfFrames), which item describes which frame is unknown: every
+    frame is then left unplaced, saying why (never a shorter stack that silently lost frames)."""
     shared = h.first_item(header, "SharedFunctionalGroupsSequence")
     in_stack = _position_dimensions(header)
     images = []
@@ -514,6 +518,12 @@ def _enhanced_images(
                 split=split,
             )
         )
+    if len(images) != frames:
+        issue = f"unknown: PerFrameFunctionalGroupsSequence has {len(images)} items for NumberOfFrames {frames}"
+        return [
+            dataclasses.replace(images[min(index, len(images) - 1)], frame=index, position=None, position_issue=issue)
+            for index in range(frames)
+        ]
     return images
 
 
@@ -526,19 +536,35 @@ def _position_dimensions(header: _Fields) -> set[int]:
 def _legacy_multiframe_images(
     path: Path, sop_uid: str, header: _Fields, size: tuple[int, int], frames: int, projection: bool
 ) -> list[ImageHeader]:
-    """Frames of a multi-frame file without functional groups, placed by GridFrameOffsetVector (RT dose)."""
+    """Frames of a multi-frame file without functional groups, placed by GridFrameOffsetVector (RT dose).
+
+    The vector comes in two forms (PS3.3 C.8.8.3.2): offsets along the normal from ImagePositionPatient, the
+    first 0; or, for axial images, the frames' z coordinates, the first equal to ImagePositionPatient's. The
+    first frame lies at ImagePositionPatient in both, so frame k lies ``offset[k] - offset[0]`` along the normal
+    from it; a first value that is neither form's leaves every frame unplaced.
+    """
     origin, position_issue = h.position(h.value(header, "ImagePositionPatient"))
     orientation, orientation_issue = h.orientation(h.value(header, "ImageOrientationPatient"))
-    offsets = h.floats(h.value(header, "GridFrameOffsetVector"), frames)
+    raw_offsets = h.value(header, "GridFrameOffsetVector")
+    offsets = h.floats(raw_offsets, frames)
     spacing, spacing_source, spacing_issue = h.pixel_spacing(None, header, projection)
     positions: list[tuple[float, float, float] | None] = [None] * frames
     if origin is not None and orientation is not None and offsets is not None:
         normal = np.cross(orientation[:3], orientation[3:])
-        for index, offset in enumerate(offsets):
-            x, y, z = (float(v) for v in np.asarray(origin) + offset * normal)
-            positions[index] = (x, y, z)
-    elif position_issue is None:
+        first, along = offsets[0], float(np.dot(origin, normal))
+        if abs(first) <= _OFFSET_TOLERANCE_MM or abs(first - along) <= _OFFSET_TOLERANCE_MM:
+            for index, offset in enumerate(offsets):
+                x, y, z = (float(v) for v in np.asarray(origin) + (offset - first) * normal)
+                positions[index] = (x, y, z)
+        else:
+            position_issue = (
+                f"unknown: GridFrameOffsetVector starts at {first:g} mm, neither 0 (offsets from "
+                f"ImagePositionPatient) nor its {along:g} mm along the slice normal (z coordinates)"
+            )
+    elif position_issue is None and raw_offsets is None:
         position_issue = "no per-frame positions (multi-frame image without GridFrameOffsetVector)"
+    elif position_issue is None:
+        position_issue = f"unknown: GridFrameOffsetVector is not {frames} finite numbers, one per frame"
     rescale = h.rescale_issue(h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept"))
     split = h.split_values(header)
     return [

@@ -97,6 +97,30 @@ def test_variable_spacing_is_not_missing_slices(tmp_path: Path) -> None:
     assert kinds(only_series(tmp_path / "uneven")) == {"non_uniform_spacing": False}
 
 
+DRIFTING_STEPS = (2.0,) * 12 + (2.15,) * 11
+"""Each step within 10 % of the median (2.0 mm), yet the last slice lies 1.65 mm (0.8 of a step) off the grid."""
+
+
+def test_uneven_steps_that_add_up_to_half_a_step_are_variable_spacing(tmp_path: Path) -> None:
+    write_variable(tmp_path / "drift", steps=DRIFTING_STEPS)
+    series = only_series(tmp_path / "drift")
+    assert kinds(series) == {"variable_spacing": True} and series.irregular
+    assert "would misplace slice 24 of 24 by 1.65 mm (over half a step)" in series.problems[0].message
+    with pytest.raises(SeriesError, match="variable_spacing"):
+        load_volume(series)
+    write_variable(tmp_path / "alternating", steps=(2.0, 2.15) * 10)  # errors that cancel: within half a step
+    assert kinds(only_series(tmp_path / "alternating")) == {"non_uniform_spacing": False}
+
+
+def test_drifting_steps_resampled_equal_the_phantom(tmp_path: Path) -> None:
+    positions = write_variable(tmp_path, steps=DRIFTING_STEPS)
+    series = scan_tree(tmp_path, regrid_irregular=True).series[0]
+    assert kinds(series) == {"variable_spacing": False} and "will be resampled" in series.problems[0].message
+    volume = load_volume(series)
+    assert volume.geometry.shape[0] == round((positions[-1][2] - positions[0][2]) / 2.0) + 1
+    np.testing.assert_allclose(volume.array, phantom(grid_points(volume.geometry)), atol=0.5 + 1e-3)
+
+
 def test_tilt_is_refused_by_default_with_the_measured_angle(tmp_path: Path) -> None:
     write_tilted(tmp_path)
     series = only_series(tmp_path)

@@ -35,7 +35,9 @@ uid_collision               no     images of another study, frame of reference o
 invalid_rescale             yes    RescaleSlope zero or not finite, or RescaleIntercept not finite
 duplicate_positions         yes    two images of one stack share a position and nothing (echo, image type,
                                    temporal position, acquisition, diffusion) tells them apart
-missing_slices              yes    steps between slices that are (close to) whole multiples of the base step
+missing_slices              yes    steps between slices that are (close to) whole multiples of the base step; or
+                                   positions that every sibling volume (other echoes, time points, components)
+                                   holds are missing from this one: an edge file lost
 variable_spacing            yes*   steps between slices that are not multiples of one step (variable spacing by
                                    design, e.g. GE), or uneven steps whose errors add up to put a slice over half
                                    a step off the regular grid: a regular grid would be wrong. *Not fatal when the

@@ -35,9 +35,47 @@ def build_series(headers: list[FileHeader], *, regrid_irregular: bool = False) -
     result = []
     for group in _group_by_series(headers).values():
         for identity in split_identity(group):
-            for part in split_acquisition(identity):
-                result += _build_part(part, regrid_irregular)
+            stacks = [info for part in split_acquisition(identity) for info in _build_part(part, regrid_irregular)]
+            result += _sibling_problems(stacks)
     return _unique_keys(result)
+
+
+_NOT_SIBLINGS_BY = ("ImageType", "AcquisitionNumber", "StackID")
+"""Split attributes whose stacks may cover different positions by design (derived images, separate acquisitions,
+stacks of an enhanced file); stacks that differ only in others (echo, time, component, diffusion) are siblings."""
+
+
+def _sibling_problems(stacks: list[SeriesInfo]) -> list[SeriesInfo]:
+    """``stacks`` of one series, a volume lacking positions that all its sibling volumes hold made fatal: the
+    volumes of one acquisition (echoes, time points...) cover the same positions, so a volume that lost its edge
+    slice (which the steps between its slices cannot show) would otherwise load as ok with a shorter extent."""
+    families: dict[tuple[object, ...], list[int]] = defaultdict(list)
+    for index, info in enumerate(stacks):
+        if info.slice_spacing_source != "positions" or not info.split_by:  # placed stacks of 2+ slices, split
+            continue
+        geometry = info.geometry
+        grid = (geometry.shape[1:], tuple(round(v, 3) for v in (*geometry.direction, *geometry.spacing[1:])))
+        families[(grid, *(info.split_by.get(name) for name in _NOT_SIBLINGS_BY))].append(index)
+    result = list(stacks)
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        positions = {index: {_rounded(ref.position) for ref in stacks[index].slices} for index in members}
+        for index in members:
+            others = [positions[other] for other in members if other != index]
+            missing = set.intersection(*others) - positions[index]
+            if missing:
+                names = ", ".join(stacks[other].key_suffix or "(none)" for other in members if other != index)
+                message = (
+                    f"{len(missing)} slice position(s) that every sibling volume ({names[:200]}) holds are missing "
+                    f"from this one ({len(positions[index])} slices): file(s) at its edge may be lost"
+                )
+                result[index] = _with(result[index], Problem(kinds.MISSING_SLICES, message, True))
+    return result
+
+
+def _rounded(position: tuple[float, float, float]) -> tuple[float, ...]:
+    return tuple(round(v, 2) for v in position)
 
 
 def _group_by_series(headers: list[FileHeader]) -> dict[str, list[FileHeader]]:

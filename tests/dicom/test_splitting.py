@@ -95,6 +95,29 @@ def test_per_slice_trigger_times_do_not_split_a_volume(tmp_path: Path) -> None:
     assert series.key == truth.series_instance_uid and series.problems == ()
 
 
+@pytest.mark.parametrize("case", ["echo", "temporal", "magphase", "acquisition"])
+@pytest.mark.parametrize("lost", [0, -1], ids=["first slice", "last slice"])
+def test_a_volume_that_lost_an_edge_slice_its_siblings_hold_is_fatal(tmp_path: Path, case: str, lost: int) -> None:
+    """The steps between a volume's own slices cannot show a lost edge slice; its sibling volumes (other echoes,
+    time points, components) hold that position. Separate acquisitions may cover other positions by design."""
+    parts, suffixes = CASES[case]
+    truths = write_parts(tmp_path, parts)
+    truths[1].paths[lost].unlink()
+    series = scan_tree(tmp_path).series
+    assert [s.key for s in series] == [truths[0].series_instance_uid + suffix for suffix in suffixes]
+    assert len(series[1].slices) == 4
+    assert series[0].problems == ()
+    if case == "acquisition":
+        assert series[1].problems == ()
+        return
+    assert [(p.kind, p.fatal) for p in series[1].problems] == [("missing_slices", True)]
+    assert series[1].problems[0].message == (
+        f"1 slice position(s) that every sibling volume ({', '.join(suffixes[:1] + suffixes[2:])}) holds are "
+        "missing from this one (4 slices): "
+        "file(s) at its edge may be lost"
+    )
+
+
 def test_true_duplicates_stay_fatal(tmp_path: Path) -> None:
     truths = write_parts(tmp_path, [{}, {}])  # nothing tells the two copies apart, not even InstanceNumbers
     for path in truths[1].paths:

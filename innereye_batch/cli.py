@@ -311,6 +311,8 @@ def run(
         return
     if not quiet and not log_json:
         render_run_report(report, output, stdout)
+    elif quiet and not log_json and report.summary_error:  # cron reads stderr: never a silent exit 1
+        print(f"error: the run summary could not be written: {printable(report.summary_error)}", file=sys.stderr)
     raise typer.Exit(report.exit_code)
 
 

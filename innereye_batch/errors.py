@@ -47,3 +47,11 @@ class OutputLockedError(InnerEyeBatchError):
     """Another run holds the output folder's lock."""
 
     exit_code = EXIT_USAGE
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message`` of an exception for a summary's reason: one line, without the traceback that some
+    libraries fold into their messages (pydicom's write errors carry the one of the error they wrap)."""
+    message = str(error).split("\nTraceback (most recent call last):", 1)[0]
+    message = " ".join(message.split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -16,6 +16,7 @@ from typing import Any
 
 from innereye_batch import __version__
 from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.errors import error_text
 from innereye_batch.files import atomic_write
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.results import ItemResult, Status
@@ -65,7 +66,7 @@ def write_outputs(
     try:
         prediction = prediction.finished()  # the CPU work the device loop left (connected components, sizes)
     except Exception as error:
-        return item_result(series, "failed", f"post-processing: {type(error).__name__}: {error}", timings=timings)
+        return item_result(series, "failed", f"post-processing: {error_text(error)}", timings=timings)
     timings = {**timings, **{k: v for k, v in prediction.timings.items() if k not in timings}}
     start = time.perf_counter()
     written: dict[str, Path] = {}
@@ -86,7 +87,7 @@ def write_outputs(
     except Exception as error:
         for path in written.values():
             path.unlink(missing_ok=True)
-        return item_result(series, "failed", f"writing {step}: {type(error).__name__}: {error}", timings=timings)
+        return item_result(series, "failed", f"writing {step}: {error_text(error)}", timings=timings)
     outputs = {name: str(path.relative_to(job.folder.parent)) for name, path in written.items()}
     return item_result(
         series,
@@ -143,6 +144,6 @@ def process_item(
         with inference_lock or contextlib.nullcontext():
             prediction = predictor.predict(job.item, loaded.decoded)
     except Exception as error:  # one item's failure never stops the others
-        return item_result(job.item.primary, "failed", f"inference: {type(error).__name__}: {error}")
+        return item_result(job.item.primary, "failed", f"inference: {error_text(error)}")
     timings = {"load": loaded.load_seconds, **prediction.timings}
     return write_outputs(job, prediction, formats, package, model_fp, timings, options)

@@ -321,5 +321,3 @@ def _discard_outputs(job: Job, context: RunContext) -> None:
     from innereye_batch.pipeline.state import mark_not_done
 
     mark_not_done(job.folder)
-    for output in context.formats:
-        (job.folder / output.filename).unlink(missing_ok=True)

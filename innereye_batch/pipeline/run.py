@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from innereye_batch import __version__
 from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.engine.memory import run_peak_memory_gib
-from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, error_text
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run
 from innereye_batch.pipeline.process import Job, item_result
@@ -167,30 +167,36 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     selection = Selection(options.series_uids, options.modalities)
     root: Path | None = getattr(source, "root", None)
     scan = source.discover()
-    jobs, settled = plan_run(
-        scan,
-        package,
-        formats,
-        options.output,
-        selection=selection,
-        overwrite=options.overwrite,
-        max_voxels=options.max_voxels,
-        model_fp=run_fingerprint(package, options),
-        shard=options.shard,
-    )
-    skipped_files = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
-    plan_fp = plan_fingerprint([s.key for s in scan.series if selection(s)] + [f"file:{f.path}" for f in skipped_files])
-    if options.shard is not None:
-        skipped_files = tuple(f for f in skipped_files if options.shard.owns(f"file:{f.path}"))
-    report = RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped_files)
+
+    def plan() -> tuple[list[Job], RunReport, str]:
+        jobs, settled = plan_run(
+            scan,
+            package,
+            formats,
+            options.output,
+            selection=selection,
+            overwrite=options.overwrite,
+            max_voxels=options.max_voxels,
+            model_fp=run_fingerprint(package, options),
+            shard=options.shard,
+        )
+        skipped = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
+        plan_fp = plan_fingerprint([s.key for s in scan.series if selection(s)] + [f"file:{f.path}" for f in skipped])
+        if options.shard is not None:
+            skipped = tuple(f for f in skipped if options.shard.owns(f"file:{f.path}"))
+        return jobs, RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped), plan_fp
+
     if options.dry_run:
+        jobs, report, _ = plan()
         report.planned = [{"key": j.item.key, "action": "run", "folder": str(j.folder)} for j in jobs]
-        report.planned += [{"key": r.key, "action": r.status, "reason": r.reason} for r in settled]
+        report.planned += [{"key": r.key, "action": r.status, "reason": r.reason} for r in report.results]
         return report
     from innereye_batch.pipeline.library_log import library_messages_to
     from innereye_batch.pipeline.state import output_lock
 
     with output_lock(options.output, options.shard), library_messages_to(progress, root):
+        # planned under the lock: what is done is read once no other run can change it
+        jobs, report, plan_fp = plan()
         return _execute(options, package, formats, source, root, jobs, report, progress, plan_fp)
 
 
@@ -208,6 +214,8 @@ def _execute(
     from innereye_batch.pipeline.executors import RunContext
     from innereye_batch.pipeline.state import remove_stale_temporaries
     from innereye_batch.pipeline.summarize import remove_shard_summaries
+    from innereye_batch.writers.run_report import REPORT_HTML
+    from innereye_batch.writers.summary import SUMMARY_CSV, SUMMARY_JSON
 
     started = datetime.datetime.now(datetime.timezone.utc)
     wall = time.perf_counter()
@@ -221,6 +229,8 @@ def _execute(
     else:  # a summary present is one of this run's shards (merge_if_last relies on it)
         remove_shard_summaries(options.output, except_count=shard.count)
         (options.output / shard.summary_name).unlink(missing_ok=True)
+    for name in (SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML):  # an earlier run's: it would vouch for series redone now
+        (options.output / name).unlink(missing_ok=True)
 
     def record(result: ItemResult) -> None:
         result = _relative(result, root)
@@ -349,7 +359,7 @@ def _write_summaries(
             )
         progress.event("summarize", message=report.shard_note)
     except OSError as error:  # e.g. the disk is full: say so, never a traceback
-        report.summary_error = f"{type(error).__name__}: {error}"
+        report.summary_error = error_text(error)
         progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")
     except SummaryMergeError as error:
         report.summary_error = str(error)

@@ -1,9 +1,9 @@
 """Output-folder state for safe reruns: sanitised folder names, atomic writes, done records, the run lock.
 
 A series counts as done only when ``done.json`` exists in its folder, names the same input and model
-fingerprints, and every output it records is present with the recorded size. ``done.json`` is removed before a
-series is redone and written last, after every output has been renamed into place, so an interrupted run never
-leaves a series that looks done but is not.
+fingerprints, and every output it records is present with the recorded size. ``done.json`` and the outputs of an
+earlier run are removed before a series is redone; ``done.json`` is written last, after every output has been
+renamed into place, so an interrupted run never leaves a series that looks done but is not.
 """
 
 from __future__ import annotations
@@ -85,8 +85,21 @@ def is_done(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]
 
 
 def mark_not_done(folder: Path) -> None:
-    """Remove the done record before a series is (re)done."""
-    (folder / DONE_RECORD).unlink(missing_ok=True)
+    """Before a series is (re)done, or after it failed: remove its done record, then every output an earlier run
+    may have left there (the files its record listed, and the file of every registered format), so that no older
+    result ever lies beside the new one, nor stays in the folder of a series that failed."""
+    from innereye_batch.writers.registry import registered_formats
+
+    record = folder / DONE_RECORD
+    try:
+        listed = [str(entry["file"]) for entry in json.loads(record.read_text())["outputs"].values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        listed = []
+    record.unlink(missing_ok=True)  # first: a run killed while removing leaves no record vouching for the rest
+    names = {*listed, *(output.filename for output in registered_formats().values())}
+    for name in sorted(names):
+        if name not in ("", ".", "..") and Path(name).name == name:  # plain file names in this folder only
+            (folder / name).unlink(missing_ok=True)
 
 
 def mark_done(folder: Path, input_fp: str, model_fp: str, outputs: dict[str, Path]) -> None:

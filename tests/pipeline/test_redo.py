@@ -1,0 +1,111 @@
+"""A series that is redone shows only the new run's outputs, or none when it fails; a run decides what is done
+while it holds the output lock; an earlier run's summary never vouches for series that are being redone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from innereye_batch.cli import app
+from innereye_batch.errors import OutputLockedError, error_text
+from innereye_batch.pipeline import run as run_module
+from innereye_batch.pipeline.state import output_lock
+from innereye_batch.writers.registry import OutputFormat, register_format, unregister_format
+from tests.factory import write_series
+from tests.pipeline.cohort import model_folder
+
+DEFAULT_FILES = [
+    "done.json",
+    "predictions.json",
+    "preview.png",
+    "rtstruct.dcm",
+    "segmentation.dcm",
+    "segmentation.nii.gz",
+]
+WRAPPED = "OSError: With tag (7FE0,0010) got exception: [Errno 28] No space left on device"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    base = tmp_path_factory.mktemp("redo")
+    series = write_series(base / "scans" / "a", shape=(8, 16, 16), seed=1)
+    return base / "scans", model_folder(base / "model", members=1), series.series_instance_uid
+
+
+def run(scans: Path, model: Path, out: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(
+        app, ["run", "--model", str(model), "--input", str(scans), "--output", str(out), "--workers", "0", *extra]
+    )
+    assert "Traceback" not in result.output, result.output
+    (row,) = json.loads((out / "summary.json").read_text())["series"]
+    return result.exit_code, row
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_redone_with_fewer_formats_keeps_only_the_new_outputs(inputs: tuple[Path, Path, str], tmp_path: Path) -> None:
+    scans, model, uid = inputs
+    assert run(scans, model, tmp_path)[0] == 0
+    assert files(tmp_path / uid) == DEFAULT_FILES
+    code, row = run(scans, model, tmp_path, "--overwrite", "--formats", "nifti")
+    assert code == 0 and row["status"] == "ok"
+    assert files(tmp_path / uid) == ["done.json", "segmentation.nii.gz"]  # no output of the earlier run beside it
+
+
+@pytest.fixture
+def failing_format() -> Iterator[str]:
+    def fail(path: Path, prediction: Any, context: Any) -> None:
+        path.write_bytes(b"partial")
+        raise OSError(f"{WRAPPED[9:]}\nTraceback (most recent call last):\n  File 'pydicom/tag.py', line 1")
+
+    register_format(OutputFormat("failing", "failing.bin", frozenset({"segmentation"}), fail, "fails", default=False))
+    yield "failing"
+    unregister_format("failing")
+
+
+def test_redo_that_fails_keeps_no_output(inputs: tuple[Path, Path, str], tmp_path: Path, failing_format: str) -> None:
+    scans, model, uid = inputs
+    assert run(scans, model, tmp_path)[0] == 0
+    code, row = run(scans, model, tmp_path, "--overwrite", "--formats", f"nifti,{failing_format}")
+    assert code == 1 and row["status"] == "failed"
+    assert row["reason"] == f"writing failing: {WRAPPED}"  # one line: the wrapped error's traceback cut off
+    assert files(tmp_path / uid) == []  # neither this run's NIfTI nor the earlier run's outputs
+
+
+def test_error_text_is_one_line_without_a_folded_traceback() -> None:
+    folded = OSError(f"{WRAPPED[9:]}\nTraceback (most recent call last):\n  File 'x.py', line 3\nOSError: ...")
+    assert error_text(folded) == WRAPPED
+    assert error_text(ValueError("two\n  lines")) == "ValueError: two lines"
+    assert error_text(KeyError()) == "KeyError"
+
+
+def test_done_is_decided_under_the_lock_and_the_earlier_summary_is_gone(
+    inputs: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans, model, _ = inputs
+    assert run(scans, model, tmp_path)[0] == 0
+    seen: dict[str, bool] = {}
+    plan_run, run_jobs = run_module.plan_run, run_module._run_jobs
+
+    def planning(*args: Any, **kwargs: Any) -> Any:
+        with pytest.raises(OutputLockedError), output_lock(tmp_path):  # this run holds it while it reads
+            pass
+        return plan_run(*args, **kwargs)
+
+    def running(*args: Any, **kwargs: Any) -> Any:
+        seen["summary while redoing"] = (tmp_path / "summary.json").exists()
+        seen["report while redoing"] = (tmp_path / "report.html").exists()
+        return run_jobs(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "plan_run", planning)
+    monkeypatch.setattr(run_module, "_run_jobs", running)
+    code, row = run(scans, model, tmp_path, "--overwrite")
+    assert code == 0 and row["status"] == "ok"
+    assert seen == {"summary while redoing": False, "report while redoing": False}

@@ -101,11 +101,44 @@ def write_dicom_seg(
         content_description=with_marker(f"{package.name} segmentation, {num_structures} structures", clinical_marker),
         series_description=with_marker(f"innereye-batch {package.name}", clinical_marker),
     )
+    set_character_set(segmentation, _our_texts(segmentation), source_images[0])
     if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
         # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote
         # no plane geometry; General Image then needs PatientOrientation (type 2C): the source's, else empty.
         segmentation.PatientOrientation = source_images[0].get("PatientOrientation", "")
     segmentation.save_as(path, enforce_file_format=True)
+
+
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})
+_OUR_TOP_LEVEL_TEXTS = ("SeriesDescription", "ContentDescription", "ManufacturerModelName", "SoftwareVersions")
+
+
+def _our_texts(segmentation: Dataset) -> list[str]:
+    """The texts this writer puts in a SEG (segment labels and descriptions, algorithm, model name, marker)."""
+    texts = [str(segmentation.get(keyword, "")) for keyword in _OUR_TOP_LEVEL_TEXTS]
+
+    def walk(dataset: Dataset) -> None:
+        for element in dataset:
+            if element.VR == "SQ":
+                for item in element.value:
+                    walk(item)
+            elif element.VR in _TEXT_VRS and element.value is not None:
+                texts.extend(str(v) for v in (element.value if element.VM > 1 else [element.value]))
+
+    for segment in segmentation.SegmentSequence:
+        walk(segment)
+    return texts
+
+
+def set_character_set(ds: Dataset, ours: list[str], source: Dataset) -> None:
+    """SpecificCharacterSet of an output that copies the source's patient and study texts and adds ``ours``
+    (structure and model names, the marker): the source's, so copied names keep their encoding; UTF-8 (ISO_IR
+    192, which pydicom re-encodes the copied texts into) when one of ours is not ASCII, as the source's
+    repertoire may not hold it (and without one, only ASCII is allowed)."""
+    if not all(text.isascii() for text in ours):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    elif "SpecificCharacterSet" in source:
+        ds.SpecificCharacterSet = source.SpecificCharacterSet
 
 
 def _source_images_and_frames(series: SeriesInfo, labels: np.ndarray) -> tuple[list[Dataset], np.ndarray]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage, Structure
-from innereye_batch.writers.dicom_seg import MANUFACTURER, content_label, model_version, with_marker
+from innereye_batch.writers.dicom_seg import MANUFACTURER, content_label, model_version, set_character_set, with_marker
 from innereye_batch.writers.readback import SlicePlanes
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
@@ -168,7 +168,8 @@ def write_rtstruct(
         _observation(number, structure) for number, structure in enumerate(spec.structures, start=1)
     ]
     ds.ApprovalStatus = "UNAPPROVED"
-    _set_character_set(ds, source)
+    ours = [str(ds.SeriesDescription), str(ds.StructureSetDescription), str(ds.StructureSetName)]
+    set_character_set(ds, ours + [str(roi.ROIName) for roi in ds.StructureSetROISequence], source)
     if _longest_contour_data(ds) > _EXPLICIT_VR_MAX_LENGTH:
         _to_implicit_vr(ds)
     ds.save_as(path, enforce_file_format=True)
@@ -304,17 +305,6 @@ def _observation(number: int, structure: Structure) -> Dataset:
     observation.RTROIInterpretedType = structure.interpreted_type
     observation.ROIInterpreter = ""
     return observation
-
-
-def _set_character_set(ds: Dataset, source: Dataset) -> None:
-    """The source's character set, so copied names keep their encoding; UTF-8 when a structure name or the
-    marker needs it (the source's repertoire cannot hold it)."""
-    ours = [str(ds.SeriesDescription), str(ds.StructureSetDescription), str(ds.StructureSetName)]
-    ours += [str(roi.ROIName) for roi in ds.StructureSetROISequence]
-    if all(text.isascii() for text in ours) and "SpecificCharacterSet" in source:
-        ds.SpecificCharacterSet = source.SpecificCharacterSet
-    elif not all(text.isascii() for text in ours):
-        ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def source_problem(series: SeriesInfo) -> str | None:

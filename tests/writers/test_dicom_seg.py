@@ -253,3 +253,28 @@ def test_segmented_property_type_by_name(name: str, meaning: str, side: str | No
     code, laterality = segmented_property_type(name)
     assert code.meaning == meaning
     assert (laterality.meaning if laterality else None) == side
+
+
+@pytest.mark.parametrize("source_charset", [None, "ISO_IR 100"])
+def test_non_ascii_structure_name_is_written_in_utf8(tmp_path: Path, source_charset: str | None) -> None:
+    """Structure names are the model's text: one that is not ASCII makes the SEG UTF-8 (with no character set
+    declared only ASCII is valid; Latin-1 would not hold 肝臓); the patient's name keeps its letters."""
+    generated = write_series(tmp_path / "dicom", shape=(4, 8, 8))
+    if source_charset:
+        for path in generated.paths:
+            ds = pydicom.dcmread(path)
+            ds.SpecificCharacterSet, ds.PatientName = source_charset, "Müller^Jörg"
+            ds.save_as(path, enforce_file_format=True)
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model", structures=[Structure("Leber_ä"), Structure("肝臓")])
+    labels = blob_labels(series.geometry.shape, 2)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION)
+
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert seg.SpecificCharacterSet == "ISO_IR 192"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Leber_ä", "肝臓"]
+    assert str(seg.PatientName) == ("Müller^Jörg" if source_charset else "Doe^Jane")
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)

@@ -90,6 +90,9 @@ def scan(
     if not input.is_dir():
         console.print(Text.assemble(("error:", "red"), f" input folder not found: {printable(input)}"))
         raise typer.Exit(EXIT_USAGE)
+    if workers < 0:
+        console.print(Text.assemble(("error:", "red"), " --workers must be 0 (automatic) or more"))
+        raise typer.Exit(EXIT_USAGE)
     result = scan_tree(input, workers=workers or None, regrid_irregular=regrid_irregular)
     if as_json:
         sys.stdout.write(json.dumps(scan_to_json(result, input), indent=2) + "\n")
@@ -276,6 +279,8 @@ def run(
         raise UsageError("--devices applies to --executor local; Ray places one actor per GPU itself (--ray-actors)")
     if ray_actors < 0 or ray_cpus_per_actor < 1:
         raise UsageError("--ray-actors must be 0 or more and --ray-cpus-per-actor 1 or more")
+    if workers < 0 or batch_size < 1:
+        raise UsageError("--workers must be 0 or more and --batch-size 1 or more")
     options = RunOptions(
         model=model,
         input=input,

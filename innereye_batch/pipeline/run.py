@@ -167,6 +167,11 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     selection = Selection(options.series_uids, options.modalities)
     root: Path | None = getattr(source, "root", None)
     scan = source.discover()
+    if (options.series_uids or options.modalities) and not any(selection(s) for s in scan.series):
+        chosen = ", ".join([*options.series_uids, *options.modalities])
+        progress.event(
+            "selection", message=f"--series/--modality ({chosen}) match none of the {len(scan.series)} series found"
+        )
 
     def plan() -> tuple[list[Job], RunReport, str]:
         jobs, settled = plan_run(

@@ -154,6 +154,8 @@ def test_formats_filters_and_dry_run(tmp_path: Path) -> None:
     assert invoke(*base, "--formats", "nifti", "--series", ct.series_instance_uid)[0] == 0
     assert sorted(p.name for p in (out / ct.series_instance_uid).iterdir()) == ["done.json", "segmentation.nii.gz"]
     assert not (out / other.series_instance_uid).exists()
+    code, output = invoke(*base, "--modality", "MR")  # a typo'd filter says so, not a silent empty run
+    assert code == 0 and "--series/--modality (MR) match none of the 2 series found" in " ".join(output.split())
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
@@ -166,6 +168,11 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         "--model", str(model), "--input", str(scans), "--output", str(tmp_path / "o"), "--formats", "nifti,png"
     )
     assert code == 2 and "png" in output
+    for option, value in (("--workers", "-1"), ("--batch-size", "0")):
+        code, output = invoke(
+            "--model", str(model), "--input", str(scans), "--output", str(tmp_path / "o"), option, value
+        )
+        assert code == 2 and option in output
 
 
 def test_two_channel_model_pairs_ct_and_mr_of_a_study(tmp_path: Path) -> None:

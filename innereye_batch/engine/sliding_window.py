@@ -4,12 +4,20 @@ What is stitched is the network's output passed through ``activation``, applied 
 ``None`` stitches raw logits (as MONAI does by default); the task says ``softmax`` (segmentation posteriors, as
 InnerEye stitches them) or ``sigmoid`` (multi-label).
 
-Patch grid (per axis, as MONAI's ``dense_patch_slices``): starts at 0, stride, 2 * stride, ... while the patch
-ends inside the volume, then one last patch flush with the far border. Stitching: ``gaussian`` weighs each patch
-voxel by exp(-d^2 / (2 sigma^2)), d the distance to the patch centre ((size - 1) / 2) and sigma = size / 8 per
-axis, floored at 1e-3 so corners still count (the same map as MONAI's ``compute_importance_map``); ``average``
-weighs every voxel 1 (InnerEye's stitching, MONAI's ``mode="constant"``). Posteriors are the weighted sum divided
-by the summed weights, accumulated in float32.
+``gaussian`` stitching is MONAI's ``sliding_window_inference`` with ``mode="gaussian"``. Its patch grid (per axis,
+as MONAI's ``dense_patch_slices``) starts at 0, stride, 2 * stride, ... while the patch ends inside the volume,
+then one last patch flush with the far border; each patch voxel weighs exp(-d^2 / (2 sigma^2)), d the distance
+to the patch centre ((size - 1) / 2) and sigma = size / 8 per axis, floored at 1e-3 so corners still count (the
+same map as MONAI's ``compute_importance_map``).
+
+``average`` stitching is InnerEye's (its inference pipeline's patches come from the radio library's
+``get_patches`` and are stitched by its ``load_from_patches``): each axis is first padded (``padding``; half
+before, the odd voxel after) to the patch plus a whole number of strides (``strided_extent``), patches start at
+0, stride, 2 * stride, ... and every patch voxel weighs 1; the padding is cropped off at the end. Where the
+volume already is the patch plus whole strides, that is MONAI's ``mode="constant"``; elsewhere every patch of
+that axis lies elsewhere than on MONAI's grid, and the outputs differ.
+
+Posteriors are the weighted sum divided by the summed weights, accumulated in float32.
 
 Memory: the full-volume accumulators (classes + 1 float32 volumes) live on ``output_device``. When they would
 not fit there (a CUDA OutOfMemoryError on allocation, free memory below the estimate, or ``max_output_bytes``
@@ -53,6 +61,14 @@ def patch_starts(size: int, patch: int, stride: int) -> list[int]:
         if start + patch >= size:
             return starts
         start += stride
+
+
+def strided_extent(size: int, patch: int, stride: int) -> int:
+    """The length InnerEye pads an axis of ``size`` voxels to before cutting it into patches (radio's
+    ``calc_padding_size``): the patch plus the fewest whole strides that cover ``size``."""
+    if size <= patch:
+        return patch
+    return patch + math.ceil((size - patch) / stride) * stride
 
 
 def gaussian_importance_map(patch_size: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -125,7 +141,11 @@ def sliding_window_inference(
     steps = stride if stride is not None else tuple(max(1, p // 2) for p in patch_size)
     if len(steps) != 3 or any(not 1 <= s <= p for s, p in zip(steps, patch_size, strict=True)):
         raise ValueError(f"stride {tuple(steps)} must be between 1 and the patch size {tuple(patch_size)} per axis")
-    padded, crop = pad_to_multiple(image, 1, min_shape=patch, mode=padding)
+    if stitching == "average":  # InnerEye's grid: whole strides tile the padded axis
+        extent = tuple(strided_extent(n, p, t) for n, p, t in zip(spatial, patch, steps, strict=True))
+    else:
+        extent = patch
+    padded, crop = pad_to_multiple(image, 1, min_shape=extent, mode=padding)
     grid = tuple(int(s) for s in padded.shape[1:])
     posteriors, weights = _allocate_accumulators(num_outputs, grid, target, max_output_bytes)
     importance = (

@@ -1,9 +1,11 @@
-"""Sliding window: MONAI parity (gaussian and constant), whole-volume equivalence, batching, padding, fallback."""
+"""Sliding window: MONAI parity (gaussian), InnerEye parity (average: radio's patch grid), whole-volume equivalence,
+batching, padding, fallback."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from monai.data.utils import compute_importance_map
@@ -15,6 +17,7 @@ from innereye_batch.engine.sliding_window import (
     gaussian_importance_map,
     patch_starts,
     sliding_window_inference,
+    strided_extent,
 )
 from tests.engine.conftest import conv_net
 
@@ -39,22 +42,49 @@ def _monai_posteriors(
     return out[0]
 
 
+def _innereye_outputs(
+    net: torch.nn.Module, image: torch.Tensor, patch: tuple[int, int, int], stride: tuple[int, int, int], softmax: bool
+) -> torch.Tensor:
+    """InnerEye's inference, written from its radio library: edge-pad each axis by the stride's overshoot
+    (``calc_padding_size``: half before), cut patches at k * stride (``get_patches``), average overlaps uniformly
+    (``load_from_patches``), crop the padding."""
+    array = image.numpy()
+    shape = np.array(array.shape[1:])
+    overshoot = (shape - np.array(patch) + np.array(stride)) % np.array(stride)
+    delta = np.where(overshoot == 0, 0, np.array(stride) - overshoot)
+    pads = [(int(d) // 2, int(d) - int(d) // 2) for d in delta]
+    padded = np.pad(array, [(0, 0), *pads], mode="edge")
+    sections = (np.array(padded.shape[1:]) - np.array(patch)) // np.array(stride) + 1
+    total: np.ndarray | None = None
+    count = np.zeros(padded.shape[1:])
+    for corner in np.ndindex(*sections):
+        window = tuple(slice(k * t, k * t + p) for k, t, p in zip(corner, stride, patch, strict=True))
+        with torch.no_grad():
+            output = net(torch.from_numpy(padded[(slice(None), *window)][None].copy()))
+            output = (torch.softmax(output, dim=1) if softmax else output)[0].double().numpy()
+        if total is None:
+            total = np.zeros((output.shape[0], *padded.shape[1:]))
+        total[(slice(None), *window)] += output
+        count[window] += 1
+    assert total is not None
+    crop = tuple(slice(b, b + n) for (b, _), n in zip(pads, shape, strict=True))
+    return torch.from_numpy(total / count)[(slice(None), *crop)].float()
+
+
 @pytest.mark.parametrize(
     ("patch", "stride", "overlap"),
     [((8, 8, 8), (4, 4, 4), 0.5), ((8, 6, 10), (6, 4, 7), (0.25, 0.25, 0.25))],
 )
-@pytest.mark.parametrize(("ours", "theirs"), [("gaussian", "gaussian"), ("average", "constant")])
-def test_matches_monai(
+def test_gaussian_matches_monai(
     image: torch.Tensor,
     patch: tuple[int, int, int],
     stride: tuple[int, int, int],
     overlap: float | tuple[float, ...],
-    ours: StitchingMode,
-    theirs: str,
 ) -> None:
     # a 3x3x3 net sees patch borders differently in every patch, so the stitching weights really matter
     net = conv_net(2, 3, seed=1)
-    expected = _monai_posteriors(net, image, patch, overlap, theirs)
+    ours: StitchingMode = "gaussian"
+    expected = _monai_posteriors(net, image, patch, overlap, "gaussian")
     result = sliding_window_inference(
         net,
         image,
@@ -79,6 +109,45 @@ def test_matches_monai(
         stitching="average" if ours == "gaussian" else "gaussian",
     )
     assert float((other - result).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch", "stride"),
+    [
+        ((20, 18, 22), (8, 8, 8), (4, 4, 4)),  # y and x: 2 voxels past whole strides
+        ((20, 18, 22), (8, 6, 10), (6, 4, 7)),
+        ((27, 32, 35), (16, 16, 16), (8, 8, 8)),
+        ((16, 24, 32), (8, 8, 8), (4, 8, 8)),  # whole strides already: no padding
+    ],
+)
+def test_average_is_innereyes_patch_grid(
+    shape: tuple[int, int, int], patch: tuple[int, int, int], stride: tuple[int, int, int]
+) -> None:
+    """ "average" reproduces InnerEye's own inference (its radio patch grid), posteriors and raw logits alike."""
+    image = torch.randn(2, *shape, generator=torch.Generator().manual_seed(3))
+    net = conv_net(2, 3, seed=1)
+    for softmax in (False, True):  # logits, then posteriors (compared with MONAI below)
+        expected = _innereye_outputs(net, image, patch, stride, softmax)
+        result = sliding_window_inference(
+            net,
+            image,
+            num_outputs=3,
+            activation="softmax" if softmax else None,
+            patch_size=patch,
+            stride=stride,
+            stitching="average",
+            patch_batch=3,
+        )
+        torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+    whole_strides = all((n - p) % t == 0 for n, p, t in zip(shape, patch, stride, strict=True))
+    overlap = tuple(1 - t / p for t, p in zip(stride, patch, strict=True))
+    monai = _monai_posteriors(net, image, patch, overlap, "constant")
+    assert torch.allclose(result, monai, rtol=0, atol=1e-5) == whole_strides  # MONAI's grid only coincides there
+
+
+def test_strided_extent_is_radios_padding() -> None:
+    assert [strided_extent(n, 8, 4) for n in (5, 8, 9, 12, 13, 20, 22)] == [8, 8, 12, 12, 16, 20, 24]
+    assert strided_extent(35, 16, 8) == 40 and strided_extent(27, 16, 8) == 32
 
 
 def test_importance_map_matches_monai() -> None:
@@ -226,19 +295,13 @@ def test_amp_on_cpu_is_bf16_where_the_cpu_computes_it(image: torch.Tensor) -> No
         assert torch.equal(plain, amp)  # no bf16 on this CPU: fp32 as without --amp
 
 
-@pytest.mark.parametrize("stitching", ["gaussian", "average"])
-def test_logits_are_stitched_as_monai_stitches_a_raw_network(image: torch.Tensor, stitching: StitchingMode) -> None:
+def test_logits_are_stitched_as_monai_stitches_a_raw_network(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=4)
     with torch.no_grad():
         expected = monai_sliding_window(
-            image[None],
-            roi_size=(8, 8, 8),
-            sw_batch_size=2,
-            predictor=net,
-            overlap=0.5,
-            mode="gaussian" if stitching == "gaussian" else "constant",
+            image[None], roi_size=(8, 8, 8), sw_batch_size=2, predictor=net, overlap=0.5, mode="gaussian"
         )[0]
-    logits = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), stitching=stitching)
+    logits = sliding_window_inference(net, image, num_outputs=3, patch_size=(8, 8, 8), stitching="gaussian")
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
     assert float(logits.min()) < 0 or float(logits.max()) > 1  # logits, not probabilities
 

@@ -51,7 +51,13 @@ class OutputLockedError(InnerEyeBatchError):
 
 def error_text(error: BaseException) -> str:
     """``Type: message`` of an exception for a summary's reason: one line, without the traceback that some
-    libraries fold into their messages (pydicom's write errors carry the one of the error they wrap)."""
+    libraries fold into their messages (pydicom's write errors carry the one of the error they wrap). A
+    library's message has its quoted values redacted: libraries quote the values they fail on, a patient's birth
+    date or name included; this package's own errors quote only what it chose to show."""
+    from innereye_batch.text import redact_quoted
+
     message = str(error).split("\nTraceback (most recent call last):", 1)[0]
     message = " ".join(message.split())
+    if not isinstance(error, InnerEyeBatchError):
+        message = redact_quoted(message)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__

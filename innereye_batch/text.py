@@ -23,7 +23,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """Control characters other than tab and line feed (those two are escaped only where one line is needed)."""
 _LINE_BREAKS = re.compile(r"[\t\n\r]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+_QUOTED = re.compile(r"""(?<!\w)(["'])[^\n]*\1|(?<!\w)["'][^\n]*$""", re.MULTILINE)
+"""From a quote that opens a value (no letter or digit before it) to the last same quote of its line, or to the
+end of the line when none closes it: quotes inside the value (``"Ann"Zzsecret"``) are covered too."""
 
 
 def _escape_control(match: re.Match[str]) -> str:
@@ -66,5 +68,6 @@ def relative_paths(text: str, root: Path | None) -> str:
 
 
 def redact_quoted(text: str) -> str:
-    """Quoted values in ``text`` replaced by ``"<redacted>"``."""
+    """Quoted values in ``text`` replaced by ``"<redacted>"``: from an opening quote to the last same quote of
+    its line (or the line's end). Over-redacts rather than leaks; join lines first where a value may span them."""
     return _QUOTED.sub('"<redacted>"', text)

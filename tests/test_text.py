@@ -42,3 +42,12 @@ def test_relative_paths_and_redaction(tmp_path: Path) -> None:
         redact_quoted("The string \"Smith\" is unlikely; value 'X'")
         == 'The string "<redacted>" is unlikely; value "<redacted>"'
     )
+    leaky = {  # quotes inside the value, a value cut by a line break, pydicom's escaped repr
+        'The string "Ann"Zzsecret" is unlikely': 'The string "<redacted>" is unlikely',
+        'The string "Zzsecret': 'The string "<redacted>"',
+        "Unable to convert 'a\\'b\"Zzsecret' to 'DA'": 'Unable to convert "<redacted>"',
+        "the model's 'body': centroid": 'the model\'s "<redacted>": centroid',  # an apostrophe opens nothing
+    }
+    for text, redacted in leaky.items():
+        assert redact_quoted(text) == redacted
+        assert "Zzsecret" not in redact_quoted(text)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from innereye_batch.errors import error_text
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.loader import LoadedItem
 from innereye_batch.pipeline.process import Job, item_result, predict_loaded
@@ -88,7 +89,7 @@ class Replica:
         predictions = predict_loaded(self.predictor, items, [loaded.decoded for _, loaded in batch])
         for (job, loaded), prediction in zip(batch, predictions, strict=True):
             if isinstance(prediction, Exception):  # one item's failure never stops the others
-                reason = f"inference: {type(prediction).__name__}: {prediction}"
+                reason = f"inference: {error_text(prediction)}"
                 self.context.finish(item_result(job.item.primary, "failed", reason, timings=_load(loaded)))
             else:
                 self.writers.submit(job, prediction, {**_load(loaded), **prediction.timings})

@@ -35,6 +35,7 @@ class _ToProgress(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         source = record.name if record.name != "py.warnings" else "warnings"
         try:
+            # the first line only: a quoted value cut by a line break (a name holding one) is redacted to its end
             text = record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else ""
             if source == "warnings":  # "<file>:<line>: UserWarning: ..." -> "UserWarning: ..."
                 text = _WARNING_PREFIX.sub("", text)

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from innereye_batch.errors import InnerEyeBatchError
+from innereye_batch.errors import InnerEyeBatchError, error_text
 from innereye_batch.processes import die_with_parent
 from innereye_batch.tasks.base import Decoded, WorkItem
 
@@ -57,7 +57,7 @@ def decode_safely(decoder: Callable[[WorkItem], Decoded], item: WorkItem, index:
         return LoadedItem(index, None, time.perf_counter() - start, str(error))
     except Exception as error:
         where = traceback.extract_tb(error.__traceback__)[-1]
-        reason = f"{type(error).__name__}: {error} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+        reason = f"{error_text(error)} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
         return LoadedItem(index, None, time.perf_counter() - start, reason)
     return LoadedItem(index, decoded, time.perf_counter() - start)
 

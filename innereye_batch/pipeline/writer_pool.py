@@ -21,7 +21,9 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
+from innereye_batch.errors import error_text
 from innereye_batch.pipeline.process import Job, item_result, write_outputs
+from innereye_batch.pipeline.state import mark_not_done
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import Prediction
 
@@ -49,12 +51,18 @@ def writer_processes_for(devices: Sequence[torch.device], workers: int, requeste
 
 
 def _init_writer_process(parent: int) -> None:
+    """In each writer process: die with the run, leave Ctrl-C to it, and keep library warnings (highdicom quotes
+    the patient's name when it lacks a caret) off the terminal, as in the decoding workers."""
+    import logging
     import signal
+    import warnings
 
     from innereye_batch.processes import die_with_parent
 
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: writes in flight finish
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
 
 
 class Writers:
@@ -164,10 +172,9 @@ class Writers:
             if error is None:
                 self.context.finish(future.result())
             else:
-                reason = f"writing: the writer process failed ({type(error).__name__}: {error or 'it died'})"
+                reason = f"writing: the writer process failed ({error_text(error) if str(error) else 'it died'})"
                 log.warning("%s: %s", job.item.key, reason)
-                for output in self.context.formats:  # what the dead writer left has no done record to vouch for it
-                    (job.folder / output.filename).unlink(missing_ok=True)
+                mark_not_done(job.folder)  # what the dead writer left has no done record to vouch for it
                 self.context.finish(item_result(job.item.primary, "failed", reason))
         finally:
             self.slots.release()

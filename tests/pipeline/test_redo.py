@@ -4,6 +4,8 @@ while it holds the output lock; an earlier run's summary never vouches for serie
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from innereye_batch.cli import app
-from innereye_batch.errors import OutputLockedError, error_text
+from innereye_batch.errors import OutputLockedError, SeriesError, error_text
 from innereye_batch.pipeline import run as run_module
 from innereye_batch.pipeline.state import output_lock
 from innereye_batch.writers.registry import OutputFormat, register_format, unregister_format
@@ -84,6 +86,22 @@ def test_error_text_is_one_line_without_a_folded_traceback() -> None:
     assert error_text(folded) == WRAPPED
     assert error_text(ValueError("two\n  lines")) == "ValueError: two lines"
     assert error_text(KeyError()) == "KeyError"
+    # a library quotes the value it fails on (highdicom: the patient's birth date); this package's own errors not
+    assert error_text(ValueError("Unable to convert '1901-02-03' to 'DA' object")) == (
+        'ValueError: Unable to convert "<redacted>" object'
+    )
+    assert error_text(SeriesError("1.2.3", "structure 'body' differs")).endswith("'body' differs")
+
+
+def test_writer_processes_keep_library_warnings_off_the_terminal() -> None:
+    """As the decoding workers: highdicom warns about a PatientName without a caret by quoting it."""
+    code = (
+        "import logging, os, warnings; from innereye_batch.pipeline.writer_pool import _init_writer_process;"
+        "_init_writer_process(os.getppid()); warnings.warn('The string \"Zzsecret\" is unlikely');"
+        "logging.getLogger('highdicom').warning('Zzsecret again')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Zzsecret" not in done.stdout + done.stderr
 
 
 def test_done_is_decided_under_the_lock_and_the_earlier_summary_is_gone(

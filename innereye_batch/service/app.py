@@ -203,15 +203,18 @@ def _add_innereye_routes(app: FastAPI, service: Service) -> None:
         except UploadRefused as refused:
             raise ApiError(400, None, refused.reason) from None
         try:
-            await run_in_threadpool(check_zip, temporary, options.limits)
-        except UploadRefused as refused:
-            # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
-            temporary.unlink(missing_ok=True)
-            await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
-            log.info("job %s (%s): upload refused", job_id, served.model_id)
-        else:
-            await run_in_threadpool(_accept, service, temporary, job_id, served.model_id)
-            log.info("job %s (%s): queued", job_id, served.model_id)
+            try:
+                await run_in_threadpool(check_zip, temporary, options.limits)
+            except UploadRefused as refused:
+                # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
+                temporary.unlink(missing_ok=True)
+                await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
+                log.info("job %s (%s): upload refused", job_id, served.model_id)
+            else:
+                await run_in_threadpool(_accept, service, temporary, job_id, served.model_id)
+                log.info("job %s (%s): queued", job_id, served.model_id)
+        finally:
+            temporary.unlink(missing_ok=True)  # whatever failed, never left to fill the disk (accepted: moved)
         return Response(job_id.encode("ascii"), status_code=201, headers={"content-type": "text/plain"})
 
     @app.get("/v1/model/results/{run_id}")
@@ -225,14 +228,22 @@ def _add_innereye_routes(app: FastAPI, service: Service) -> None:
             return _empty(202)
         output = service.runner.output_dir(job.id)
         extra = ExtraDetails(job.extra_details) if job.extra_details else None
-        if wanted == "all" and output.is_dir():
-            content = await run_in_threadpool(all_outputs_zip, output)
-        elif job.http_status != 200:
-            raise ApiError(job.http_status or 500, extra, job.reason)
-        elif any(output.glob("*/rtstruct.dcm")):
-            content = await run_in_threadpool(innereye_zip, output, job.model_id)
-        else:  # a classification job: its result is every output
-            content = await run_in_threadpool(all_outputs_zip, output)
+        content: bytes | None = None
+        try:
+            if wanted == "all" and output.is_dir():
+                content = await run_in_threadpool(all_outputs_zip, output)
+            elif job.http_status != 200:
+                raise ApiError(job.http_status or 500, extra, job.reason)
+            elif any(output.glob("*/rtstruct.dcm")):
+                content = await run_in_threadpool(innereye_zip, output, job.model_id)
+            elif output.is_dir():  # a classification job: its result is every output
+                content = await run_in_threadpool(all_outputs_zip, output)
+        except FileNotFoundError:  # deleted while being read: the check below tells why
+            content = None
+        # the janitor marks a job expired before it deletes its outputs: expired now means the zip may lack files
+        _job(service, run_id)
+        if content is None:
+            raise ApiError(500, None, "the run's outputs are missing")
         return Response(content, status_code=200, media_type="application/zip")
 
 

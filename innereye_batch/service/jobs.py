@@ -151,12 +151,16 @@ class JobRunner:
     # --- the worker --------------------------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
-            job = self.store.claim_next()
-            if job is None:
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
-            self.run_job(job)
+            try:
+                job = self.store.claim_next()
+                if job is None:
+                    self._wake.wait(timeout=1.0)
+                    self._wake.clear()
+                    continue
+                self.run_job(job)
+            except Exception:  # the store failed (a full disk): the worker waits and goes on, it never dies
+                log.exception("the job worker failed; trying again in %g s", _RETRY_SECONDS)
+                self._stop.wait(timeout=_RETRY_SECONDS)
 
     def run_job(self, job: Job) -> None:
         """Run one claimed job to its end, record the end, then delete its upload and extracted input."""
@@ -167,18 +171,26 @@ class JobRunner:
             log.exception("job %s failed", job.id)
             outcome, report = Outcome("failed", 500, None, f"internal error: {type(error).__name__}"), None
         extra = outcome.extra_details.value if outcome.extra_details else None
-        self.store.finish(
-            job.id,
-            outcome.state,
-            http_status=outcome.http_status,
-            extra_details=extra,
-            reason=outcome.reason,
-            report=report,
-        )
-        # after the end is recorded: a kill in between leaves files that the next start-up deletes, never a
+        # the extracted input first: it frees the disk the end's record may need (a rerun extracts it again)
+        shutil.rmtree(self.job_dir(job.id) / "input", ignore_errors=True)
+        while True:
+            try:
+                self.store.finish(
+                    job.id,
+                    outcome.state,
+                    http_status=outcome.http_status,
+                    extra_details=extra,
+                    reason=outcome.reason,
+                    report=report,
+                )
+                break
+            except Exception:  # e.g. "database or disk is full": the end is recorded once it can be
+                log.exception("job %s: its end cannot be recorded; trying again in %g s", job.id, _RETRY_SECONDS)
+                if self._stop.wait(timeout=_RETRY_SECONDS):
+                    return  # left running: the next start-up queues it again, its upload kept
+        # after the end is recorded: a kill in between leaves an upload that the next start-up deletes, never a
         # queued job without its upload
         self.upload_path(job.id).unlink(missing_ok=True)
-        shutil.rmtree(self.job_dir(job.id) / "input", ignore_errors=True)
         log.info("job %s: %s (%d)", job.id, outcome.state, outcome.http_status)
         finished = self.store.get(job.id)
         if self.on_finished is not None and finished is not None:
@@ -201,6 +213,10 @@ class JobRunner:
             extract_zip(self.upload_path(job.id), folder / "input", self.options.limits)
         except UploadRefused as refused:
             return Outcome("failed", 400, ExtraDetails.INVALID_ZIP_FILE, refused.reason), None
+        except OSError as error:  # the service's own storage (full, read-only): the client may try again later
+            shutil.rmtree(folder / "input", ignore_errors=True)
+            reason = f"the service could not extract the upload: {error.strerror or type(error).__name__}"
+            return Outcome("failed", 500, None, reason), None
         return self._run_pipeline(job, served, folder / "input", self.output_dir(job.id))
 
     def _run_pipeline(
@@ -274,6 +290,10 @@ class JobRunner:
                 self.expire_now()
             except Exception:  # the next round tries again
                 log.exception("expiring results failed")
+
+
+_RETRY_SECONDS = 5.0
+"""How long the job worker waits before it tries the store again after a failure."""
 
 
 def _with_reason(result: ItemResult, reason: str) -> ItemResult:

@@ -4,14 +4,16 @@ anything is extracted, then extracted without ever writing outside the job's fol
 A zip is refused, with the reason, when it is not a zip, holds too many members, a member escapes the folder
 (``../``, an absolute path, a drive letter), is a symbolic link or other special file, is encrypted or uses a
 compression method Python cannot read, appears twice, or when the declared sizes make a bomb: more than
-``max_unzipped_bytes`` in all, or a compression ratio over ``max_ratio`` for the whole zip or for any member
-over 1 MiB. Extraction trusts nothing either: each file is created new (never through an existing link) and
-stops at the size its member declared. Members that are not DICOM are extracted and listed by the scan as
-ignored, like any file `run` cannot use.
+``max_unzipped_bytes`` in all, a compression ratio over ``max_ratio`` for any member over 1 MiB or for the whole
+zip against its real size, or compressed sizes that add up to more than the file holds. Extraction trusts
+nothing either: each file is created new (never through an existing link) and stops at the size its member
+declared. Members that are not DICOM are extracted and listed by the scan as ignored, like any file `run` cannot
+use.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -29,6 +31,8 @@ _RATIO_FLOOR_BYTES = 1 << 20
 compresses a thousand-fold and harms no one."""
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_SERVICE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+"""Errors of the service's own storage while extracting: the upload is not to blame."""
 
 
 class UploadRefused(Exception):
@@ -106,7 +110,7 @@ def check_zip(path: Path, limits: UploadLimits) -> list[ZipMember]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as error:
+    except Exception as error:  # BadZipFile, NotImplementedError (a zip version Python cannot read), ...
         why = printable(relative_paths(str(error), path.parent))  # never the service's own paths
         raise UploadRefused(f"the upload is not a readable zip file ({type(error).__name__}: {why})") from None
     if len(infos) > limits.max_members:
@@ -116,7 +120,7 @@ def check_zip(path: Path, limits: UploadLimits) -> list[ZipMember]:
     total = compressed = 0
     for info in infos:
         parts = _safe_parts(info)
-        if info.is_dir() or not parts:
+        if not parts or info.is_dir():  # is_dir() fails on an empty name
             continue
         if parts in seen:
             raise UploadRefused(f"zip member {printable('/'.join(parts))!r} appears twice")
@@ -135,9 +139,14 @@ def check_zip(path: Path, limits: UploadLimits) -> list[ZipMember]:
             f"the zip's members add up to {total:,} bytes uncompressed, over the limit of "
             f"{limits.max_unzipped_bytes / 2**20:g} MB (--max-unzipped-mb): a zip bomb?"
         )
-    if _too_compressed(total, compressed, limits.max_ratio):
+    size = path.stat().st_size  # what the members declare is the sender's word; the file's size is not
+    if compressed > size:
         raise UploadRefused(
-            f"the zip expands {total / max(compressed, 1):,.0f}-fold ({total:,} bytes from {compressed:,}), "
+            f"the zip's members declare {compressed:,} compressed bytes, more than its {size:,}: a zip bomb?"
+        )
+    if _too_compressed(total, size, limits.max_ratio):
+        raise UploadRefused(
+            f"the zip expands {total / max(size, 1):,.0f}-fold ({total:,} bytes from {size:,}), "
             f"over the limit of {limits.max_ratio:g}: a zip bomb?"
         )
     if not members:
@@ -172,11 +181,18 @@ def extract_zip(path: Path, target: Path, limits: UploadLimits) -> list[Path]:
                         out.write(chunk)
             except UploadRefused:
                 raise
-            except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as error:
-                why = relative_paths(str(error), root)  # never the service's own paths
-                raise UploadRefused(
-                    f"zip member {printable(member.info.filename)!r} cannot be extracted ({type(error).__name__}: "
-                    f"{printable(why)})"
-                ) from None
+            except OSError as error:
+                if error.errno in _SERVICE_ERRNOS:
+                    raise  # the service's own disk, not the client's zip: a 500 for the job, never a 400
+                raise _unextractable(member, error, root) from None
+            except Exception as error:  # BadZipFile, zlib.error, LZMAError, EOFError, a name that is not UTF-8...
+                raise _unextractable(member, error, root) from None
             written.append(destination)
     return written
+
+
+def _unextractable(member: ZipMember, error: Exception, root: Path) -> UploadRefused:
+    why = relative_paths(str(error), root)  # never the service's own paths
+    return UploadRefused(
+        f"zip member {printable(member.info.filename)!r} cannot be extracted ({type(error).__name__}: {printable(why)})"
+    )

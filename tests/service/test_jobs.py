@@ -3,6 +3,8 @@ recovery after a crash, cancellation, expiry of results."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +142,54 @@ def test_the_janitor_deletes_expired_results_by_itself(app_without_models: tuple
     while service.runner.job_dir(ID_A).exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not service.runner.job_dir(ID_A).exists()
+
+
+def test_a_store_that_fails_neither_kills_the_worker_nor_loses_the_end(
+    app_without_models: tuple[Service, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk makes SQLite refuse to record a job's end: the worker retries until it can (the extracted
+    input already deleted, to free the disk), and goes on with the next job."""
+    service, _ = app_without_models
+    monkeypatch.setattr("innereye_batch.service.jobs._RETRY_SECONDS", 0.05)
+    finish = service.store.finish
+    failures = {"left": 3}
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        finish(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.store, "finish", full_disk)
+    for job_id in (ID_A, ID_B):
+        service.runner.upload_path(job_id).write_bytes(zip_members([("a.dcm", b"x")]))
+        service.store.add(job_id, "Retired:3")
+    service.runner.wake()
+    for job_id in (ID_A, ID_B):
+        _wait_for_state(service.store, job_id, "cancelled")
+        assert not service.runner.upload_path(job_id).exists()
+    assert failures["left"] == 0
+
+
+def test_results_of_a_job_that_expires_while_zipped_are_404_never_a_partial_zip(
+    app_without_models: tuple[Service, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, client = app_without_models
+    service.runner.stop()
+    service.store.add(ID_B, "m:1")
+    output = service.runner.output_dir(ID_B)
+    (output / "s1").mkdir(parents=True)
+    (output / "s1" / "predictions.json").write_text("{}")
+    service.store.finish(ID_B, "succeeded", http_status=200)
+    from innereye_batch.service import packaging
+
+    zip_all = packaging.all_outputs_zip
+
+    def expiring(folder: Path) -> bytes:  # the janitor runs while the zip is made: marks it, deletes it
+        service.store.expire(time.time() + 1)
+        shutil.rmtree(service.runner.job_dir(ID_B))
+        return zip_all(folder)
+
+    monkeypatch.setattr(packaging, "all_outputs_zip", expiring)
+    for query in ("", "?format=all"):
+        assert_innereye_error(client.get(f"/v1/model/results/{ID_B}{query}"), 404, "InvalidRunId")

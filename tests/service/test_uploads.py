@@ -4,6 +4,7 @@ writes, and that it never writes more than a member declares or anywhere but und
 from __future__ import annotations
 
 import asyncio
+import errno
 import stat
 import struct
 import zipfile
@@ -84,6 +85,59 @@ def test_a_member_that_holds_more_than_it_declares_is_cut_off(tmp_path: Path) ->
     with pytest.raises(UploadRefused, match="cannot be extracted"):
         extract_zip(path, tmp_path / "out", LIMITS)
     assert all(p.stat().st_size <= 1000 for p in (tmp_path / "out").rglob("*") if p.is_file())
+
+
+def _patched(path: Path, edit: object) -> Path:
+    data = bytearray(path.read_bytes())
+    edit(data)  # type: ignore[operator]
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_compressed_sizes_the_file_cannot_hold_are_refused(tmp_path: Path) -> None:
+    """The ratio is judged against the file's real size: a directory that declares large compressed sizes
+    (so that each member's ratio looks harmless) is a bomb in disguise."""
+    path = _write(tmp_path, [("zeros", bytes(3 * 2**20))])
+
+    def declare_large(data: bytearray) -> None:
+        at = data.find(b"PK\x01\x02")
+        data[at + 20 : at + 24] = struct.pack("<I", 2 * 2**20)  # compressed size in the central directory
+
+    assert "declare 2,097,152 compressed bytes, more than its" in _refusal(_patched(path, declare_large))
+
+
+def test_broken_zips_are_refused_never_an_internal_error(tmp_path: Path) -> None:
+    def version(data: bytearray) -> None:  # "zip file version 16.3": zipfile raises NotImplementedError
+        data[data.find(b"PK\x01\x02") + 6] = 163
+
+    assert "not a readable zip" in _refusal(_patched(_write(tmp_path, [("a.dcm", b"x" * 100)]), version))
+    nameless = tmp_path / "nameless.zip"
+    with zipfile.ZipFile(nameless, "w") as archive:  # a member with an empty name is no file: skipped
+        archive.writestr(zipfile.ZipInfo(""), b"x")
+        archive.writestr("b.dcm", b"y")
+    assert [m.parts for m in check_zip(nameless, LIMITS)] == [("b.dcm",)]
+
+    def corrupt(data: bytearray) -> None:  # deflate stream garbled: zlib.error when extracted
+        start = 30 + len("a.dcm")
+        data[start : start + 8] = b"\xff" * 8
+
+    for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA):
+        path = _patched(_write(tmp_path, [("a.dcm", bytes(range(256)) * 40)], method), corrupt)
+        target = tmp_path / f"out{method}"
+        with pytest.raises(UploadRefused, match="cannot be extracted"):
+            extract_zip(path, target, LIMITS)
+
+
+def test_the_services_own_full_disk_is_not_the_zips_fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, [("a.dcm", b"x")])
+
+    def no_space(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("innereye_batch.service.uploads.os.open", no_space)
+    with pytest.raises(OSError) as raised:  # the job fails as a 500 of the service, not a 400 InvalidZipFile
+        extract_zip(path, tmp_path / "out", LIMITS)
+    assert not isinstance(raised.value, UploadRefused) and raised.value.errno == errno.ENOSPC
 
 
 def test_not_a_zip_empty_zip_and_duplicates(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from innereye_batch.service.options import UploadLimits
 from innereye_batch.text import printable, relative_paths
@@ -50,21 +51,32 @@ async def save_body(chunks: AsyncIterator[bytes], target: Path, limit: int, decl
     limit_text = f"{limit / 2**20:g} MB (--max-upload-mb)"
     if declared is not None and declared > limit:
         raise UploadRefused(f"the upload is {declared:,} bytes, over the limit of {limit_text}", too_large=True)
+    from starlette.concurrency import run_in_threadpool
+
     size = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
+            pending = bytearray()
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise UploadRefused(f"the upload is over the limit of {limit_text}", too_large=True)
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
+                pending += chunk
+                if len(pending) >= _CHUNK:  # the disk is written off the event loop: other requests go on
+                    await run_in_threadpool(handle.write, bytes(pending))
+                    pending.clear()
+            await run_in_threadpool(_write_and_sync, handle, bytes(pending))
     except BaseException:
         target.unlink(missing_ok=True)
         raise
     return size
+
+
+def _write_and_sync(handle: BinaryIO, data: bytes) -> None:
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 @dataclass(frozen=True)

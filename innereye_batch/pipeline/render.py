@@ -60,6 +60,8 @@ def render_run_report(report: RunReport, output: Path, console: Console, limit: 
         console.print(Text(printable(report.shard_note)))
     if report.summary_error:
         console.print(Text(f"error: the run summary could not be written: {printable(report.summary_error)}", "red"))
+    elif report.shard_note and not report.merged:  # this shard's own summary only, so far
+        console.print(Text(f"Outputs in {printable(output)}/ (one folder per series, this shard's summary)."))
     else:
         console.print(Text(f"Outputs in {printable(output)}/ (summary.json, summary.csv, one folder per series)."))
 

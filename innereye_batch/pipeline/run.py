@@ -284,6 +284,11 @@ def _execute(
             "input": source.description,
             "device": device,
             "formats": [f.name for f in formats],
+            "options": {
+                "max_voxels": options.max_voxels,
+                "regrid_irregular": options.regrid_irregular,
+                "amp": options.amp,
+            },
             "started": started.isoformat(),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "stage_seconds": report.stage_seconds,

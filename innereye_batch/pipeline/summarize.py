@@ -33,8 +33,10 @@ AGREED_FIELDS = (
     "results_fingerprint",
     "formats",
     "plan_fingerprint",
+    "options",
 )
-"""Run fields every shard of one run must have alike."""
+"""Run fields every shard of one run must have alike (``options``: those that decide a series' status or values
+without changing the model's results fingerprint: ``--max-voxels``, ``--regrid-irregular``, ``--amp``)."""
 
 
 class SummaryMergeError(InnerEyeBatchError):
@@ -193,6 +195,12 @@ def merged_run_info(shards: Sequence[ShardSummary]) -> dict[str, Any]:
         run["started"], run["finished"] = min(starts).isoformat(), max(ends).isoformat()
         stages["wall"] = round((max(ends) - min(starts)).total_seconds(), 3)
     run["stage_seconds"] = stages
+    peaks: dict[str, float] = {}
+    for summary in shards:  # the largest of any shard: what a node must have to run one
+        for where, gib in (summary.run.get("peak_memory_gib") or {}).items():
+            peaks[where] = max(peaks.get(where, 0.0), float(gib))
+    if peaks:
+        run["peak_memory_gib"] = peaks
     run["shards"] = [
         {
             "shard": str(s.shard),
@@ -201,6 +209,7 @@ def merged_run_info(shards: Sequence[ShardSummary]) -> dict[str, Any]:
             "finished": s.run.get("finished"),
             "wall_s": (s.run.get("stage_seconds") or {}).get("wall"),
             "counts": status_counts(s.results),
+            "peak_memory_gib": s.run.get("peak_memory_gib"),
         }
         for s in shards
     ]
@@ -245,7 +254,7 @@ def merge_if_last(
     output_dir: Path, shard: Shard, run_info: Mapping[str, Any]
 ) -> tuple[MergedSummary | None, list[Shard]]:
     """After shard ``shard`` wrote its summary (``run_info`` its run): merge when the summaries of every shard are
-    present and agree with this one's plan and results fingerprints (this shard finished last, or alongside the
+    present and agree with this one on every ``AGREED_FIELDS`` (this shard finished last, or alongside the
     last). Otherwise nothing is merged; the second value lists the shards whose summary disagrees (an earlier
     run's, left by a shard of this run that has not started yet): `summarize` says why.
 
@@ -265,7 +274,7 @@ def merge_if_last(
             except (OSError, ValueError, KeyError, TypeError):
                 others.append(Shard(index, shard.count))
                 continue
-            if any(run.get(f) != run_info.get(f) for f in ("plan_fingerprint", "results_fingerprint")):
+            if any(run.get(f) != run_info.get(f) for f in AGREED_FIELDS):  # what the merge itself checks
                 others.append(Shard(index, shard.count))
         if others:
             return None, others

@@ -172,3 +172,29 @@ def test_a_finishing_shard_does_not_merge_a_summary_left_by_an_earlier_run(tmp_p
     write_shard_summary(tmp_path, Shard(1, 2), [_result(k) for k in KEYS if Shard(1, 2).owns(k)], run_info=mine)
     merged, others = merge_if_last(tmp_path, Shard(1, 2), mine)
     assert merged is not None and others == [] and len(merged.results) == len(KEYS)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"formats": ["nifti", "dicom-seg"]}, {"options": {"max_voxels": 100}}, {"tool_version": "0.2.0"}],
+    ids=["formats", "options", "tool version"],
+)
+def test_a_finishing_shard_waits_for_a_summary_of_other_settings(tmp_path: Path, changed: dict[str, Any]) -> None:
+    """Every field the merge checks, not the fingerprints alone: an earlier run's summary of other formats,
+    options or tool version makes the finishing shard wait (the merge would refuse it), never fail."""
+    _write_shards(tmp_path, 2)
+    mine = _run_info(**changed)
+    write_shard_summary(tmp_path, Shard(0, 2), [_result(k) for k in KEYS if Shard(0, 2).owns(k)], run_info=mine)
+    assert merge_if_last(tmp_path, Shard(0, 2), mine) == (None, [Shard(1, 2)])
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_merged_peak_memory_is_the_largest_of_any_shard(tmp_path: Path) -> None:
+    peaks = [{"host": 0.3, "workers": 0.0}, {"host": 0.4, "workers": 0.2}, {"host": 0.35, "cuda:0": 7.5}]
+    for k, peak in enumerate(peaks):
+        shard = Shard(k, 3)
+        info = _run_info(peak_memory_gib=peak)
+        write_shard_summary(tmp_path, shard, [_result(key) for key in KEYS if shard.owns(key)], run_info=info)
+    run = json.loads((merge_shard_summaries(tmp_path).paths[0]).read_text())["run"]
+    assert run["peak_memory_gib"] == {"host": 0.4, "workers": 0.2, "cuda:0": 7.5}
+    assert [s["peak_memory_gib"] for s in run["shards"]] == peaks

@@ -141,21 +141,44 @@ def set_character_set(ds: Dataset, ours: list[str], source: Dataset) -> None:
         ds.SpecificCharacterSet = source.SpecificCharacterSet
 
 
+TYPE2_PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+"""Patient and study attributes an output copies from its source: required, but may be empty (type 2)."""
+
+
+def with_type2_patient_and_study(source: Dataset) -> Dataset:
+    """``source`` with each of ``TYPE2_PATIENT_AND_STUDY`` it lacks present and empty, as the standard allows for
+    an unknown value (an anonymising export often deletes them; highdicom reads every one of them)."""
+    for keyword in TYPE2_PATIENT_AND_STUDY:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
+
+
 def _source_images_and_frames(series: SeriesInfo, labels: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
     """Source headers (no pixel data) and the label frames in the order highdicom pairs them with sources."""
     import pydicom
 
     if series.mosaic_size is not None:  # mosaic hook: one frame laid out as the source mosaic (dicom/mosaic.py)
-        source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+        source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
         return [source], tiles_to_mosaic(labels, series)[None]
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
-        return [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files], labels
+        return [with_type2_patient_and_study(pydicom.dcmread(p, stop_before_pixels=True)) for p in series.files], labels
     if len(series.files) != 1 or len(multi_frame) != len(series.slices):
         raise SeriesError(
             series.key, "DICOM-SEG output supports a multi-frame source only when one file holds the whole stack"
         )
-    source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
     # Frames of the file that are not in this stack (another stack of a split series) stay empty.
     frames = np.zeros((int(source.NumberOfFrames), *labels.shape[1:]), dtype=np.uint8)
     for label_slice, ref in zip(labels, series.slices, strict=True):

@@ -104,7 +104,9 @@ def dciodvfy_errors(path: Path, iod: str = "Segmentation") -> list[str]:
     exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
     report = out.stdout + out.stderr
-    assert iod in report.splitlines()[0], f"dciodvfy did not recognise a {iod} IOD:\n{report}"
+    # the IOD's name comes first, after any DICOMDIR warnings (an empty PatientID, StudyID...)
+    first = next((line for line in report.splitlines() if not line.startswith("Warning")), "")
+    assert iod in first, f"dciodvfy did not recognise a {iod} IOD:\n{report}"
     return [line for line in report.splitlines() if "Error" in line]
 
 

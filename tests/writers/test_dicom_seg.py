@@ -16,7 +16,7 @@ from pydicom.uid import JPEGLSLossless
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
 from innereye_batch.model.spec import Structure
-from innereye_batch.writers.dicom_seg import segmented_property_type, write_dicom_seg
+from innereye_batch.writers.dicom_seg import TYPE2_PATIENT_AND_STUDY, segmented_property_type, write_dicom_seg
 from tests.factory import rotation_direction, write_series
 from tests.writers.helpers import blob_labels, dciodvfy_errors, make_package, read_back_labels, series_info_from
 
@@ -277,4 +277,26 @@ def test_non_ascii_structure_name_is_written_in_utf8(tmp_path: Path, source_char
     assert seg.SpecificCharacterSet == "ISO_IR 192"
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Leber_ä", "肝臓"]
     assert str(seg.PatientName) == ("Müller^Jörg" if source_charset else "Doe^Jane")
+    np.testing.assert_array_equal(read_back_labels(out, series), labels)
+
+
+def test_source_without_type2_patient_and_study_attributes(tmp_path: Path) -> None:
+    """An anonymising export may delete PatientName and the like: the SEG then has them empty, as type 2 allows
+    (highdicom failed with an AttributeError, and the series with it)."""
+    generated = write_series(tmp_path / "dicom", shape=(4, 8, 8))
+    for path in generated.paths:
+        ds = pydicom.dcmread(path)
+        for keyword in TYPE2_PATIENT_AND_STUDY:
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.save_as(path, enforce_file_format=True)
+    series = series_info_from(generated)
+    labels = blob_labels(series.geometry.shape, 3)
+    out = tmp_path / "segmentation.dcm"
+
+    write_dicom_seg(out, labels, series, make_package(tmp_path / "model"), software_version=SOFTWARE_VERSION)
+
+    assert dciodvfy_errors(out) == []
+    seg = pydicom.dcmread(out)
+    assert all(seg[keyword].value in ("", None) for keyword in TYPE2_PATIENT_AND_STUDY)
     np.testing.assert_array_equal(read_back_labels(out, series), labels)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Process exit codes used by the CLI.
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -58,6 +60,15 @@ def error_text(error: BaseException) -> str:
 
     message = str(error).split("\nTraceback (most recent call last):", 1)[0]
     message = " ".join(message.split())
-    if not isinstance(error, InnerEyeBatchError):
+    missing = re.search(r"has no attribute '(\w+)'$", message) if isinstance(error, AttributeError) else None
+    if missing and _is_dicom_keyword(missing.group(1)):  # a keyword is no patient's value: say which one
+        message = f"the DICOM attribute {missing.group(1)} is missing"
+    elif not isinstance(error, InnerEyeBatchError):
         message = redact_quoted(message)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _is_dicom_keyword(word: str) -> bool:
+    from pydicom.datadict import tag_for_keyword
+
+    return tag_for_keyword(word) is not None

@@ -91,6 +91,9 @@ def test_error_text_is_one_line_without_a_folded_traceback() -> None:
         'ValueError: Unable to convert "<redacted>" object'
     )
     assert error_text(SeriesError("1.2.3", "structure 'body' differs")).endswith("'body' differs")
+    missing = AttributeError("'FileDataset' object has no attribute 'PatientName'")
+    assert error_text(missing) == "AttributeError: the DICOM attribute PatientName is missing"
+    assert error_text(AttributeError("'X' object has no attribute 'Zzsecret'")) == 'AttributeError: "<redacted>"'
 
 
 def test_writer_processes_keep_library_warnings_off_the_terminal() -> None:

@@ -29,6 +29,7 @@ whose functional groups carry per-frame rescale or VOI (their frames could need 
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +271,11 @@ def read_projection_images(
 
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever
+            raise DicomError(f"{path}: not a regular file (a pipe, socket or device)")
         ds = pydicom.dcmread(path)
+    except DicomError:
+        raise
     except Exception as error:  # pydicom raises many types for foreign or damaged files
         raise DicomError(f"{path}: cannot be read as DICOM: {type(error).__name__}: {error}") from error
     return projection_images(ds, path=path, modalities=modalities, apply_voi=apply_voi, scaling=scaling, frames=frames)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterator
@@ -358,6 +359,8 @@ def _claim(path: Path, reason: str, fields: _Fields, *, unsupported: bool = Fals
 
 def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     status = path.stat()  # before reading: a later change shows as a different size or mtime
+    if not stat.S_ISREG(status.st_mode):  # opening a FIFO would block; a device never ends: no slice of anything
+        return SkippedFile(path, "not a regular file (a pipe, socket or device)")
     size = status.st_size
     if size == 0:
         reason = "empty file (0 bytes)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,7 @@ def _decode_file(
 ) -> None:
     """Decode one file with pydicom, write its frames into their slices of ``output``."""
     uid = series.series_instance_uid
+    _check_regular(uid, path)
     try:
         found = _read_native_pixels(path) if native else None
         header, frames = found if found is not None else _read_pixels(path, deflated)
@@ -195,8 +197,8 @@ def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.
     if layout is None or ref.frame is not None or (layout.rows, layout.columns) != output.shape[1:]:
         return False
     stored = np.empty((layout.rows, layout.columns), dtype=layout.dtype)
-    try:
-        with open(path, "rb", buffering=0) as fp:
+    try:  # never blocks: a path that became a FIFO since the scan fails the size check below
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0) as fp:
             status = os.fstat(fp.fileno())  # of the file opened, not of whatever the path names later
             recorded = (layout.file_size, layout.mtime_ns, layout.ctime_ns)
             if (status.st_size, status.st_mtime_ns, status.st_ctime_ns) != recorded:
@@ -210,6 +212,17 @@ def _read_as_laid_out(path: Path, slots: list[tuple[int, SliceRef]], output: np.
         stored = invert_stored(stored, layout.bits_allocated)
     _write_rescaled(stored, layout.rescale_slope, layout.rescale_intercept, output[z])
     return True
+
+
+def _check_regular(uid: str, path: Path) -> None:
+    """SeriesError unless ``path`` is a regular file: a FIFO put in a slice's place since the scan would block
+    the decoder that opens it forever, a device would never end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise SeriesError(uid, f"{path}: cannot be read since the scan ({error.strerror or error})") from error
+    if not stat.S_ISREG(mode):
+        raise SeriesError(uid, f"{path}: no longer a regular file (a pipe, socket or device) since the scan")
 
 
 def _write_rescaled(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:

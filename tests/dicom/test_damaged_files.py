@@ -3,7 +3,10 @@ never silently dropped (a lost edge slice moves the origin without leaving a gap
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+import threading
 from pathlib import Path
 
 import pydicom
@@ -131,3 +134,33 @@ def test_fewer_images_than_images_in_acquisition_is_a_warning(tmp_path: Path) ->
     assert kinds(series) == {"possibly_incomplete": False}
     assert series.problems[0].message == "ImagesInAcquisition announces 9 image(s), 8 found (acquisition 1)"
     assert series.is_loadable
+
+
+def test_a_pipe_in_a_series_folder_claims_nothing(tmp_path: Path) -> None:
+    truth = write_series(tmp_path, shape=(4, 8, 8))
+    os.mkfifo(tmp_path / "pipe.dcm")  # opening it would block the scan; it is no slice of anything
+    result = scan_tree(tmp_path)
+    (series,) = result.series
+    assert series.problems == () and series.files == truth.paths
+    assert [(f.path.name, f.reason) for f in result.skipped] == [
+        ("pipe.dcm", "not a regular file (a pipe, socket or device)")
+    ]
+
+
+def test_a_slice_that_became_a_pipe_since_the_scan_fails_its_series_without_blocking(tmp_path: Path) -> None:
+    truth = write_series(tmp_path, shape=(4, 8, 8))
+    series = only_series(tmp_path)
+    truth.paths[2].unlink()
+    os.mkfifo(truth.paths[2])
+
+    def unblock() -> None:  # a load that blocks on the pipe would wait forever: a writer ends the wait
+        with contextlib.suppress(OSError):
+            os.close(os.open(truth.paths[2], os.O_WRONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Timer(20, unblock)
+    watchdog.start()
+    try:
+        with pytest.raises(SeriesError, match="no longer a regular file"):
+            load_volume(series)
+    finally:
+        watchdog.cancel()

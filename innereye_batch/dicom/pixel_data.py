@@ -67,7 +67,7 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int, fields: Mapping[Any
     if not isinstance(element, RawDataElement) or element.tag not in PIXEL_DATA_TAGS:
         return (False, "no pixel data"), None
     if element.length == 0xFFFFFFFF:
-        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">"), None
+        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">", fields), None
     start, length = element.value_tell, element.length
     if start + length > size:
         return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
@@ -121,14 +121,24 @@ def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.s
     )
 
 
-def _encapsulated_problem(fp: BinaryIO, value_start: int, order: str) -> _PixelProblem | None:
-    """Pydicom found the sequence delimiter; check that the items before it are well formed."""
+def _encapsulated_problem(
+    fp: BinaryIO, value_start: int, order: str, fields: Mapping[Any, Any]
+) -> _PixelProblem | None:
+    """Pydicom found the sequence delimiter; check that the items before it are well formed, and hold a
+    fragment for each frame at least (a fragment never holds two frames): a few bytes claiming millions of
+    frames would otherwise make the scan build millions of slices."""
     fp.seek(value_start)
     try:
         parse_basic_offsets(fp, endianness=order)
-        parse_fragments(fp, endianness=order)
+        fragments, _ = parse_fragments(fp, endianness=order)
     except Exception as error:
         return True, f"corrupt compressed pixel data: {error}"
+    try:
+        frames = int(fields.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return None  # the scan says what is wrong with NumberOfFrames
+    if frames > fragments:
+        return True, f"NumberOfFrames is {frames:,} but the compressed pixel data holds {fragments:,} fragment(s)"
     return None
 
 

@@ -9,16 +9,18 @@ import struct
 import threading
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
 
 from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.dicom.volume import load_volume
 from innereye_batch.errors import SeriesError
 from tests.dicom.oracle import only_series
-from tests.factory import write_series
+from tests.factory import recode_file, write_enhanced_series, write_series
 
 
 def kinds(series: SeriesInfo) -> dict[str, bool]:
@@ -164,3 +166,20 @@ def test_a_slice_that_became_a_pipe_since_the_scan_fails_its_series_without_bloc
             load_volume(series)
     finally:
         watchdog.cancel()
+
+
+def test_compressed_file_claiming_more_frames_than_fragments_is_damaged(tmp_path: Path) -> None:
+    """A fragment holds one frame at most: 3 million frames claimed by a file of one fragment were turned into
+    3 million slices (90 s and 2.4 GB of scan); an honest multi-frame file still reads."""
+    path = tmp_path / "e" / "enhanced.dcm"
+    truth = write_enhanced_series(path, shape=(3, 8, 8))
+    recode_file(path, RLELossless)
+    assert only_series(tmp_path / "e").problems == ()
+    np.testing.assert_array_equal(load_volume(only_series(tmp_path / "e")).array, truth.voxels)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 3_000_000
+    ds.save_as(path, enforce_file_format=True)
+    result = scan_tree(tmp_path / "e")
+    (series,) = result.series
+    assert series.slices == () and [(p.kind, p.fatal) for p in series.problems] == [("no_readable_images", True)]
+    assert "NumberOfFrames is 3,000,000 but the compressed pixel data holds 3 fragment(s)" in series.problems[0].message

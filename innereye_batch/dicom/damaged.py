@@ -10,6 +10,9 @@ A file that is not DICOM (no 'DICM' prefix and no DICOM tags at its start), an e
 or a readable object that is not an image (RT plan, structured report, DICOMDIR) claims nothing: it is only
 listed as skipped. Every damaged file is listed as skipped too.
 
+Unreadable files of unknown series in a folder of no series become a row of their own
+(``unreadable.<hash of the folder>``, failed): a folder of cut files is never dropped with exit code 0.
+
 Images that are readable but cannot be processed (colour, 1-bit) are left out of their series, which says so.
 A SeriesInstanceUID that every file claiming it fails (all damaged, or all colour) still becomes a series: a
 placeholder without images, with the fatal problem, so that every series found has its row in the summary.
@@ -18,6 +21,7 @@ placeholder without images, with the fatal problem, so that every series found h
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import warnings
 from collections import defaultdict
@@ -156,7 +160,40 @@ def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[Seri
     found = {info.series_instance_uid for info in series}
     for uid in sorted((set(members) | set(unsupported)) - found):
         result.append(_placeholder(uid, [f for f in damaged if f.series_instance_uid == uid]))
+    claimed = {path.parent for info in series for path in info.files}
+    for folder, files in sorted(orphans.items()):
+        unclaimed = [f for f in files if folder not in claimed and _holds_data(f.path)]
+        if unclaimed:  # DICOM files of no series found, none of them readable: a row of their own, never dropped
+            result.append(_orphans_row(folder, unclaimed))
     return result
+
+
+def _holds_data(path: Path) -> bool:
+    """An empty file alone in a folder is no lost slice; one with bytes that claimed to be DICOM may be."""
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return True
+
+
+def _orphans_row(folder: Path, files: list[SkippedFile]) -> SeriesInfo:
+    """A placeholder for unreadable DICOM files whose series cannot be told, in a folder without any series:
+    ``unreadable.<hash of the folder>``, failed with the reason, so that a run that lost them is not ``ok``."""
+    digest = hashlib.sha256(str(folder).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    reason = f"{len(files)} DICOM file(s) whose series cannot be read, in a folder of no other series: {_names(files)}"
+    return SeriesInfo(
+        series_instance_uid="",
+        study_instance_uid="",
+        frame_of_reference_uid="",
+        modality="",
+        sop_class_uid="",
+        series_description="",
+        slices=(),
+        geometry=_NO_GEOMETRY,
+        transfer_syntaxes=(),
+        problems=(Problem(NO_READABLE_IMAGES, reason, True),),
+        key_suffix=f"unreadable.{digest}",
+    )
 
 
 _NO_GEOMETRY = Geometry((0, 0, 0), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

@@ -48,7 +48,9 @@ gantry_tilt                 yes*   slices drift within their plane (tilted gantr
                                    angle is given. Not fatal under half a pixel (ignored) or when regridding
 mixed_transfer_syntaxes     no     files of one stack use different transfer syntaxes
 no_readable_images          yes    every file that carries this SeriesInstanceUID is damaged: the series is
-                                   listed (a row in the summary) though nothing of it can be read
+                                   listed (a row in the summary) though nothing of it can be read; also the row
+                                   ``unreadable.<hash>`` of damaged files whose series is unknown, in a folder
+                                   of no series
 unsupported_images          yes*   images of this SeriesInstanceUID that cannot be processed (colour, 1-bit):
                                    fatal when they are all the series has, else they are left out and said so
 no_decoder                  yes    no installed decoder reads the files' transfer syntax (at their bit depth, for

@@ -183,3 +183,23 @@ def test_compressed_file_claiming_more_frames_than_fragments_is_damaged(tmp_path
     (series,) = result.series
     assert series.slices == () and [(p.kind, p.fatal) for p in series.problems] == [("no_readable_images", True)]
     assert "NumberOfFrames is 3,000,000 but the compressed pixel data holds 3 fragment(s)" in series.problems[0].message
+
+
+def test_unreadable_files_of_unknown_series_alone_in_a_folder_get_a_failed_row(tmp_path: Path) -> None:
+    """Cut before their SeriesInstanceUID, in a folder of no series: they were only listed as skipped, and the
+    run said ok with exit 0. An empty file alone claims nothing."""
+    good = write_series(tmp_path / "good", shape=(3, 8, 8), seed=1)
+    cut = write_series(tmp_path / "cut", shape=(3, 8, 8), seed=2)
+    for path in cut.paths:
+        path.write_bytes(path.read_bytes()[:200])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "IM0001.dcm").write_bytes(b"")
+    result = scan_tree(tmp_path)
+    by_key = {s.key: s for s in result.series}
+    orphans = [s for key, s in by_key.items() if key.startswith("unreadable.")]
+    assert len(by_key) == 2 and by_key[good.series_instance_uid].problems == ()
+    (row,) = orphans
+    assert [(p.kind, p.fatal) for p in row.problems] == [("no_readable_images", True)]
+    assert row.problems[0].message.startswith("3 DICOM file(s) whose series cannot be read, in a folder of no other")
+    assert row.slices == () and not row.is_loadable
+    assert row.key in {s.key for s in scan_tree(tmp_path).series}  # the same key on every scan

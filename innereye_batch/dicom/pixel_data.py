@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -67,7 +68,8 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int, fields: Mapping[Any
     if not isinstance(element, RawDataElement) or element.tag not in PIXEL_DATA_TAGS:
         return (False, "no pixel data"), None
     if element.length == 0xFFFFFFFF:
-        return _encapsulated_problem(fp, element.value_tell, "<" if little is not False else ">", fields), None
+        order = "<" if little is not False else ">"
+        return _encapsulated_problem(fp, element.value_tell, order, fields, transfer_syntax_of(ds)), None
     start, length = element.value_tell, element.length
     if start + length > size:
         return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
@@ -122,24 +124,88 @@ def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.s
 
 
 def _encapsulated_problem(
-    fp: BinaryIO, value_start: int, order: str, fields: Mapping[Any, Any]
+    fp: BinaryIO, value_start: int, order: str, fields: Mapping[Any, Any], syntax: str
 ) -> _PixelProblem | None:
     """Pydicom found the sequence delimiter; check that the items before it are well formed, and hold a
     fragment for each frame at least (a fragment never holds two frames): a few bytes claiming millions of
-    frames would otherwise make the scan build millions of slices."""
+    frames would otherwise make the scan build millions of slices. Then ``_codestream_problem``."""
     fp.seek(value_start)
     try:
         parse_basic_offsets(fp, endianness=order)
-        fragments, _ = parse_fragments(fp, endianness=order)
+        fragments, offsets = parse_fragments(fp, endianness=order)
     except Exception as error:
         return True, f"corrupt compressed pixel data: {error}"
     try:
         frames = int(fields.get("NumberOfFrames") or 1)
+        size = (int(fields.get("Rows") or 0), int(fields.get("Columns") or 0))
     except (TypeError, ValueError):
-        return None  # the scan says what is wrong with NumberOfFrames
+        return None  # the scan says what is wrong with NumberOfFrames, Rows or Columns
     if frames > fragments:
         return True, f"NumberOfFrames is {frames:,} but the compressed pixel data holds {fragments:,} fragment(s)"
+    return _codestream_problem(fp, offsets if fragments == frames else offsets[:1], syntax, size)
+
+
+_JPEG_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81))
+"""JPEG (baseline, extended, lossless) and JPEG-LS: the frame header (SOFn, or JPEG-LS's SOF55) gives the size."""
+_J2K_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 201, 202, 203))
+"""JPEG 2000 and High-Throughput JPEG 2000: the SIZ marker segment gives the size."""
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+_PEEK_BYTES = 8192
+"""Of each frame's first fragment: where its frame header lies, after any tables and application segments."""
+_MOST_FRAMES_CHECKED = 10_000
+
+
+def _codestream_problem(fp: BinaryIO, fragments: list[int], syntax: str, size: tuple[int, int]) -> _PixelProblem | None:
+    """Each frame's codestream (the first fragment of each, where every frame is one fragment) must be of the
+    size the header gives: a decoder allocates what the codestream says, so a 1 kB file claiming 30000 x 30000
+    would take gigabytes to fail (pydicom checks the size only after decoding)."""
+    parse = _jpeg_size if syntax in _JPEG_SYNTAXES else _j2k_size if syntax in _J2K_SYNTAXES else None
+    if parse is None or not all(size):
+        return None
+    for index, item in enumerate(fragments[:_MOST_FRAMES_CHECKED]):
+        fp.seek(item + 8)  # the item's tag and length, then its value
+        found = parse(fp.read(_PEEK_BYTES))
+        if found is not None and found != size:
+            return True, (
+                f"compressed frame {index + 1} is {found[1]} x {found[0]} by its own codestream, but "
+                f"{size[1]} x {size[0]} by the header"
+            )
     return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG or JPEG-LS frame header; None where it cannot be found in ``data``."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # segments without a length
+            at += 2
+            continue
+        if marker in _SOF_MARKERS:
+            if at + 9 > len(data):
+                return None
+            rows, columns = struct.unpack(">HH", data[at + 5 : at + 9])
+            return (rows, columns) if rows else None  # 0 rows: given by a DNL marker after the scan
+        if marker in (0xD9, 0xDA):  # the image ends or a scan starts before any frame header
+            return None
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
+def _j2k_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG 2000 codestream's SIZ segment (also inside a JP2 box); None if not found."""
+    at = data.find(b"\xff\x4f\xff\x51")  # SOC, then SIZ
+    if at < 0 or at + 24 > len(data):
+        return None
+    width, height, x_origin, y_origin = struct.unpack(">IIII", data[at + 8 : at + 24])
+    return height - y_origin, width - x_origin
 
 
 def inflated_pixel_problem(ds: Dataset) -> tuple[bool, str] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
@@ -203,3 +204,32 @@ def test_unreadable_files_of_unknown_series_alone_in_a_folder_get_a_failed_row(t
     assert row.problems[0].message.startswith("3 DICOM file(s) whose series cannot be read, in a folder of no other")
     assert row.slices == () and not row.is_loadable
     assert row.key in {s.key for s in scan_tree(tmp_path).series}  # the same key on every scan
+
+
+@pytest.mark.parametrize(
+    ("name", "marker", "size_at"),
+    [
+        ("JPEG-LL.dcm", b"\xff\xc3", 5),  # JPEG Lossless: SOF3, then length, precision, rows, columns
+        ("MR_small_jpeg_ls_lossless.dcm", b"\xff\xf7", 5),  # JPEG-LS: SOF55
+        ("MR_small_jp2klossless.dcm", b"\xff\x4f\xff\x51", 8),  # JPEG 2000: SOC, SIZ, length, caps, width...
+    ],
+)
+def test_codestream_larger_than_the_header_is_damaged_before_decoding(
+    tmp_path: Path, name: str, marker: bytes, size_at: int
+) -> None:
+    """A decoder allocates what the codestream says: a small file whose frame header claims 30000 x 30000 took
+    gigabytes before pydicom saw the size was wrong. pydicom's own files pass as they are."""
+    source = Path(get_testdata_file(name))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / name).write_bytes(source.read_bytes())
+    assert not any("codestream" in p.message for s in scan_tree(tmp_path / "real").series for p in s.problems)
+    data = bytearray(source.read_bytes())
+    at = data.index(marker, data.index(b"\xfe\xff\x00\xe0"))  # in the first fragment
+    width = 4 if marker.startswith(b"\xff\x4f") else 2
+    for offset in (size_at, size_at + width):  # rows then columns (JPEG), width then height (JPEG 2000)
+        data[at + offset : at + offset + width] = (30000).to_bytes(width, "big")
+    (tmp_path / "bomb").mkdir()
+    (tmp_path / "bomb" / name).write_bytes(bytes(data))
+    result = scan_tree(tmp_path / "bomb")
+    reasons = [p.message for s in result.series for p in s.problems] + [f.reason for f in result.skipped]
+    assert any("compressed frame 1 is 30000 x 30000 by its own codestream" in r for r in reasons), reasons

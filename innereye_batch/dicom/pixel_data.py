@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import zlib
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -206,6 +207,37 @@ def _j2k_size(data: bytes) -> tuple[int, int] | None:
         return None
     width, height, x_origin, y_origin = struct.unpack(">IIII", data[at + 8 : at + 24])
     return height - y_origin, width - x_origin
+
+
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+_MOST_INFLATED_BYTES = 64 * 2**20
+_MOST_DEFLATE_RATIO = 64
+"""A deflated dataset may inflate to 64 MiB, or to 64 times its file's size where that is more (a blank slice
+deflates a thousand-fold, but is small; a gigabyte of zeros in a megabyte is a bomb)."""
+
+
+def deflate_bomb(fp: BinaryIO, size: int) -> str | None:
+    """Why the deflated dataset of the file at ``fp`` (DICM prefix read, ``size`` bytes) is refused before any
+    parse: it inflates past ``_MOST_INFLATED_BYTES`` or ``_MOST_DEFLATE_RATIO`` times ``size``. None for a
+    file that is not deflated, or whose deflated data stays within that. Counted as a stream, never held."""
+    fp.seek(132)
+    meta = fp.read(1024)
+    if meta[:4] != b"\x02\x00\x00\x00" or _DEFLATED not in meta:  # the file meta's group length comes first
+        return None
+    fp.seek(144 + int.from_bytes(meta[8:12], "little"))  # the deflated dataset follows the file meta
+    limit = max(_MOST_INFLATED_BYTES, _MOST_DEFLATE_RATIO * size)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while chunk := fp.read(1 << 20):
+            while chunk:
+                total += len(inflater.decompress(chunk, 1 << 24))
+                if total > limit:
+                    return f"deflated data inflates to over {limit:,} bytes from a file of {size:,}: a zip bomb?"
+                chunk = inflater.unconsumed_tail
+    except zlib.error:
+        return None  # pydicom says what is wrong with the stream
+    return None
 
 
 def inflated_pixel_problem(ds: Dataset) -> tuple[bool, str] | None:

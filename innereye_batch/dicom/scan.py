@@ -40,6 +40,7 @@ from innereye_batch.dicom.photometric import PROJECTION_MODALITIES
 from innereye_batch.dicom.pixel_data import (
     NATIVE_LITTLE_ENDIAN,
     PIXEL_DATA_TAGS,
+    deflate_bomb,
     inflated_pixel_problem,
     pixel_data_problem,
     pixel_layout,
@@ -370,6 +371,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         bare = start[128:132] != b"DICM"
         if bare and start[:2] not in _BARE_DICOM_STARTS:
             return SkippedFile(path, "not a DICOM file (no 'DICM' prefix and no DICOM tags at its start)")
+        bomb = None if bare else deflate_bomb(fp, size)
+        if bomb is not None:  # before pydicom, which inflates the whole dataset in memory
+            return Damaged(SkippedFile(path, bomb), None)
         fp.seek(0)
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)

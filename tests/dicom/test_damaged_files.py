@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.dicom.series import SeriesInfo
@@ -233,3 +233,21 @@ def test_codestream_larger_than_the_header_is_damaged_before_decoding(
     result = scan_tree(tmp_path / "bomb")
     reasons = [p.message for s in result.series for p in s.problems] + [f.reason for f in result.skipped]
     assert any("compressed frame 1 is 30000 x 30000 by its own codestream" in r for r in reasons), reasons
+
+
+def test_deflate_bomb_is_damaged_before_it_is_inflated(tmp_path: Path) -> None:
+    """A deflated dataset is inflated whole by pydicom: 80 MiB of zeros in a 80 kB file (a gigabyte in a
+    megabyte took 3.3 GB to scan) is refused while the scan counts its inflated bytes as a stream."""
+    truth = write_series(tmp_path / "bomb", shape=(2, 8, 8))
+    ds = pydicom.dcmread(truth.paths[0])
+    ds.PixelData = bytes(80 * 2**20)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(truth.paths[0], enforce_file_format=True)
+    assert truth.paths[0].stat().st_size < 200_000
+    recode_file(truth.paths[1], DeflatedExplicitVRLittleEndian)  # an honest deflated slice beside it
+    result = scan_tree(tmp_path / "bomb")
+    (skipped,) = result.skipped
+    assert skipped.path == truth.paths[0] and skipped.reason.startswith("deflated data inflates to over 67,108,864")
+    (series,) = result.series
+    assert series.files == (truth.paths[1],)  # the honest slice is read; its series fails for the lost one
+    assert any(p.kind == "unreadable_file_in_folder" for p in series.problems)

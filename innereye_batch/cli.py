@@ -76,7 +76,8 @@ def scan(
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")] = False,
     workers: Annotated[
-        int, typer.Option(help="Header-reading processes (0 = automatic: one per core for 2,000 files or more).")
+        int,
+        typer.Option(help="Header-reading processes (0 = automatic: one per core for 2,000 files or more).", min=0),
     ] = 0,
     regrid_irregular: Annotated[
         bool,
@@ -89,9 +90,6 @@ def scan(
 
     if not input.is_dir():
         console.print(Text.assemble(("error:", "red"), f" input folder not found: {printable(input)}"))
-        raise typer.Exit(EXIT_USAGE)
-    if workers < 0:
-        console.print(Text.assemble(("error:", "red"), " --workers must be 0 (automatic) or more"))
         raise typer.Exit(EXIT_USAGE)
     result = scan_tree(input, workers=workers or None, regrid_irregular=regrid_irregular)
     if as_json:
@@ -169,7 +167,7 @@ def run(
     input: Annotated[Path, typer.Option("--input", "-i", help="Folder tree of DICOM files.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one sub-folder per series).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).")] = 2,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).", min=0)] = 2,
     patch_batch: _PatchBatch = "auto",
     writers: Annotated[
         str,
@@ -178,7 +176,7 @@ def run(
             "8; on a CPU threads)."
         ),
     ] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Classification: images per forward pass.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Classification: images per forward pass.", min=1)] = 16,
     explain: Annotated[
         str,
         typer.Option(
@@ -279,8 +277,6 @@ def run(
         raise UsageError("--devices applies to --executor local; Ray places one actor per GPU itself (--ray-actors)")
     if ray_actors < 0 or ray_cpus_per_actor < 1:
         raise UsageError("--ray-actors must be 0 or more and --ray-cpus-per-actor 1 or more")
-    if workers < 0 or batch_size < 1:
-        raise UsageError("--workers must be 0 or more and --batch-size 1 or more")
     options = RunOptions(
         model=model,
         input=input,

@@ -61,6 +61,8 @@ class Damaged:
     modality: str = ""
     unsupported: bool = False
     """Readable, but of a kind this tool does not process (colour, 1-bit), rather than damaged."""
+    empty: bool = False
+    """0 bytes: a lost slice beside images of its folder, but alone in a folder no sign of anything."""
 
 
 def is_image_claim(sop_class: str, fields: Mapping[Any, Any]) -> bool:
@@ -161,19 +163,12 @@ def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[Seri
     for uid in sorted((set(members) | set(unsupported)) - found):
         result.append(_placeholder(uid, [f for f in damaged if f.series_instance_uid == uid]))
     claimed = {path.parent for info in series for path in info.files}
+    empty = {file.skipped.path for file in damaged if file.empty}
     for folder, files in sorted(orphans.items()):
-        unclaimed = [f for f in files if folder not in claimed and _holds_data(f.path)]
+        unclaimed = [file for file in files if folder not in claimed and file.path not in empty]
         if unclaimed:  # DICOM files of no series found, none of them readable: a row of their own, never dropped
             result.append(_orphans_row(folder, unclaimed))
     return result
-
-
-def _holds_data(path: Path) -> bool:
-    """An empty file alone in a folder is no lost slice; one with bytes that claimed to be DICOM may be."""
-    try:
-        return path.stat().st_size > 0
-    except OSError:
-        return True
 
 
 def _orphans_row(folder: Path, files: list[SkippedFile]) -> SeriesInfo:
@@ -181,19 +176,7 @@ def _orphans_row(folder: Path, files: list[SkippedFile]) -> SeriesInfo:
     ``unreadable.<hash of the folder>``, failed with the reason, so that a run that lost them is not ``ok``."""
     digest = hashlib.sha256(str(folder).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     reason = f"{len(files)} DICOM file(s) whose series cannot be read, in a folder of no other series: {_names(files)}"
-    return SeriesInfo(
-        series_instance_uid="",
-        study_instance_uid="",
-        frame_of_reference_uid="",
-        modality="",
-        sop_class_uid="",
-        series_description="",
-        slices=(),
-        geometry=_NO_GEOMETRY,
-        transfer_syntaxes=(),
-        problems=(Problem(NO_READABLE_IMAGES, reason, True),),
-        key_suffix=f"unreadable.{digest}",
-    )
+    return _imageless("", "", "", [Problem(NO_READABLE_IMAGES, reason, True)], key_suffix=f"unreadable.{digest}")
 
 
 _NO_GEOMETRY = Geometry((0, 0, 0), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
@@ -214,6 +197,11 @@ def _placeholder(uid: str, files: list[Damaged]) -> SeriesInfo:
         )
     study = next((f.study_instance_uid for f in files if f.study_instance_uid), "")
     modality = next((f.modality for f in files if f.modality), "")
+    return _imageless(uid, study, modality, problems)
+
+
+def _imageless(uid: str, study: str, modality: str, problems: list[Problem], key_suffix: str = "") -> SeriesInfo:
+    """A row for files none of which can be used: no images, no geometry, its fatal problems."""
     return SeriesInfo(
         series_instance_uid=uid,
         study_instance_uid=study,
@@ -225,6 +213,7 @@ def _placeholder(uid: str, files: list[Damaged]) -> SeriesInfo:
         geometry=_NO_GEOMETRY,
         transfer_syntaxes=(),
         problems=tuple(problems),
+        key_suffix=key_suffix,
     )
 
 

@@ -216,12 +216,16 @@ _MOST_DEFLATE_RATIO = 64
 deflates a thousand-fold, but is small; a gigabyte of zeros in a megabyte is a bomb)."""
 
 
-def deflate_bomb(fp: BinaryIO, size: int) -> str | None:
-    """Why the deflated dataset of the file at ``fp`` (DICM prefix read, ``size`` bytes) is refused before any
-    parse: it inflates past ``_MOST_INFLATED_BYTES`` or ``_MOST_DEFLATE_RATIO`` times ``size``. None for a
-    file that is not deflated, or whose deflated data stays within that. Counted as a stream, never held."""
-    fp.seek(132)
-    meta = fp.read(1024)
+DEFLATE_CHECK_BYTES = 132 + 1024
+"""How much of a file's start ``deflate_bomb`` looks at: the preamble, the prefix and the file meta."""
+
+
+def deflate_bomb(fp: BinaryIO, start: bytes, size: int) -> str | None:
+    """Why the deflated dataset of the file at ``fp`` (``size`` bytes, its first ``DEFLATE_CHECK_BYTES`` in
+    ``start``) is refused before any parse: it inflates past ``_MOST_INFLATED_BYTES`` or
+    ``_MOST_DEFLATE_RATIO`` times ``size``. None for a file that is not deflated (told from ``start`` alone), or
+    whose deflated data stays within that. Counted as a stream, never held."""
+    meta = start[132:]
     if meta[:4] != b"\x02\x00\x00\x00" or _DEFLATED not in meta:  # the file meta's group length comes first
         return None
     fp.seek(144 + int.from_bytes(meta[8:12], "little"))  # the deflated dataset follows the file meta

@@ -38,6 +38,7 @@ from innereye_batch.dicom.headers import FileHeader, ImageHeader
 from innereye_batch.dicom.mosaic import MOSAIC_TAGS, unpack_mosaic
 from innereye_batch.dicom.photometric import PROJECTION_MODALITIES
 from innereye_batch.dicom.pixel_data import (
+    DEFLATE_CHECK_BYTES,
     NATIVE_LITTLE_ENDIAN,
     PIXEL_DATA_TAGS,
     deflate_bomb,
@@ -365,13 +366,14 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     size = status.st_size
     if size == 0:
         reason = "empty file (0 bytes)"
-        return SkippedFile(path, reason) if path.name.startswith(".") else Damaged(SkippedFile(path, reason), None)
+        empty = Damaged(SkippedFile(path, reason), None, empty=True)
+        return SkippedFile(path, reason) if path.name.startswith(".") else empty
     with open(path, "rb") as fp:
-        start = fp.read(132)
+        start = fp.read(DEFLATE_CHECK_BYTES)  # the preamble and prefix, and the file meta that names the syntax
         bare = start[128:132] != b"DICM"
         if bare and start[:2] not in _BARE_DICOM_STARTS:
             return SkippedFile(path, "not a DICOM file (no 'DICM' prefix and no DICOM tags at its start)")
-        bomb = None if bare else deflate_bomb(fp, size)
+        bomb = None if bare else deflate_bomb(fp, start, size)
         if bomb is not None:  # before pydicom, which inflates the whole dataset in memory
             return Damaged(SkippedFile(path, bomb), None)
         fp.seek(0)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from innereye_batch.errors import InnerEyeBatchError, UsageError
 from innereye_batch.pipeline.process import Job, item_result
+from innereye_batch.pipeline.state import mark_not_done
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import PredictorOptions
 from innereye_batch.writers.registry import OutputFormat, WriterOptions
@@ -281,7 +282,7 @@ class _Driver:
             remove_stale_temporaries(self.options.output, [job.folder])
             self.progress.event("ray_actor_died", message=f"a Ray actor died while processing {key}: {_cause(error)}")
             if self.attempts[key] >= self.options.ray.max_attempts:
-                _discard_outputs(job, self.context)
+                mark_not_done(job.folder)  # no output without its done record: what a dead actor left goes
                 reason = (
                     f"the Ray worker process died {self.attempts[key]} times while this series was in it "
                     f"(killed, out of memory, or a crash): {_cause(error)}"
@@ -312,12 +313,5 @@ class _Driver:
             try:
                 self.context.finish(self.ray.get(ref))
             except self.ray.exceptions.RayError:
-                _discard_outputs(job, self.context)
+                mark_not_done(job.folder)  # no output without its done record: what a dead actor left goes
         self.in_flight.clear()
-
-
-def _discard_outputs(job: Job, context: RunContext) -> None:
-    """No output without its done record: what a dead actor left of a failed item goes."""
-    from innereye_batch.pipeline.state import mark_not_done
-
-    mark_not_done(job.folder)

@@ -122,7 +122,7 @@ def check_zip(path: Path, limits: UploadLimits) -> list[ZipMember]:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except Exception as error:  # BadZipFile, NotImplementedError (a zip version Python cannot read), ...
+    except Exception as error:  # anything zipfile raises on a broken directory (BadZipFile, NotImplementedError...)
         why = printable(relative_paths(str(error), path.parent))  # never the service's own paths
         raise UploadRefused(f"the upload is not a readable zip file ({type(error).__name__}: {why})") from None
     if len(infos) > limits.max_members:

@@ -114,13 +114,13 @@ def sliding_window_inference(
     the device, ``auto_patch_batch``); with ``amp``
     the forward pass runs under mixed precision where the device computes it (``amp_autocast``: bf16 on CUDA and
     on CPUs with native bf16). Patches run on the image's device; see the module docstring for where the
-    accumulators live. ``fixed_batch`` (default: on CUDA) pads the last, smaller batch of patches to the full
-    batch with copies of its last patch, so that every forward pass has one shape: with cuDNN's autotuning
-    (``cudnn.benchmark``) each new shape would otherwise cost a search of its own (measured on an H100:
+    accumulators live. ``fixed_batch`` (default: on CUDA when cuDNN's autotuning, ``cudnn.benchmark``, is on)
+    pads the last, smaller batch of patches to the full batch with copies of its last patch, so that every
+    forward pass has one shape: with autotuning each new shape costs a search of its own (measured on an H100:
     a 3-member ensemble's series took 11-43 s instead of 3 s when its last batch was a new size). For the same
     reason an automatic patch batch is chosen once per device, patch shape and precision when ``chosen_batches``
     (the caller's memo, kept across series) is given: the free memory, and with it the choice, differs from one
-    series to the next.
+    series to the next, and one batch all run long keeps the passes alike.
     """
     import torch
 
@@ -171,7 +171,7 @@ def sliding_window_inference(
                 chosen_batches[memo_key] = chosen
         patch_batch = min(chosen, len(corners))
     if fixed_batch is None:
-        fixed_batch = image.device.type == "cuda"
+        fixed_batch = image.device.type == "cuda" and bool(torch.backends.cudnn.benchmark)
     for batch_corners in _chunks(corners, patch_batch):
         windows = [_window(corner, patch) for corner in batch_corners]
         inputs = torch.stack([padded[(slice(None), *window)] for window in windows])
@@ -309,15 +309,24 @@ patch than one at a time (measured 1.1-1.2x with 24x64x64 patches, BENCHMARKS.md
 MAX_PATCH_BATCH = 32
 _PATCH_MEMORY_SHARE = 0.5
 """Share of the free device memory that the patches' activations may take (the rest: accumulators, the image)."""
+GPU_BATCH_VOXELS = 2**24
+"""Voxels per forward pass past which a larger automatic patch batch buys a GPU almost nothing, while its memory
+grows with it: 16 patches of 64x128x128, 32 (``MAX_PATCH_BATCH``) of anything below 64x64x128. Measured on an
+H200 (UNet3D, 32 initial channels, 64x128x128 patches, fp32): 5.1 ms per patch at 4 patches per pass, 4.9 at 12
+and 4.8 at 32, which took 21 GiB of GPU memory (BENCHMARKS.md)."""
 
 
-def patch_batch_for_memory(free_bytes: int, bytes_per_patch: int, patches: int) -> int:
+def patch_batch_for_memory(free_bytes: int, bytes_per_patch: int, patches: int, patch_voxels: int | None = None) -> int:
     """How many patches fit one forward pass: half the free memory over one patch's peak use, at least 1, at most
-    ``MAX_PATCH_BATCH`` and the number of patches."""
+    ``MAX_PATCH_BATCH`` and the number of patches; with ``patch_voxels``, at most as many as hold
+    ``GPU_BATCH_VOXELS`` voxels (rounded up)."""
+    most = min(MAX_PATCH_BATCH, patches)
+    if patch_voxels is not None and patch_voxels > 0:
+        most = min(most, -(-GPU_BATCH_VOXELS // patch_voxels))
     if bytes_per_patch <= 0:
-        return max(1, min(MAX_PATCH_BATCH, patches))
+        return max(1, most)
     fitting = int(free_bytes * _PATCH_MEMORY_SHARE) // bytes_per_patch
-    return max(1, min(MAX_PATCH_BATCH, patches, fitting))
+    return max(1, min(most, fitting))
 
 
 def auto_patch_batch(
@@ -329,7 +338,8 @@ def auto_patch_batch(
     amp: bool = False,
 ) -> int:
     """Patches per forward pass for ``device``: on CUDA from the free memory and one probe patch's peak memory
-    (measured, under the same autocast); on a CPU ``CPU_PATCH_BATCH``."""
+    (measured, under the same autocast), and no more than ``GPU_BATCH_VOXELS`` voxels; on a CPU
+    ``CPU_PATCH_BATCH``."""
     import torch
 
     if device.type != "cuda":
@@ -345,7 +355,7 @@ def auto_patch_batch(
     torch.cuda.synchronize(device)
     per_patch = torch.cuda.max_memory_allocated(device) - before
     del probe
-    return patch_batch_for_memory(free_device_bytes(device), per_patch, patches)
+    return patch_batch_for_memory(free_device_bytes(device), per_patch, patches, math.prod(patch))
 
 
 def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:

@@ -175,10 +175,9 @@ class SegmentationPredictor:
             self.channels_last = to_channels_last(self.networks)
         if self.device.type == "cpu":
             use_onednn_conv3d(self.networks)
-        if self.device.type == "cuda":
-            import torch
-
-            torch.backends.cudnn.benchmark = True  # one patch shape all run long: cuDNN's fastest algorithm for it
+        # cuDNN's autotuning (cudnn.benchmark) stays as torch leaves it, off: on an H200 its one-off search cost the
+        # run's first series 3.4 s at 4 patches per pass and 29 s at 32, and made the passes after it 1-2 % faster
+        # (BENCHMARKS.md); cuDNN's own heuristics choose as well for these convolutions.
 
     @property
     def batch_size(self) -> int:

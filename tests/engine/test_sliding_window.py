@@ -337,11 +337,17 @@ def test_auto_patch_batch_on_a_cpu_and_from_free_memory(image: torch.Tensor) -> 
     assert patch_batch_for_memory(16 * gib, gib, 3) == 3  # never more than the patches
     assert patch_batch_for_memory(gib, 4 * gib, 100) == 1  # at least one
     assert patch_batch_for_memory(1000 * gib, gib, 100) == 32  # capped
+    # past 2**24 voxels per pass a GPU gains almost nothing from a larger batch, and its memory grows
+    assert patch_batch_for_memory(1000 * gib, gib, 200, 64 * 128 * 128) == 16
+    assert patch_batch_for_memory(1000 * gib, gib, 200, 32 * 64 * 64) == 32
+    assert patch_batch_for_memory(1000 * gib, gib, 200, 96 * 96 * 96) == 19  # rounded up
+    assert patch_batch_for_memory(6 * gib, gib, 200, 64 * 128 * 128) == 3  # memory still decides first
+    assert patch_batch_for_memory(1000 * gib, gib, 200, 128 * 256 * 512) == 1
 
 
 def test_fixed_batch_pads_the_last_batch_and_keeps_the_result(image: torch.Tensor) -> None:
-    """As on CUDA: every forward pass gets the full patch batch (cuDNN autotunes each new shape once), the padding
-    patches' outputs are dropped, and the result equals the unpadded run's."""
+    """As on CUDA with cuDNN's autotuning on: every forward pass gets the full patch batch (a new shape costs a
+    search), the padding patches' outputs are dropped, and the result equals the unpadded run's."""
     net = conv_net(2, 3, seed=3)
     shapes: list[tuple[int, ...]] = []
 

@@ -130,10 +130,11 @@ def run(repeats: int = 2) -> str:
             "",
             *table,
             "",
-            "Against inference of the same series: on an H100 the GPU bench's 3-member ensemble took 2.3-3.4 s of "
-            "device time per series of 200-300 slices (fp32; see the GPU section). One series' organ-like export is "
-            "slower than that, but it runs off the device loop, in writer processes on the spare cores: with 8 of "
-            "them export keeps up while each series' export stays under 8 times its inference time.",
+            "Against inference of the same series: on an H200 the GPU bench's 3-member ensemble took 2.3-2.8 s of "
+            "device time per series of 200-300 slices (fp32; 1.5-1.8 s in bf16; see the GPU section), and the "
+            "300-slice series' export alone took 10.6 s there. Export is slower than inference, but it runs off "
+            "the device loop, in writer processes on the spare cores: with 8 of them it keeps up while each "
+            "series' export stays under 8 times its inference time.",
             "",
         ]
     )

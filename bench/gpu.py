@@ -23,7 +23,9 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -167,12 +169,14 @@ class Utilisation:
             self.handle = None
 
     def __enter__(self) -> Utilisation:
+        self.began = time.perf_counter()
         if self.handle is not None:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.ended = time.perf_counter()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -184,13 +188,19 @@ class Utilisation:
             time.sleep(self.period)
 
     def summary(self) -> dict[str, float]:
-        """Mean over the whole way, and over the span from the first to the last busy sample (after warm-up)."""
+        """Mean over the whole way, and over the span from the first to the last busy sample (after warm-up); when
+        the GPU first got busy (start-up: imports, scan, model load, the first decode) and how long it idled at the
+        end (the last series' export)."""
         if not self.samples:
             return {}
         values = [u for _, u in self.samples]
         busy = [i for i, u in enumerate(values) if u > 0]
         span = values[busy[0] : busy[-1] + 1] if busy else values
-        return {"mean_whole": statistics.fmean(values), "mean_busy_span": statistics.fmean(span)}
+        summary = {"mean_whole": statistics.fmean(values), "mean_busy_span": statistics.fmean(span)}
+        if busy:
+            summary["first_busy_s"] = self.samples[busy[0]][0] - self.began
+            summary["idle_tail_s"] = self.ended - self.samples[busy[-1]][0]
+        return summary
 
 
 def run_ours(
@@ -285,7 +295,7 @@ def profile_one(scans: Path, model: Path, device: str, path: Path) -> dict[str, 
         start = time.perf_counter()
         if events:
             events[0].record()
-        _, timings = predictor.label_map(image, volume.geometry)
+        labels, timings = predictor.label_map(image, volume.geometry)
         if events:
             events[1].record()
             torch.cuda.synchronize()
@@ -303,7 +313,66 @@ def profile_one(scans: Path, model: Path, device: str, path: Path) -> dict[str, 
         "device_s": device_ms / 1000,
         "timings": timings,
         "device_share": (device_ms / 1000) / wall if events else float("nan"),
+        "export_alone": export_alone(package, job, labels, Path(tempfile.mkdtemp(prefix="export_alone"))),
     }
+
+
+def export_alone(package: Any, job: Any, labels: np.ndarray, out: Path) -> dict[str, float]:
+    """One series' export (largest components, then every default format), each step timed in this process with
+    the machine otherwise idle: against the same series' export in a writer process during the run, it shows
+    what sharing the cores with the other writers and the decoders costs."""
+    import shutil
+
+    from bench.export_bench import _export
+    from innereye_batch.dicom.volume import load_volume
+    from innereye_batch.writers.registry import resolve_formats
+
+    try:
+        return _export(package, resolve_formats((), package.task), job, load_volume(job.item.primary), labels, out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+PROBES = ((4, True), (4, False), (12, True), (12, False), (32, False))
+"""(patches per forward pass, cuDNN autotuning on) for ``probe_batches``; 32 with autotuning is the first run's."""
+
+
+def probe_batches(smoke: bool) -> list[dict[str, Any]]:
+    """One member's forward pass at several patch batches, with and without cuDNN's autotuning, each in a process
+    of its own (cuDNN keeps what it chose per shape for the process's life): the first pass (with autotuning:
+    the search) and the steady time per patch."""
+    rows = []
+    for batch, autotune in PROBES[:2] if smoke else PROBES:
+        command = [sys.executable, "-m", "bench.gpu", "--probe", f"{batch},{int(autotune)}"]
+        command += ["--smoke"] if smoke else []
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"probe {rows[-1]}", flush=True)
+    return rows
+
+
+def _probe(batch: int, autotune: bool, smoke: bool) -> dict[str, Any]:
+    from innereye_batch.engine.ensemble import to_channels_last
+
+    block = SMOKE_BLOCK if smoke else BLOCK
+    device = torch.device("cpu" if smoke else "cuda")
+    torch.backends.cudnn.benchmark = autotune
+    params = {k: v for k, v in block["architecture"].items() if k != "name"}
+    network = band_network(params, 0).to(device)
+    to_channels_last([network])
+    inputs = torch.rand((batch, 1, *block["patch_size"]), device=device).to(memory_format=torch.channels_last_3d)
+
+    def timed() -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            network(inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    first = timed()
+    steady = statistics.median(timed() for _ in range(4))
+    return {"batch": batch, "autotune": autotune, "first_s": first, "steady_ms_per_patch": 1000 * steady / batch}
 
 
 def section(env: dict[str, Any], results: dict[str, Any]) -> str:
@@ -374,6 +443,32 @@ def section(env: dict[str, Any], results: dict[str, Any]) -> str:
             f"components {t.get('refine', 0.0):.2f} s, writing every format {t.get('write', 0.0):.2f} s), "
             "in a writer process, off the device loop.",
         ]
+    timeline = [
+        f"{names[key]}: busy from {results[key]['gpu']['first_busy_s']:.1f} s, idle for the last "
+        f"{results[key]['gpu']['idle_tail_s']:.1f} s"
+        for key in names
+        if "first_busy_s" in results.get(key, {}).get("gpu", {})
+    ]
+    if timeline:
+        lines += ["", "GPU timeline (NVML samples): " + "; ".join(timeline) + "."]
+    if "export_alone" in results.get("profile", {}):
+        alone = results["profile"]["export_alone"]
+        lines += [
+            "",
+            f"The {results['profile']['slices']}-slice series' export alone (this process, the machine otherwise "
+            "idle; s): " + ", ".join(f"{k} {v:.2f}" for k, v in alone.items()) + ".",
+        ]
+    if "batches" in results:
+        lines += [
+            "",
+            "One member's forward pass by patch batch (a process each): first pass / steady ms per patch: "
+            + "; ".join(
+                f"{r['batch']} patches, autotuning {'on' if r['autotune'] else 'off'}: {r['first_s']:.2f} s / "
+                f"{r['steady_ms_per_patch']:.1f} ms"
+                for r in results["batches"]
+            )
+            + ".",
+        ]
     if "scan" in results:
         s = results["scan"]
         lines += [
@@ -402,7 +497,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_bench"))
     parser.add_argument("--budget", type=float, default=420.0, help="seconds: later ways are skipped past it")
     parser.add_argument("--smoke", action="store_true", help="tiny cohort on the CPU: a check of this script")
+    parser.add_argument("--skip", default="", help="comma-separated steps to leave out (e.g. ours_16gib)")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # "batch,autotune": one probe_batches process
     args = parser.parse_args()
+    if args.probe:
+        batch, autotune = (int(v) for v in args.probe.split(","))
+        print(json.dumps(_probe(batch, bool(autotune), args.smoke)))
+        return
     began = time.perf_counter()
     device = "cpu" if args.smoke else "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -431,12 +532,16 @@ def main() -> None:
         ("scan", lambda: time_scan(scans)),
         ("ours_all", lambda: run_ours(scans, model, args.work / "ours_all", device, (), False)),
         ("monai", lambda: run_monai(scans, model, args.work / "monai", device)),
-        ("profile", lambda: profile_one(scans, model, device, args.out / "profile.txt")),
-        ("ours_16gib", lambda: run_ours(scans, model, args.work / "ours_16gib", device, (), False, 16.0)),
         ("ours_amp", lambda: run_ours(scans, model, args.work / "ours_amp", device, (), True)),
+        ("profile", lambda: profile_one(scans, model, device, args.out / "profile.txt")),
+        ("batches", lambda: probe_batches(args.smoke)),
         ("ours_nifti", lambda: run_ours(scans, model, args.work / "ours_nifti", device, ("nifti",), False)),
+        ("ours_16gib", lambda: run_ours(scans, model, args.work / "ours_16gib", device, (), False, 16.0)),
     ]
+    skipped = set(filter(None, args.skip.split(",")))
     for name, step in steps:
+        if name in skipped:
+            continue
         if time.perf_counter() - began > args.budget:
             print(f"skipped {name}: past the {args.budget:.0f} s budget", flush=True)
             continue

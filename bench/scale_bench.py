@@ -144,7 +144,7 @@ def _projection(per_series: dict[str, float]) -> list[str]:
         "### Scale-out: projected scaling to N GPUs and nodes",
         "",
         "This bench runs on the CPU only: this is reasoning from the stage split above and the loading bench "
-        "(the GPU section has what one H100 showed). Per series the work is: header scan (once per "
+        "(the GPU section has what one H200 showed). Per series the work is: header scan (once per "
         "run; once per *shard*: every shard scans the whole tree), storage read and decode (CPU: loader "
         "workers, or the actor's threads), inference (the device), post-processing and export (CPU: writer "
         "threads; NIfTI compression, DICOM-SEG, RT Structure Set contours, preview, read-back checks) and the "

@@ -122,4 +122,11 @@ def plan_run(
             settled.append(item_result(item.primary, "skipped", "already done with this model and input"))
             continue
         jobs.append(Job(item, folder, fingerprint))
+    jobs.sort(key=_voxels, reverse=True)  # stable: equal sizes keep the scan's order
     return jobs, settled
+
+
+def _voxels(job: Job) -> int:
+    """The job's input voxels. Jobs run largest first, so that a run's end, where the device has nothing left to
+    do, waits on the export of its smallest series rather than of any series (longest-processing-time order)."""
+    return sum(math.prod(s.geometry.shape) for s in job.item.inputs)

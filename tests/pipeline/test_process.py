@@ -155,3 +155,22 @@ def test_outputs_a_series_cannot_get_fail_it_at_planning(tmp_path: Path, model: 
     assert not (tmp_path / "out").exists()
     nifti_only = run_batch(RunOptions(model=model, input=scans, output=tmp_path / "out", formats=("nifti",), workers=0))
     assert [r.status for r in nifti_only.results] == ["ok"]
+
+
+def test_jobs_run_largest_first(tmp_path: Path, model: Path) -> None:
+    """Longest-processing-time order: the run's end waits on the smallest series' export. Equal sizes keep the
+    scan's order, and the dry run lists the jobs in the order they run."""
+    scans = tmp_path / "scans"
+    shapes = {"a": (6, 16, 16), "b": (10, 16, 16), "c": (6, 16, 16), "d": (8, 20, 20)}
+    uids = {
+        name: write_series(scans / name, shape=shape, seed=i).series_instance_uid
+        for i, (name, shape) in enumerate(shapes.items())
+    }
+    package = load_model_package(model)
+    scan = scan_tree(scans)
+    jobs, _ = plan_run(scan, package, resolve_formats((), package.task), tmp_path / "out")
+    in_scan = [s.series_instance_uid for s in scan.series]
+    small = sorted((uids["a"], uids["c"]), key=in_scan.index)
+    assert [j.item.primary.series_instance_uid for j in jobs] == [uids["d"], uids["b"], *small]
+    dry = run_batch(RunOptions(model=model, input=scans, output=tmp_path / "out", dry_run=True))
+    assert [p["key"] for p in dry.planned] == [j.item.key for j in jobs]

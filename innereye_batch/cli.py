@@ -206,7 +206,9 @@ def run(
         list[str] | None, typer.Option("--modality", help="Only series of this Modality (repeatable).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo series that are already done.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="List what would run, write nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would run, in the order it would run (largest series first), write nothing.")
+    ] = False,
     fail_fast: Annotated[bool, typer.Option(help="Stop at the first failed series.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables (for cron).")] = False,
     log_json: Annotated[bool, typer.Option(help="One JSON line per event on stderr (for cron).")] = False,

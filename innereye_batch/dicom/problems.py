@@ -8,7 +8,8 @@ cases, the table says when.
 kind                        fatal  meaning
 ==========================  =====  ============================================================================
 unreadable_file             yes    a file of this series (its SeriesInstanceUID read, possibly from what was left
-                                   of a cut header) cannot be read: truncated, empty of pixel data, corrupt
+                                   of a cut header) cannot be read: truncated, empty of pixel data, corrupt, or
+                                   its values not stored from bit 0 (HighBit other than BitsStored - 1)
 unreadable_file_in_folder   yes    a file in this series' folder cannot be read and its series is unknown
                                    (empty, cut before its SeriesInstanceUID, corrupt): it may be one of its slices
 possibly_incomplete         no     InstanceNumbers are contiguous but start above 1, or ImagesInAcquisition

@@ -4,9 +4,10 @@ A classification model trained on 16-bit grey PNGs (PadChest's format) must see 
 ``png_convention`` maps the stored values of one frame, in this order, with pydicom's own functions:
 
 1. **Modality LUT** (``apply_modality_lut``): the Modality LUT Sequence, or Rescale Slope / Intercept.
-2. **VOI** (when ``apply_voi`` and the file has one; ``apply_voi_lut`` with ``index=0``, ``prefer_lut=True``):
-   the first item of the VOI LUT Sequence when present, otherwise the first Window Center / Width pair with the
-   VOI LUT Function (LINEAR by default, LINEAR_EXACT, SIGMOID).
+2. **VOI** (when ``apply_voi`` and the file has one): the first item of the VOI LUT Sequence when present (looked
+   up here: pydicom 3.0 indexes a table of 8-bit entries with 8-bit indices, which wrap), otherwise the first
+   Window Center / Width pair with the VOI LUT Function (LINEAR by default, LINEAR_EXACT, SIGMOID; pydicom's
+   ``apply_windowing``, whose output range is turned the right way round under a negative Rescale Slope).
 3. **Scaling to [0, 1]** from a range fixed by the header, never by the image (``scaling="full_range"``):
 
    - after a VOI LUT Sequence item: ``[0, 2**n - 1]``, n its third LUT Descriptor value (bits per entry);
@@ -23,13 +24,16 @@ A classification model trained on 16-bit grey PNGs (PadChest's format) must see 
 
 Refused with ``DicomError`` naming the file and the cause: colour or other non-grey photometric
 interpretations, DX/MG/IO images "FOR PROCESSING" (raw detector data, not what a PNG was made from), a
-Presentation LUT Sequence, a MONOCHROME2 image whose Presentation LUT Shape is INVERSE, and multi-frame files
-whose functional groups carry per-frame rescale or VOI (their frames could need different mappings).
+Presentation LUT Sequence, a Presentation LUT Shape that contradicts the photometric interpretation (INVERSE with
+MONOCHROME2, IDENTITY with MONOCHROME1: the DX module pairs them the other way), multi-frame files whose
+functional groups carry per-frame rescale or VOI (their frames could need different mappings), and LUTs whose
+descriptor and data disagree (entry bits other than 8 or 10-16, fewer entries than announced).
 """
 
 from __future__ import annotations
 
 import stat
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +109,39 @@ def modality_output_range(ds: Dataset) -> tuple[float, float]:
     low, high = stored_value_range(ds)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None and intercept is not None:
-        return low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+        ends = (low * float(slope) + float(intercept), high * float(slope) + float(intercept))
+        return min(ends), max(ends)  # a negative slope maps the lowest stored value to the highest output
     return float(low), float(high)
+
+
+def lut_entries(item: Dataset, ds: Dataset, what: str) -> tuple[np.ndarray, int, int]:
+    """A LUT item's (entries as int64, first value mapped, bits per entry), checked against its descriptor:
+    ``DicomError`` when the entry bits are not 8 or 10-16 or the data holds fewer entries than announced.
+    OW data holds one entry per 16-bit word, or 8-bit entries packed one per byte."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    if len(descriptor) != 3:
+        raise DicomError(f"{what}: LUT Descriptor has {len(descriptor)} values, not 3")
+    count, first, bits = descriptor[0] or 2**16, descriptor[1], descriptor[2]
+    if bits != 8 and not 10 <= bits <= 16:
+        raise DicomError(f"{what}: LUT Descriptor gives {bits} bits per entry (8 or 10-16 allowed)")
+    data = item.LUTData
+    if isinstance(data, bytes):
+        little = ds.original_encoding[1] is not False
+        if bits == 8 and len(data) in (count, count + 1):  # packed bytes (an odd count is padded to even length)
+            entries = np.frombuffer(data, dtype=np.uint8)[:count]
+        else:
+            entries = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2" if little else ">u2")
+    else:
+        entries = np.atleast_1d(np.asarray(data, dtype=np.int64))
+    if len(entries) < count:
+        raise DicomError(f"{what}: LUT Data holds {len(entries)} entries, its LUT Descriptor announces {count}")
+    return entries[:count].astype(np.int64) & (2**bits - 1), first, bits
+
+
+def _look_up(values: np.ndarray, entries: np.ndarray, first: int) -> np.ndarray:
+    """Each value's entry: values below ``first`` get the first entry, those past the table the last."""
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, len(entries) - 1)
+    return entries[index]
 
 
 def _voi_kind(ds: Dataset) -> str | None:
@@ -130,24 +165,30 @@ def png_convention(
     stored: np.ndarray, ds: Dataset, *, apply_voi: bool = True, scaling: Scaling = "full_range"
 ) -> MappedPixels:
     """Map one frame's stored values (y, x) to the uint16 PNG convention (steps in the module docstring)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_windowing
 
     if scaling not in ("full_range", "min_max"):
         raise ValueError(f"unknown scaling {scaling!r}: use 'full_range' or 'min_max'")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"photometric interpretation {photometric or '(missing)'} is not grey (MONOCHROME1/2)")
-    values = apply_modality_lut(np.asarray(stored), ds)
+    modality_lut = ds.get("ModalityLUTSequence")
+    if modality_lut:
+        entries, first, _ = lut_entries(modality_lut[0], ds, "Modality LUT Sequence")
+        values = _look_up(np.asarray(stored), entries, first)
+    else:
+        values = apply_modality_lut(np.asarray(stored), ds)
     kind = _voi_kind(ds) if apply_voi else None
     if kind == "lut":
-        if not np.issubdtype(values.dtype, np.integer):  # LUT inputs are integers; a rescale gives float64
-            values = np.rint(values).astype(np.int64)
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-        low, high = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+        entries, first, bits = lut_entries(ds.VOILUTSequence[0], ds, "VOI LUT Sequence")
+        values = _look_up(values, entries, first)
+        low, high = 0.0, float(2**bits - 1)
         voi = "VOI LUT Sequence"
     elif kind == "window":
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        values = apply_windowing(values, ds, index=0)
         low, high = modality_output_range(ds)
+        if _negative_slope(ds):  # pydicom's output range runs from the lowest stored value's output: reversed
+            values = (low + high) - np.asarray(values, dtype=np.float64)
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
         voi = f"window {_first(ds.WindowCenter):g}/{_first(ds.WindowWidth):g} {function}"
     else:
@@ -162,6 +203,12 @@ def png_convention(
     if inverted:
         unit = 1.0 - unit
     return MappedPixels(np.rint(unit * UINT16_MAX).astype(np.uint16), inverted, voi)
+
+
+def _negative_slope(ds: Dataset) -> bool:
+    """True when a Rescale Slope (without a Modality LUT Sequence) maps higher stored values lower."""
+    slope = ds.get("RescaleSlope")
+    return not ds.get("ModalityLUTSequence") and slope is not None and float(slope) < 0
 
 
 def pixel_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | None]:
@@ -196,8 +243,8 @@ def check_projection_header(ds: Dataset, modalities: Iterable[str] = PROJECTION_
     if ds.get("PresentationLUTSequence"):
         return "a Presentation LUT Sequence is not supported"
     shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
-    if shape == "INVERSE" and photometric == "MONOCHROME2":
-        return "MONOCHROME2 with Presentation LUT Shape INVERSE (contradictory polarity)"
+    if (shape, photometric) in (("INVERSE", "MONOCHROME2"), ("IDENTITY", "MONOCHROME1")):
+        return f"{photometric} with Presentation LUT Shape {shape} (contradictory polarity)"
     for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         for item in ds.get(groups) or []:
             found = [k for k in _FUNCTIONAL_GROUP_INTENSITY if k in item]
@@ -235,7 +282,9 @@ def projection_images(
     for index in wanted:
         try:
             mapped = png_convention(stored[index], ds, apply_voi=apply_voi, scaling=scaling)
-        except (ValueError, NotImplementedError, AttributeError, IndexError) as error:
+        except DicomError as error:
+            raise DicomError(f"{where}: {error}") from error
+        except (ValueError, NotImplementedError, AttributeError, IndexError, TypeError, struct.error) as error:
             raise DicomError(f"{where}: cannot apply its modality/VOI transforms: {error}") from error
         images.append(
             ProjectionImage(

@@ -92,6 +92,7 @@ HEADER_KEYWORDS = (
     "PixelSpacing",
     "BitsAllocated",
     "BitsStored",
+    "HighBit",
     "PixelRepresentation",
     "RescaleSlope",
     "RescaleIntercept",
@@ -412,11 +413,29 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         return _claim(path, reason, fields, unsupported=True)
     if int(fields.get("BitsAllocated", 16)) == 1:
         return _claim(path, "1-bit (binary) image: not an image series", fields, unsupported=True)
+    misaligned = _high_bit_problem(fields.get("BitsStored"), fields.get("HighBit"))
+    if misaligned:
+        return _claim(path, misaligned, fields)
     native = syntax in NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
     layout = pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
     header = _header_from_fields(path, fields, sop_class, syntax, layout)
     header.problems = decoder_problems(syntax, fields.get("BitsStored"))  # codecs hook: can anything decode it?
     return unpack_mosaic(header, ds)  # mosaic hook: a mosaic's tiles become its images
+
+
+def _high_bit_problem(bits_stored: Any, high_bit: Any) -> str | None:
+    """Why the stored values cannot be read as they lie, or None: the Image Pixel module requires High Bit to be
+    Bits Stored - 1 (values aligned at bit 0). pydicom keeps the low Bits Stored bits whatever High Bit says, so
+    values stored higher up (an old layout) would decode as noise."""
+    if bits_stored is None or high_bit is None:
+        return None
+    try:
+        stored, high = int(bits_stored), int(high_bit)
+    except (TypeError, ValueError):
+        return f"unusable BitsStored {bits_stored!r} or HighBit {high_bit!r}"
+    if high != stored - 1:
+        return f"HighBit {high} with BitsStored {stored}: values not aligned at bit 0 (HighBit must be BitsStored - 1)"
+    return None
 
 
 def _header_from_fields(

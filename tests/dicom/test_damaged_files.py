@@ -251,3 +251,22 @@ def test_deflate_bomb_is_damaged_before_it_is_inflated(tmp_path: Path) -> None:
     (series,) = result.series
     assert series.files == (truth.paths[1],)  # the honest slice is read; its series fails for the lost one
     assert any(p.kind == "unreadable_file_in_folder" for p in series.problems)
+
+
+def test_values_stored_above_bit_0_fail_their_series(tmp_path: Path) -> None:
+    """High Bit must be Bits Stored - 1 (values aligned at bit 0): pydicom keeps the low Bits Stored bits whatever
+    High Bit says, so 12-bit values held in bits 4-15 would load as noise. An edge slice in that layout fails its
+    series, naming the file; a well-formed series beside it is untouched."""
+    truth = write_series(tmp_path / "bad")
+    write_series(tmp_path / "good", seed=2)
+    ds = pydicom.dcmread(truth.paths[0])
+    stored = ds.pixel_array.astype(np.uint16) & 0x0FFF
+    ds.BitsStored, ds.HighBit = 12, 15
+    ds.PixelData = (stored << 4).astype(np.uint16).tobytes()
+    ds.save_as(truth.paths[0], enforce_file_format=True)
+    by_uid = {s.series_instance_uid: s for s in scan_tree(tmp_path).series}
+    bad = by_uid[truth.series_instance_uid]
+    assert kinds(bad)["unreadable_file"] is True
+    assert f"{truth.paths[0].name}" in str(bad.problems) and "HighBit 15 with BitsStored 12" in str(bad.problems)
+    (good,) = [s for uid, s in by_uid.items() if uid != truth.series_instance_uid]
+    assert not good.fatal_problems

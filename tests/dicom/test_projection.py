@@ -215,6 +215,37 @@ def test_signed_stored_values_and_a_lut_with_a_negative_first_value() -> None:
     np.testing.assert_array_equal(projection_images(plain)[0].pixels, reference(stored, bits=12, signed=True))
 
 
+def test_a_voi_lut_of_8_bit_entries_is_indexed_past_256() -> None:
+    """8-bit entries, 4096 of them: pydicom 3.0 indexes such a table with 8-bit indices, which wrap (stored 3315
+    gave entry 16 instead of 206), so the lookup is the module's own; packed bytes read as the 16-bit words do."""
+    stored = chest_values(12)
+    data = np.rint(np.arange(4096) * 255 / 4095).astype(np.uint16)
+    words = projection_dataset(stored, voi_lut=(0, 8, data))
+    expected = reference(stored, bits=12, voi_lut=(0, 8, data))
+    np.testing.assert_array_equal(projection_images(words)[0].pixels, expected)
+    packed = projection_dataset(stored, voi_lut=(0, 8, data))
+    packed.VOILUTSequence[0].LUTData = data.astype(np.uint8).tobytes()
+    np.testing.assert_array_equal(projection_images(packed)[0].pixels, expected)
+    assert expected.max() > 50000  # the bright end reached: no index wrapped
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("window", [None, (2048.0, 4096.0), (1500.0, 1000.0)])
+def test_a_negative_rescale_slope_keeps_the_polarity(photometric: str, window: tuple[float, float] | None) -> None:
+    """Stored 4095 - s with slope -1 and intercept 4095 rescales to s: the same image as s stored plainly. The
+    output range of the rescale (and of pydicom's windowing) runs from the lowest stored value's output, which
+    here is the highest."""
+    values = chest_values(12)
+    inverted = (4095 - values.astype(np.int32)).astype(np.uint16)
+    plain = projection_dataset(values, photometric=photometric, window=window)
+    negative = projection_dataset(inverted, photometric=photometric, window=window, rescale=(-1.0, 4095.0))
+    expected = reference(
+        values, bits=12, monochrome1=photometric == "MONOCHROME1", window=(*window, "LINEAR") if window else None
+    )
+    np.testing.assert_array_equal(projection_images(plain)[0].pixels, expected)
+    np.testing.assert_array_equal(projection_images(negative)[0].pixels, expected)
+
+
 def test_equivalent_encodings_give_the_same_png() -> None:
     """MONOCHROME1 with a full-range window, or a VOI LUT spanning the stored range, equal MONOCHROME2 plain."""
     values = chest_values(12)
@@ -292,6 +323,17 @@ def test_refusals_name_the_file_and_the_cause(tmp_path: Path) -> None:
     item.FrameVOILUTSequence = [pydicom.Dataset()]
     per_frame.PerFrameFunctionalGroupsSequence = [item, item]
     assert "FrameVOILUTSequence" in refusal(per_frame, tmp_path)
+    mirror = projection_dataset(values, modality="DX", photometric="MONOCHROME1")
+    mirror.PresentationLUTShape = "IDENTITY"
+    assert "MONOCHROME1 with Presentation LUT Shape IDENTITY" in refusal(mirror, tmp_path)
+    data = np.arange(4096, dtype=np.uint16)
+    short = projection_dataset(values, voi_lut=(0, 16, data[:2000]))
+    short.VOILUTSequence[0].LUTDescriptor = [4096, 0, 16]
+    assert "VOI LUT Sequence: LUT Data holds 2000 entries, its LUT Descriptor announces 4096" in refusal(
+        short, tmp_path
+    )
+    nine_bits = projection_dataset(values, modality_lut=(0, 9, data))
+    assert "Modality LUT Sequence: LUT Descriptor gives 9 bits per entry" in refusal(nine_bits, tmp_path)
     rgb = pydicom.dcmread(get_testdata_file("SC_rgb_small_odd.dcm"))
     rgb.Modality = "DX"
     assert "RGB is not grey" in refusal(rgb, tmp_path)

@@ -77,7 +77,7 @@ def write_dicom_seg(
     if int(labels.max(initial=0)) > num_structures:
         raise ValueError(f"label map holds label {int(labels.max())} but the model has {num_structures} structures")
 
-    source_images, frames = _source_images_and_frames(series, labels)
+    source_images, frames, frame_numbers = _source_images_and_frames(series, labels)
     algorithm = _algorithm_identification(package)
     segments = [
         _segment_description(number, structure, algorithm) for number, structure in enumerate(structures, start=1)
@@ -101,6 +101,8 @@ def write_dicom_seg(
         content_description=with_marker(f"{package.name} segmentation, {num_structures} structures", clinical_marker),
         series_description=with_marker(f"innereye-batch {package.name}", clinical_marker),
     )
+    if frame_numbers is not None:
+        _refer_to_source_frames(segmentation, frame_numbers)
     set_character_set(segmentation, _our_texts(segmentation), source_images[0])
     if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
         # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote
@@ -164,26 +166,62 @@ def with_type2_patient_and_study(source: Dataset) -> Dataset:
     return source
 
 
-def _source_images_and_frames(series: SeriesInfo, labels: np.ndarray) -> tuple[list[Dataset], np.ndarray]:
-    """Source headers (no pixel data) and the label frames in the order highdicom pairs them with sources."""
+def _source_images_and_frames(
+    series: SeriesInfo, labels: np.ndarray
+) -> tuple[list[Dataset], np.ndarray, list[int] | None]:
+    """Source headers (no pixel data) as highdicom is to see them, the label frames in the order it pairs them
+    with the sources, and for a multi-frame source each of those frames' number in the file (1-based).
+
+    highdicom needs one orientation written identically: single-frame headers get the first one's
+    ImageOrientationPatient (the scan made them one stack, so they agree within its tolerance), and a multi-frame
+    header keeps only this stack's frames (another stack of the file, e.g. a second time point, would repeat its
+    positions), with a per-frame PlaneOrientationSequence moved to the shared groups. Headers are copies in
+    memory: the SEG's references are then pointed back at the file's own frames (``_refer_to_source_frames``).
+    """
     import pydicom
 
     if series.mosaic_size is not None:  # mosaic hook: one frame laid out as the source mosaic (dicom/mosaic.py)
         source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
-        return [source], tiles_to_mosaic(labels, series)[None]
+        return [source], tiles_to_mosaic(labels, series)[None], None
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
-        return [with_type2_patient_and_study(pydicom.dcmread(p, stop_before_pixels=True)) for p in series.files], labels
+        sources = [with_type2_patient_and_study(pydicom.dcmread(p, stop_before_pixels=True)) for p in series.files]
+        if "ImageOrientationPatient" in sources[0]:
+            for source in sources[1:]:
+                source.ImageOrientationPatient = sources[0].ImageOrientationPatient
+        return sources, labels, None
     if len(series.files) != 1 or len(multi_frame) != len(series.slices):
         raise SeriesError(
             series.key, "DICOM-SEG output supports a multi-frame source only when one file holds the whole stack"
         )
     source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
-    # Frames of the file that are not in this stack (another stack of a split series) stay empty.
-    frames = np.zeros((int(source.NumberOfFrames), *labels.shape[1:]), dtype=np.uint8)
-    for label_slice, ref in zip(labels, series.slices, strict=True):
-        frames[ref.frame] = label_slice
-    return [source], frames
+    frames = [s.frame for s in multi_frame if s.frame is not None]
+    items = [source.PerFrameFunctionalGroupsSequence[f] for f in frames]
+    shared = source.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared and "PlaneOrientationSequence" in items[0]:
+        shared.PlaneOrientationSequence = items[0].PlaneOrientationSequence
+        for item in items:
+            del item.PlaneOrientationSequence
+    source.PerFrameFunctionalGroupsSequence = items
+    source.NumberOfFrames = len(items)
+    return [source], labels, [f + 1 for f in frames]
+
+
+def _refer_to_source_frames(segmentation: Dataset, frame_numbers: list[int]) -> None:
+    """Point each SEG frame's source references at the file's own frame numbers: highdicom numbered them in the
+    header copy that holds only this stack's frames, in stack order. highdicom shares one reference item
+    between the frames of several segments at one plane: each item is renumbered once."""
+    renumbered: set[int] = set()
+    for item in segmentation.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence", []):
+            for reference in derivation.get("SourceImageSequence", []):
+                if "ReferencedFrameNumber" in reference and id(reference) not in renumbered:
+                    renumbered.add(id(reference))
+                    numbers = reference.ReferencedFrameNumber
+                    if isinstance(numbers, int | str):
+                        reference.ReferencedFrameNumber = frame_numbers[int(numbers) - 1]
+                    else:
+                        reference.ReferencedFrameNumber = [frame_numbers[int(n) - 1] for n in numbers]
 
 
 def _algorithm_identification(package: ModelPackage) -> Any:

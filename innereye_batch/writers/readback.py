@@ -171,6 +171,10 @@ def compare_stats(
         raise ReadBackError(f"{what} read back does not match the label map: " + "; ".join(problems))
 
 
+_FIRST_PIXEL_TOLERANCE = 0.01
+"""Pixels between a SEG frame's first pixel and its source slice's: the SEG copies the source's positions."""
+
+
 def _mm(point: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.1f}" for v in point) + ") mm"
 
@@ -180,7 +184,10 @@ def seg_stats(path: Path, what: str = "") -> dict[str, MaskStats]:
     per-frame positions, shared orientation and pixel spacing."""
     import pydicom
 
-    seg = pydicom.dcmread(path)
+    return _seg_stats(pydicom.dcmread(path), what or path.name)
+
+
+def _seg_stats(seg: Dataset, what: str) -> dict[str, MaskStats]:
     frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
     # A LABELMAP SEG may describe segment 0 (pixel value 0) as the background: not a structure.
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) != 0}
@@ -198,7 +205,7 @@ def seg_stats(path: Path, what: str = "") -> dict[str, MaskStats]:
             present = [(number, frame != 0)]
         for number, mask in present:
             if number not in counts:
-                raise ReadBackError(f"{what or path.name}: frame {index + 1} holds segment {number}, not described")
+                raise ReadBackError(f"{what}: frame {index + 1} holds segment {number}, not described")
             # index sums from the frame's projections (no index arrays)
             per_row = np.count_nonzero(mask, axis=1)
             count = int(per_row.sum())
@@ -298,9 +305,46 @@ def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, nam
     if series.mosaic_size is not None:
         _check_mosaic_seg(path, what, labels, series, names)
         return
+    import pydicom
+
+    seg = pydicom.dcmread(path)
     planes = SlicePlanes.of(series)
+    _check_seg_references(seg, series, planes, what)
     expected = {name: planes.stats(labels == number) for number, name in enumerate(names, start=1)}
-    compare_stats(expected, seg_stats(path, what), series.geometry.spacing, what=what)
+    compare_stats(expected, _seg_stats(seg, what), series.geometry.spacing, what=what)
+
+
+def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes, what: str) -> None:
+    """Every SEG frame lies on a source slice (its first pixel on the slice's) and references that slice's
+    image, and only it (with its frame number for a multi-frame source)."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for index, groups in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        origin = _frame_axes(groups, shared)[0]
+        located = planes.locate(origin[None])
+        if located is None or max(abs(float(located[1][0])), abs(float(located[2][0]))) > _FIRST_PIXEL_TOLERANCE:
+            raise ReadBackError(
+                f"{what}: frame {index + 1} at {_mm(origin.tolist())} is not on a slice of the source series"
+            )
+        image = series.slices[located[0]]
+        expected = [(image.sop_instance_uid, [image.frame + 1] if image.frame is not None else [])]
+        found = [
+            (str(reference.ReferencedSOPInstanceUID), _frame_numbers(reference))
+            for derivation in groups.get("DerivationImageSequence", [])
+            for reference in derivation.get("SourceImageSequence", [])
+        ]
+        if found != expected:
+            source = image.sop_instance_uid + (f" frame {image.frame + 1}" if image.frame is not None else "")
+            raise ReadBackError(
+                f"{what}: frame {index + 1} references {found or 'no image'}, but the source image at its plane is "
+                f"{source}"
+            )
+
+
+def _frame_numbers(reference: Dataset) -> list[int]:
+    numbers = reference.get("ReferencedFrameNumber")
+    if numbers is None:
+        return []
+    return [int(numbers)] if isinstance(numbers, int | str) else [int(n) for n in numbers]
 
 
 def _check_mosaic_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, names: Sequence[str]) -> None:

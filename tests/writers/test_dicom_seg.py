@@ -300,3 +300,88 @@ def test_source_without_type2_patient_and_study_attributes(tmp_path: Path) -> No
     seg = pydicom.dcmread(out)
     assert all(seg[keyword].value in ("", None) for keyword in TYPE2_PATIENT_AND_STUDY)
     np.testing.assert_array_equal(read_back_labels(out, series), labels)
+
+
+def _scanned(folder: Path) -> list[SeriesInfo]:
+    from innereye_batch.dicom.scan import scan_tree
+
+    return sorted(scan_tree(folder).series, key=lambda s: s.key)
+
+
+def _written_and_checked(tmp_path: Path, series: SeriesInfo, name: str) -> Path:
+    """The SEG of ``series`` written, valid for dciodvfy and passing the run's read-back check (its frames on the
+    source's slices, each referencing the image at its plane and only it)."""
+    from innereye_batch.writers.readback import check_seg
+
+    package = make_package(tmp_path / "model")
+    labels = blob_labels(series.geometry.shape, 3)
+    out = tmp_path / f"{name}.dcm"
+    write_dicom_seg(out, labels, series, package, software_version=SOFTWARE_VERSION)
+    assert dciodvfy_errors(out) == []
+    check_seg(out, out.name, labels, series, package.segmentation.structure_names)
+    return out
+
+
+def test_a_stack_whose_orientation_is_written_with_jitter_gets_its_seg(tmp_path: Path) -> None:
+    """ImageOrientationPatient differing by 2e-6 from slice to slice is one orientation for the scan (and the
+    standard's DS precision); highdicom needs it written identically: the SEG is written, not the series failed."""
+    generated = write_series(tmp_path / "dicom", shape=(6, 12, 10))
+    for path in generated.paths[1::2]:
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [float(v) + 2e-6 for v in ds.ImageOrientationPatient]
+        ds.save_as(path, enforce_file_format=True)
+    (series,) = _scanned(tmp_path / "dicom")
+    assert not series.problems
+    seg = pydicom.dcmread(_written_and_checked(tmp_path, series, "jitter"))
+    written = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in written] == [float(v) for v in pydicom.dcmread(series.files[0]).ImageOrientationPatient]
+
+
+def test_an_enhanced_source_with_per_frame_orientation_gets_its_seg(tmp_path: Path) -> None:
+    """Philips enhanced MR writes PlaneOrientationSequence per frame (all equal), which highdicom refuses as a
+    source: the header copy it gets has it shared."""
+    from tests.factory import write_enhanced_series
+
+    generated = write_enhanced_series(tmp_path / "dicom" / "enhanced.dcm", shuffle_frames=True)
+    ds = pydicom.dcmread(generated.paths[0])
+    orientation = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    del ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        frame.PlaneOrientationSequence = orientation
+    ds.save_as(generated.paths[0], enforce_file_format=True)
+    (series,) = _scanned(tmp_path / "dicom")
+    _written_and_checked(tmp_path, series, "per_frame")
+
+
+def test_each_stack_of_a_two_time_point_enhanced_file_gets_its_own_seg(tmp_path: Path) -> None:
+    """One enhanced file, two temporal positions interleaved (the scan splits it into .t1 and .t2): every frame
+    of a stack's SEG references that stack's own frame at its plane, never the other time point's."""
+    from tests.factory import write_enhanced_series
+
+    generated = write_enhanced_series(tmp_path / "dicom" / "enhanced.dcm", shape=(5, 10, 8))
+    ds = pydicom.dcmread(generated.paths[0])
+    pixels = ds.pixel_array
+    frames = []
+    for k, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        for time in (1, 2):
+            item = pydicom.Dataset()
+            item.PlanePositionSequence = frame.PlanePositionSequence
+            content = pydicom.Dataset()
+            content.TemporalPositionIndex, content.DimensionIndexValues = time, [time, k + 1]
+            item.FrameContentSequence = [content]
+            frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = np.repeat(pixels, 2, axis=0).tobytes()
+    ds.save_as(generated.paths[0], enforce_file_format=True)
+    stacks = _scanned(tmp_path / "dicom")
+    assert [s.key.rsplit(".", 1)[-1] for s in stacks] == ["t1", "t2"]
+    for stack, parity in zip(stacks, (1, 0), strict=True):
+        assert {s.frame % 2 for s in stack.slices if s.frame is not None} == {1 - parity}
+        seg = pydicom.dcmread(_written_and_checked(tmp_path, stack, stack.key.rsplit(".", 1)[-1]))
+        referenced = {
+            int(reference.ReferencedFrameNumber)
+            for frame in seg.PerFrameFunctionalGroupsSequence
+            for reference in frame.DerivationImageSequence[0].SourceImageSequence
+        }
+        assert referenced <= {s.frame + 1 for s in stack.slices if s.frame is not None}

@@ -207,5 +207,12 @@ def test_a_tilted_stack_is_checked_where_its_slices_lie(tmp_path: Path) -> None:
     check_seg(seg, "segmentation.dcm", labels, series, names)
     check_rtstruct(rt, "rtstruct.dcm", structure_masks(labels, package.segmentation.structures), series)
     regular = replace(series, slices=series_info_from(write_series(tmp_path / "other", shape=(9, 16, 14))).slices)
-    with pytest.raises(ReadBackError, match="centroid"):
+    with pytest.raises(ReadBackError, match=r"frame 1 at .* mm is not on a slice of the source series"):
         check_seg(seg, "segmentation.dcm", labels, regular, names)  # the same file against unsheared slices
+    renamed = replace(
+        series, slices=tuple(replace(s, sop_instance_uid=f"1.2.3.{i}") for i, s in enumerate(series.slices))
+    )
+    with pytest.raises(
+        ReadBackError, match=r"references \[\('.*', \[\]\)\], but the source image at its plane is 1\.2\.3\."
+    ):
+        check_seg(seg, "segmentation.dcm", labels, renamed, names)  # right places, other images: wrong references

@@ -149,6 +149,8 @@ def _classify_pickle(path: Path, content: Any) -> LoadedCheckpoint:
         metadata = {k: content[k] for k in ("epoch", "global_step") if isinstance(content.get(k), int)}
         model_keys = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         if model_keys:
+            if not _is_tensor_mapping(model_keys):
+                raise CheckpointError(f"checkpoint {path}: its 'state_dict' holds something other than named tensors")
             return LoadedCheckpoint(path, "lightning", model_keys, metadata=metadata)
         if not _is_tensor_mapping(state):
             raise CheckpointError(f"checkpoint {path}: its 'state_dict' holds something other than named tensors")
@@ -203,16 +205,34 @@ def _mismatch_report(expected: dict[str, Any], found: dict[str, Any]) -> list[st
     return listing("missing keys", missing) + listing("unexpected keys", unexpected) + listing("shape mismatch", shapes)
 
 
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` holding a NaN or an infinity."""
+    import torch
+
+    return [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
 def load_networks(
     package: ModelPackage, *, device: torch.device | str = "cpu", trust_checkpoint: bool = False
 ) -> list[torch.nn.Module]:
-    """One network per checkpoint of the package, weights loaded strictly, in eval mode, on ``device``."""
+    """One network per checkpoint of the package, weights loaded strictly, in eval mode, on ``device``.
+
+    A weight that is NaN or infinite refuses the checkpoint: it would turn every output NaN, which argmax reads
+    as background (an empty segmentation)."""
     from innereye_batch.model.architectures import build_network
 
     networks = []
     in_channels = len(package.channels)
     for ref in package.checkpoints:
         loaded = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint)
+        broken = non_finite_tensors(loaded.state_dict)
+        if broken:
+            more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            raise CheckpointError(f"checkpoint {ref.path}: NaN or infinite weights in {', '.join(broken[:3])}{more}")
         if package.architecture.name == FROM_CHECKPOINT:
             if loaded.module is None:
                 raise CheckpointError(

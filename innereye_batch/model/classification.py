@@ -34,6 +34,7 @@ import torch (parsing the architecture does).
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,8 @@ class _Fields:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite JSON number (``1e999`` parses to infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _classes(fields: _Fields, value: Any) -> tuple[tuple[str, ...], tuple[float | None, ...]]:

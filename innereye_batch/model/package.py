@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from innereye_batch.errors import ModelFolderError
@@ -74,7 +75,8 @@ class _Fields:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite JSON number (``1e999`` parses to infinity)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _triple(fields: _Fields, name: str, value: Any, *, integer: bool, minimum: float) -> tuple[Any, Any, Any]:
@@ -203,6 +205,8 @@ def _normalisation_one(fields: _Fields, name: str, value: Any) -> Normalisation:
     output_range = value.get("output_range", [-1.0, 1.0])
     if not (isinstance(output_range, list) and len(output_range) == 2 and all(map(_is_number, output_range))):
         raise fields.error(f"{name}.output_range", f"must be two numbers [low, high], got {output_range!r}")
+    if output_range[0] == output_range[1]:
+        raise fields.error(f"{name}.output_range", f"its two ends must differ, got {output_range!r}")
     level = window = None
     if method == "ct_window":
         for key in ("level", "window"):
@@ -281,9 +285,12 @@ def _inference(fields: _Fields, block: Mapping[str, Any], architecture: Architec
     stitching = block.get("stitching", "gaussian")
     if stitching not in ("gaussian", "average"):
         raise fields.error("stitching", f'must be "gaussian" or "average", got {stitching!r}')
-    multiple = block.get("size_multiple", size_multiple_of(architecture))
+    needed = size_multiple_of(architecture)
+    multiple = block.get("size_multiple", needed)
     if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
         raise fields.error("size_multiple", f"must be a positive integer, got {multiple!r}")
+    if multiple % needed:
+        raise fields.error("size_multiple", f"must be a multiple of {needed}, which {architecture.name} needs")
     if patch_size is not None and any(p % multiple for p in patch_size):
         raise fields.error("patch_size", f"every size must be a multiple of {multiple} for this architecture")
     return InferenceSpec(patch_size=patch_size, stride=stride, stitching=stitching, size_multiple=multiple)
@@ -342,12 +349,19 @@ def _classification_settings(block: dict[str, Any], file: Path, prefix: str) -> 
     return {"task_spec": spec, "architecture": architecture, "channels": network_channels(spec)}
 
 
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number (RFC 8259); write a finite number")
+
+
 def _read_json(path: Path) -> Any:
+    """The file's JSON, strictly: Python's reader would take NaN and Infinity, which slip past range checks."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ModelFolderError(f"{path}: cannot be read: {error}") from error
-    except json.JSONDecodeError as error:
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as error:  # JSONDecodeError, or a NaN / Infinity token
         raise ModelFolderError(f"{path}: not valid JSON: {error}") from error
 
 
@@ -408,11 +422,24 @@ def _checkpoints(folder: Path, config: Mapping[str, Any], file: Path) -> tuple[C
             "checkpoints/<epoch>_checkpoint.pth.tar)",
         )
     refs = []
+    by_file: dict[Path, str] = {}
+    by_weights: dict[str, str] = {}
     for relative in paths:
-        path = folder / relative
+        # InnerEye on Windows writes its paths with backslashes (str of a WindowsPath)
+        path = folder / (PureWindowsPath(relative).as_posix() if "\\" in relative else relative)
         if not path.is_file():
             raise fields.error("checkpoint_paths", f"checkpoint file not found: {path}")
-        refs.append(CheckpointRef(path=path, sha256=sha256_file(path), size_bytes=path.stat().st_size))
+        same = by_file.get(path.resolve())
+        digest = sha256_file(path)
+        same = same or by_weights.get(digest)
+        if same is not None:
+            raise fields.error(
+                "checkpoint_paths",
+                f"{relative!r} holds the same checkpoint as {same!r} (sha256 {digest[:12]}): the ensemble's mean "
+                "would count that member twice",
+            )
+        by_file[path.resolve()] = by_weights[digest] = relative
+        refs.append(CheckpointRef(path=path, sha256=digest, size_bytes=path.stat().st_size))
     return tuple(refs)
 
 

@@ -152,6 +152,8 @@ class ClassificationPredictor:
         result = classify_batch(
             self.networks, batch, activation=spec.activation, amp=self.options.amp, keep_members=True
         )
+        if not bool(torch.isfinite(result.mean).all()):  # the batch fails; then each image alone (predict_loaded)
+            raise ValueError("the model's outputs hold NaN or infinite values: no probabilities are made from them")
         labels = predicted_labels(result.mean, spec.classes, spec.activation, spec.thresholds)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from innereye_batch.dicom.regrid import Regridding
 
 
+NON_FINITE_OUTPUTS = (
+    "the model's outputs hold NaN or infinite values (from its weights, the image, or an overflow under --amp): "
+    "no label map is made from them"
+)
+
+
 @dataclass(frozen=True, eq=False)
 class VolumeInput:
     """A decoded work item: float32 (channels, z, y, x) in modality units on the primary channel's grid."""
@@ -249,6 +255,8 @@ class SegmentationPredictor:
             channels_last=self.channels_last,
             chosen_batches=self.chosen_batches,
         )
+        if not bool(torch.isfinite(posteriors).all()):  # argmax would read NaN as background: an empty map
+            raise ValueError(NON_FINITE_OUTPUTS)
         self._sync()
         timings["infer"] = time.perf_counter() - start
 

@@ -177,3 +177,25 @@ def test_sha256_file_streams_the_whole_file(tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 + 17)
     path.write_bytes(data)
     assert sha256_file(path, chunk_bytes=1000) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_weight_refuses_its_checkpoint(tmp_path: Path, block: dict[str, Any], value: float) -> None:
+    """One NaN weight turns every output NaN, which argmax reads as background: an empty segmentation reported
+    ok. The checkpoint is refused, naming the file and the tensor."""
+    path = tmp_path / "last.ckpt"
+    network = tiny_network()
+    with torch.no_grad():
+        network.output_layer.weight[0, 0, 0, 0, 0] = value
+    _save_lightning(network, path)
+    with pytest.raises(CheckpointError, match=rf"{path}: NaN or infinite weights in output_layer\.weight$"):
+        load_networks(_package_with(tmp_path, block, path))
+
+
+def test_a_lightning_state_dict_of_other_values_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    state = {f"model.{k}": v for k, v in tiny_network().state_dict().items()}
+    state["model.output_layer.bias"] = None
+    torch.save({"state_dict": state, "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match="holds something other than named tensors"):
+        load_checkpoint(path)

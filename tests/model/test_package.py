@@ -14,7 +14,7 @@ from innereye_batch.errors import ModelFolderError
 from innereye_batch.model.export import lightning_checkpoint, write_model_folder
 from innereye_batch.model.package import load_model_package
 from innereye_batch.model.presets import find_preset
-from tests.model.conftest import tiny_network
+from tests.model.conftest import TINY_ARCHITECTURE, tiny_network
 
 
 def _write_config(folder: Path, config: dict[str, Any]) -> None:
@@ -108,6 +108,10 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"structures": [{"name": "a", "colour": [0, 0, 300]}]}, "'inference.structures[0].colour'"),
         ({"structures": ["a", "a"]}, "repeated: a"),
         ({"channels": [{"name": "ct", "series_description": "(unclosed"}]}, "bad regular expression"),
+        ({"normalisation": [{"method": "none", "output_range": [1, 1]}]}, "its two ends must differ"),
+        ({"size_multiple": 2}, "must be a multiple of 4, which UNet3D needs"),
+        ({"architecture": {**TINY_ARCHITECTURE, "num_downsampling_paths": "2"}}, "do not build the network"),
+        ({"architecture": {**TINY_ARCHITECTURE, "initial_feature_channels": 4.0}}, "do not build the network"),
     ],
 )
 def test_invalid_values_are_reported(tmp_path: Path, block: dict[str, Any], change: dict, expected: str) -> None:
@@ -249,3 +253,52 @@ def test_documented_example_is_valid_and_matches_the_prostate_preset() -> None:
     assert preset is not None
     from_preset = parse_inference_block(preset[1], doc)
     assert documented == from_preset
+
+
+def test_nan_and_infinity_tokens_are_not_json(tmp_path: Path, block: dict[str, Any]) -> None:
+    """Python's reader takes NaN and Infinity (RFC 8259 does not), and they slip past every range check: a NaN
+    window level gave empty segmentations reported ok."""
+    folder = _folder_with_checkpoint(tmp_path)
+    block["normalisation"] = [{"method": "ct_window", "level": 0, "window": 400}]
+    text = json.dumps({"model_name": "Tiny", "checkpoint_paths": ["checkpoints/last.ckpt"], "inference": block})
+    for token in ("NaN", "Infinity", "-Infinity"):
+        (folder / "model_inference_config.json").write_text(text.replace('"level": 0', f'"level": {token}'))
+        with pytest.raises(ModelFolderError, match=f"not valid JSON: {token} is not a JSON number"):
+            load_model_package(folder)
+    (folder / "model_inference_config.json").write_text(text.replace('"level": 0', '"level": 1e999'))  # infinite
+    with pytest.raises(ModelFolderError, match="ct_window needs numeric 'level' and 'window'"):
+        load_model_package(folder)
+
+
+def test_one_checkpoint_twice_in_an_ensemble_is_refused(tmp_path: Path, block: dict[str, Any]) -> None:
+    """The same file under two names, or two files of the same weights, would count one member twice in the
+    ensemble's mean."""
+    folder = _folder_with_checkpoint(tmp_path)
+    (folder / "checkpoints/OTHER_RUNS/1").mkdir(parents=True)
+    torch.save(lightning_checkpoint(tiny_network(1)), folder / "checkpoints/OTHER_RUNS/1/last.ckpt")
+    (folder / "checkpoints/copy.ckpt").write_bytes((folder / "checkpoints/last.ckpt").read_bytes())
+    for twice in (
+        ["checkpoints/last.ckpt", "checkpoints/last.ckpt"],
+        ["checkpoints/last.ckpt", "./checkpoints/OTHER_RUNS/../last.ckpt"],
+        ["checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/last.ckpt", "checkpoints/copy.ckpt"],
+    ):
+        _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": twice, "inference": block})
+        with pytest.raises(ModelFolderError, match=f"'{twice[-1]}' holds the same checkpoint as '{twice[-2]}'"):
+            load_model_package(folder)
+    _write_config(
+        folder,
+        {"model_name": "Tiny", "checkpoint_paths": ["checkpoints/last.ckpt", "checkpoints/OTHER_RUNS/1/last.ckpt"],
+         "inference": block},
+    )  # fmt: skip
+    assert len(load_model_package(folder).checkpoints) == 2
+
+
+def test_windows_checkpoint_paths_are_read(tmp_path: Path, block: dict[str, Any]) -> None:
+    """InnerEye on Windows writes str(WindowsPath): backslashes."""
+    folder = _folder_with_checkpoint(tmp_path, "checkpoints/OTHER_RUNS/1/last.ckpt")
+    _write_config(
+        folder,
+        {"model_name": "Tiny", "checkpoint_paths": ["checkpoints\\OTHER_RUNS\\1\\last.ckpt"], "inference": block},
+    )
+    [ref] = load_model_package(folder).checkpoints
+    assert ref.path == folder / "checkpoints/OTHER_RUNS/1/last.ckpt"

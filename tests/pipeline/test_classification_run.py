@@ -120,6 +120,23 @@ def test_process_item_classifies_one_image(tmp_path: Path) -> None:
     assert (jobs[0].folder / "predictions.json").is_file() and not (jobs[0].folder / "explanation.png").exists()
 
 
+def test_non_finite_probabilities_fail_the_image(tmp_path: Path) -> None:
+    """A member whose outputs turn NaN at run time fails the images it classifies, in the predictor, and says
+    why (it used to fail in the JSON writer, blaming the file)."""
+    import torch
+
+    package = load_model_package(MODEL)
+    formats = resolve_formats((), package.task)
+    networks = load_networks(package)
+    with torch.no_grad():
+        networks[1].classifier.bias[0] = float("nan")  # type: ignore[index, union-attr]
+    predictor = make_predictor(package, networks, resolve_device("cpu"))
+    jobs, _ = plan_run(scan_tree(SCANS), package, formats, tmp_path / "out")
+    result = process_item(jobs[0], predictor, formats, package, package.fingerprint())
+    assert result.status == "failed" and "NaN or infinite values" in result.reason
+    assert not (jobs[0].folder / "predictions.json").exists()
+
+
 def test_other_modalities_are_skipped_and_each_frame_is_an_item(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     write_series(scans / "ct", shape=(3, 16, 16))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from innereye_batch.dicom.scan import ScanResult, scan_tree
 from innereye_batch.engine.device import resolve_device
@@ -174,3 +175,20 @@ def test_jobs_run_largest_first(tmp_path: Path, model: Path) -> None:
     assert [j.item.primary.series_instance_uid for j in jobs] == [uids["d"], uids["b"], *small]
     dry = run_batch(RunOptions(model=model, input=scans, output=tmp_path / "out", dry_run=True))
     assert [p["key"] for p in dry.planned] == [j.item.key for j in jobs]
+
+
+def test_non_finite_model_outputs_fail_the_series(tmp_path: Path, model: Path) -> None:
+    """Outputs that turn NaN at run time (an overflow under --amp, say; finite weights are checked at loading)
+    fail the series: argmax would read them as background, an empty segmentation."""
+    scans = tmp_path / "scans"
+    write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    package = load_model_package(model)
+    formats = resolve_formats((), package.task)
+    networks = load_networks(package)
+    with torch.no_grad():
+        networks[0].output_layer.bias[0] = float("nan")  # type: ignore[index, union-attr]
+    predictor = make_predictor(package, networks, resolve_device("cpu"))
+    (job,), _ = plan_run(scan_tree(scans), package, formats, tmp_path / "out")
+    result = process_item(job, predictor, formats, package, package.fingerprint())
+    assert result.status == "failed" and "NaN or infinite values" in result.reason
+    assert not (job.folder / "segmentation.nii.gz").exists()

@@ -72,6 +72,20 @@ def check_architecture_params(name: str, params: Mapping[str, Any]) -> list[str]
     problems = [f"missing parameter {p!r}" for p in sorted(entry.required - set(params))]
     known = entry.required | entry.optional
     problems += [f"unknown parameter {p!r} (accepted: {', '.join(sorted(known))})" for p in sorted(set(params) - known)]
+    if not problems:  # values of the wrong type or range: built once without memory (torch's meta device)
+        import torch
+
+        from innereye_batch.errors import InnerEyeBatchError
+
+        try:
+            with torch.device("meta"):
+                entry.builder(1, 2, **dict(params))
+            if entry.size_multiple is not None:
+                entry.size_multiple(params)
+        except InnerEyeBatchError:  # a missing optional dependency (torchvision): said when the network is built
+            pass
+        except Exception as error:  # a builder raises what its layers raise: TypeError, ValueError, RuntimeError...
+            problems.append(f"its parameters {dict(params)} do not build the network: {type(error).__name__}: {error}")
     return problems
 
 

@@ -55,6 +55,14 @@ class RunContext:
             self.failed_seen = self.failed_seen or result.status == "failed"
             self.record(result)
 
+    def fail(self, job: Job, result: ItemResult) -> None:
+        """A job that failed before its outputs were written: an earlier run's stale result leaves its folder
+        (``clear_stale_result``), then the result is recorded."""
+        from innereye_batch.pipeline.state import clear_stale_result
+
+        clear_stale_result(job.folder, job.input_fp, self.model_fp)
+        self.finish(result)
+
     @property
     def stopping(self) -> bool:
         """True once --fail-fast has seen a failure, or the run was interrupted."""
@@ -74,7 +82,7 @@ class Replica:
     def add(self, job: Job, loaded: LoadedItem) -> None:
         """One loaded item: failed now when it could not be decoded, else into the batch (run when full)."""
         if loaded.decoded is None:
-            self.context.finish(item_result(job.item.primary, "failed", loaded.error, timings=_load(loaded)))
+            self.context.fail(job, item_result(job.item.primary, "failed", loaded.error, timings=_load(loaded)))
             return
         self.batch.append((job, loaded))
         if len(self.batch) >= self.predictor.batch_size:
@@ -90,7 +98,7 @@ class Replica:
         for (job, loaded), prediction in zip(batch, predictions, strict=True):
             if isinstance(prediction, Exception):  # one item's failure never stops the others
                 reason = f"inference: {error_text(prediction)}"
-                self.context.finish(item_result(job.item.primary, "failed", reason, timings=_load(loaded)))
+                self.context.fail(job, item_result(job.item.primary, "failed", reason, timings=_load(loaded)))
             else:
                 self.writers.submit(job, prediction, {**_load(loaded), **prediction.timings})
 

@@ -19,7 +19,7 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.shards import Shard
-from innereye_batch.pipeline.state import input_fingerprint, is_done, series_folder
+from innereye_batch.pipeline.state import clear_stale_result, input_fingerprint, is_done, series_folder
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import WorkItem
@@ -96,11 +96,13 @@ def plan_run(
     max_voxels: int = DEFAULT_MAX_VOXELS,
     model_fp: str | None = None,
     shard: Shard | None = None,
+    clear_failed: bool = False,
 ) -> tuple[list[Job], list[ItemResult]]:
     """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason).
 
     With ``shard``, only the items (and unmatched series) whose key belongs to it, chosen before any file is
-    looked at again, so each of N shards pays only for its own share.
+    looked at again, so each of N shards pays only for its own share. ``clear_failed`` (a run holding the output
+    lock, never a dry run): the folder of a series that fails here loses an earlier run's stale result.
     """
     series = [s for s in scan.series if selection(s)]
     items, unmatched = task_for(package.task).plan_items(series, package)
@@ -109,14 +111,20 @@ def plan_run(
         unmatched = [u for u in unmatched if shard.owns(u.series.key)]
     settled = [item_result(u.series, "failed" if u.failed else "skipped", u.reason) for u in unmatched]
     model_fp = model_fp or package.fingerprint()
+    if clear_failed:
+        for u in unmatched:
+            if u.failed:  # it matched no item now, so a result of an earlier run was for other inputs
+                clear_stale_result(series_folder(output_dir, u.series), None, model_fp)
     names = tuple(f.name for f in formats)
     jobs = []
     for item in items:
         reasons = _unfit(item, formats, package, max_voxels)
+        folder = series_folder(output_dir, item.primary)
         if reasons:
             settled.append(item_result(item.primary, "failed", "; ".join(reasons)))
+            if clear_failed:
+                clear_stale_result(folder, item_fingerprint(item), model_fp)
             continue
-        folder = series_folder(output_dir, item.primary)
         fingerprint = item_fingerprint(item)
         if not overwrite and is_done(folder, fingerprint, model_fp, names):
             settled.append(item_result(item.primary, "skipped", "already done with this model and input"))

@@ -60,12 +60,13 @@ def write_outputs(
     A failed item keeps no output: files written before the failure are removed, so no output ever lies in a
     folder without the done record that vouches for it.
     """
-    from innereye_batch.pipeline.state import mark_done, mark_not_done
+    from innereye_batch.pipeline.state import clear_stale_result, mark_done, mark_not_done
 
     series = job.item.primary
     try:
         prediction = prediction.finished()  # the CPU work the device loop left (connected components, sizes)
     except Exception as error:
+        clear_stale_result(job.folder, job.input_fp, model_fp)
         return item_result(series, "failed", f"post-processing: {error_text(error)}", timings=timings)
     timings = {**timings, **{k: v for k, v in prediction.timings.items() if k not in timings}}
     start = time.perf_counter()
@@ -136,14 +137,17 @@ def process_item(
     decode and write in parallel while the model runs one item at a time.
     """
     from innereye_batch.pipeline.loader import decode_safely
+    from innereye_batch.pipeline.state import clear_stale_result
 
     loaded = decode_safely(predictor.decoder, job.item, 0)
     if loaded.decoded is None:
+        clear_stale_result(job.folder, job.input_fp, model_fp)
         return item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds})
     try:
         with inference_lock or contextlib.nullcontext():
             prediction = predictor.predict(job.item, loaded.decoded)
     except Exception as error:  # one item's failure never stops the others
+        clear_stale_result(job.folder, job.input_fp, model_fp)
         return item_result(job.item.primary, "failed", f"inference: {error_text(error)}")
     timings = {"load": loaded.load_seconds, **prediction.timings}
     return write_outputs(job, prediction, formats, package, model_fp, timings, options)

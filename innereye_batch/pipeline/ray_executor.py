@@ -251,7 +251,7 @@ class _Driver:
             raise
         if queue and not self.context.stopping:
             for job in queue:
-                self.context.finish(item_result(job.item.primary, "failed", "not run: every Ray actor died"))
+                self.context.fail(job, item_result(job.item.primary, "failed", "not run: every Ray actor died"))
 
     def _assign(self, queue: collections.deque[Job]) -> None:
         for actor in self.live:
@@ -287,7 +287,7 @@ class _Driver:
                     f"the Ray worker process died {self.attempts[key]} times while this series was in it "
                     f"(killed, out of memory, or a crash): {_cause(error)}"
                 )
-                self.context.finish(item_result(job.item.primary, "failed", reason))
+                self.context.fail(job, item_result(job.item.primary, "failed", reason))
             else:
                 queue.appendleft(job)
             if actor in self.live:  # back to work once Ray has restarted it
@@ -295,7 +295,7 @@ class _Driver:
                 self.probes[actor.ready.remote()] = actor
             return
         except self.ray.exceptions.RayError as error:  # an error of the call itself, not of the item
-            self.context.finish(item_result(job.item.primary, "failed", f"ray: {_cause(error)}"))
+            self.context.fail(job, item_result(job.item.primary, "failed", f"ray: {_cause(error)}"))
             return
         self.context.finish(result)
 

@@ -131,9 +131,10 @@ def run_fingerprint(package: ModelPackage, options: RunOptions) -> str:
 
     from innereye_batch.pipeline.state import results_fingerprint
 
-    return results_fingerprint(
-        package.fingerprint(), {"writers": asdict(options.writer_options), "explain": options.explain}
-    )
+    settings: dict[str, object] = {"writers": asdict(options.writer_options), "explain": options.explain}
+    if options.amp:  # mixed precision changes the numbers (only when on: fp32 results keep their fingerprint)
+        settings["amp"] = True
+    return results_fingerprint(package.fingerprint(), settings)
 
 
 def _check_explain_methods(methods: Sequence[str]) -> None:
@@ -184,6 +185,7 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
             max_voxels=options.max_voxels,
             model_fp=run_fingerprint(package, options),
             shard=options.shard,
+            clear_failed=not options.dry_run,
         )
         skipped = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
         plan_fp = plan_fingerprint([s.key for s in scan.series if selection(s)] + [f"file:{f.path}" for f in skipped])

@@ -51,11 +51,18 @@ def series_folder(output_dir: Path, series: SeriesInfo) -> Path:
 
 
 def input_fingerprint(series: SeriesInfo) -> str:
-    """sha256 over the series' images: SOP Instance UID, frame, file name and size, in slice order."""
+    """sha256 over the series' images: SOP Instance UID, frame, file name, size, modification and status-change
+    times, in slice order. The times catch a file rewritten in place at the same size (a corrected slice); the
+    status-change time also when its modification time was set back (``cp -p``, ``rsync -t``), which no process
+    can do to a status-change time. A copied tree therefore counts as changed: its series are redone."""
     digest = hashlib.sha256(series.key.encode())
     for ref in series.slices:
-        size = ref.path.stat().st_size if ref.path.exists() else -1
-        digest.update(f"|{ref.sop_instance_uid}|{ref.frame}|{ref.path.name}|{size}".encode())
+        try:
+            status = ref.path.stat()
+            facts = f"{status.st_size}|{status.st_mtime_ns}|{status.st_ctime_ns}"
+        except OSError:
+            facts = "missing"
+        digest.update(f"|{ref.sop_instance_uid}|{ref.frame}|{ref.path.name}|{facts}".encode())
     return digest.hexdigest()
 
 
@@ -100,6 +107,22 @@ def mark_not_done(folder: Path) -> None:
     for name in sorted(names):
         if name not in ("", ".", "..") and Path(name).name == name:  # plain file names in this folder only
             (folder / name).unlink(missing_ok=True)
+
+
+def clear_stale_result(folder: Path, input_fp: str | None, model_fp: str) -> None:
+    """After a series failed: remove what an earlier run left in its folder when that describes other inputs or
+    another model (``input_fp`` None: any earlier result is stale). A result for these very inputs and this
+    model (a --overwrite redo that failed) stays: it still describes the series."""
+    try:
+        record = json.loads((folder / DONE_RECORD).read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        if (folder / DONE_RECORD).exists() or folder.is_dir():
+            mark_not_done(folder)  # no readable record: whatever lies there vouches for nothing
+        return
+    if input_fp is None or record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
+        mark_not_done(folder)
 
 
 def mark_done(folder: Path, input_fp: str, model_fp: str, outputs: dict[str, Path]) -> None:

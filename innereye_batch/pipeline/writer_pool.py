@@ -57,9 +57,9 @@ def _init_writer_process(parent: int) -> None:
     import signal
     import warnings
 
-    from innereye_batch.processes import die_with_parent
+    from innereye_batch.processes import watch_parent
 
-    die_with_parent(parent)
+    watch_parent(parent)  # not PR_SET_PDEATHSIG: a replica thread that starts a writer may end before it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: writes in flight finish
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
@@ -77,6 +77,7 @@ class Writers:
         self._slot_count = 2 * size
         self.slots = threading.BoundedSemaphore(self._slot_count)
         self._lock = threading.Lock()
+        self._futures: set[Future[ItemResult]] = set()
         self.pool: Executor = self._new_pool(size)
 
     def _new_pool(self, size: int) -> Executor:
@@ -95,14 +96,25 @@ class Writers:
     def __enter__(self) -> Writers:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         """Waits until every write submitted is recorded (all slots free again: a retry may still be running in
-        a process of its own), then closes the pool."""
-        for _ in range(self._slot_count):
-            self.slots.acquire()
+        a process of its own), then closes the pool. Leaving on an exception (an interrupt), it stops waiting
+        once no write is running: an interrupt between a submission's taking its slot and its callback's being
+        attached leaves a slot that nothing will give back, and the run would wait for it forever."""
+        acquired = 0
+        while acquired < self._slot_count:
+            if self.slots.acquire(timeout=_EXIT_POLL_SECONDS):
+                acquired += 1
+            elif exc_type is not None and not self._running():
+                break
         with self._lock:
             pool = self.pool
         pool.shutdown(wait=True)
+
+    def _running(self) -> bool:
+        with self._lock:
+            self._futures = {f for f in self._futures if not f.done()}
+            return bool(self._futures)
 
     def submit(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
         self.slots.acquire()
@@ -124,7 +136,7 @@ class Writers:
         self, pool: Executor, job: Job, prediction: Prediction, timings: dict[str, float]
     ) -> Future[ItemResult]:
         context = self.context
-        return pool.submit(
+        future = pool.submit(
             write_outputs,
             job,
             prediction,
@@ -134,6 +146,9 @@ class Writers:
             timings,
             context.writer_options,
         )
+        with self._lock:
+            self._futures.add(future)
+        return future
 
     def _fresh_pool(self, broken: Executor) -> Executor:
         with self._lock:
@@ -178,6 +193,9 @@ class Writers:
                 self.context.finish(item_result(job.item.primary, "failed", reason))
         finally:
             self.slots.release()
+
+
+_EXIT_POLL_SECONDS = 0.2
 
 
 def _without_image(prediction: Prediction) -> Prediction:

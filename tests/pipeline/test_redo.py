@@ -130,3 +130,80 @@ def test_done_is_decided_under_the_lock_and_the_earlier_summary_is_gone(
     code, row = run(scans, model, tmp_path, "--overwrite")
     assert code == 0 and row["status"] == "ok"
     assert seen == {"summary while redoing": False, "report while redoing": False}
+
+
+def test_a_slice_rewritten_in_place_at_the_same_size_is_redone(tmp_path: Path) -> None:
+    """Same UIDs, names and sizes, even the old modification time put back (cp -p): the status-change time
+    tells, and the series is redone from the new pixels instead of being 'already done'."""
+    import os
+
+    import pydicom
+
+    series = write_series(tmp_path / "scans" / "a", shape=(8, 16, 16), seed=3)
+    model = model_folder(tmp_path / "model", members=1)
+    assert run(tmp_path / "scans", model, tmp_path / "out")[1]["status"] == "ok"
+    path = series.paths[3]
+    before = path.stat()
+    ds = pydicom.dcmread(path)
+    ds.PixelData = bytes(len(ds.PixelData))  # same size, other values
+    ds.save_as(path, enforce_file_format=True)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    code, row = run(tmp_path / "scans", model, tmp_path / "out")
+    assert code == 0 and row["status"] == "ok" and "already done" not in row["reason"]
+
+
+def test_a_series_failing_at_planning_loses_the_stale_result_of_other_inputs(tmp_path: Path) -> None:
+    """Done, then a middle slice is deleted: the rerun fails the series (missing slices), and its folder no longer
+    holds the earlier result with a done record vouching for it."""
+    series = write_series(tmp_path / "scans" / "a", shape=(8, 16, 16), seed=4)
+    model = model_folder(tmp_path / "model", members=1)
+    assert run(tmp_path / "scans", model, tmp_path / "out")[1]["status"] == "ok"
+    series.paths[4].unlink()
+    code, row = run(tmp_path / "scans", model, tmp_path / "out")
+    assert code == 1 and row["status"] == "failed" and "missing" in row["reason"]
+    assert files(tmp_path / "out" / series.series_instance_uid) == []
+
+
+def test_a_series_failing_at_inference_loses_the_stale_result_but_an_overwrite_keeps_a_valid_one(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from innereye_batch.dicom.scan import scan_tree
+    from innereye_batch.engine.device import resolve_device
+    from innereye_batch.model.checkpoints import load_networks
+    from innereye_batch.model.package import load_model_package
+    from innereye_batch.pipeline.plan import plan_run
+    from innereye_batch.pipeline.process import process_item
+    from innereye_batch.pipeline.run import RunOptions, make_predictor, run_fingerprint
+    from innereye_batch.writers.registry import resolve_formats
+
+    series = write_series(tmp_path / "scans" / "a", shape=(8, 16, 16), seed=5)
+    model = model_folder(tmp_path / "model", members=1)
+    out = tmp_path / "out"
+    assert run(tmp_path / "scans", model, out)[1]["status"] == "ok"
+    package = load_model_package(model)
+    formats = resolve_formats((), package.task)
+    fingerprint = run_fingerprint(package, RunOptions(model=model, input=tmp_path / "scans", output=out))
+    networks = load_networks(package)
+    with torch.no_grad():
+        networks[0].output_layer.bias[0] = float("nan")  # type: ignore[index, union-attr]
+    failing = make_predictor(package, networks, resolve_device("cpu"))
+    (job,), _ = plan_run(scan_tree(tmp_path / "scans"), package, formats, out, overwrite=True, model_fp=fingerprint)
+    assert process_item(job, failing, formats, package, fingerprint).status == "failed"
+    assert files(job.folder) == DEFAULT_FILES  # the same inputs and model: the earlier result still holds
+    other_inputs = type(job)(job.item, job.folder, "another input fingerprint")
+    assert process_item(other_inputs, failing, formats, package, fingerprint).status == "failed"
+    assert files(job.folder) == []
+    assert series.series_instance_uid == job.folder.name
+
+
+def test_amp_is_part_of_what_a_done_record_vouches_for(tmp_path: Path) -> None:
+    """bf16 results differ from fp32 ones: a series done with --amp is not done for a run without it."""
+    write_series(tmp_path / "scans" / "a", shape=(8, 16, 16), seed=6)
+    model = model_folder(tmp_path / "model", members=1)
+    assert run(tmp_path / "scans", model, tmp_path / "out", "--amp")[1]["status"] == "ok"
+    assert "already done" in run(tmp_path / "scans", model, tmp_path / "out", "--amp")[1]["reason"]
+    code, row = run(tmp_path / "scans", model, tmp_path / "out")
+    assert code == 0 and row["status"] == "ok" and "already done" not in row["reason"]

@@ -141,3 +141,40 @@ def test_the_writers_option(tmp_path: Path, model: Path) -> None:
     assert (tmp_path / "out" / generated.series_instance_uid / "rtstruct.dcm").is_file()
     bad = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "bad"), "--writers", "many"])
     assert bad.exit_code == 2 and "--writers" in bad.output
+
+
+def test_a_writer_process_outlives_the_thread_that_started_it() -> None:
+    """A process pool starts its workers in the thread that submits first: with --devices, a replica thread that
+    ends when its device has no work left. PR_SET_PDEATHSIG fires on that thread's end and killed the writers
+    mid-write (every write in flight then failed and was redone alone); the writers watch the run's pid."""
+    import threading
+
+    from innereye_batch.pipeline.writer_pool import Writers
+
+    writers = Writers(context=None, threads=0, processes=1)  # type: ignore[arg-type]
+    started: list[int] = []
+    thread = threading.Thread(target=lambda: started.append(writers.pool.submit(os.getpid).result()))
+    thread.start()
+    thread.join()
+    assert writers.pool.submit(os.getpid).result(timeout=60) == started[0]  # the same writer, still alive
+    writers.pool.shutdown(wait=True)
+
+
+def test_an_interrupted_run_does_not_wait_forever_for_a_lost_slot() -> None:
+    """An interrupt between a submission's taking its slot and its callback's being attached leaves a slot that
+    nothing gives back: leaving on that interrupt, the pool stops waiting once no write is running (it waited
+    forever, holding the output lock against every later run)."""
+    import threading
+
+    from innereye_batch.pipeline.writer_pool import Writers
+
+    writers = Writers(context=None, threads=1)  # type: ignore[arg-type]
+    writers.slots.acquire()  # what the interrupted submission took
+
+    def leave_on_interrupt() -> None:
+        writers.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+
+    leaving = threading.Thread(target=leave_on_interrupt, daemon=True)
+    leaving.start()
+    leaving.join(timeout=60)  # a liveness bound, not a speed goal: it returns within a poll period
+    assert not leaving.is_alive()

@@ -206,9 +206,10 @@ def png_convention(
 
 
 def _negative_slope(ds: Dataset) -> bool:
-    """True when a Rescale Slope (without a Modality LUT Sequence) maps higher stored values lower."""
-    slope = ds.get("RescaleSlope")
-    return not ds.get("ModalityLUTSequence") and slope is not None and float(slope) < 0
+    """True when the rescale (without a Modality LUT Sequence) maps higher stored values lower. A slope without
+    an intercept is no rescale, as for pydicom's ``apply_modality_lut`` and ``modality_output_range``."""
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    return not ds.get("ModalityLUTSequence") and slope is not None and intercept is not None and float(slope) < 0
 
 
 def pixel_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | None]:

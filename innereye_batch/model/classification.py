@@ -170,8 +170,13 @@ class _Fields:
 
 
 def _is_number(value: Any) -> bool:
-    """A finite JSON number (``1e999`` parses to infinity)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (``1e999`` parses to infinity; an integer of 400 digits is no float at all)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _classes(fields: _Fields, value: Any) -> tuple[tuple[str, ...], tuple[float | None, ...]]:

@@ -157,11 +157,25 @@ TYPE2_PATIENT_AND_STUDY = (
 """Patient and study attributes an output copies from its source: required, but may be empty (type 2)."""
 
 
+_VALID_DATE_TIME = {
+    "PatientBirthDate": re.compile(r"\d{8}"),
+    "StudyDate": re.compile(r"\d{8}"),
+    "StudyTime": re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"),
+}
+
+
 def with_type2_patient_and_study(source: Dataset) -> Dataset:
     """``source`` with each of ``TYPE2_PATIENT_AND_STUDY`` it lacks present and empty, as the standard allows for
-    an unknown value (an anonymising export often deletes them; highdicom reads every one of them)."""
+    an unknown value (an anonymising export often deletes them; highdicom reads every one of them); a date or time
+    that is not one (an anonymiser's ``***``, which highdicom refuses) is emptied the same way."""
     for keyword in TYPE2_PATIENT_AND_STUDY:
         if keyword not in source:
+            setattr(source, keyword, "")
+    for keyword, form in _VALID_DATE_TIME.items():
+        element = source.get_item(keyword)
+        raw = element.value if element is not None else None
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(source[keyword].value or "")
+        if text.strip() and not form.fullmatch(text.strip()):
             setattr(source, keyword, "")
     return source
 
@@ -195,6 +209,10 @@ def _source_images_and_frames(
             series.key, "DICOM-SEG output supports a multi-frame source only when one file holds the whole stack"
         )
     source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
+    if not source.get("PerFrameFunctionalGroupsSequence"):
+        raise SeriesError(
+            series.key, "DICOM-SEG output needs a multi-frame source with functional groups (an enhanced image)"
+        )
     frames = [s.frame for s in multi_frame if s.frame is not None]
     items = [source.PerFrameFunctionalGroupsSequence[f] for f in frames]
     shared = source.SharedFunctionalGroupsSequence[0]

@@ -246,6 +246,16 @@ def test_a_negative_rescale_slope_keeps_the_polarity(photometric: str, window: t
     np.testing.assert_array_equal(projection_images(negative)[0].pixels, expected)
 
 
+def test_a_slope_without_an_intercept_is_no_rescale() -> None:
+    """The Modality LUT module needs both: a Rescale Slope alone is ignored (as pydicom's apply_modality_lut and
+    apply_windowing do), so a negative one must not turn the window's output round either."""
+    values = chest_values(12)
+    plain = projection_dataset(values, window=(1500.0, 1000.0))
+    slope_only = projection_dataset(values, window=(1500.0, 1000.0))
+    slope_only.RescaleSlope = "-1"
+    np.testing.assert_array_equal(projection_images(slope_only)[0].pixels, projection_images(plain)[0].pixels)
+
+
 def test_equivalent_encodings_give_the_same_png() -> None:
     """MONOCHROME1 with a full-range window, or a VOI LUT spanning the stored range, equal MONOCHROME2 plain."""
     values = chest_values(12)

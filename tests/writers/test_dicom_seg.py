@@ -385,3 +385,52 @@ def test_each_stack_of_a_two_time_point_enhanced_file_gets_its_own_seg(tmp_path:
             for reference in frame.DerivationImageSequence[0].SourceImageSequence
         }
         assert referenced <= {s.frame + 1 for s in stack.slices if s.frame is not None}
+
+
+def test_dates_an_anonymiser_starred_out_are_written_empty(tmp_path: Path) -> None:
+    """A real UIH corpus carries PatientBirthDate "***": highdicom refuses it, and every series failed with all
+    its outputs. Such a date or time is type 2 and unknown: written empty."""
+    generated = write_series(tmp_path / "dicom", shape=(4, 12, 10))
+    for path in generated.paths:
+        ds = pydicom.dcmread(path)
+        ds.PatientBirthDate, ds.StudyTime = "***", "ab"
+        ds.save_as(path, enforce_file_format=True)
+    (series,) = _scanned(tmp_path / "dicom")
+    seg = pydicom.dcmread(_written_and_checked(tmp_path, series, "starred"))
+    assert (
+        seg.PatientBirthDate == ""
+        and seg.StudyTime == ""
+        and seg.StudyDate == pydicom.dcmread(generated.paths[0]).StudyDate
+    )
+
+
+def test_a_multi_frame_source_without_functional_groups_is_refused_clearly(tmp_path: Path) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "X", "1", "CT", 1, 1
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [-10, -10, 5], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [1, 1], 2
+    ds.NumberOfFrames, ds.FrameIncrementPointer, ds.GridFrameOffsetVector = 6, 0x3004000C, [0, 2, 4, 6, 8, 10]
+    ds.Rows = ds.Columns = 16
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.PixelData = np.zeros((6, 16, 16), np.int16).tobytes()
+    (tmp_path / "dicom").mkdir()
+    ds.save_as(tmp_path / "dicom" / "legacy.dcm", enforce_file_format=True)
+    (series,) = _scanned(tmp_path / "dicom")
+    with pytest.raises(SeriesError, match="needs a multi-frame source with functional groups"):
+        write_dicom_seg(
+            tmp_path / "seg.dcm",
+            blob_labels(series.geometry.shape, 3),
+            series,
+            make_package(tmp_path / "model"),
+            software_version=SOFTWARE_VERSION,
+        )

@@ -186,10 +186,11 @@ def _source_images_and_frames(
     """Source headers (no pixel data) as highdicom is to see them, the label frames in the order it pairs them
     with the sources, and for a multi-frame source each of those frames' number in the file (1-based).
 
-    highdicom needs one orientation written identically: single-frame headers get the first one's
-    ImageOrientationPatient (the scan made them one stack, so they agree within its tolerance), and a multi-frame
-    header keeps only this stack's frames (another stack of the file, e.g. a second time point, would repeat its
-    positions), with a per-frame PlaneOrientationSequence moved to the shared groups. Headers are copies in
+    highdicom needs one orientation and pixel spacing written identically: single-frame headers get the first
+    one's ImageOrientationPatient and PixelSpacing (the scan made them one stack, so they agree within its
+    tolerance), and a multi-frame header keeps only this stack's frames (another stack of the file, e.g. a second
+    time point, would repeat its positions), with per-frame orientation and pixel measures moved to the shared
+    groups (``_SHARED_FOR_HIGHDICOM``). Headers are copies in
     memory: the SEG's references are then pointed back at the file's own frames (``_refer_to_source_frames``).
     """
     import pydicom
@@ -200,9 +201,10 @@ def _source_images_and_frames(
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
         sources = [with_type2_patient_and_study(pydicom.dcmread(p, stop_before_pixels=True)) for p in series.files]
-        if "ImageOrientationPatient" in sources[0]:
-            for source in sources[1:]:
-                source.ImageOrientationPatient = sources[0].ImageOrientationPatient
+        for keyword in ("ImageOrientationPatient", "PixelSpacing"):  # as the scan read them: one of each
+            if keyword in sources[0]:
+                for source in sources[1:]:
+                    setattr(source, keyword, sources[0][keyword].value)
         return sources, labels, None
     if len(series.files) != 1 or len(multi_frame) != len(series.slices):
         raise SeriesError(
@@ -216,13 +218,19 @@ def _source_images_and_frames(
     frames = [s.frame for s in multi_frame if s.frame is not None]
     items = [source.PerFrameFunctionalGroupsSequence[f] for f in frames]
     shared = source.SharedFunctionalGroupsSequence[0]
-    if "PlaneOrientationSequence" not in shared and "PlaneOrientationSequence" in items[0]:
-        shared.PlaneOrientationSequence = items[0].PlaneOrientationSequence
-        for item in items:
-            del item.PlaneOrientationSequence
+    for macro in _SHARED_FOR_HIGHDICOM:  # one stack: one orientation and pixel spacing (the scan checked them)
+        if macro not in shared and macro in items[0]:
+            setattr(shared, macro, items[0][macro].value)
+            for item in items:
+                if macro in item:
+                    delattr(item, macro)
     source.PerFrameFunctionalGroupsSequence = items
     source.NumberOfFrames = len(items)
     return [source], labels, [f + 1 for f in frames]
+
+
+_SHARED_FOR_HIGHDICOM = ("PlaneOrientationSequence", "PixelMeasuresSequence")
+"""Functional group macros highdicom reads from a multi-frame source's shared groups only."""
 
 
 def _refer_to_source_frames(segmentation: Dataset, frame_numbers: list[int]) -> None:

@@ -338,16 +338,17 @@ def test_a_stack_whose_orientation_is_written_with_jitter_gets_its_seg(tmp_path:
 
 
 def test_an_enhanced_source_with_per_frame_orientation_gets_its_seg(tmp_path: Path) -> None:
-    """Philips enhanced MR writes PlaneOrientationSequence per frame (all equal), which highdicom refuses as a
-    source: the header copy it gets has it shared."""
+    """Philips, Siemens XA30 and Agfa enhanced MR write PlaneOrientationSequence and PixelMeasuresSequence per
+    frame (all equal), which highdicom refuses as a source: the header copy it gets has them shared."""
     from tests.factory import write_enhanced_series
 
     generated = write_enhanced_series(tmp_path / "dicom" / "enhanced.dcm", shuffle_frames=True)
     ds = pydicom.dcmread(generated.paths[0])
-    orientation = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
-    del ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    orientation, measures = shared.PlaneOrientationSequence, shared.PixelMeasuresSequence
+    del shared.PlaneOrientationSequence, shared.PixelMeasuresSequence  # per frame, as Philips, XA30 and Agfa write
     for frame in ds.PerFrameFunctionalGroupsSequence:
-        frame.PlaneOrientationSequence = orientation
+        frame.PlaneOrientationSequence, frame.PixelMeasuresSequence = orientation, measures
     ds.save_as(generated.paths[0], enforce_file_format=True)
     (series,) = _scanned(tmp_path / "dicom")
     _written_and_checked(tmp_path, series, "per_frame")

@@ -31,6 +31,7 @@ SIEMENS_CREATOR, SIEMENS_B_VALUE, SIEMENS_GRADIENT = 0x00190010, 0x0019100C, 0x0
 GE_CREATOR, GE_GRADIENT_X, GE_GRADIENT_Y, GE_GRADIENT_Z = 0x00190010, 0x001910BB, 0x001910BC, 0x001910BD
 GE_PARAMETERS_CREATOR, GE_B_VALUE = 0x00430010, 0x00431039
 PHILIPS_CREATOR, PHILIPS_B_VALUE = 0x20010010, 0x20011003
+PHILIPS_MR_CREATOR, PHILIPS_GRADIENT = 0x20050010, (0x200510B0, 0x200510B1, 0x200510B2)
 PRIVATE_TAGS = (
     SIEMENS_CREATOR,
     SIEMENS_B_VALUE,
@@ -42,6 +43,8 @@ PRIVATE_TAGS = (
     GE_B_VALUE,
     PHILIPS_CREATOR,
     PHILIPS_B_VALUE,
+    PHILIPS_MR_CREATOR,
+    *PHILIPS_GRADIENT,
 )
 
 
@@ -333,6 +336,10 @@ def _diffusion(fields: Source) -> tuple[int | None, tuple[float, float, float] |
             gradient = _rounded_direction(tuple(float(p) for p in parts if p is not None))
     if b is None and str(value(fields, PHILIPS_CREATOR) or "").strip() == "Philips Imaging DD 001":
         b = _private_number(value(fields, PHILIPS_B_VALUE), "<f")
+    if gradient is None and str(value(fields, PHILIPS_MR_CREATOR) or "").strip() == "Philips MR Imaging DD 001":
+        parts = [_private_number(value(fields, tag), "<f") for tag in PHILIPS_GRADIENT]
+        if all(p is not None for p in parts) and any(p for p in parts):  # (0, 0, 0): the isotropic image
+            gradient = _rounded_direction(tuple(float(p) for p in parts if p is not None))
     return (round(b) if b is not None else None), gradient
 
 

@@ -28,6 +28,20 @@ def ge(b: int, g: tuple[float, float, float] | None) -> dict[Any, Any]:
     return d
 
 
+def philips(b: int, g: tuple[float, float, float] | None) -> dict[Any, Any]:
+    """Philips private diffusion elements: b-value (2001,1003) and the direction in (2005,10B0-B2), FL each, as
+    classic (not enhanced) Philips DTI writes them and dcm2niix reads them."""
+    d: dict[Any, Any] = {
+        0x20010010: ("LO", "Philips Imaging DD 001"),
+        0x20011003: ("FL", float(b)),
+        0x20050010: ("LO", "Philips MR Imaging DD 001"),
+        "Manufacturer": "Philips Medical Systems",
+    }
+    for tag, v in zip((0x200510B0, 0x200510B1, 0x200510B2), g or (0.0, 0.0, 0.0), strict=True):
+        d[tag] = ("FL", float(v))
+    return d
+
+
 DIRS = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.7071, 0.7071)]
 CASES: dict[str, tuple[list[dict[Any, Any]], list[str]]] = {
     "echo": ([{"EchoNumbers": n, "EchoTime": f"{10 * n}"} for n in (1, 2, 3)], [".echo1", ".echo2", ".echo3"]),
@@ -47,4 +61,8 @@ CASES: dict[str, tuple[list[dict[Any, Any]], list[str]]] = {
         [".b0", ".b1000.dir1", ".b1000.dir2", ".b1000.dir3"],
     ),
     "dti_ge": ([ge(0, None)] + [ge(1000, g) for g in DIRS], [".b0", ".b1000.dir1", ".b1000.dir2", ".b1000.dir3"]),
+    "dti_philips": (
+        [philips(0, None)] + [philips(1000, g) for g in DIRS],
+        [".b0", ".b1000.dir1", ".b1000.dir2", ".b1000.dir3"],
+    ),
 }

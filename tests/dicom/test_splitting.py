@@ -28,6 +28,7 @@ SPLIT_BY = {
     "dti": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "1\\0\\0"},
     "dti_siemens": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "1\\0\\0"},
     "dti_ge": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "1\\0\\0"},
+    "dti_philips": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "1\\0\\0"},
 }
 
 

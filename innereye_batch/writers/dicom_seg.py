@@ -190,8 +190,8 @@ def _source_images_and_frames(
     one's ImageOrientationPatient and PixelSpacing (the scan made them one stack, so they agree within its
     tolerance), and a multi-frame header keeps only this stack's frames (another stack of the file, e.g. a second
     time point, would repeat its positions), with per-frame orientation and pixel measures moved to the shared
-    groups (``_SHARED_FOR_HIGHDICOM``). Headers are copies in
-    memory: the SEG's references are then pointed back at the file's own frames (``_refer_to_source_frames``).
+    groups (``_SHARED_FOR_HIGHDICOM``). Headers are copies in memory: the SEG's references are then pointed back
+    at the file's own frames (``_refer_to_source_frames``).
     """
     import pydicom
 
@@ -217,6 +217,8 @@ def _source_images_and_frames(
         )
     frames = [s.frame for s in multi_frame if s.frame is not None]
     items = [source.PerFrameFunctionalGroupsSequence[f] for f in frames]
+    if not source.get("SharedFunctionalGroupsSequence"):  # type 2: may be empty when every macro is per frame
+        source.SharedFunctionalGroupsSequence = [pydicom.Dataset()]
     shared = source.SharedFunctionalGroupsSequence[0]
     for macro in _SHARED_FOR_HIGHDICOM:  # one stack: one orientation and pixel spacing (the scan checked them)
         if macro not in shared and macro in items[0]:

@@ -349,6 +349,8 @@ def test_an_enhanced_source_with_per_frame_orientation_gets_its_seg(tmp_path: Pa
     del shared.PlaneOrientationSequence, shared.PixelMeasuresSequence  # per frame, as Philips, XA30 and Agfa write
     for frame in ds.PerFrameFunctionalGroupsSequence:
         frame.PlaneOrientationSequence, frame.PixelMeasuresSequence = orientation, measures
+        frame.PixelValueTransformationSequence = shared.PixelValueTransformationSequence
+    ds.SharedFunctionalGroupsSequence = []  # type 2: present and empty when every macro is per frame
     ds.save_as(generated.paths[0], enforce_file_format=True)
     (series,) = _scanned(tmp_path / "dicom")
     _written_and_checked(tmp_path, series, "per_frame")

@@ -107,11 +107,19 @@ def modality_output_range(ds: Dataset) -> tuple[float, float]:
     if modality_lut:
         return 0.0, float(2 ** int(modality_lut[0].LUTDescriptor[2]) - 1)
     low, high = stored_value_range(ds)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        ends = (low * float(slope) + float(intercept), high * float(slope) + float(intercept))
+    rescale = _rescale(ds)
+    if rescale is not None:
+        slope, intercept = rescale
+        ends = (low * slope + intercept, high * slope + intercept)
         return min(ends), max(ends)  # a negative slope maps the lowest stored value to the highest output
     return float(low), float(high)
+
+
+def _rescale(ds: Dataset) -> tuple[float, float] | None:
+    """(Rescale Slope, Rescale Intercept), or None: the module needs both, and a slope alone is no rescale (as
+    for pydicom's ``apply_modality_lut`` and ``apply_windowing``)."""
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    return (float(slope), float(intercept)) if slope is not None and intercept is not None else None
 
 
 def lut_entries(item: Dataset, ds: Dataset, what: str) -> tuple[np.ndarray, int, int]:
@@ -206,10 +214,9 @@ def png_convention(
 
 
 def _negative_slope(ds: Dataset) -> bool:
-    """True when the rescale (without a Modality LUT Sequence) maps higher stored values lower. A slope without
-    an intercept is no rescale, as for pydicom's ``apply_modality_lut`` and ``modality_output_range``."""
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    return not ds.get("ModalityLUTSequence") and slope is not None and intercept is not None and float(slope) < 0
+    """True when the rescale (without a Modality LUT Sequence) maps higher stored values lower."""
+    rescale = _rescale(ds)
+    return not ds.get("ModalityLUTSequence") and rescale is not None and rescale[0] < 0
 
 
 def pixel_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, SpacingSource | None]:
@@ -285,6 +292,7 @@ def projection_images(
             mapped = png_convention(stored[index], ds, apply_voi=apply_voi, scaling=scaling)
         except DicomError as error:
             raise DicomError(f"{where}: {error}") from error
+        # what pydicom's modality and window functions raise on values they cannot use (a malformed element)
         except (ValueError, NotImplementedError, AttributeError, IndexError, TypeError, struct.error) as error:
             raise DicomError(f"{where}: cannot apply its modality/VOI transforms: {error}") from error
         images.append(

@@ -34,14 +34,13 @@ import torch (parsing the architecture does).
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from innereye_batch.errors import ModelFolderError
-from innereye_batch.model.spec import ArchitectureSpec, ChannelSpec, Task
+from innereye_batch.model.spec import ArchitectureSpec, ChannelSpec, Task, is_finite_number
 
 Activation = Literal["softmax", "sigmoid"]
 PngScaling = Literal["full_range", "min_max"]
@@ -169,16 +168,6 @@ class _Fields:
         return ModelFolderError(f"{self.file}: field '{self.prefix}{name}': {problem}{hint}")
 
 
-def _is_number(value: Any) -> bool:
-    """A finite JSON number (``1e999`` parses to infinity; an integer of 400 digits is no float at all)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _classes(fields: _Fields, value: Any) -> tuple[tuple[str, ...], tuple[float | None, ...]]:
     if not isinstance(value, list) or not value:
         raise fields.error("classes", f"must be a non-empty list of class names in output order, got {value!r}")
@@ -192,7 +181,7 @@ def _classes(fields: _Fields, value: Any) -> tuple[tuple[str, ...], tuple[float 
         if unknown:
             raise fields.error(f"classes[{index}]", f"unknown key(s) {', '.join(unknown)}; accepted: name, threshold")
         threshold = entry.get("threshold")
-        if threshold is not None and not (_is_number(threshold) and 0 < threshold < 1):
+        if threshold is not None and not (is_finite_number(threshold) and 0 < threshold < 1):
             raise fields.error(f"classes[{index}].threshold", f"must be a number in (0, 1), got {threshold!r}")
         names.append(entry["name"])
         thresholds.append(None if threshold is None else float(threshold))
@@ -218,9 +207,9 @@ def _architecture(fields: _Fields, value: Any) -> ArchitectureSpec:
 
 
 def _numbers(fields: _Fields, name: str, value: Any, *, positive: bool = False) -> tuple[float, ...]:
-    if _is_number(value):
+    if is_finite_number(value):
         value = [value]
-    if not isinstance(value, list) or not value or not all(map(_is_number, value)):
+    if not isinstance(value, list) or not value or not all(map(is_finite_number, value)):
         raise fields.error(name, f"must be a number or a list of numbers, got {value!r}")
     if positive and any(v <= 0 for v in value):
         raise fields.error(name, f"every value must be > 0, got {value!r}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
@@ -28,6 +27,7 @@ from innereye_batch.model.spec import (
     PostProcessing,
     SegmentationSpec,
     Structure,
+    is_finite_number,
 )
 
 CONFIG_FILE = "model_inference_config.json"
@@ -74,20 +74,10 @@ class _Fields:
         return ModelFolderError(f"{self.file}: field '{self.prefix}{field}': {problem}{hint}")
 
 
-def _is_number(value: Any) -> bool:
-    """A finite JSON number (``1e999`` parses to infinity; an integer of 400 digits is no float at all)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _triple(fields: _Fields, name: str, value: Any, *, integer: bool, minimum: float) -> tuple[Any, Any, Any]:
     kind = "integers" if integer else "numbers"
     ok = isinstance(value, list) and len(value) == 3
-    ok = ok and all((isinstance(v, int) and not isinstance(v, bool)) if integer else _is_number(v) for v in value)
+    ok = ok and all((isinstance(v, int) and not isinstance(v, bool)) if integer else is_finite_number(v) for v in value)
     if not ok or any(v < minimum for v in value):
         raise fields.error(name, f"must be a list of three {kind} >= {minimum} in (z, y, x) order, got {value!r}")
     return (value[0], value[1], value[2]) if integer else (float(value[0]), float(value[1]), float(value[2]))
@@ -208,14 +198,14 @@ def _normalisation_one(fields: _Fields, name: str, value: Any) -> Normalisation:
         raise fields.error(name, f"unknown key(s) {', '.join(unknown)}; accepted: {', '.join(_NORMALISATION_FIELDS)}")
     method = value["method"]
     output_range = value.get("output_range", [-1.0, 1.0])
-    if not (isinstance(output_range, list) and len(output_range) == 2 and all(map(_is_number, output_range))):
+    if not (isinstance(output_range, list) and len(output_range) == 2 and all(map(is_finite_number, output_range))):
         raise fields.error(f"{name}.output_range", f"must be two numbers [low, high], got {output_range!r}")
     if output_range[0] == output_range[1]:
         raise fields.error(f"{name}.output_range", f"its two ends must differ, got {output_range!r}")
     level = window = None
     if method == "ct_window":
         for key in ("level", "window"):
-            if not _is_number(value.get(key)):
+            if not is_finite_number(value.get(key)):
                 raise fields.error(f"{name}.{key}", "ct_window needs numeric 'level' and 'window' (Hounsfield units)")
         level, window = float(value["level"]), float(value["window"])
         if window <= 0:
@@ -223,7 +213,7 @@ def _normalisation_one(fields: _Fields, name: str, value: Any) -> Normalisation:
     sharpen = value.get("sharpen", 0.9)  # InnerEye's SegmentationModelBase default
     tail = value.get("tail", [1.0])
     if method == "mri_window" and (
-        not _is_number(sharpen) or not isinstance(tail, list) or not all(map(_is_number, tail))
+        not is_finite_number(sharpen) or not isinstance(tail, list) or not all(map(is_finite_number, tail))
     ):
         raise fields.error(name, "mri_window needs numeric 'sharpen' and a list of numbers 'tail'")
     return Normalisation(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,17 @@ if TYPE_CHECKING:
 Task = Literal["segmentation", "classification"]
 NormalisationMethod = Literal["ct_window", "zscore", "mri_window", "none"]
 Stitching = Literal["gaussian", "average"]
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a finite number of a model folder's JSON, not a bool (``1e999`` parses to infinity; an integer
+    of 400 digits is no float at all)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def clear_stale_result(folder: Path, input_fp: str | None, model_fp: str) -> Non
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict):
-        if (folder / DONE_RECORD).exists() or folder.is_dir():
+        if folder.is_dir():
             mark_not_done(folder)  # no readable record: whatever lies there vouches for nothing
         return
     if input_fp is None or record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:

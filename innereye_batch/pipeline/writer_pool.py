@@ -113,8 +113,11 @@ class Writers:
 
     def _running(self) -> bool:
         with self._lock:
-            self._futures = {f for f in self._futures if not f.done()}
-            return bool(self._futures)
+            return any(not f.done() for f in self._futures)
+
+    def _forget(self, future: Future[ItemResult]) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def submit(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> None:
         self.slots.acquire()
@@ -148,6 +151,7 @@ class Writers:
         )
         with self._lock:
             self._futures.add(future)
+        future.add_done_callback(self._forget)  # the set holds only writes in flight, however long the run
         return future
 
     def _fresh_pool(self, broken: Executor) -> Executor:

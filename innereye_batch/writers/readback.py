@@ -23,6 +23,7 @@ variable spacing) are placed where the scanner put them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +80,19 @@ class SlicePlanes:
             shape=geometry.shape,
         )
 
-    @property
+    @functools.cached_property
     def normal(self) -> np.ndarray:
         normal = np.cross(self.column_step, self.row_step)
         return normal / np.linalg.norm(normal)
+
+    @functools.cached_property
+    def _offsets_and_tolerance(self) -> tuple[np.ndarray, float]:
+        """Each slice's distance along the normal, and how far off it a point still lies on it (mm)."""
+        offsets = self.positions @ self.normal
+        gaps = np.diff(np.sort(offsets))
+        gaps = gaps[gaps > 1e-6]
+        tolerance = _PLANE_TOLERANCE * (float(gaps.min()) if gaps.size else float(np.linalg.norm(self.row_step)))
+        return offsets, tolerance
 
     def to_patient(self, slice_index: int, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """(n, 3) LPS positions of (possibly fractional) pixel positions on one slice."""
@@ -91,10 +101,7 @@ class SlicePlanes:
     def locate(self, points: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
         """The slice whose plane holds every one of ``points`` and their (rows, columns) on it; None when they do
         not lie on one slice plane."""
-        offsets = self.positions @ self.normal
-        gaps = np.diff(np.sort(offsets))
-        gaps = gaps[gaps > 1e-6]
-        tolerance = _PLANE_TOLERANCE * (float(gaps.min()) if gaps.size else float(np.linalg.norm(self.row_step)))
+        offsets, tolerance = self._offsets_and_tolerance
         along = points @ self.normal
         slice_index = int(np.abs(offsets - along.mean()).argmin())
         if np.abs(along - offsets[slice_index]).max() > tolerance:
@@ -104,29 +111,60 @@ class SlicePlanes:
         rows = relative @ self.row_step / float(self.row_step @ self.row_step)
         return slice_index, rows, columns
 
-    def stats(self, mask: np.ndarray) -> MaskStats:
-        """Voxel count and patient-space centroid of a (slices, rows, columns) boolean mask on these slices."""
+    def stats(self, mask: np.ndarray | BoxedMask) -> MaskStats:
+        """Voxel count and patient-space centroid of a (slices, rows, columns) boolean mask on these slices, or of
+        a ``BoxedMask`` (the mask within its box of them)."""
+        return _stats_from_sums(*self.sums(mask))
+
+    def sums(self, mask: np.ndarray | BoxedMask) -> tuple[int, np.ndarray]:
+        """Voxel count and sum of the voxels' patient-space positions (LPS mm) of a mask as ``stats`` takes."""
+        (first_slice, top, left), mask = _corner_and_array(mask)
+        total = np.zeros(3)
         # only the slices, then the rows, that hold the mask are counted (``any`` finds them at little cost)
         occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
         if occupied.size == 0:
-            return MaskStats(0, None)
+            return 0, total
         first, last = int(occupied[0]), int(occupied[-1]) + 1
         per_row = np.count_nonzero(mask[first:last], axis=2)
         rows = np.flatnonzero(per_row.any(axis=0))
-        top, bottom = int(rows[0]), int(rows[-1]) + 1
-        per_column = np.count_nonzero(mask[first:last, top:bottom], axis=1)
-        per_slice = np.zeros(mask.shape[0], dtype=per_row.dtype)
-        per_slice[first:last] = per_row.sum(axis=1)
+        per_column = np.count_nonzero(mask[first:last, int(rows[0]) : int(rows[-1]) + 1], axis=1)
+        per_slice = per_row.sum(axis=1)
         count = int(per_slice.sum())
         # sums of row and column indices from projections per slice (no index arrays as large as the mask)
-        row_sums = per_row @ np.arange(mask.shape[1])
-        column_sums = per_column @ np.arange(mask.shape[2])
-        total = (
-            per_slice @ self.positions
-            + float(column_sums.sum()) * self.column_step
-            + float(row_sums.sum()) * self.row_step
-        )
-        return _stats_from_sums(count, total)
+        row_sum = float((per_row @ np.arange(top, top + mask.shape[1])).sum())
+        column_sum = float((per_column @ np.arange(left, left + mask.shape[2])).sum())
+        positions = self.positions[first_slice + first : first_slice + last]
+        total = per_slice @ positions + column_sum * self.column_step + row_sum * self.row_step
+        return count, total
+
+
+@dataclass(frozen=True, eq=False)
+class BoxedMask:
+    """A structure's (z, y, x) boolean mask within its bounding box of a series' grid: the writers' masks are
+    cropped so that a small structure costs its box, not the whole grid."""
+
+    box: tuple[slice, slice, slice]
+    """Where ``mask`` lies in the grid (slices with explicit starts, as ``scipy.ndimage.find_objects`` gives)."""
+    mask: np.ndarray
+
+    @property
+    def corner(self) -> tuple[int, int, int]:
+        """The grid index of the box's first voxel."""
+        return (int(self.box[0].start), int(self.box[1].start), int(self.box[2].start))
+
+
+def label_masks(labels: np.ndarray, count: int) -> list[BoxedMask | None]:
+    """Per label 1..``count``: its mask within its bounding box (None when absent), from one pass over the map."""
+    from scipy.ndimage import find_objects
+
+    boxes = find_objects(labels, max_label=count)
+    return [None if box is None else BoxedMask(box, labels[box] == number) for number, box in enumerate(boxes, start=1)]
+
+
+def _corner_and_array(mask: np.ndarray | BoxedMask) -> tuple[tuple[int, int, int], np.ndarray]:
+    if isinstance(mask, BoxedMask):
+        return mask.corner, mask.mask
+    return (0, 0, 0), mask
 
 
 def _stats_from_sums(count: int, position_sum: np.ndarray) -> MaskStats:
@@ -229,8 +267,9 @@ def _frame_axes(groups: Dataset, shared: Dataset) -> tuple[np.ndarray, np.ndarra
     return origin, orientation[:3] * column_spacing, orientation[3:] * row_spacing
 
 
-def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, np.ndarray]:
-    """Per ROI name: its contours rasterised onto ``series``' slices, (z, y, x) boolean in slice order.
+def rtstruct_stats(path: Path, series: SeriesInfo, what: str = "") -> dict[str, MaskStats]:
+    """Per ROI name: voxel count and centroid of its contours rasterised onto ``series``' slices, one slice at a
+    time.
 
     Raises ``ReadBackError`` for a contour that is not closed and planar on a slice of the grid, has fewer than
     3 points, or does not reference the source image at its plane.
@@ -243,7 +282,7 @@ def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
     what = what or path.name
     planes = SlicePlanes.of(series)
     names = {int(roi.ROINumber): str(roi.ROIName) for roi in rt.StructureSetROISequence}
-    masks = {name: np.zeros(planes.shape, dtype=bool) for name in names.values()}
+    sums = {name: (0, np.zeros(3)) for name in names.values()}
     for roi in rt.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         if number not in names:
@@ -256,8 +295,11 @@ def rtstruct_masks(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
             _check_contour_reference(contour, series, slice_index, where)
             by_slice.setdefault(slice_index, []).append(points)
         for slice_index, polygons in by_slice.items():
-            masks[name][slice_index] = rasterise_contours(polygons, planes.shape[1:])
-    return masks
+            mask = rasterise_contours(polygons, planes.shape[1:])[None]
+            box = (slice(slice_index, slice_index + 1), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
+            count, total = planes.sums(BoxedMask(box, mask))
+            sums[name] = (sums[name][0] + count, sums[name][1] + total)
+    return {name: _stats_from_sums(count, total) for name, (count, total) in sums.items()}
 
 
 def _contour_on_slice(contour: Dataset, planes: SlicePlanes, where: str) -> tuple[int, np.ndarray]:
@@ -310,7 +352,11 @@ def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, nam
     seg = pydicom.dcmread(path)
     planes = SlicePlanes.of(series)
     _check_seg_references(seg, series, planes, what)
-    expected = {name: planes.stats(labels == number) for number, name in enumerate(names, start=1)}
+    masks = label_masks(labels, len(names))
+    expected = {
+        name: MaskStats(0, None) if mask is None else planes.stats(mask)
+        for name, mask in zip(names, masks, strict=True)
+    }
     compare_stats(expected, _seg_stats(seg, what), series.geometry.spacing, what=what)
 
 
@@ -377,12 +423,17 @@ def _check_mosaic_seg(path: Path, what: str, labels: np.ndarray, series: SeriesI
         raise ReadBackError(f"{what} read back does not match the label map laid out as the mosaic: {details}")
 
 
-def check_rtstruct(path: Path, what: str, masks: Mapping[str, np.ndarray], series: SeriesInfo) -> None:
+def check_rtstruct(
+    path: Path, what: str, masks: Mapping[str, np.ndarray | BoxedMask | None], series: SeriesInfo
+) -> None:
     """Raise ``ReadBackError`` unless the RT Structure Set at ``path``, rasterised onto ``series``' grid, gives
-    each structure of ``masks`` (name -> contoured (z, y, x) mask) within the tolerances."""
+    each structure of ``masks`` (name -> contoured (z, y, x) mask, or None when empty) within the tolerances."""
     planes = SlicePlanes.of(series)
-    expected = {name: planes.stats(mask) for name, mask in masks.items()}
-    found = {name: planes.stats(mask) for name, mask in rtstruct_masks(path, series, what).items()}
+    expected = {name: MaskStats(0, None) if mask is None else planes.stats(mask) for name, mask in masks.items()}
     compare_stats(
-        expected, found, series.geometry.spacing, what=what, relative_count_tolerance=RTSTRUCT_COUNT_TOLERANCE
+        expected,
+        rtstruct_stats(path, series, what),
+        series.geometry.spacing,
+        what=what,
+        relative_count_tolerance=RTSTRUCT_COUNT_TOLERANCE,
     )

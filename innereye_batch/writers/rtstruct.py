@@ -35,7 +35,7 @@ import numpy as np
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage, Structure
 from innereye_batch.writers.dicom_seg import MANUFACTURER, content_label, model_version, set_character_set, with_marker
-from innereye_batch.writers.readback import SlicePlanes
+from innereye_batch.writers.readback import BoxedMask, SlicePlanes, label_masks
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
 if TYPE_CHECKING:
@@ -71,18 +71,20 @@ _COPIED_FROM_SOURCE = (
 
 def structure_masks(
     labels: np.ndarray, structures: Sequence[Structure], fill_holes: Sequence[str] = ()
-) -> dict[str, np.ndarray]:
-    """Per structure name, the (z, y, x) mask that is contoured: label i, with holes filled slice by slice for the
-    structures named in ``fill_holes``."""
+) -> dict[str, BoxedMask | None]:
+    """Per structure name, the (z, y, x) mask that is contoured, within its bounding box (None when the label map
+    does not hold it): label i, with holes filled slice by slice for the structures named in ``fill_holes``.
+
+    A hole filled within the box is one in the whole slice: the box holds every voxel of the structure, so
+    background on the box's border reaches the slice's border outside it."""
     from innereye_batch.writers.contours import fill_holes_2d
 
     masks = {}
-    for number, structure in enumerate(structures, start=1):
-        mask = labels == number
-        if structure.name in fill_holes:
-            for k in np.flatnonzero(mask.any(axis=(1, 2))):
-                mask[k] = fill_holes_2d(mask[k])
-        masks[structure.name] = mask
+    for structure, boxed in zip(structures, label_masks(labels, len(structures)), strict=True):
+        if boxed is not None and structure.name in fill_holes:
+            for k in range(boxed.mask.shape[0]):
+                boxed.mask[k] = fill_holes_2d(boxed.mask[k])
+        masks[structure.name] = boxed
     return masks
 
 
@@ -94,7 +96,7 @@ def write_rtstruct(
     *,
     software_version: str,
     clinical_marker: str = "",
-    masks: Mapping[str, np.ndarray] | None = None,
+    masks: Mapping[str, BoxedMask | None] | None = None,
 ) -> None:
     """Write ``labels`` (z, y, x on the source slices, rows in ``series.slices`` order; label i = the model's i-th
     structure) to ``path`` as an RT Structure Set referencing ``series``; each slice is placed by its own
@@ -243,14 +245,14 @@ def _structure_set_roi(number: int, structure: Structure, series: SeriesInfo, al
     return roi
 
 
-def _roi_contour(number: int, structure: Structure, mask: np.ndarray, series: SeriesInfo) -> Dataset:
+def _roi_contour(number: int, structure: Structure, mask: BoxedMask | None, series: SeriesInfo) -> Dataset:
     from pydicom import Dataset
 
     item = Dataset()
     item.ROIDisplayColor = list(structure.colour)
     item.ReferencedROINumber = number
     contours: list[Dataset] = []
-    for k, points in slice_contours(mask, SlicePlanes.of(series)):
+    for k, points in slice_contours(mask, SlicePlanes.of(series)) if mask is not None else ():
         image = series.slices[k]
         contour = Dataset()
         contour.ContourImageSequence = [_image_reference(series.sop_class_uid, image.sop_instance_uid, image.frame)]
@@ -267,19 +269,22 @@ def _roi_contour(number: int, structure: Structure, mask: np.ndarray, series: Se
     return item
 
 
-def slice_contours(mask: np.ndarray, planes: SlicePlanes) -> list[tuple[int, np.ndarray]]:
-    """(slice index, (n, 3) LPS points in mm) for every closed contour of a (z, y, x) mask on the source slices,
-    each slice placed by its own position."""
+def slice_contours(mask: BoxedMask, planes: SlicePlanes) -> list[tuple[int, np.ndarray]]:
+    """(slice index, (n, 3) LPS points in mm) for every closed contour of a (z, y, x) mask on the source slices
+    (within its box of them), each slice placed by its own position."""
     from innereye_batch.writers.contours import mask_contours
 
     result = []
-    for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        rows = np.flatnonzero(mask[k].any(axis=1))
-        columns = np.flatnonzero(mask[k].any(axis=0))
+    first_slice, box_top, box_left = mask.corner
+    for k in np.flatnonzero(mask.mask.any(axis=(1, 2))):
+        plane = mask.mask[k]
+        rows = np.flatnonzero(plane.any(axis=1))
+        columns = np.flatnonzero(plane.any(axis=0))
         top, left = int(rows[0]), int(columns[0])
-        crop = mask[k, top : int(rows[-1]) + 1, left : int(columns[-1]) + 1]  # contours only where the mask is
+        crop = plane[top : int(rows[-1]) + 1, left : int(columns[-1]) + 1]  # contours only where the mask is
+        top, left, index = top + box_top, left + box_left, first_slice + int(k)
         for polygon in mask_contours(crop):
-            result.append((int(k), planes.to_patient(int(k), polygon[:, 0] + top, polygon[:, 1] + left)))
+            result.append((index, planes.to_patient(index, polygon[:, 0] + top, polygon[:, 1] + left)))
     return result
 
 

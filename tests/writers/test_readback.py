@@ -9,16 +9,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from scipy.ndimage import find_objects
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.tasks.base import WorkItem
 from innereye_batch.tasks.segmentation import SegmentationPrediction, structure_stats
 from innereye_batch.writers import dicom_seg
 from innereye_batch.writers.readback import (
+    BoxedMask,
     ReadBackError,
     SlicePlanes,
     check_rtstruct,
     check_seg,
+    label_masks,
     seg_stats,
 )
 from innereye_batch.writers.registry import WriteContext, WriterOptions
@@ -85,6 +88,28 @@ def test_slice_plane_stats_count_and_centroid_every_voxel_of_any_mask() -> None:
         points = planes.positions[voxels[:, 0]] + np.outer(voxels[:, 2], planes.column_step)
         points += np.outer(voxels[:, 1], planes.row_step)
         np.testing.assert_allclose(found.centroid, points.mean(axis=0), rtol=0, atol=1e-9)  # type: ignore[arg-type]
+        # the same mask cropped to its bounding box, or to any larger box, is placed by the box's corner
+        (box,) = find_objects(mask.astype(np.uint8))
+        larger = tuple(slice(max(0, b.start - 1), b.stop) for b in box)
+        for crop in (box, larger):
+            boxed = planes.stats(BoxedMask(crop, mask[crop]))
+            assert boxed.voxel_count == found.voxel_count
+            np.testing.assert_allclose(boxed.centroid, found.centroid, rtol=0, atol=1e-9)  # type: ignore[arg-type]
+
+
+def test_label_masks_crop_each_label_to_its_box_in_one_pass() -> None:
+    labels = np.zeros((5, 9, 8), np.uint8)
+    labels[1:3, 2:7, 1:4] = 1
+    labels[4, 8, 7] = 1  # a stray voxel in the far corner widens label 1's box to it
+    labels[2, 0:2, 5:8] = 3  # label 2 absent
+    one, two, three = label_masks(labels, 3)
+    assert two is None
+    assert one is not None and three is not None
+    assert one.corner == (1, 2, 1) and one.mask.shape == (4, 7, 7) and one.mask.sum() == (labels == 1).sum()
+    assert three.corner == (2, 0, 5) and three.mask.shape == (1, 2, 3) and three.mask.all()
+    full = np.zeros(labels.shape, bool)
+    full[one.box] = one.mask
+    np.testing.assert_array_equal(full, labels == 1)
 
 
 def _prediction(series: SeriesInfo, labels: np.ndarray, names: tuple[str, ...]) -> SegmentationPrediction:

@@ -213,6 +213,52 @@ def fill_each_slice_with_scipy(mask: np.ndarray) -> np.ndarray:
     return np.asarray(binary_fill_holes(mask))
 
 
+def test_holes_filled_within_a_structure_box_are_those_of_the_whole_slice() -> None:
+    """The contoured masks are cropped to each structure's box: a cove open at the box's edge stays open (its
+    background reaches the slice's border outside the box), an enclosed hole is filled, as on the whole slice;
+    another structure's voxels inside the box are not this one's."""
+    labels = np.zeros((3, 16, 15), np.uint8)
+    labels[1, 3:10, 4:11] = 1
+    labels[1, 5:8, 6:9] = 0  # an enclosed hole
+    labels[1, 4:9, 10] = 0  # a cove: open at the box's right edge, only in the box's last column
+    labels[1, 3, 5] = 2  # another structure inside the box of the first, on its edge
+    labels[2, 12, 10] = 1  # a voxel of label 1 on the next slice widens its box downwards
+    masks = structure_masks(labels, STRUCTURES, fill_holes=("body",))
+
+    body = masks["body"]
+    assert body is not None and body.corner == (1, 3, 4) and masks["Rückenmark"] is None
+    full = np.zeros(labels.shape, bool)
+    full[body.box] = body.mask
+    np.testing.assert_array_equal(full, np.stack([fill_each_slice_with_scipy(s) for s in labels == 1]))
+    assert full[1, 6, 7] and not full[1, 6, 10] and not full[1, 3, 5]
+    islands = masks["islands"]
+    assert islands is not None and islands.corner == (1, 3, 5) and islands.mask.shape == (1, 1, 1)
+
+
+def test_contours_of_a_boxed_mask_are_placed_on_the_grid() -> None:
+    """slice_contours of a mask cropped to its box gives the points of the uncropped mask's contours."""
+    from innereye_batch.writers.readback import BoxedMask, SlicePlanes
+
+    rng = np.random.default_rng(1)
+    shape = (4, 12, 10)
+    planes = SlicePlanes(
+        positions=np.cumsum(rng.uniform(0.5, 3.0, (shape[0], 3)), axis=0),
+        column_step=np.array([0.7, 0.1, -0.2]),
+        row_step=np.array([-0.1, 0.9, 0.3]),
+        shape=shape,
+    )
+    mask = np.zeros(shape, bool)
+    mask[1, 3:7, 2:5] = True
+    mask[2, 5:11, 4:9] = True
+    mask[2, 7, 6] = False
+    box = (slice(1, 3), slice(3, 11), slice(2, 9))
+    whole = rtstruct.slice_contours(BoxedMask((slice(0, 4), slice(0, 12), slice(0, 10)), mask), planes)
+    cropped = rtstruct.slice_contours(BoxedMask(box, mask[box]), planes)
+    assert [k for k, _ in cropped] == [k for k, _ in whole] == [1, 2, 2]
+    for (_, expected), (_, found) in zip(whole, cropped, strict=True):
+        np.testing.assert_allclose(found, expected, rtol=0, atol=1e-9)
+
+
 def test_absent_structure_is_listed_without_contours(tmp_path: Path) -> None:
     generated = write_series(tmp_path / "dicom", shape=(4, 12, 12))
     series = series_info_from(generated)
@@ -290,9 +336,11 @@ def test_read_back_catches_a_damaged_output(tmp_path: Path, monkeypatch: pytest.
     labels[2:5, 3:9, 2:7] = 3  # off-centre, so that every mirror moves it
     original = rtstruct.write_rtstruct
 
-    def damaging_writer(path: Path, written: np.ndarray, *args, masks, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        damaged = {name: np.ascontiguousarray(damage(mask.astype(np.uint8) * 2)) == 2 for name, mask in masks.items()}
-        original(path, np.ascontiguousarray(damage(written)), *args, masks=damaged, **kwargs)
+    def damaging_writer(path: Path, written: np.ndarray, series, package, *args, masks, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        damaged = np.ascontiguousarray(damage(written))
+        contoured = rtstruct.structure_masks(damaged, package.segmentation.structures)
+        assert set(contoured) == set(masks)
+        original(path, damaged, series, package, *args, masks=contoured, **kwargs)
 
     monkeypatch.setattr(rtstruct, "write_rtstruct", damaging_writer)
     with pytest.raises(ReadBackError, match=f"rtstruct.dcm read back does not match the label map: .*{message}"):

@@ -112,9 +112,10 @@ def test_a_mirrored_dicom_output_fails_its_series_and_leaves_no_output(
     original = getattr(module, writer)
 
     def mirroring_writer(path: Path, written: np.ndarray, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        mirrored = np.ascontiguousarray(written[:, :, ::-1])  # left-right mirror
         if "masks" in kwargs:  # the structure set's masks, made once for writing and checking
-            kwargs["masks"] = {name: np.ascontiguousarray(m[:, :, ::-1]) for name, m in kwargs["masks"].items()}
-        original(path, np.ascontiguousarray(written[:, :, ::-1]), *args, **kwargs)  # left-right mirror
+            kwargs["masks"] = rtstruct.structure_masks(mirrored, STRUCTURES)
+        original(path, mirrored, *args, **kwargs)
 
     monkeypatch.setattr(module, writer, mirroring_writer)
     folder = tmp_path / "out" / series.key

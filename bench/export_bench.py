@@ -99,6 +99,14 @@ def _export(package: Any, formats: Any, job: Any, volume: Any, labels: np.ndarra
     return seconds
 
 
+def _components_backend() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("cc3d") is None:
+        return "scikit-image (cc3d, the `fast` extra, is not installed)"
+    return "cc3d (the `fast` extra)"
+
+
 def run(repeats: int = 2) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -126,7 +134,8 @@ def run(repeats: int = 2) -> str:
             f"One CT series of {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}; each step in this process one after another, as "
             f"one writer process runs them; median of {repeats} runs (range). Organ-like: 8 ellipsoids and stray "
             "voxels; mosaic: argmax of 9 smooth random fields (what an untrained network draws: thousands of "
-            "contours). Every DICOM output is read back and checked within its step.",
+            "contours). Every DICOM output is read back and checked within its step. Connected components by "
+            f"{_components_backend()}.",
             "",
             *table,
             "",

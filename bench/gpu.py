@@ -15,11 +15,13 @@ machine; transforms and `sliding_window_inference` on the GPU, sw_batch_size 4, 
 sampled every 50 ms through NVML. ``--smoke`` runs it all on a tiny cohort on the CPU (a check of the script).
 
 On the device machine (it has torch, numpy, scipy, scikit-image, typer, rich and pynvml, but not pydicom, highdicom,
-nibabel, monai or pyjpegls): download those five wheels here once into ``.whl/`` (ignored through
+nibabel, monai, pyjpegls or cc3d): download those six wheels here once into ``.whl/`` (ignored through
 ``.git/info/exclude``) with ``pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
---platform manylinux_2_17_x86_64 -d .whl pydicom==3.0.2 highdicom==0.28.2 nibabel==5.4.2 monai==1.6.1
-pyjpegls==1.5.1``, carry ``.whl``, and run ``python3 -m pip install -q --no-index --no-deps --target /tmp/site
-.whl/*.whl; PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu --out $OUT --series 10 --budget 330``
+--platform manylinux_2_28_x86_64 -d .whl pydicom==3.0.2 highdicom==0.28.2 nibabel==5.4.2 monai==1.6.1
+pyjpegls==1.5.1 connected-components-3d==4.1.1`` (the ``fast`` extra: without it the largest components take
+scikit-image's 7-10x longer path, and the export bench's figures do not apply), carry ``.whl``, and run
+``python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl;
+PYTHONPATH=/tmp/site:$PWD python3 -m bench.gpu --out $OUT --series 10 --budget 330``
 (``--skip ours_16gib,batches`` for the ways already measured).
 """
 

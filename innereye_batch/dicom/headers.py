@@ -1,7 +1,7 @@
 """What one image's header says, interpreted once: geometry (or why it is unusable), spacing and where it came
 from, rescale validity, and the attributes that tell apart images a scanner put in one series.
 
-Values come from pydicom (converted once by ``scan.py``); nothing here reads a file. Sources are either the
+Values come from pydicom (converted once by ``file_header.py``); nothing here reads a file. Sources are either the
 top-level fields of a file (a dict by keyword; private elements by tag number) or a functional-group item of an
 enhanced multi-frame file (a pydicom Dataset).
 """
@@ -69,7 +69,7 @@ class SplitValues:
     stack_id: str | None = None
     """StackID of the Frame Content of an enhanced frame."""
     dimension_index: tuple[int, ...] | None = None
-    """DimensionIndexValues of an enhanced frame, less the in-stack position (set by ``scan.py``)."""
+    """DimensionIndexValues of an enhanced frame, less the in-stack position (set by ``file_header.py``)."""
     instance_number: int | None = None
 
 

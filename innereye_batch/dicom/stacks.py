@@ -1,6 +1,6 @@
 """Group image headers into series, split them into stacks of one grid, sort slices and find their problems.
 
-Works on headers only (built by ``scan.py``). A series is split first by identity and acquisition
+Works on headers only (built by ``file_header.py``). A series is split first by identity and acquisition
 (``splitting.py``), then into stacks: every projection radiograph alone (a 2-D image), images that cannot be placed
 in 3-D together in one stack that says why, and the others by grid (orientation, size, pixel spacing), each grid
 split again where positions repeat (time points). Each stack is sorted along its slice normal, with its geometry

@@ -112,6 +112,7 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"size_multiple": 2}, "must be a multiple of 4, which UNet3D needs"),
         ({"architecture": {**TINY_ARCHITECTURE, "num_downsampling_paths": "2"}}, "do not build the network"),
         ({"architecture": {**TINY_ARCHITECTURE, "initial_feature_channels": 4.0}}, "do not build the network"),
+        ({"architecture": {**TINY_ARCHITECTURE, "padding_mode": "no_padding"}}, "'no_padding' cannot run"),
     ],
 )
 def test_invalid_values_are_reported(tmp_path: Path, block: dict[str, Any], change: dict, expected: str) -> None:
@@ -244,7 +245,7 @@ def test_missing_config_and_bad_json(tmp_path: Path) -> None:
 
 
 def test_documented_example_is_valid_and_matches_the_prostate_preset() -> None:
-    from innereye_batch.model.package import parse_inference_block
+    from innereye_batch.model.inference_block import parse_inference_block
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "model-folder.md"
     example = json.loads(doc.read_text().split("```json\n", 1)[1].split("```", 1)[0])
@@ -303,3 +304,18 @@ def test_windows_checkpoint_paths_are_read(tmp_path: Path, block: dict[str, Any]
     )
     [ref] = load_model_package(folder).checkpoints
     assert ref.path == folder / "checkpoints/OTHER_RUNS/1/last.ckpt"
+
+
+@pytest.mark.parametrize(
+    "where", ["../outside.ckpt", "checkpoints/../../outside.ckpt", "ABSOLUTE", "C:\\models\\x.ckpt"]
+)
+def test_checkpoint_paths_that_leave_the_folder_are_refused(tmp_path: Path, block: dict[str, Any], where: str) -> None:
+    """The folder is the whole model: a checkpoint found outside it (a parent, an absolute or a drive path) would
+    make a copied folder another model, or none; the file existing there does not make it part of the model."""
+    folder = _folder_with_checkpoint(tmp_path / "model", "checkpoints/last.ckpt")
+    outside = tmp_path / "outside.ckpt"
+    outside.write_bytes((folder / "checkpoints/last.ckpt").read_bytes())
+    relative = str(outside) if where == "ABSOLUTE" else where
+    _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": [relative], "inference": block})
+    with pytest.raises(ModelFolderError, match="leaves the model folder"):
+        load_model_package(folder)

@@ -33,7 +33,10 @@ from torch import nn
 from innereye_batch.model.architectures import lcm_of, register_architecture
 
 Triple = tuple[int, int, int]
-PADDING_MODES = ("zero", "constant", "no_padding")
+PADDING_MODES = ("zero", "constant")
+"""InnerEye's ``PaddingMode`` values a UNet3D can run with. ``no_padding`` cannot: every encode and synthesis block
+adds its input to its output (``block2(x) + x``), which unpadded convolutions make smaller, so InnerEye's own
+network fails at its first forward pass; it is refused when the network is built."""
 
 
 def _triple(value: int | Sequence[int], name: str) -> Triple:
@@ -46,9 +49,7 @@ def _triple(value: int | Sequence[int], name: str) -> Triple:
 
 
 def _same_padding(kernel: Triple, dilation: Triple, padding_mode: str) -> Triple:
-    """InnerEye's convolution padding: keeps the size for odd kernels, none for ``no_padding``."""
-    if padding_mode == "no_padding":
-        return (0, 0, 0)
+    """InnerEye's convolution padding (``zero`` or ``constant``): keeps the size for odd kernels."""
     pads = [0 if k == 1 else (k - 1) // 2 + d - 1 for k, d in zip(kernel, dilation, strict=True)]
     return (pads[0], pads[1], pads[2])
 
@@ -163,6 +164,11 @@ class UNet3D(nn.Module):
         padding_mode: str = "zero",
     ) -> None:
         super().__init__()
+        if padding_mode == "no_padding":
+            raise ValueError(
+                "padding_mode 'no_padding' cannot run: the U-Net's residual additions need convolutions that keep "
+                "the size (InnerEye's UNet3D fails at its first forward pass too); use 'zero'"
+            )
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if num_downsampling_paths < 1:

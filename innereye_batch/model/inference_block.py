@@ -1,0 +1,338 @@
+"""Parse and validate our versioned inference block (segmentation; a classification block is handed to
+``classification.py``) into the ``ModelPackage`` fields it defines.
+
+Every problem raises ``ModelFolderError`` naming the file, the field and an example of what to write
+(``Fields``). The block's format is documented in ``docs/model-folder.md``; ``package.py`` finds the block.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from innereye_batch.errors import ModelFolderError
+from innereye_batch.model.spec import (
+    ArchitectureSpec,
+    ChannelSpec,
+    InferenceSpec,
+    Normalisation,
+    PostProcessing,
+    SegmentationSpec,
+    Structure,
+    is_finite_number,
+)
+
+BLOCK_VERSION = 1
+BLOCK_FIELDS = (
+    "version", "task", "structures", "architecture", "channels", "normalisation", "target_spacing",
+    "patch_size", "stride", "stitching", "size_multiple", "postprocessing",
+)  # fmt: skip
+EXAMPLES = {
+    "version": '"version": 1',
+    "task": '"task": "segmentation"',
+    "structures": '"structures": [{"name": "lung_l", "colour": [255, 0, 0]}, {"name": "heart", "colour": "#00ff00"}]',
+    "architecture": '"architecture": {"name": "UNet3D", "initial_feature_channels": 32, "kernel_size": 3, '
+    '"num_downsampling_paths": 4}',
+    "channels": '"channels": [{"name": "ct", "modality": "CT", "series_description": "(?i)abdo"}]',
+    "normalisation": '"normalisation": [{"method": "ct_window", "level": 50, "window": 600, "output_range": [-1, 1]}]',
+    "target_spacing": '"target_spacing": [3.0, 1.0, 1.0]   (z, y, x mm; null keeps the native grid)',
+    "patch_size": '"patch_size": [128, 512, 512]   (z, y, x; null for whole-volume inference)',
+    "stride": '"stride": [64, 256, 256]',
+    "stitching": '"stitching": "average"   ("gaussian" or "average"; "average" reproduces InnerEye)',
+    "size_multiple": '"size_multiple": 16',
+    "postprocessing": '"postprocessing": {"posterior_smoothing_mm": [2.0, 2.0, 3.0], '
+    '"largest_component": "all", "fill_holes": ["bladder"]}',
+    "model_name": '{"model_name": "Lung", "checkpoint_paths": ["checkpoints/last.ckpt"]}',
+    "checkpoint_paths": '"checkpoint_paths": ["checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/last.ckpt"]',
+    "roi_interpreted_type": '{"name": "external", "roi_interpreted_type": "EXTERNAL"}   (default "ORGAN")',
+    "roi_interpreted_types": '"roi_interpreted_types": ["EXTERNAL", "ORGAN", "CTV"]   (one per structure)',
+}
+_POSTPROCESSING_FIELDS = ("posterior_smoothing_mm", "largest_component", "fill_holes")
+_NORMALISATION_FIELDS = ("method", "level", "window", "output_range", "sharpen", "tail")
+
+
+class Fields:
+    """Turns a problem with one field of one file into a ``ModelFolderError`` with an example."""
+
+    def __init__(self, file: Path, prefix: str = "") -> None:
+        self.file = file
+        self.prefix = prefix
+
+    def error(self, field: str, problem: str, example_key: str | None = None) -> ModelFolderError:
+        example = EXAMPLES.get(example_key or field.split(".")[0].split("[")[0], "")
+        hint = f". Example: {example}" if example else ""
+        return ModelFolderError(f"{self.file}: field '{self.prefix}{field}': {problem}{hint}")
+
+
+def _triple(fields: Fields, name: str, value: Any, *, integer: bool, minimum: float) -> tuple[Any, Any, Any]:
+    kind = "integers" if integer else "numbers"
+    ok = isinstance(value, list) and len(value) == 3
+    ok = ok and all((isinstance(v, int) and not isinstance(v, bool)) if integer else is_finite_number(v) for v in value)
+    if not ok or any(v < minimum for v in value):
+        raise fields.error(name, f"must be a list of three {kind} >= {minimum} in (z, y, x) order, got {value!r}")
+    return (value[0], value[1], value[2]) if integer else (float(value[0]), float(value[1]), float(value[2]))
+
+
+def parse_colour(fields: Fields, name: str, value: Any) -> tuple[int, int, int]:
+    """``[r, g, b]`` (0-255) or ``"#rrggbb"`` / ``"rrggbb"``."""
+    if isinstance(value, str) and re.fullmatch(r"#?[0-9a-fA-F]{6}", value):
+        digits = value.lstrip("#")
+        return (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
+        return (value[0], value[1], value[2])
+    raise fields.error(name, f'a colour must be [r, g, b] with values 0-255 or "#rrggbb", got {value!r}', "structures")
+
+
+def _structures(fields: Fields, value: Any) -> tuple[Structure, ...]:
+    if not isinstance(value, list) or not value:
+        raise fields.error("structures", "must be a non-empty list of structures (foreground classes, in label order)")
+    result = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise fields.error(f"structures[{index}]", f"needs a non-empty 'name', got {entry!r}")
+        colour = parse_colour(fields, f"structures[{index}].colour", entry.get("colour", [255, 0, 0]))
+        interpreted_type = _interpreted_type(
+            fields, f"structures[{index}].roi_interpreted_type", entry.get("roi_interpreted_type", "ORGAN")
+        )
+        result.append(Structure(name=entry["name"], colour=colour, interpreted_type=interpreted_type))
+    names = [s.name for s in result]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise fields.error("structures", f"names must be unique; repeated: {', '.join(duplicates)}")
+    return tuple(result)
+
+
+def _interpreted_type(fields: Fields, name: str, value: Any) -> str:
+    """An RTROIInterpretedType (a DICOM Code String: up to 16 of A-Z, 0-9, _ and space), upper-cased."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z0-9_ ]{1,16}", value.strip().upper()):
+        raise fields.error(
+            name,
+            f"must be an RTROIInterpretedType such as ORGAN, EXTERNAL, PTV, CTV, GTV, got {value!r}",
+            "roi_interpreted_type",
+        )
+    return value.strip().upper()
+
+
+def merge_interpreted_types(config: Mapping[str, Any], block: Any, file: Path) -> Any:
+    """A copy of the raw ``block`` whose structures carry InnerEye's ``roi_interpreted_types`` (one per structure,
+    from ``model_inference_config.json``); a structure's own ``roi_interpreted_type`` must agree with it."""
+    types = config.get("roi_interpreted_types")
+    if types is None or not isinstance(block, dict) or not isinstance(block.get("structures"), list):
+        return block
+    fields = Fields(file)
+    structures = block["structures"]
+    if not isinstance(types, list) or len(types) != len(structures):
+        raise fields.error("roi_interpreted_types", f"needs one type per structure ({len(structures)}), got {types!r}")
+    merged = copy.deepcopy(block)
+    for index, (entry, value) in enumerate(zip(merged["structures"], types, strict=True)):
+        listed = _interpreted_type(fields, f"roi_interpreted_types[{index}]", value)
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if isinstance(entry, dict):
+            own = entry.get("roi_interpreted_type")
+            if own is not None and str(own).strip().upper() != listed:
+                raise fields.error(
+                    "roi_interpreted_types",
+                    f"{listed!r} for structure {index} disagrees with its roi_interpreted_type {own!r}",
+                )
+            entry["roi_interpreted_type"] = listed
+        merged["structures"][index] = entry
+    return merged
+
+
+def _architecture(fields: Fields, value: Any) -> ArchitectureSpec:
+    from innereye_batch.model.architectures import check_architecture_params
+    from innereye_batch.model.checkpoints import FROM_CHECKPOINT
+
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise fields.error("architecture", "must be an object with a 'name' and the architecture's parameters")
+    params = {k: v for k, v in value.items() if k != "name"}
+    if value["name"] != FROM_CHECKPOINT:
+        problems = check_architecture_params(value["name"], params)
+        if problems:
+            raise fields.error("architecture", "; ".join(problems))
+    return ArchitectureSpec(name=value["name"], params=params)
+
+
+def _channels(fields: Fields, value: Any) -> tuple[ChannelSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise fields.error("channels", "must be a non-empty list of input channels")
+    result = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise fields.error(f"channels[{index}]", f"needs a 'name', got {entry!r}")
+        for key in ("modality", "series_description"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise fields.error(f"channels[{index}].{key}", f"must be a string or null, got {entry[key]!r}")
+        if entry.get("series_description"):
+            try:
+                re.compile(entry["series_description"])
+            except re.error as error:
+                raise fields.error(
+                    f"channels[{index}].series_description", f"bad regular expression: {error}"
+                ) from None
+        result.append(ChannelSpec(entry["name"], entry.get("modality"), entry.get("series_description")))
+    return tuple(result)
+
+
+def _normalisation_one(fields: Fields, name: str, value: Any) -> Normalisation:
+    if not isinstance(value, dict) or value.get("method") not in ("ct_window", "zscore", "mri_window", "none"):
+        raise fields.error(name, f"needs 'method': one of ct_window, zscore, mri_window, none; got {value!r}")
+    unknown = sorted(set(value) - set(_NORMALISATION_FIELDS))
+    if unknown:
+        raise fields.error(name, f"unknown key(s) {', '.join(unknown)}; accepted: {', '.join(_NORMALISATION_FIELDS)}")
+    method = value["method"]
+    output_range = value.get("output_range", [-1.0, 1.0])
+    if not (isinstance(output_range, list) and len(output_range) == 2 and all(map(is_finite_number, output_range))):
+        raise fields.error(f"{name}.output_range", f"must be two numbers [low, high], got {output_range!r}")
+    if output_range[0] == output_range[1]:
+        raise fields.error(f"{name}.output_range", f"its two ends must differ, got {output_range!r}")
+    level = window = None
+    if method == "ct_window":
+        for key in ("level", "window"):
+            if not is_finite_number(value.get(key)):
+                raise fields.error(f"{name}.{key}", "ct_window needs numeric 'level' and 'window' (Hounsfield units)")
+        level, window = float(value["level"]), float(value["window"])
+        if window <= 0:
+            raise fields.error(f"{name}.window", f"must be > 0, got {window}")
+    sharpen = value.get("sharpen", 0.9)  # InnerEye's SegmentationModelBase default
+    tail = value.get("tail", [1.0])
+    if method == "mri_window" and (
+        not is_finite_number(sharpen) or not isinstance(tail, list) or not all(map(is_finite_number, tail))
+    ):
+        raise fields.error(name, "mri_window needs numeric 'sharpen' and a list of numbers 'tail'")
+    return Normalisation(
+        method=method,
+        level=level,
+        window=window,
+        output_range=(float(output_range[0]), float(output_range[1])),
+        sharpen=float(sharpen),
+        tail=tuple(float(t) for t in tail),
+    )
+
+
+def _normalisation(fields: Fields, value: Any, channel_count: int) -> tuple[Normalisation, ...]:
+    if isinstance(value, dict):
+        value = [value] * channel_count
+    if not isinstance(value, list) or len(value) != channel_count:
+        raise fields.error("normalisation", f"must be one object per input channel ({channel_count}), got {value!r}")
+    return tuple(_normalisation_one(fields, f"normalisation[{i}]", v) for i, v in enumerate(value))
+
+
+def _names(fields: Fields, name: str, value: Any, structures: tuple[Structure, ...]) -> tuple[str, ...]:
+    known = [s.name for s in structures]
+    if value == "all":
+        return tuple(known)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fields.error(name, f'must be a list of structure names or "all", got {value!r}', "postprocessing")
+    unknown = [v for v in value if v not in known]
+    if unknown:
+        raise fields.error(name, f"unknown structure(s) {unknown}; structures are {known}", "postprocessing")
+    return tuple(value)
+
+
+def _postprocessing(fields: Fields, value: Any, structures: tuple[Structure, ...]) -> PostProcessing:
+    if value is None:
+        return PostProcessing()
+    if not isinstance(value, dict):
+        raise fields.error("postprocessing", f"must be an object, got {value!r}")
+    unknown = sorted(set(value) - set(_POSTPROCESSING_FIELDS))
+    if unknown:
+        raise fields.error("postprocessing", f"unknown key(s) {', '.join(unknown)}; accepted: {_POSTPROCESSING_FIELDS}")
+    smoothing = value.get("posterior_smoothing_mm")
+    return PostProcessing(
+        posterior_smoothing_mm=None
+        if smoothing is None
+        else _triple(fields, "postprocessing.posterior_smoothing_mm", smoothing, integer=False, minimum=0),
+        largest_component=_names(
+            fields, "postprocessing.largest_component", value.get("largest_component", []), structures
+        ),
+        fill_holes=_names(fields, "postprocessing.fill_holes", value.get("fill_holes", []), structures),
+    )
+
+
+def _inference(fields: Fields, block: Mapping[str, Any], architecture: ArchitectureSpec) -> InferenceSpec:
+    from innereye_batch.model.architectures import size_multiple_of
+
+    patch = block.get("patch_size")
+    patch_size = None if patch is None else _triple(fields, "patch_size", patch, integer=True, minimum=1)
+    stride_value = block.get("stride")
+    stride = None if stride_value is None else _triple(fields, "stride", stride_value, integer=True, minimum=1)
+    if stride is not None and patch_size is None:
+        raise fields.error("stride", "needs a patch_size (whole-volume inference has no stride)", "patch_size")
+    if stride is not None and patch_size is not None and any(s > p for s, p in zip(stride, patch_size, strict=True)):
+        raise fields.error("stride", f"must not exceed patch_size {list(patch_size)} (it would leave gaps)")
+    stitching = block.get("stitching", "gaussian")
+    if stitching not in ("gaussian", "average"):
+        raise fields.error("stitching", f'must be "gaussian" or "average", got {stitching!r}')
+    needed = size_multiple_of(architecture)
+    multiple = block.get("size_multiple", needed)
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
+        raise fields.error("size_multiple", f"must be a positive integer, got {multiple!r}")
+    if multiple % needed:
+        raise fields.error("size_multiple", f"must be a multiple of {needed}, which {architecture.name} needs")
+    if patch_size is not None and any(p % multiple for p in patch_size):
+        raise fields.error("patch_size", f"every size must be a multiple of {multiple} for this architecture")
+    return InferenceSpec(patch_size=patch_size, stride=stride, stitching=stitching, size_multiple=multiple)
+
+
+def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[str, Any]:
+    """Validate a version-1 inference block; returns the ``ModelPackage`` fields it defines."""
+    fields = Fields(file, prefix)
+    if not isinstance(block, dict):
+        raise fields.error("", f"the inference block must be a JSON object, got {type(block).__name__}", "version")
+    if block.get("task") == "classification":
+        return _classification_settings(block, file, prefix)
+    unknown = [k for k in block if k not in BLOCK_FIELDS and not k.startswith("_")]
+    if unknown:
+        hints = [
+            f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, BLOCK_FIELDS, 1)) else k
+            for k in unknown
+        ]
+        raise fields.error(unknown[0], f"unknown field(s): {', '.join(hints)}; keys starting with '_' are comments")
+    for required in ("version", "structures", "architecture", "normalisation"):
+        if required not in block:
+            raise fields.error(required, "missing")
+    if block["version"] != BLOCK_VERSION:
+        raise fields.error(
+            "version", f"unsupported version {block['version']!r}; this tool reads version {BLOCK_VERSION}"
+        )
+    task = block.get("task", "segmentation")
+    if task != "segmentation":
+        raise fields.error("task", f'must be "segmentation" or "classification", got {task!r}')
+    structures = _structures(fields, block["structures"])
+    architecture = _architecture(fields, block["architecture"])
+    channels = _channels(fields, block.get("channels", [{"name": "ct", "modality": "CT"}]))
+    spacing = block.get("target_spacing")
+    task_spec = SegmentationSpec(
+        structures=structures,
+        normalisation=_normalisation(fields, block["normalisation"], len(channels)),
+        target_spacing=None
+        if spacing is None
+        else _triple(fields, "target_spacing", spacing, integer=False, minimum=1e-6),
+        inference=_inference(fields, block, architecture),
+        postprocessing=_postprocessing(fields, block.get("postprocessing"), structures),
+    )
+    return {"task_spec": task_spec, "architecture": architecture, "channels": channels}
+
+
+def _classification_settings(block: dict[str, Any], file: Path, prefix: str) -> dict[str, Any]:
+    """The ``ModelPackage`` fields of a classification block (``model/classification.py`` validates it)."""
+    from innereye_batch.model.classification import (
+        network_channels,
+        parse_classification_architecture,
+        parse_classification_block,
+    )
+
+    spec = parse_classification_block(block, file, prefix=prefix)
+    architecture = parse_classification_architecture(block, file, prefix=prefix)
+    return {"task_spec": spec, "architecture": architecture, "channels": network_channels(spec)}

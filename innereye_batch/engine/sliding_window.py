@@ -373,6 +373,20 @@ def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+def precision_of(device: torch.device, amp: bool) -> str:
+    """What ``amp_autocast(device, amp)`` computes in, for the record: ``bfloat16 autocast``, ``float16 autocast``,
+    ``float32 (TF32 convolutions)`` (CUDA's default for convolutions in float32) or ``float32``."""
+    import torch
+
+    if amp and device.type == "cuda":
+        return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast"
+    if amp and device.type == "cpu" and cpu_computes_bf16():
+        return "bfloat16 autocast"
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "float32 (TF32 convolutions)"
+    return "float32"
+
+
 def cpu_computes_bf16() -> bool:
     """True when this CPU runs bf16 convolutions natively (oneDNN's own check: AVX512-BF16 or AMX)."""
     import torch

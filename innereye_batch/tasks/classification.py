@@ -89,6 +89,10 @@ class ClassificationPrediction:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_gib: dict[str, float] = field(default_factory=dict)
     """Peak memory of the device work of the batch it was classified in (``engine.memory.SeriesPeak``)."""
+    device: str = ""
+    """Where the networks ran (``cpu``, ``cuda:0``); empty when not known."""
+    precision: str = ""
+    """What they computed in (``engine.sliding_window.precision_of``); empty when not known."""
 
     task: ClassVar[str] = "classification"
 
@@ -142,6 +146,7 @@ class ClassificationPredictor:
         import torch
 
         from innereye_batch.engine.classify import classify_batch, predicted_labels
+        from innereye_batch.engine.sliding_window import precision_of
 
         inputs = [d for d in decoded if isinstance(d, ImageInput)]
         if len(inputs) != len(items):
@@ -163,6 +168,7 @@ class ClassificationPredictor:
         members = result.members.float().cpu().numpy()
         targets = [int(np.argmax(row)) for row in mean]
         heatmaps, explain = self._explain(batch, targets, inputs)
+        precision = precision_of(self.device, self.options.amp)
         predictions = []
         for index, item in enumerate(items):
             predictions.append(
@@ -177,6 +183,8 @@ class ClassificationPredictor:
                     heatmaps=heatmaps[index],
                     explained_class=spec.classes[targets[index]] if heatmaps[index] else None,
                     timings={"infer": infer, **({"explain": explain} if heatmaps[index] else {})},
+                    device=str(self.device),
+                    precision=precision,
                 )
             )
         return predictions

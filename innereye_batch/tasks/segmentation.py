@@ -125,6 +125,10 @@ class SegmentationPrediction:
     structure_names: tuple[str, ...] = ()
     peak_memory_gib: dict[str, float] = field(default_factory=dict)
     """Peak memory of its device work (``engine.memory.SeriesPeak``): ``host``, ``cuda:N``."""
+    device: str = ""
+    """Where the networks ran (``cpu``, ``cuda:0``); empty when not known."""
+    precision: str = ""
+    """What they computed in (``engine.sliding_window.precision_of``); empty when not known."""
 
     task: ClassVar[str] = "segmentation"
 
@@ -203,6 +207,7 @@ class SegmentationPredictor:
 
     def _on_device(self, item: WorkItem, decoded: Decoded | None) -> SegmentationPrediction:
         from innereye_batch.engine.memory import SeriesPeak
+        from innereye_batch.engine.sliding_window import precision_of
 
         volume = decoded if isinstance(decoded, VolumeInput) else decode_volumes(item)
         spec = self.package.segmentation
@@ -221,6 +226,8 @@ class SegmentationPredictor:
             postprocessing=spec.postprocessing,
             structure_names=spec.structure_names,
             peak_memory_gib=peak.gib,
+            device=str(self.device),
+            precision=precision_of(self.device, self.amp),
         )
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:

@@ -18,7 +18,8 @@ from innereye_batch.tasks.classification import ClassificationPrediction
 from innereye_batch.tasks.segmentation import SegmentationPrediction
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1: ``inference`` (the device and the precision the networks ran in) added."""
 SCHEMA_RESOURCE = "predictions.schema.json"
 CLASSIFICATION_SCHEMA_RESOURCE = "predictions.classification.schema.json"
 TOOL_NAME = "innereye-batch"
@@ -49,6 +50,11 @@ def model_record(package: ModelPackage) -> dict[str, Any]:
     }
 
 
+def inference_record(device: str, precision: str) -> dict[str, str | None]:
+    """The ``inference`` object: where the networks ran and what they computed in (None when not known)."""
+    return {"device": device or None, "precision": precision or None}
+
+
 def build_predictions(
     *,
     package: ModelPackage,
@@ -60,6 +66,8 @@ def build_predictions(
     tool_version: str,
     resampled: bool = False,
     peak_memory_gib: Mapping[str, float] | None = None,
+    device: str = "",
+    precision: str = "",
 ) -> dict[str, Any]:
     """The predictions document for one series; it validates against ``load_predictions_schema()``.
 
@@ -90,6 +98,7 @@ def build_predictions(
             }
             for s in structures
         ],
+        "inference": inference_record(device, precision),
         "timings_s": {stage: round(float(seconds), 6) for stage, seconds in timings.items()},
         "peak_memory_gib": {name: float(gib) for name, gib in (peak_memory_gib or {}).items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -142,6 +151,7 @@ def build_classification_predictions(
         }
         if prediction.heatmaps
         else None,
+        "inference": inference_record(prediction.device, prediction.precision),
         "timings_s": {stage: round(float(seconds), 6) for stage, seconds in timings.items()},
         "peak_memory_gib": {name: float(gib) for name, gib in prediction.peak_memory_gib.items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -180,6 +190,8 @@ def _write(path: Path, prediction: SegmentationPrediction | ClassificationPredic
         tool_version=context.tool_version,
         resampled=prediction.regridding is not None,
         peak_memory_gib=prediction.peak_memory_gib,
+        device=prediction.device,
+        precision=prediction.precision,
     )
     write_json(path, document)
 

@@ -295,6 +295,19 @@ def test_amp_on_cpu_is_bf16_where_the_cpu_computes_it(image: torch.Tensor) -> No
         assert torch.equal(plain, amp)  # no bf16 on this CPU: fp32 as without --amp
 
 
+def test_the_recorded_precision_is_what_amp_autocast_computes_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """predictions.json says what the networks computed in: --amp without bf16 on this CPU stays float32, and
+    is recorded so; where the CPU has bf16 (patched here) the record and the autocast both say bfloat16."""
+    cpu = torch.device("cpu")
+    for bf16 in (False, True):
+        monkeypatch.setattr(sliding_window, "cpu_computes_bf16", lambda bf16=bf16: bf16)
+        with sliding_window.amp_autocast(cpu, True):
+            computed = torch.ones(2, 2) @ torch.ones(2, 2)
+        assert sliding_window.precision_of(cpu, True) == ("bfloat16 autocast" if bf16 else "float32")
+        assert computed.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        assert sliding_window.precision_of(cpu, False) == "float32"
+
+
 def test_logits_are_stitched_as_monai_stitches_a_raw_network(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=4)
     with torch.no_grad():

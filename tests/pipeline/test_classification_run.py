@@ -86,6 +86,7 @@ def test_explanations_are_on_the_image_grid(explained_run: tuple[Path, int, str]
     out, _, _ = explained_run
     for folder in (p.parent for p in out.glob("*/predictions.json")):
         document = json.loads((folder / "predictions.json").read_text())
+        assert document["inference"] == {"device": "cpu", "precision": "float32"}
         rows, columns = document["input"]["rows"], document["input"]["columns"]
         maps = np.load(folder / "explanation.npz")
         assert sorted(maps.files) == ["gradcam", "integrated-gradients"]

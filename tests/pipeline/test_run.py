@@ -100,6 +100,7 @@ def test_predictions_validate_and_match_the_label_map(finished_run: tuple[Cohort
         document = json.loads((folder / "predictions.json").read_text())
         jsonschema.validate(document, schema)
         assert document["input"]["series_instance_uid"] == good.series_instance_uid
+        assert document["inference"] == {"device": "cpu", "precision": "float32"}  # no --amp, on the CPU
         labels = labels_from_nifti(folder / "segmentation.nii.gz")
         voxel_ml = float(np.prod(good.geometry.spacing)) / 1000
         for index, structure in enumerate(document["structures"], start=1):

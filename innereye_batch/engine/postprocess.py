@@ -158,11 +158,22 @@ def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.nd
     sizes = np.bincount(ids)
     owners = np.zeros(sizes.size, dtype=labels.dtype)
     owners[ids] = values
-    present, first = np.unique(ids, return_index=True)  # each component's first voxel, in raster order
-    order = np.lexsort((first, -sizes[present], owners[present]))  # per label: largest, then first
-    ranked = owners[present][order]
+    present = np.flatnonzero(sizes)
+    largest = np.zeros(int(owners.max()) + 1, dtype=np.int64)  # per label: the size of its largest component
+    np.maximum.at(largest, owners[present], sizes[present])
+    candidates = present[sizes[present] == largest[owners[present]]]
+    # Only a label whose largest size several components share needs their first voxels (in raster order): those
+    # are found among the tied components' voxels alone, not by sorting every voxel's id
+    first = np.zeros(sizes.size, dtype=np.int64)
+    tied = candidates[np.bincount(owners[candidates])[owners[candidates]] > 1]
+    if tied.size:
+        at = np.flatnonzero(np.isin(ids, tied))
+        tied_ids, first_of = np.unique(ids[at], return_index=True)
+        first[tied_ids] = at[first_of]
+    order = np.lexsort((first[candidates], owners[candidates]))  # per label: the first of its largest
+    ranked = owners[candidates][order]
     keep = np.zeros(sizes.size, dtype=bool)
-    keep[present[order][np.r_[True, ranked[1:] != ranked[:-1]]]] = True
+    keep[candidates[order][np.r_[True, ranked[1:] != ranked[:-1]]]] = True
     dropped = ~keep[ids]
     if dropped.any():
         values[dropped] = 0

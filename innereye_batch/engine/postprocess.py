@@ -191,13 +191,16 @@ def connected_components(labels: np.ndarray) -> np.ndarray:
     import numpy as np
 
     try:
+        if labels.size >= 2**32:
+            raise ImportError("32-bit ids cannot number every voxel")
         import cc3d
     except ImportError:
         from skimage.measure import label
 
         return np.asarray(label(labels, background=0, connectivity=1))
-    dtype = np.uint32 if labels.size < 2**32 else np.uint64
-    return np.asarray(cc3d.connected_components(labels, connectivity=6, out_dtype=dtype))
+    # cc3d 4.1 mislabels some strided views (a box of one column across slices) and reads past them: it gets a
+    # C-ordered copy, never a view
+    return np.asarray(cc3d.connected_components(np.ascontiguousarray(labels), connectivity=6, out_dtype=np.uint32))
 
 
 def fill_holes(labels: np.ndarray, label: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any
 
 from innereye_batch.errors import ModelFolderError
 from innereye_batch.model.spec import (
+    DICOM_LABEL_LENGTH,
     ArchitectureSpec,
     ChannelSpec,
     InferenceSpec,
@@ -109,6 +110,14 @@ def _structures(fields: Fields, value: Any) -> tuple[Structure, ...]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise fields.error("structures", f"names must be unique; repeated: {', '.join(duplicates)}")
+    kept = [n[:DICOM_LABEL_LENGTH] for n in names]
+    cut = sorted({n for n, k in zip(names, kept, strict=True) if kept.count(k) > 1})
+    if cut:
+        raise fields.error(
+            "structures",
+            f"names must differ within their first {DICOM_LABEL_LENGTH} characters (what DICOM-SEG and RT "
+            f"Structure Set labels hold); these do not: {', '.join(cut)}",
+        )
     return tuple(result)
 
 

@@ -115,6 +115,11 @@ class PostProcessing:
     fill_holes: tuple[str, ...] = ()
 
 
+DICOM_LABEL_LENGTH = 64
+"""Characters a structure's name keeps in DICOM outputs (SegmentLabel, ROIName: Long String): names must differ
+within them, or two structures would be one in the files and in their read-back checks."""
+
+
 @dataclass(frozen=True)
 class SegmentationSpec:
     """The segmentation-specific part of a model: structures, how volumes are fed, how posteriors become labels.
@@ -140,6 +145,8 @@ class SegmentationSpec:
             raise ValueError("a segmentation model needs at least one structure")
         if len(set(names)) != len(names):
             raise ValueError(f"structure names must be unique: {names}")
+        if len({n[:DICOM_LABEL_LENGTH] for n in names}) != len(names):
+            raise ValueError(f"structure names must differ within their first {DICOM_LABEL_LENGTH} characters: {names}")
         for rule, listed in (
             ("largest_component", self.postprocessing.largest_component),
             ("fill_holes", self.postprocessing.fill_holes),

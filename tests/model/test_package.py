@@ -107,6 +107,8 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"postprocessing": {"fill_holes": ["kidney"]}}, "unknown structure(s) ['kidney']"),
         ({"structures": [{"name": "a", "colour": [0, 0, 300]}]}, "'inference.structures[0].colour'"),
         ({"structures": ["a", "a"]}, "repeated: a"),
+        # one structure in DICOM's 64-character labels: the SEG read-back checked only the last (a lost one passed)
+        ({"structures": ["x" * 64 + "_left", "x" * 64 + "_right"]}, "differ within their first 64 characters"),
         ({"channels": [{"name": "ct", "series_description": "(unclosed"}]}, "bad regular expression"),
         ({"normalisation": [{"method": "none", "output_range": [1, 1]}]}, "its two ends must differ"),
         ({"size_multiple": 2}, "must be a multiple of 4, which UNet3D needs"),
@@ -319,3 +321,14 @@ def test_checkpoint_paths_that_leave_the_folder_are_refused(tmp_path: Path, bloc
     _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": [relative], "inference": block})
     with pytest.raises(ModelFolderError, match="leaves the model folder"):
         load_model_package(folder)
+
+
+def test_a_spec_built_in_code_also_refuses_names_one_in_dicom_labels() -> None:
+    """The service and tests build specs without a model folder: the spec itself refuses what the folder does."""
+    from innereye_batch.model.spec import SegmentationSpec, Structure
+
+    long = "Planning target volume of the prostate and seminal vesicles, dose level "
+    assert len(long) > 64
+    with pytest.raises(ValueError, match="differ within their first 64 characters"):
+        SegmentationSpec(structures=(Structure(long + "1"), Structure(long + "2")))
+    assert len(SegmentationSpec(structures=(Structure(long[:64]), Structure("other"))).structures) == 2

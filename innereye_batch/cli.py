@@ -168,6 +168,14 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (one sub-folder per series).")],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding series (0 = inline).", min=0)] = 2,
+    decode_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a worker may take to decode one series before that series fails and the worker is "
+            "stopped (a codec that never returns, storage that stopped answering); 0: no limit.",
+            min=0,
+        ),
+    ] = 1800,
     patch_batch: _PatchBatch = "auto",
     writers: Annotated[
         str,
@@ -285,6 +293,7 @@ def run(
         output=output,
         device=device,
         workers=workers,
+        decode_timeout_s=decode_timeout,
         patch_batch=_patch_batch(patch_batch),
         writer_processes=_writer_processes(writers),
         batch_size=batch_size,

@@ -131,11 +131,13 @@ def run_local(
     workers: int,
     writer_threads: int,
     writer_processes: int | None = None,
+    decode_timeout: float = 0,
 ) -> None:
     """Every job through the loader, the replicas and the writers; returns when every write has finished.
 
     Results are recorded through ``context.finish``; jobs never reached (--fail-fast, Ctrl-C) are not recorded.
     ``writer_processes``: None chooses (``writer_pool.writer_processes_for``), 0 writes in ``writer_threads``.
+    ``decode_timeout``: seconds a series' decoding may take in a worker before it fails (0: no limit).
     """
     from innereye_batch.pipeline.loader import load_items
 
@@ -144,6 +146,7 @@ def run_local(
         predictors[0].decoder,
         workers=workers,
         pin_memory=any(d.type == "cuda" for d in devices),
+        timeout=decode_timeout,
     )
     try:
         processes = writer_processes_for(devices, workers, writer_processes)

@@ -99,10 +99,12 @@ def make_loader(
     workers: int,
     pin_memory: bool,
     prefetch: int = 2,
+    timeout: float = 0,
 ) -> DataLoader:
     """A DataLoader yielding one LoadedItem per work item, in order.
 
-    ``workers`` processes decode ahead of the consumer, at most ``prefetch`` items each.
+    ``workers`` processes decode ahead of the consumer, at most ``prefetch`` items each. ``timeout`` (seconds,
+    with workers; 0: none): the longest wait for the next item before the loader raises.
     """
     return DataLoader(
         ItemDataset(items, decoder),
@@ -115,6 +117,7 @@ def make_loader(
         persistent_workers=False,
         multiprocessing_context="fork" if workers > 0 and "fork" in mp.get_all_start_methods() else None,
         worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers > 0 else None,
+        timeout=timeout if workers > 0 else 0,
     )
 
 
@@ -136,13 +139,16 @@ def load_items(
     workers: int,
     pin_memory: bool,
     prefetch: int = 2,
+    timeout: float = 0,
 ) -> Generator[LoadedItem, None, None]:
-    """One LoadedItem per work item, in order, decoded ahead by ``workers`` processes; survives dying workers.
+    """One LoadedItem per work item, in order, decoded ahead by ``workers`` processes; survives dying and hung
+    workers.
 
-    After a worker death (any error the loader itself raises: decoding errors come back as data) the items not
-    yet delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a
-    fresh single-worker loader: an item whose worker dies again is returned failed with the reason; then the
-    remaining items go through a new loader of ``workers`` workers.
+    After a worker death (any error the loader itself raises: decoding errors come back as data), or a wait of
+    more than ``timeout`` seconds for the next item (a codec that never returns; 0: no limit), the items not yet
+    delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a fresh
+    single-worker loader: an item whose worker dies or hangs again is returned failed with the reason; then the
+    remaining items go through a new loader of ``workers`` workers. Inline decoding (``workers`` 0) has no limit.
     """
     if workers > 0:
         _keep_worker_deaths_synchronous()
@@ -150,11 +156,13 @@ def load_items(
     suspects = 0
     while position < len(items):
         if workers > 0 and suspects > 0:
-            yield _isolated(items[position], decoder, position, pin_memory)
+            yield _isolated(items[position], decoder, position, pin_memory, timeout)
             position += 1
             suspects -= 1
             continue
-        loader = make_loader(items[position:], decoder, workers=workers, pin_memory=pin_memory, prefetch=prefetch)
+        loader = make_loader(
+            items[position:], decoder, workers=workers, pin_memory=pin_memory, prefetch=prefetch, timeout=timeout
+        )
         offset = position
         try:
             for loaded in loader:
@@ -162,7 +170,8 @@ def load_items(
                 position = offset + loaded.index + 1
         except Exception:
             # Decoding errors come back as data, so this is the loader itself: a worker died (PyTorch's
-            # RuntimeError), or took a finished item's shared memory with it (ConnectionResetError, EOFError).
+            # RuntimeError), took a finished item's shared memory with it (ConnectionResetError, EOFError), or
+            # nothing came within the timeout (RuntimeError; the loader's shutdown stops the hung worker).
             if workers == 0:
                 raise
             suspects = min(workers * prefetch, len(items) - position)
@@ -170,16 +179,30 @@ def load_items(
             del loader
 
 
-def _isolated(item: WorkItem, decoder: Callable[[WorkItem], Decoded], index: int, pin_memory: bool) -> LoadedItem:
-    """Decode one item in a worker process of its own; a worker death becomes this item's failure."""
+def _isolated(
+    item: WorkItem, decoder: Callable[[WorkItem], Decoded], index: int, pin_memory: bool, timeout: float = 0
+) -> LoadedItem:
+    """Decode one item in a worker process of its own; a worker death, or no answer within ``timeout`` seconds
+    (0: no limit), becomes this item's failure."""
     start = time.perf_counter()
     try:
-        for loaded in make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1):
+        for loaded in make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1, timeout=timeout):
             return replace(loaded, index=index)
     except Exception as error:
-        reason = (
-            f"the decoding worker process died while decoding this series ({type(error).__name__}: {error}); "
-            "this happens when it runs out of memory or a codec crashes"
-        )
+        if timeout and _timed_out(error):
+            reason = (
+                f"decoding this series took longer than {timeout:g} s (--decode-timeout), so its worker process "
+                "was stopped: a codec that never returns, or storage that stopped answering"
+            )
+        else:
+            reason = (
+                f"the decoding worker process died while decoding this series ({type(error).__name__}: {error}); "
+                "this happens when it runs out of memory or a codec crashes"
+            )
         return LoadedItem(index, None, time.perf_counter() - start, reason)
     return LoadedItem(index, None, time.perf_counter() - start, "the decoding worker returned nothing")
+
+
+def _timed_out(error: Exception) -> bool:
+    """Whether the DataLoader gave up waiting (its RuntimeError "DataLoader timed out after N seconds")."""
+    return isinstance(error, RuntimeError) and "timed out" in str(error)

@@ -47,6 +47,8 @@ class RunOptions:
     output: Path
     device: str = "auto"
     workers: int = 2
+    decode_timeout_s: float = 1800.0
+    """Longest a decoding worker may take over one series before the series fails (0: no limit)."""
     patch_batch: int = 0
     """Segmentation: patches per forward pass; 0 chooses from the device (free memory on CUDA)."""
     amp: bool = False
@@ -326,6 +328,7 @@ def _run_jobs(
         workers=options.workers,
         writer_threads=options.writer_threads,
         writer_processes=options.writer_processes,
+        decode_timeout=options.decode_timeout_s,
     )
     return device_names(devices)
 

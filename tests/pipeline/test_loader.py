@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -61,6 +62,30 @@ def test_two_deadly_items_in_one_cohort() -> None:
     failed = sorted(x.index for x in loaded if x.decoded is None)
     assert failed == [1, 3, 6]
     assert [x.index for x in loaded] == list(range(8))
+
+
+def _decoder_hanging(key: str) -> object:
+    def decode(item: WorkItem) -> _Tensor:
+        if item.key == key:
+            time.sleep(3600)  # a codec that never returns, or storage that stopped answering
+        return _Tensor(torch.tensor([int(item.key.split(".")[1])]))
+
+    return decode
+
+
+def test_a_hung_worker_fails_only_its_item_after_the_timeout() -> None:
+    """The hung item fails with the timeout in its reason; every other item is decoded; the hung worker is
+    stopped (no process of the loader outlives it)."""
+    import multiprocessing
+
+    items = _items(6)
+    loaded = list(load_items(items, _decoder_hanging("1.2"), workers=2, pin_memory=False, timeout=2))  # type: ignore[arg-type]
+    assert [x.index for x in loaded] == list(range(6))
+    failed = {x.index: x.error for x in loaded if x.decoded is None}
+    assert list(failed) == [2]
+    assert "took longer than 2 s (--decode-timeout)" in failed[2] and "stopped" in failed[2]
+    assert [int(x.decoded.value) for x in loaded if x.decoded is not None] == [0, 1, 3, 4, 5]  # type: ignore[attr-defined]
+    assert not [child for child in multiprocessing.active_children() if child.is_alive()]
 
 
 def test_pytorch_still_has_the_flag_that_keeps_worker_deaths_synchronous() -> None:

@@ -4,7 +4,8 @@ Threads (the default on a CPU, where torch already uses every core) share this p
 cores are otherwise idle while the device works, and writing (connected components, DICOM-SEG, RTSTRUCT with
 their read-back checks) is pure-Python work that threads would serialise on the GIL: there the writers are
 separate processes, one per core left over (``writer_processes_for``). A prediction goes to a process without
-the image it was predicted from (the preview decodes it again there): only the uint8 label map crosses.
+the volume it was predicted from (the preview decodes it again there): only the uint8 label map crosses (a
+classification crosses with its image, one 2-D picture).
 
 A writer process that dies (killed, out of memory) breaks the pool, and every write in it fails: each is tried
 once more, alone in a process of its own, so that only the item that kills its writer fails (with the reason);
@@ -203,7 +204,12 @@ _EXIT_POLL_SECONDS = 0.2
 
 
 def _without_image(prediction: Prediction) -> Prediction:
-    """The prediction without the (large) image it kept for the preview, which a writer process decodes again."""
-    if dataclasses.is_dataclass(prediction) and getattr(prediction, "image", None) is not None:
+    """A segmentation without the (large) volume it kept for the preview, which a writer process decodes again.
+    A classification keeps its image: one 2-D picture, whose header the predictions and explanations are made of."""
+    if (
+        prediction.task == "segmentation"
+        and dataclasses.is_dataclass(prediction)
+        and getattr(prediction, "image", None) is not None
+    ):
         return dataclasses.replace(prediction, image=None)
     return prediction

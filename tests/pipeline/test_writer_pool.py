@@ -71,6 +71,36 @@ def test_writer_processes_write_what_threads_write(tmp_path: Path, model: Path) 
     assert 0.02 < peaks["workers"] < peaks["host"] * 4
 
 
+def test_writer_processes_write_classifications(tmp_path: Path) -> None:
+    """A classification goes to a writer process with its image (its header makes predictions.json and the
+    explanations): every image ok, and the same probabilities and maps as with threads."""
+    repo = Path(__file__).resolve().parents[2]
+    runs = {}
+    for processes in (0, 2):
+        out = tmp_path / f"out{processes}"
+        options = RunOptions(
+            model=repo / "sample_data" / "cxr_model",
+            input=repo / "sample_data" / "cxr_scans",
+            output=out,
+            device="cpu",
+            workers=0,
+            writer_processes=processes,
+            explain=("gradcam",),
+        )
+        report = run_batch(options)
+        assert report.exit_code == 0, [r.reason for r in report.results]
+        runs[processes] = out
+    documents = sorted(runs[2].glob("*/predictions.json"))
+    assert len(documents) == 5
+    for path in documents:
+        twin = runs[0] / path.parent.name
+        found, expected = json.loads(path.read_text()), json.loads((twin / "predictions.json").read_text())
+        assert found["classification"] == expected["classification"] and found["input"] == expected["input"]
+        np.testing.assert_array_equal(
+            np.load(path.parent / "explanation.npz")["gradcam"], np.load(twin / "explanation.npz")["gradcam"]
+        )
+
+
 def _die_on_doomed(path: Path, prediction: Any, context: Any) -> None:
     """A writer that kills its own process for the doomed series (as the kernel's OOM killer would)."""
     if prediction.item.primary.series_description == DOOMED:

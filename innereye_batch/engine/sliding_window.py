@@ -375,15 +375,16 @@ def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextM
 
 def precision_of(device: torch.device, amp: bool) -> str:
     """What ``amp_autocast(device, amp)`` computes in, for the record: ``bfloat16 autocast``, ``float16 autocast``,
-    ``float32 (TF32 convolutions)`` (CUDA's default for convolutions in float32) or ``float32``."""
+    ``float32 (TF32 convolutions)`` (cuDNN's default for float32 convolutions on GPUs from Ampere on) or
+    ``float32``."""
     import torch
 
     if amp and device.type == "cuda":
         return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast"
     if amp and device.type == "cpu" and cpu_computes_bf16():
         return "bfloat16 autocast"
-    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
-        return "float32 (TF32 convolutions)"
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "float32 (TF32 convolutions)"  # Ampere and later: cuDNN's default for float32 convolutions
     return "float32"
 
 

@@ -114,7 +114,7 @@ def _checkpoints(folder: Path, config: Mapping[str, Any], file: Path) -> tuple[C
                 f"{relative!r} leaves the model folder: checkpoints are paths inside it, so that the folder is the "
                 "whole model wherever it is copied",
             )
-        path = folder / posix
+        path = folder / inside  # normalised here: the system would take '..' after a symlinked folder out of it
         if not path.is_file():
             raise fields.error("checkpoint_paths", f"checkpoint file not found: {path}")
         same = by_file.get(path.resolve())

@@ -308,6 +308,16 @@ def test_the_recorded_precision_is_what_amp_autocast_computes_in(monkeypatch: py
         assert sliding_window.precision_of(cpu, False) == "float32"
 
 
+def test_tf32_is_recorded_only_on_gpus_that_have_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN computes float32 convolutions in TF32 from Ampere (compute capability 8) on; a V100 or T4 does not."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    for major, expected in ((7, "float32"), (8, "float32 (TF32 convolutions)"), (9, "float32 (TF32 convolutions)")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, major=major: (major, 0))
+        assert sliding_window.precision_of(cuda, False) == expected
+        assert sliding_window.precision_of(cuda, True) == "float16 autocast"
+
+
 def test_logits_are_stitched_as_monai_stitches_a_raw_network(image: torch.Tensor) -> None:
     net = conv_net(2, 3, seed=4)
     with torch.no_grad():

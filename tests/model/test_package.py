@@ -323,6 +323,21 @@ def test_checkpoint_paths_that_leave_the_folder_are_refused(tmp_path: Path, bloc
         load_model_package(folder)
 
 
+def test_dot_dot_after_a_symlinked_folder_stays_in_the_model_folder(tmp_path: Path, block: dict[str, Any]) -> None:
+    """'linked/../x.ckpt' names the folder's own x.ckpt: the system would follow the link and take '..' from its
+    target, outside the folder. Symbolic links themselves are followed (a shared checkpoint store)."""
+    folder = _folder_with_checkpoint(tmp_path / "model", "checkpoints/last.ckpt")
+    (tmp_path / "store" / "inner").mkdir(parents=True)
+    (tmp_path / "store" / "x.ckpt").write_bytes((folder / "checkpoints/last.ckpt").read_bytes())
+    (folder / "linked").symlink_to(tmp_path / "store" / "inner", target_is_directory=True)
+    _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": ["linked/../x.ckpt"], "inference": block})
+    with pytest.raises(ModelFolderError, match="checkpoint file not found"):
+        load_model_package(folder)
+    (folder / "shared.ckpt").symlink_to(tmp_path / "store" / "x.ckpt")
+    _write_config(folder, {"model_name": "Tiny", "checkpoint_paths": ["shared.ckpt"], "inference": block})
+    assert [ref.path.name for ref in load_model_package(folder).checkpoints] == ["shared.ckpt"]
+
+
 def test_a_spec_built_in_code_also_refuses_names_one_in_dicom_labels() -> None:
     """The service and tests build specs without a model folder: the spec itself refuses what the folder does."""
     from innereye_batch.model.spec import SegmentationSpec, Structure

@@ -174,6 +174,7 @@ def run(
             help="Seconds a worker may take to decode one series before that series fails and the worker is "
             "stopped (a codec that never returns, storage that stopped answering); 0: no limit.",
             min=0,
+            max=1_000_000,
         ),
     ] = 1800,
     patch_batch: _PatchBatch = "auto",

@@ -132,6 +132,11 @@ def _keep_worker_deaths_synchronous() -> None:
     signal_handling._SIGCHLD_handler_set = True
 
 
+MAX_DECODE_TIMEOUT = 1_000_000.0
+"""The longest decode timeout in seconds (about 11 days); larger values, and infinity, mean no limit (torch waits
+on queues whose timeout overflows past about 24 days)."""
+
+
 def load_items(
     items: Sequence[WorkItem],
     decoder: Callable[[WorkItem], Decoded],
@@ -144,14 +149,18 @@ def load_items(
     """One LoadedItem per work item, in order, decoded ahead by ``workers`` processes; survives dying and hung
     workers.
 
-    After a worker death (any error the loader itself raises: decoding errors come back as data), or a wait of
-    more than ``timeout`` seconds for the next item (a codec that never returns; 0: no limit), the items not yet
-    delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a fresh
-    single-worker loader: an item whose worker dies or hangs again is returned failed with the reason; then the
-    remaining items go through a new loader of ``workers`` workers. Inline decoding (``workers`` 0) has no limit.
+    After a worker death (any error the loader itself raises: decoding errors come back as data) the items not
+    yet delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a
+    fresh single-worker loader: an item whose worker dies again is returned failed with the reason; then the
+    remaining items go through a new loader of ``workers`` workers. After a wait of more than ``timeout`` seconds
+    for the next item (a codec that never returns; 0: no limit), that item fails at once (the loader waits for
+    the items in order: it is the one whose worker hangs) and the others in flight are decoded one at a time.
+    The loader's workers are killed before it is dropped, so that a hung one cannot outlive the run. Inline
+    decoding (``workers`` 0) has no limit.
     """
     if workers > 0:
         _keep_worker_deaths_synchronous()
+    timeout = timeout if 0 < timeout <= MAX_DECODE_TIMEOUT else 0
     position = 0
     suspects = 0
     while position < len(items):
@@ -163,20 +172,37 @@ def load_items(
         loader = make_loader(
             items[position:], decoder, workers=workers, pin_memory=pin_memory, prefetch=prefetch, timeout=timeout
         )
+        iterator = iter(loader)
         offset = position
         try:
-            for loaded in loader:
+            for loaded in iterator:
                 yield replace(loaded, index=offset + loaded.index)
                 position = offset + loaded.index + 1
-        except Exception:
+        except Exception as error:
             # Decoding errors come back as data, so this is the loader itself: a worker died (PyTorch's
             # RuntimeError), took a finished item's shared memory with it (ConnectionResetError, EOFError), or
-            # nothing came within the timeout (RuntimeError; the loader's shutdown stops the hung worker).
+            # nothing came within the timeout (RuntimeError).
             if workers == 0:
                 raise
+            _stop_workers(iterator)
             suspects = min(workers * prefetch, len(items) - position)
+            if timeout and _timed_out(error):
+                yield LoadedItem(position, None, float(timeout), _timeout_reason(timeout))
+                position += 1
+                suspects = max(0, min(suspects - 1, len(items) - position))
         finally:
-            del loader
+            del iterator, loader
+
+
+def _stop_workers(iterator: object) -> None:
+    """Kill the loader's worker processes still alive, then let torch shut the loader down: torch only sends
+    SIGTERM, which a hung worker may ignore, and multiprocessing would wait for that worker at exit forever."""
+    for worker in getattr(iterator, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
 
 
 def _isolated(
@@ -185,22 +211,30 @@ def _isolated(
     """Decode one item in a worker process of its own; a worker death, or no answer within ``timeout`` seconds
     (0: no limit), becomes this item's failure."""
     start = time.perf_counter()
+    iterator = iter(make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1, timeout=timeout))
     try:
-        for loaded in make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1, timeout=timeout):
+        for loaded in iterator:
             return replace(loaded, index=index)
     except Exception as error:
+        _stop_workers(iterator)
         if timeout and _timed_out(error):
-            reason = (
-                f"decoding this series took longer than {timeout:g} s (--decode-timeout), so its worker process "
-                "was stopped: a codec that never returns, or storage that stopped answering"
-            )
+            reason = _timeout_reason(timeout)
         else:
             reason = (
                 f"the decoding worker process died while decoding this series ({type(error).__name__}: {error}); "
                 "this happens when it runs out of memory or a codec crashes"
             )
         return LoadedItem(index, None, time.perf_counter() - start, reason)
+    finally:
+        del iterator
     return LoadedItem(index, None, time.perf_counter() - start, "the decoding worker returned nothing")
+
+
+def _timeout_reason(timeout: float) -> str:
+    return (
+        f"decoding this series took longer than {timeout:g} s (--decode-timeout), so its worker process was "
+        "stopped: a codec that never returns, or storage that stopped answering"
+    )
 
 
 def _timed_out(error: Exception) -> bool:

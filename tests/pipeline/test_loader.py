@@ -6,12 +6,13 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from innereye_batch.dicom.series import SeriesInfo
-from innereye_batch.pipeline.loader import load_items
+from innereye_batch.pipeline.loader import MAX_DECODE_TIMEOUT, load_items, make_loader
 from innereye_batch.tasks.base import WorkItem
 
 
@@ -64,31 +65,51 @@ def test_two_deadly_items_in_one_cohort() -> None:
     assert [x.index for x in loaded] == list(range(8))
 
 
-def _decoder_hanging(key: str) -> object:
+def _decoder_hanging(key: str, starts: Path, ignore_sigterm: bool = False) -> object:
     def decode(item: WorkItem) -> _Tensor:
         if item.key == key:
+            with starts.open("a") as log:
+                log.write("start\n")  # how many times the hung item was tried
+            if ignore_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torch's shutdown only sends SIGTERM
             time.sleep(3600)  # a codec that never returns, or storage that stopped answering
         return _Tensor(torch.tensor([int(item.key.split(".")[1])]))
 
     return decode
 
 
-def test_a_hung_worker_fails_only_its_item_after_the_timeout() -> None:
-    """The hung item fails with the timeout in its reason; every other item is decoded; the hung worker is
-    stopped (no process of the loader outlives it)."""
+@pytest.mark.parametrize("ignore_sigterm", [False, True])
+def test_a_hung_worker_fails_only_its_item_after_the_timeout(tmp_path: Path, ignore_sigterm: bool) -> None:
+    """The hung item fails once, with the timeout in its reason (it is not tried again: that would double the
+    wait); every other item is decoded; no worker outlives the loader, even one that ignores SIGTERM (the run
+    would then wait for it at exit forever)."""
     import multiprocessing
 
-    items = _items(6)
-    loaded = list(load_items(items, _decoder_hanging("1.2"), workers=2, pin_memory=False, timeout=2))  # type: ignore[arg-type]
+    starts = tmp_path / "starts"
+    decoder = _decoder_hanging("1.2", starts, ignore_sigterm)
+    loaded = list(load_items(_items(6), decoder, workers=2, pin_memory=False, timeout=2))  # type: ignore[arg-type]
     assert [x.index for x in loaded] == list(range(6))
     failed = {x.index: x.error for x in loaded if x.decoded is None}
     assert list(failed) == [2]
     assert "took longer than 2 s (--decode-timeout)" in failed[2] and "stopped" in failed[2]
     assert [int(x.decoded.value) for x in loaded if x.decoded is not None] == [0, 1, 3, 4, 5]  # type: ignore[attr-defined]
+    assert starts.read_text().count("start") == 1
     assert not [child for child in multiprocessing.active_children() if child.is_alive()]
+
+
+@pytest.mark.parametrize("timeout", [MAX_DECODE_TIMEOUT * 3, float("inf")])
+def test_a_timeout_too_large_for_torch_means_no_limit(timeout: float) -> None:
+    """torch's queues overflow past about 24 days: such a timeout (or infinity) failed every item as a dead worker."""
+    loaded = list(load_items(_items(3), _decoder_killing(frozenset(), 0), workers=1, pin_memory=False, timeout=timeout))  # type: ignore[arg-type]
+    assert [x.decoded is not None for x in loaded] == [True, True, True], [x.error for x in loaded]
 
 
 def test_pytorch_still_has_the_flag_that_keeps_worker_deaths_synchronous() -> None:
     from torch.utils.data._utils import signal_handling
 
     assert hasattr(signal_handling, "_SIGCHLD_handler_set")  # loader._keep_worker_deaths_synchronous sets it
+    iterator = iter(make_loader(_items(1), _decoder_killing(frozenset(), 0), workers=1, pin_memory=False))  # type: ignore[arg-type]
+    assert isinstance(iterator._workers, list) and callable(
+        iterator._shutdown_workers
+    )  # loader._stop_workers uses them
+    assert [int(x.decoded.value) for x in iterator] == [0]  # type: ignore[attr-defined]

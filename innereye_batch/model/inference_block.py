@@ -24,6 +24,8 @@ from innereye_batch.model.spec import (
     PostProcessing,
     SegmentationSpec,
     Structure,
+    dicom_label,
+    dicom_label_problem,
     is_finite_number,
 )
 
@@ -110,13 +112,17 @@ def _structures(fields: Fields, value: Any) -> tuple[Structure, ...]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise fields.error("structures", f"names must be unique; repeated: {', '.join(duplicates)}")
-    kept = [n[:DICOM_LABEL_LENGTH] for n in names]
+    for index, name in enumerate(names):
+        problem = dicom_label_problem(name)
+        if problem:
+            raise fields.error(f"structures[{index}].name", f"not usable as a DICOM label: {problem}")
+    kept = [dicom_label(n) for n in names]
     cut = sorted({n for n, k in zip(names, kept, strict=True) if kept.count(k) > 1})
     if cut:
         raise fields.error(
             "structures",
-            f"names must differ within their first {DICOM_LABEL_LENGTH} characters (what DICOM-SEG and RT "
-            f"Structure Set labels hold); these do not: {', '.join(cut)}",
+            f"names must differ within their first {DICOM_LABEL_LENGTH} characters, trailing spaces aside (what "
+            f"DICOM-SEG and RT Structure Set labels hold); these do not: {', '.join(map(repr, cut))}",
         )
     return tuple(result)
 

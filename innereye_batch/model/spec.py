@@ -116,8 +116,26 @@ class PostProcessing:
 
 
 DICOM_LABEL_LENGTH = 64
-"""Characters a structure's name keeps in DICOM outputs (SegmentLabel, ROIName: Long String): names must differ
-within them, or two structures would be one in the files and in their read-back checks."""
+"""Characters a structure's name keeps in DICOM outputs (SegmentLabel, ROIName: Long String)."""
+
+
+def dicom_label(name: str) -> str:
+    """A structure's name as DICOM outputs hold it, and as a reader gets it back: its first 64 characters, without
+    the trailing spaces (and NULs) that DICOM text pads with. Names must differ in it, or two structures would be
+    one in the files and in their read-back checks."""
+    return name[:DICOM_LABEL_LENGTH].rstrip(" \x00")
+
+
+def dicom_label_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a DICOM label (a backslash separates values; control characters are not text), or
+    None."""
+    if "\\" in name:
+        return f"{name!r} holds a backslash, which DICOM reads as a separator between two values"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{name!r} holds a control character"
+    if not dicom_label(name):
+        return f"{name!r} is empty as a DICOM label"
+    return None
 
 
 @dataclass(frozen=True)
@@ -145,8 +163,14 @@ class SegmentationSpec:
             raise ValueError("a segmentation model needs at least one structure")
         if len(set(names)) != len(names):
             raise ValueError(f"structure names must be unique: {names}")
-        if len({n[:DICOM_LABEL_LENGTH] for n in names}) != len(names):
-            raise ValueError(f"structure names must differ within their first {DICOM_LABEL_LENGTH} characters: {names}")
+        problems = [problem for n in names if (problem := dicom_label_problem(n))]
+        if problems:
+            raise ValueError(f"structure names must be DICOM labels: {'; '.join(problems)}")
+        if len({dicom_label(n) for n in names}) != len(names):
+            raise ValueError(
+                f"structure names must differ within their first {DICOM_LABEL_LENGTH} characters, trailing spaces "
+                f"aside: {names}"
+            )
         for rule, listed in (
             ("largest_component", self.postprocessing.largest_component),
             ("fill_holes", self.postprocessing.fill_holes),

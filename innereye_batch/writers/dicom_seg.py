@@ -25,7 +25,7 @@ import numpy as np
 from innereye_batch.dicom.mosaic import tiles_to_mosaic
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import SeriesError
-from innereye_batch.model.spec import ModelPackage, Structure
+from innereye_batch.model.spec import ModelPackage, Structure, dicom_label
 from innereye_batch.writers.predictions import checkpoint_relative_path
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
@@ -280,7 +280,7 @@ def _segment_description(number: int, structure: Structure, algorithm: Any) -> A
     property_type, laterality = segmented_property_type(structure.name)
     description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=structure.name[:_LO_MAX],
+        segment_label=dicom_label(structure.name),
         segmented_property_category=codes.SCT.AnatomicalStructure,
         segmented_property_type=property_type,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -380,7 +380,7 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
         clinical_marker=context.options.clinical_marker,
     )
     names = context.package.segmentation.structure_names
-    check_seg(path, FILENAME, labels, prediction.item.primary, [n[:_LO_MAX] for n in names])
+    check_seg(path, FILENAME, labels, prediction.item.primary, [dicom_label(n) for n in names])
 
 
 FORMAT = OutputFormat(

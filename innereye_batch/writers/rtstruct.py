@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from innereye_batch.dicom.series import SeriesInfo
-from innereye_batch.model.spec import ModelPackage, Structure
+from innereye_batch.model.spec import ModelPackage, Structure, dicom_label
 from innereye_batch.writers.dicom_seg import MANUFACTURER, content_label, model_version, set_character_set, with_marker
 from innereye_batch.writers.readback import BoxedMask, SlicePlanes, label_masks
 from innereye_batch.writers.registry import OutputFormat, WriteContext
@@ -239,7 +239,7 @@ def _structure_set_roi(number: int, structure: Structure, series: SeriesInfo, al
     roi = Dataset()
     roi.ROINumber = number
     roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
-    roi.ROIName = structure.name[:_LO_MAX]
+    roi.ROIName = dicom_label(structure.name)
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     roi.ROIGenerationDescription = algorithm[:_LO_MAX]
     return roi
@@ -342,7 +342,7 @@ def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext
         clinical_marker=context.options.clinical_marker,
         masks=masks,
     )
-    check_rtstruct(path, FILENAME, {name[:_LO_MAX]: mask for name, mask in masks.items()}, series)
+    check_rtstruct(path, FILENAME, {dicom_label(name): mask for name, mask in masks.items()}, series)
 
 
 FORMAT = OutputFormat(

@@ -109,6 +109,9 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"structures": ["a", "a"]}, "repeated: a"),
         # one structure in DICOM's 64-character labels: the SEG read-back checked only the last (a lost one passed)
         ({"structures": ["x" * 64 + "_left", "x" * 64 + "_right"]}, "differ within their first 64 characters"),
+        ({"structures": ["liver", "liver "]}, "trailing spaces aside"),  # DICOM pads text with spaces: one label
+        ({"structures": ["a\\b"]}, "'inference.structures[0].name': not usable as a DICOM label"),
+        ({"structures": ["tab\there"]}, "control character"),
         ({"channels": [{"name": "ct", "series_description": "(unclosed"}]}, "bad regular expression"),
         ({"normalisation": [{"method": "none", "output_range": [1, 1]}]}, "its two ends must differ"),
         ({"size_multiple": 2}, "must be a multiple of 4, which UNet3D needs"),

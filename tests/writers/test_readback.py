@@ -241,3 +241,24 @@ def test_a_tilted_stack_is_checked_where_its_slices_lie(tmp_path: Path) -> None:
         ReadBackError, match=r"references \[\('.*', \[\]\)\], but the source image at its plane is 1\.2\.3\."
     ):
         check_seg(seg, "segmentation.dcm", labels, renamed, names)  # right places, other images: wrong references
+
+
+def test_a_name_cut_at_a_space_by_dicom_is_written_and_read_back_as_dicom_keeps_it(tmp_path: Path) -> None:
+    """A 66-character name whose 64th character is a space: DICOM keeps 63 (trailing spaces are padding), and
+    both files are checked against that label (the read-back used to expect 64 and fail every series)."""
+    from innereye_batch.model.spec import Structure, dicom_label
+    from innereye_batch.writers import rtstruct
+
+    long = "Clinical target volume of the lymph nodes, elective, dose level 1 a"[:63] + " y"
+    structures = (Structure(long), Structure("other", (0, 200, 0)))
+    package = make_package(tmp_path / "model", structures)
+    series = _series(tmp_path)
+    labels = _labels(series.geometry.shape)
+    labels[labels == 3] = 2
+    prediction = _prediction(series, labels, (long, "other"))
+    context = WriteContext(package, "1", options=WriterOptions())
+    dicom_seg.FORMAT.write(tmp_path / "segmentation.dcm", prediction, context)
+    rtstruct.FORMAT.write(tmp_path / "rtstruct.dcm", prediction, context)
+    assert len(dicom_label(long)) == 63
+    assert str(pydicom.dcmread(tmp_path / "segmentation.dcm").SegmentSequence[0].SegmentLabel) == dicom_label(long)
+    assert str(pydicom.dcmread(tmp_path / "rtstruct.dcm").StructureSetROISequence[0].ROIName) == dicom_label(long)

@@ -99,7 +99,7 @@ def _export(package: Any, formats: Any, job: Any, volume: Any, labels: np.ndarra
     return seconds
 
 
-def _components_backend() -> str:
+def components_backend() -> str:
     import importlib.util
 
     if importlib.util.find_spec("cc3d") is None:
@@ -135,7 +135,7 @@ def run(repeats: int = 2) -> str:
             f"one writer process runs them; median of {repeats} runs (range). Organ-like: 8 ellipsoids and stray "
             "voxels; mosaic: argmax of 9 smooth random fields (what an untrained network draws: thousands of "
             "contours). Every DICOM output is read back and checked within its step. Connected components by "
-            f"{_components_backend()}.",
+            f"{components_backend()}.",
             "",
             *table,
             "",

@@ -390,7 +390,8 @@ def section(env: dict[str, Any], results: dict[str, Any]) -> str:
     lines = [
         "## GPU: end to end against the MONAI script",
         "",
-        f"{env['device']}, {env['cpus']} CPU cores; torch {env['torch']}, Python {env['python']}; {env['date']}. "
+        f"{env['device']}, {env['cpus']} CPU cores; torch {env['torch']}, Python {env['python']}; connected "
+        f"components by {env.get('connected_components', '?')}; {env['date']}. "
         f"Cohort: {env['series']} CT series of 512x512 with {env['slices']} slices (1.25 x 0.8 x 0.8 mm, "
         f"{env['voxels'] / 1e6:.0f} M voxels in all). Model: 3-member UNet3D ensemble (32 initial channels, 4 "
         "down-sampling paths, 9 outputs: 8 structures), resampled to 2 x 1 x 1 mm, 64x128x128 patches at half-patch "
@@ -515,6 +516,8 @@ def main() -> None:
         batch, autotune = (int(v) for v in args.probe.split(","))
         print(json.dumps(_probe(batch, bool(autotune), args.smoke)))
         return
+    from bench.export_bench import components_backend
+
     began = time.perf_counter()
     device = "cpu" if args.smoke else "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -527,6 +530,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "connected_components": components_backend(),
         "date": time.strftime("%Y-%m-%d"),
         "series": args.series,
         "slices": f"{min(depths)}-{max(depths)}",

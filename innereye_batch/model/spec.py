@@ -131,8 +131,12 @@ def dicom_label_problem(name: str) -> str | None:
     None."""
     if "\\" in name:
         return f"{name!r} holds a backslash, which DICOM reads as a separator between two values"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in name):
         return f"{name!r} holds a control character"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name!r} is not Unicode text (a lone surrogate)"
     if not dicom_label(name):
         return f"{name!r} is empty as a DICOM label"
     return None

@@ -184,13 +184,14 @@ def load_items(
             # nothing came within the timeout (RuntimeError).
             if workers == 0:
                 raise
-            _stop_workers(iterator)
+            _stop_workers(iterator)  # before the next loader starts: a hung worker holds a core
             suspects = min(workers * prefetch, len(items) - position)
             if timeout and _timed_out(error):
                 yield LoadedItem(position, None, float(timeout), _timeout_reason(timeout))
                 position += 1
                 suspects = max(0, min(suspects - 1, len(items) - position))
-        finally:
+        finally:  # also when the consumer stops early (--fail-fast, Ctrl-C): a hung worker must not outlive it
+            _stop_workers(iterator)
             del iterator, loader
 
 
@@ -216,7 +217,6 @@ def _isolated(
         for loaded in iterator:
             return replace(loaded, index=index)
     except Exception as error:
-        _stop_workers(iterator)
         if timeout and _timed_out(error):
             reason = _timeout_reason(timeout)
         else:
@@ -226,6 +226,7 @@ def _isolated(
             )
         return LoadedItem(index, None, time.perf_counter() - start, reason)
     finally:
+        _stop_workers(iterator)
         del iterator
     return LoadedItem(index, None, time.perf_counter() - start, "the decoding worker returned nothing")
 

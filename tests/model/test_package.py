@@ -112,6 +112,8 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"structures": ["liver", "liver "]}, "trailing spaces aside"),  # DICOM pads text with spaces: one label
         ({"structures": ["a\\b"]}, "'inference.structures[0].name': not usable as a DICOM label"),
         ({"structures": ["tab\there"]}, "control character"),
+        ({"structures": ["li\x85ver"]}, "control character"),  # C1: not text in a Long String either
+        ({"structures": ["liver\ud800"]}, "lone surrogate"),  # JSON takes it; pydicom would write "liver?"
         ({"channels": [{"name": "ct", "series_description": "(unclosed"}]}, "bad regular expression"),
         ({"normalisation": [{"method": "none", "output_range": [1, 1]}]}, "its two ends must differ"),
         ({"size_multiple": 2}, "must be a multiple of 4, which UNet3D needs"),

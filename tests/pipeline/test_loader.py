@@ -97,6 +97,21 @@ def test_a_hung_worker_fails_only_its_item_after_the_timeout(tmp_path: Path, ign
     assert not [child for child in multiprocessing.active_children() if child.is_alive()]
 
 
+def test_a_consumer_that_stops_early_leaves_no_hung_worker(tmp_path: Path) -> None:
+    """--fail-fast or Ctrl-C closes the loader while a worker hangs (ignoring SIGTERM): it is killed, or the run
+    would hang at exit for ever."""
+    import multiprocessing
+
+    decoder = _decoder_hanging("1.2", tmp_path / "starts", ignore_sigterm=True)
+    loader = load_items(_items(6), decoder, workers=2, pin_memory=False, timeout=600)  # type: ignore[arg-type]
+    first = next(loader)
+    assert first.index == 0 and first.decoded is not None
+    while not (tmp_path / "starts").exists():  # the hung item has started in its worker
+        time.sleep(0.05)
+    loader.close()
+    assert not [child for child in multiprocessing.active_children() if child.is_alive()]
+
+
 @pytest.mark.parametrize("timeout", [MAX_DECODE_TIMEOUT * 3, float("inf")])
 def test_a_timeout_too_large_for_torch_means_no_limit(timeout: float) -> None:
     """torch's queues overflow past about 24 days: such a timeout (or infinity) failed every item as a dead worker."""

@@ -359,18 +359,23 @@ def auto_patch_batch(
 
 
 def amp_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[object]:
-    """Mixed precision when ``amp`` is on: on CUDA bf16 autocast (fp16 where bf16 is unsupported); on a CPU whose
-    oneDNN computes in bf16 (AVX512-BF16, AMX), bf16 autocast; otherwise nothing (fp32)."""
+    """Mixed precision when ``amp`` is on, in ``autocast_dtype``; otherwise nothing (fp32)."""
     import torch
 
-    if not amp:
-        return contextlib.nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
-    if device.type == "cpu" and cpu_computes_bf16():
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = autocast_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """What ``--amp`` autocasts to: on CUDA bf16 (fp16 where bf16 is unsupported); on a CPU whose oneDNN computes
+    in bf16 (AVX512-BF16, AMX), bf16; None (fp32) otherwise, or when ``amp`` is off."""
+    import torch
+
+    if amp and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp and device.type == "cpu" and cpu_computes_bf16():
+        return torch.bfloat16
+    return None
 
 
 def precision_of(device: torch.device, amp: bool) -> str:
@@ -379,12 +384,11 @@ def precision_of(device: torch.device, amp: bool) -> str:
     ``float32``."""
     import torch
 
-    if amp and device.type == "cuda":
-        return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast"
-    if amp and device.type == "cpu" and cpu_computes_bf16():
-        return "bfloat16 autocast"
+    dtype = autocast_dtype(device, amp)
+    if dtype is not None:
+        return f"{str(dtype).removeprefix('torch.')} autocast"
     if device.type == "cuda" and torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability(device)[0] >= 8:
-        return "float32 (TF32 convolutions)"  # Ampere and later: cuDNN's default for float32 convolutions
+        return "float32 (TF32 convolutions)"
     return "float32"
 
 

@@ -148,12 +148,10 @@ def _classify_pickle(path: Path, content: Any) -> LoadedCheckpoint:
         state = content["state_dict"]
         metadata = {k: content[k] for k in ("epoch", "global_step") if isinstance(content.get(k), int)}
         model_keys = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        if model_keys:
-            if not _is_tensor_mapping(model_keys):
-                raise CheckpointError(f"checkpoint {path}: its 'state_dict' holds something other than named tensors")
-            return LoadedCheckpoint(path, "lightning", model_keys, metadata=metadata)
-        if not _is_tensor_mapping(state):
+        if not _is_tensor_mapping(model_keys or state):
             raise CheckpointError(f"checkpoint {path}: its 'state_dict' holds something other than named tensors")
+        if model_keys:
+            return LoadedCheckpoint(path, "lightning", model_keys, metadata=metadata)
         return LoadedCheckpoint(path, "legacy", _strip_common_prefix(state, "module."), metadata=metadata)
     if _is_tensor_mapping(content):
         return LoadedCheckpoint(path, "state_dict", _strip_common_prefix(content, "module."))

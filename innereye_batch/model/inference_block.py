@@ -16,7 +16,6 @@ from typing import Any
 
 from innereye_batch.errors import ModelFolderError
 from innereye_batch.model.spec import (
-    DICOM_LABEL_LENGTH,
     ArchitectureSpec,
     ChannelSpec,
     InferenceSpec,
@@ -24,9 +23,8 @@ from innereye_batch.model.spec import (
     PostProcessing,
     SegmentationSpec,
     Structure,
-    dicom_label,
-    dicom_label_problem,
     is_finite_number,
+    structure_names_problem,
 )
 
 BLOCK_VERSION = 1
@@ -108,22 +106,9 @@ def _structures(fields: Fields, value: Any) -> tuple[Structure, ...]:
             fields, f"structures[{index}].roi_interpreted_type", entry.get("roi_interpreted_type", "ORGAN")
         )
         result.append(Structure(name=entry["name"], colour=colour, interpreted_type=interpreted_type))
-    names = [s.name for s in result]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise fields.error("structures", f"names must be unique; repeated: {', '.join(duplicates)}")
-    for index, name in enumerate(names):
-        problem = dicom_label_problem(name)
-        if problem:
-            raise fields.error(f"structures[{index}].name", f"not usable as a DICOM label: {problem}")
-    kept = [dicom_label(n) for n in names]
-    cut = sorted({n for n, k in zip(names, kept, strict=True) if kept.count(k) > 1})
-    if cut:
-        raise fields.error(
-            "structures",
-            f"names must differ within their first {DICOM_LABEL_LENGTH} characters, trailing spaces aside (what "
-            f"DICOM-SEG and RT Structure Set labels hold); these do not: {', '.join(map(repr, cut))}",
-        )
+    problem = structure_names_problem([s.name for s in result])
+    if problem:
+        raise fields.error(*problem)
     return tuple(result)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -142,6 +142,26 @@ def dicom_label_problem(name: str) -> str | None:
     return None
 
 
+def structure_names_problem(names: Sequence[str]) -> tuple[str, str] | None:
+    """Where (``structures`` or ``structures[i].name``) and why these structure names cannot be one model's, or
+    None: each must be unique, usable as a DICOM label, and distinct as one (``dicom_label``)."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        return "structures", f"names must be unique; repeated: {', '.join(duplicates)}"
+    for index, name in enumerate(names):
+        problem = dicom_label_problem(name)
+        if problem:
+            return f"structures[{index}].name", f"not usable as a DICOM label: {problem}"
+    kept = [dicom_label(n) for n in names]
+    alike = sorted({n for n, k in zip(names, kept, strict=True) if kept.count(k) > 1})
+    if alike:
+        return "structures", (
+            f"names must differ within their first {DICOM_LABEL_LENGTH} characters, trailing spaces aside (what "
+            f"DICOM-SEG and RT Structure Set labels hold); these do not: {', '.join(map(repr, alike))}"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class SegmentationSpec:
     """The segmentation-specific part of a model: structures, how volumes are fed, how posteriors become labels.
@@ -165,16 +185,9 @@ class SegmentationSpec:
         names = [s.name for s in self.structures]
         if not names:
             raise ValueError("a segmentation model needs at least one structure")
-        if len(set(names)) != len(names):
-            raise ValueError(f"structure names must be unique: {names}")
-        problems = [problem for n in names if (problem := dicom_label_problem(n))]
-        if problems:
-            raise ValueError(f"structure names must be DICOM labels: {'; '.join(problems)}")
-        if len({dicom_label(n) for n in names}) != len(names):
-            raise ValueError(
-                f"structure names must differ within their first {DICOM_LABEL_LENGTH} characters, trailing spaces "
-                f"aside: {names}"
-            )
+        problem = structure_names_problem(names)
+        if problem:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         for rule, listed in (
             ("largest_component", self.postprocessing.largest_component),
             ("fill_holes", self.postprocessing.fill_holes),

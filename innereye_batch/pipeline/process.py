@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,46 +58,107 @@ def write_outputs(
     """Write every format atomically, then the done record; any failure fails the item, never the run.
 
     A failed item keeps no output: files written before the failure are removed, so no output ever lies in a
-    folder without the done record that vouches for it.
+    folder without the done record that vouches for it. The three steps (``prepare_outputs``, ``write_format``
+    per file, ``finish_outputs``) are also run apart, in several writer processes at once (``pipeline.fan_out``).
     """
-    from innereye_batch.pipeline.state import clear_stale_result, mark_done, mark_not_done
+    prepared = prepare_outputs(job, prediction, model_fp, timings)
+    if isinstance(prepared, ItemResult):
+        return prepared
+    prediction, timings = prepared
+    start = time.perf_counter()
+    written: dict[str, Path] = {}
+    files = [output for output in formats if not output.summarises_outputs]
+    for output in files:
+        try:
+            written[output.name] = write_format(job, prediction, output, package, timings, options)
+        except Exception as error:
+            return failed_writing(job, output.name, error, written.values(), timings)
+    summaries = [output for output in formats if output.summarises_outputs]
+    seconds = time.perf_counter() - start
+    return finish_outputs(job, prediction, summaries, written, package, model_fp, timings, seconds, options)
 
-    series = job.item.primary
+
+def prepare_outputs(
+    job: Job, prediction: Prediction, model_fp: str, timings: dict[str, float]
+) -> tuple[Prediction, dict[str, float]] | ItemResult:
+    """The prediction with its CPU post-processing done and the run's timings with its own, and the item's folder
+    cleared of any earlier result; or the failed result."""
+    from innereye_batch.pipeline.state import clear_stale_result, mark_not_done
+
     try:
         prediction = prediction.finished()  # the CPU work the device loop left (connected components, sizes)
     except Exception as error:
         clear_stale_result(job.folder, job.input_fp, model_fp)
-        return item_result(series, "failed", f"post-processing: {error_text(error)}", timings=timings)
+        return item_result(job.item.primary, "failed", f"post-processing: {error_text(error)}", timings=timings)
     timings = {**timings, **{k: v for k, v in prediction.timings.items() if k not in timings}}
-    start = time.perf_counter()
-    written: dict[str, Path] = {}
-    step = "outputs"
     try:
         mark_not_done(job.folder)
-        for output in formats:
+    except Exception as error:
+        return failed_writing(job, "outputs", error, (), timings)
+    return prediction, timings
+
+
+def write_format(
+    job: Job,
+    prediction: Prediction,
+    output: OutputFormat,
+    package: ModelPackage,
+    timings: dict[str, float],
+    options: WriterOptions,
+) -> Path:
+    """Write one format's file of a finished prediction into the item's folder, atomically; its path."""
+    context = WriteContext(package=package, tool_version=__version__, timings=timings, options=options)
+    path = job.folder / output.filename
+    atomic_write(path, functools.partial(_write_one, output, prediction, context))
+    return path
+
+
+def finish_outputs(
+    job: Job,
+    prediction: Prediction,
+    summaries: Sequence[OutputFormat],
+    written: dict[str, Path],
+    package: ModelPackage,
+    model_fp: str,
+    timings: dict[str, float],
+    seconds_written: float,
+    options: WriterOptions,
+) -> ItemResult:
+    """After every file of ``written`` is in place (which took ``seconds_written``): the formats that summarise
+    them, then the done record; the item's result."""
+    from innereye_batch.pipeline.state import mark_done
+
+    start = time.perf_counter() - seconds_written
+    written = dict(written)
+    step = "the done record"
+    try:
+        for output in summaries:
             step = output.name
-            if output.summarises_outputs:
-                timings = {**timings, "write": time.perf_counter() - start}
-            context = WriteContext(package=package, tool_version=__version__, timings=timings, options=options)
-            path = job.folder / output.filename
-            atomic_write(path, functools.partial(_write_one, output, prediction, context))
-            written[output.name] = path
+            timings = {**timings, "write": time.perf_counter() - start}
+            written[output.name] = write_format(job, prediction, output, package, timings, options)
         step = "the done record"
         timings = {**timings, "write": time.perf_counter() - start}
         mark_done(job.folder, job.input_fp, model_fp, written)
     except Exception as error:
-        for path in written.values():
-            path.unlink(missing_ok=True)
-        return item_result(series, "failed", f"writing {step}: {error_text(error)}", timings=timings)
+        return failed_writing(job, step, error, written.values(), timings)
     outputs = {name: str(path.relative_to(job.folder.parent)) for name, path in written.items()}
     return item_result(
-        series,
+        job.item.primary,
         "ok",
         timings=timings,
         outputs=outputs,
         peak_memory_gib=dict(prediction.peak_memory_gib),
         **prediction.findings(),
     )
+
+
+def failed_writing(
+    job: Job, step: str, error: BaseException, written: Iterable[Path], timings: dict[str, float]
+) -> ItemResult:
+    """The failed result of an item whose ``step`` failed; the files already ``written`` for it are removed."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    return item_result(job.item.primary, "failed", f"writing {step}: {error_text(error)}", timings=timings)
 
 
 def _write_one(output: OutputFormat, prediction: Prediction, context: WriteContext, path: Path) -> None:

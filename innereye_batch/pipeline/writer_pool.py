@@ -5,7 +5,9 @@ cores are otherwise idle while the device works, and writing (connected componen
 their read-back checks) is pure-Python work that threads would serialise on the GIL: there the writers are
 separate processes, one per core left over (``writer_processes_for``). A prediction goes to a process without
 the volume it was predicted from (the preview decodes it again there): only the uint8 label map crosses (a
-classification crosses with its image, one 2-D picture).
+classification crosses with its image, one 2-D picture). With two writer processes or more, a segmentation's
+files are written side by side, each in a process of its own (``fan_out``): a series' export then takes about its
+longest file's time, not the sum (the run's last series is not waited for as long).
 
 A writer process that dies (killed, out of memory) breaks the pool, and every write in it fails: each is tried
 once more, alone in a process of its own, so that only the item that kills its writer fails (with the reason);
@@ -20,16 +22,17 @@ import os
 import threading
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from innereye_batch.errors import error_text
+from innereye_batch.pipeline.fan_out import fans_out, write_fanned_out
 from innereye_batch.pipeline.process import Job, item_result, write_outputs
 from innereye_batch.pipeline.state import mark_not_done
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import Prediction
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import torch
 
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_WRITER_PROCESSES = 8
+T = TypeVar("T")
 
 
 def writer_processes_for(devices: Sequence[torch.device], workers: int, requested: int | None) -> int:
@@ -80,6 +84,7 @@ class Writers:
         self._lock = threading.Lock()
         self._futures: set[Future[ItemResult]] = set()
         self.pool: Executor = self._new_pool(size)
+        self._coordinators: ThreadPoolExecutor | None = None
 
     def _new_pool(self, size: int) -> Executor:
         if self.processes > 0:
@@ -109,7 +114,9 @@ class Writers:
             elif exc_type is not None and not self._running():
                 break
         with self._lock:
-            pool = self.pool
+            pool, coordinators = self.pool, self._coordinators
+        if coordinators is not None:
+            coordinators.shutdown(wait=True)
         pool.shutdown(wait=True)
 
     def _running(self) -> bool:
@@ -124,24 +131,20 @@ class Writers:
         self.slots.acquire()
         if self.processes > 0:
             prediction = _without_image(prediction)
-        with self._lock:
-            pool = self.pool
         try:
-            try:
-                future = self._write_in(pool, job, prediction, timings)
-            except BrokenProcessPool:  # broken since the last write: a fresh pool for this one and the next
-                future = self._write_in(self._fresh_pool(pool), job, prediction, timings)
+            if self.processes > 1 and fans_out(prediction, self.context.formats):
+                future = self._fan_out(job, prediction, timings)
+            else:
+                future = self._submit(write_outputs, *self._write_arguments(job, prediction, timings))
+                self._track(future)
         except BaseException:
             self.slots.release()
             raise
         future.add_done_callback(lambda done: self._written(job, prediction, timings, done, retry=True))
 
-    def _write_in(
-        self, pool: Executor, job: Job, prediction: Prediction, timings: dict[str, float]
-    ) -> Future[ItemResult]:
+    def _write_arguments(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> tuple[Any, ...]:
         context = self.context
-        future = pool.submit(
-            write_outputs,
+        return (
             job,
             prediction,
             context.formats,
@@ -150,9 +153,38 @@ class Writers:
             timings,
             context.writer_options,
         )
+
+    def _submit(self, function: Callable[..., T], *arguments: Any) -> Future[T]:
+        """``function(*arguments)`` in the pool; a pool found broken since its last use is replaced first."""
+        with self._lock:
+            pool = self.pool
+        try:
+            future = pool.submit(function, *arguments)
+        except BrokenProcessPool:  # broken since the last write: a fresh pool for this one and the next
+            future = self._fresh_pool(pool).submit(function, *arguments)
+        return future
+
+    def _fan_out(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> Future[ItemResult]:
+        """The item's files written side by side by the writer processes (``pipeline.fan_out``), coordinated from
+        a thread of this process that only waits."""
+        with self._lock:
+            if self._coordinators is None:  # one thread per slot: a fanned-out item never waits for a thread
+                self._coordinators = ThreadPoolExecutor(self._slot_count, thread_name_prefix="writer-fan-out")
+            coordinators = self._coordinators
+        future = coordinators.submit(write_fanned_out, self._submit, *self._write_arguments(job, prediction, timings))
+        self._track(future)
+        return future
+
+    def _track(self, future: Future[ItemResult]) -> None:
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._forget)  # the set holds only writes in flight, however long the run
+
+    def _write_in(
+        self, pool: Executor, job: Job, prediction: Prediction, timings: dict[str, float]
+    ) -> Future[ItemResult]:
+        future = pool.submit(write_outputs, *self._write_arguments(job, prediction, timings))
+        self._track(future)
         return future
 
     def _fresh_pool(self, broken: Executor) -> Executor:

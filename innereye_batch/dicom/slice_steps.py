@@ -3,8 +3,9 @@
 Missing slices and variable spacing are told apart by the steps' ratio to the base step (the median step, else the
 smallest where the median explains fewer steps): a gap is (close to) a whole multiple of it (two, three... steps:
 slices are missing), variable spacing is not (GE's 1.08 to 7.0 mm steps by design). Steps within 10 % of the base
-are accepted with a warning (the median step is used) while the regular grid they make holds every slice within
-half a step (else they are variable spacing too); steps within 1 % are regular.
+are accepted with a warning (the median step is used), and steps within 1 % are regular, while the regular grid
+they make holds every slice within half a step: else they are variable spacing too (a hundred steps each 1 % long
+put the last slice a whole step off the grid).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REGULAR_TOLERANCE = 0.01
 UNEVEN_TOLERANCE = 0.10
 """Steps within this fraction of the base step are uneven (a warning); further off, they are irregular."""
 DRIFT_TOLERANCE = 0.5
-"""Uneven steps whose errors add up to more than this many steps at some slice are variable spacing."""
+"""Steps whose errors add up to more than this many steps at some slice are variable spacing."""
 MULTIPLE_TOLERANCE = 0.10
 """A step within this many base steps of a whole multiple k >= 2 of the base step is a gap of k - 1 slices."""
 
@@ -70,9 +71,10 @@ def spacing_problems(steps: np.ndarray, *, regrid_irregular: bool = False) -> tu
         )
     regular = ~gaps
     uneven = np.abs(distinct[regular] - median) > max(DUPLICATE_TOLERANCE_MM, REGULAR_TOLERANCE * median)
-    if uneven.any() and not gaps.any() and not duplicates.any():
-        # each step within 10 %, yet their errors add up along the stack: the regular grid (first slice, median
-        # step) must hold every slice within half a step, as the in-plane drift must stay within half a pixel
+    if not gaps.any() and not duplicates.any():
+        # each step within 10 % (or within 1 %: regular), yet their errors add up along the stack when they lean
+        # to one side: the regular grid (first slice, median step) must hold every slice within half a step, as
+        # the in-plane drift must stay within half a pixel
         drift = np.cumsum(steps) - median * np.arange(1, steps.size + 1)
         worst = int(np.argmax(np.abs(drift)))
         if abs(float(drift[worst])) > DRIFT_TOLERANCE * median:

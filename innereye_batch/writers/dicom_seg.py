@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydicom.valuerep import format_number_as_ds
 
 from innereye_batch.dicom.mosaic import tiles_to_mosaic
 from innereye_batch.dicom.series import SeriesInfo
@@ -196,11 +197,10 @@ def _source_images_and_frames(
     import pydicom
 
     if series.mosaic_size is not None:  # mosaic hook: one frame laid out as the source mosaic (dicom/mosaic.py)
-        source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
-        return [source], tiles_to_mosaic(labels, series)[None], None
+        return [_source_header(series.files[0], series)], tiles_to_mosaic(labels, series)[None], None
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
-        sources = [with_type2_patient_and_study(pydicom.dcmread(p, stop_before_pixels=True)) for p in series.files]
+        sources = [_source_header(p, series) for p in series.files]
         for keyword in ("ImageOrientationPatient", "PixelSpacing"):  # as the scan read them: one of each
             if keyword in sources[0]:
                 for source in sources[1:]:
@@ -210,7 +210,7 @@ def _source_images_and_frames(
         raise SeriesError(
             series.key, "DICOM-SEG output supports a multi-frame source only when one file holds the whole stack"
         )
-    source = with_type2_patient_and_study(pydicom.dcmread(series.files[0], stop_before_pixels=True))
+    source = _source_header(series.files[0], series)
     if not source.get("PerFrameFunctionalGroupsSequence"):
         raise SeriesError(
             series.key, "DICOM-SEG output needs a multi-frame source with functional groups (an enhanced image)"
@@ -229,6 +229,19 @@ def _source_images_and_frames(
     source.PerFrameFunctionalGroupsSequence = items
     source.NumberOfFrames = len(items)
     return [source], labels, [f + 1 for f in frames]
+
+
+def _source_header(path: Path, series: SeriesInfo) -> Dataset:
+    """A source image's header (no pixel data) with the attributes highdicom reads present: patient and study
+    (``with_type2_patient_and_study``) and, in a single-frame image, SliceThickness (Image Plane, type 2), which
+    anonymising exports delete too (every such series failed its SEG). The SEG's pixel measures need a thickness
+    (type 1C), so a missing one becomes the series' spacing between slices, as its frames tile the stack."""
+    import pydicom
+
+    source = with_type2_patient_and_study(pydicom.dcmread(path, stop_before_pixels=True))
+    if not source.get("SliceThickness") and "PerFrameFunctionalGroupsSequence" not in source:
+        source.SliceThickness = format_number_as_ds(float(series.geometry.spacing[0]))
+    return source
 
 
 _SHARED_FOR_HIGHDICOM = ("PlaneOrientationSequence", "PixelMeasuresSequence")

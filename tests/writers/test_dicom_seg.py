@@ -302,6 +302,25 @@ def test_source_without_type2_patient_and_study_attributes(tmp_path: Path) -> No
     np.testing.assert_array_equal(read_back_labels(out, series), labels)
 
 
+def test_source_without_slice_thickness(tmp_path: Path) -> None:
+    """SliceThickness is type 2 and anonymising exports delete it: the SEG is written, valid and checked, its
+    frames as thick as the slices are apart (highdicom read it from every source image, and every such series
+    failed when its SEG was written)."""
+
+    def without_thickness(index: int, ds: pydicom.Dataset) -> None:
+        del ds.SliceThickness
+
+    generated = write_series(tmp_path / "dicom", shape=(4, 8, 8), edit=without_thickness)
+    assert "SliceThickness" not in pydicom.dcmread(generated.paths[0])
+
+    series = series_info_from(generated)
+
+    out = _written_and_checked(tmp_path, series, "segmentation")
+
+    measures = pydicom.dcmread(out).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(series.geometry.spacing[0])  # the frames tile the stack
+
+
 def _scanned(folder: Path) -> list[SeriesInfo]:
     from innereye_batch.dicom.scan import scan_tree
 

@@ -196,21 +196,32 @@ def png_convention(
         values = apply_windowing(values, ds, index=0)
         low, high = modality_output_range(ds)
         if _negative_slope(ds):  # pydicom's output range runs from the lowest stored value's output: reversed
-            values = (low + high) - np.asarray(values, dtype=np.float64)
+            values = np.subtract(low + high, values, out=values)  # in place: pydicom's windowing made it (float64)
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
         voi = f"window {_first(ds.WindowCenter):g}/{_first(ds.WindowWidth):g} {function}"
     else:
         low, high = modality_output_range(ds)
         voi = "none"
-    values = np.asarray(values, dtype=np.float64)
+    # float64 (float32 would round some values to the other side of .5); the steps below work in place, on a copy
+    # where the array is still the caller's
+    unit = np.asarray(values, dtype=np.float64)
+    if np.may_share_memory(unit, stored):
+        unit = unit.copy()
+    del values
     if scaling == "min_max":
-        low, high = float(values.min()), float(values.max())
-    unit = (values - low) / (high - low) if high != low else np.zeros_like(values)
+        low, high = float(unit.min()), float(unit.max())
+    if high != low:
+        unit -= low
+        unit /= high - low
+    else:
+        unit.fill(0.0)
     np.clip(unit, 0.0, 1.0, out=unit)
     inverted = photometric == "MONOCHROME1"
     if inverted:
-        unit = 1.0 - unit
-    return MappedPixels(np.rint(unit * UINT16_MAX).astype(np.uint16), inverted, voi)
+        np.subtract(1.0, unit, out=unit)
+    unit *= UINT16_MAX
+    np.rint(unit, out=unit)
+    return MappedPixels(unit.astype(np.uint16), inverted, voi)
 
 
 def _negative_slope(ds: Dataset) -> bool:
@@ -270,7 +281,8 @@ def projection_images(
     scaling: Scaling = "full_range",
     frames: Iterable[int] | None = None,
 ) -> list[ProjectionImage]:
-    """Every frame (or the given 0-based ``frames``) of a dataset with pixel data, in the PNG convention."""
+    """Every frame (or the given 0-based ``frames``) of a dataset with pixel data, in the PNG convention. Only the
+    frames asked for are decoded, one at a time."""
     where = str(path) if path is not None else f"SOP instance {ds.get('SOPInstanceUID', '?')}"
     problem = check_projection_header(ds, modalities)
     if problem:
@@ -280,16 +292,12 @@ def projection_images(
     bad = [f for f in wanted if not 0 <= f < count]
     if bad:
         raise DicomError(f"{where}: frame {bad[0]} does not exist (the file has {count} frame(s))")
-    try:
-        stored = ds.pixel_array
-    except Exception as error:  # decoders raise many types for damaged or unsupported data
-        raise DicomError(f"{where}: pixel data cannot be decoded: {type(error).__name__}: {error}") from error
-    stored = stored.reshape((count, int(ds.Rows), int(ds.Columns)))
     spacing, source = pixel_spacing_of(ds)
     images = []
     for index in wanted:
+        stored = _decode_frame(ds, index, where)
         try:
-            mapped = png_convention(stored[index], ds, apply_voi=apply_voi, scaling=scaling)
+            mapped = png_convention(stored, ds, apply_voi=apply_voi, scaling=scaling)
         except DicomError as error:
             raise DicomError(f"{where}: {error}") from error
         # what pydicom's modality and window functions raise on values they cannot use (a malformed element)
@@ -314,6 +322,17 @@ def projection_images(
             )
         )
     return images
+
+
+def _decode_frame(ds: Dataset, index: int, where: str) -> np.ndarray:
+    """The stored values (y, x) of one frame, decoding only that frame (as ``ds.pixel_array[index]`` would give
+    it: pydicom's decoders, unused high bits masked, signs extended)."""
+    from pydicom.pixels import pixel_array
+
+    try:
+        return pixel_array(ds, index=index).reshape((int(ds.Rows), int(ds.Columns)))
+    except Exception as error:  # decoders raise many types for damaged or unsupported data
+        raise DicomError(f"{where}: pixel data cannot be decoded: {type(error).__name__}: {error}") from error
 
 
 def read_projection_images(

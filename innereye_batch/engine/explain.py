@@ -8,8 +8,9 @@ Every method returns, per image, a non-negative map of the evidence *for* the ta
 - ``integrated-gradients``: captum's ``IntegratedGradients`` from a black image (PNG value 0, normalised as the
   input is), summed over input channels, positive part.
 - ``gradient-shap``: captum's ``GradientShap`` (SHAP values approximated by expected gradients) with a black and
-  a white image as the baseline distribution and Gaussian noise (seeded, so maps are reproducible); summed over
-  channels, positive part.
+  a white image as the baseline distribution and Gaussian noise; summed over channels, positive part. Each
+  image is attributed on its own from the same seed, so its map is reproducible and the same whatever else is in
+  its batch.
 
 For an ensemble, each member's map is normalised, the maps are averaged and the mean is normalised again.
 ``to_image_grid`` resamples a map from the network input grid back onto the image's own (y, x) grid. Gradients
@@ -101,16 +102,28 @@ def _one_network(
         )
     elif method == "gradient-shap":
         baselines = torch.cat([baseline, white])
-        # captum draws the noise with torch and the baseline picks and path points with numpy's global RNG:
-        # seed both, and give numpy its state back afterwards
+        explainer = attr.GradientShap(network)
+        # captum draws the noise with torch and the baseline picks and path points with numpy's global RNG, for
+        # all the rows of a call together: attribute one image at a time, each from the same seed, so that an
+        # image's map does not depend on the other images in its batch or on its position there; seed both
+        # generators, and give numpy its state back afterwards
         numpy_state = np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[inputs.device] if inputs.device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                np.random.seed(seed)
-                attributions = attr.GradientShap(network).attribute(
-                    inputs, baselines=baselines, target=targets, n_samples=n_samples, stdevs=0.1
-                )
+                parts = []
+                for index in range(inputs.shape[0]):
+                    torch.manual_seed(seed)
+                    np.random.seed(seed)
+                    parts.append(
+                        explainer.attribute(
+                            inputs[index : index + 1],
+                            baselines=baselines,
+                            target=targets[index : index + 1],
+                            n_samples=n_samples,
+                            stdevs=0.1,
+                        )
+                    )
+                attributions = torch.cat(parts)
         finally:
             np.random.set_state(numpy_state)
     else:

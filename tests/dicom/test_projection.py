@@ -7,6 +7,7 @@ C.7.6.3.1.2 MONOCHROME1) with plain numpy, independently of pydicom's LUT functi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -360,3 +361,58 @@ def test_png_convention_rejects_colour_and_unknown_scaling() -> None:
     ds.PhotometricInterpretation = "PALETTE COLOR"
     with pytest.raises(ValueError, match="not grey"):
         png_convention(chest_values(8), ds)
+
+
+# ---- multi-frame files: only the frame asked for is decoded ---------------------------------------------------
+
+
+def rle_multi_frame(frames: np.ndarray, undecodable: int | None = None, **header: Any) -> pydicom.Dataset:
+    """A multi-frame DX in RLE Lossless; frame ``undecodable`` (if given) keeps its RLE header but loses its
+    segments, so no decoder can read that frame (the others stay intact)."""
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import RLELossless
+
+    ds = projection_dataset(frames, modality="DX", **header)
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    if undecodable is not None:
+        encoded = list(generate_frames(ds.PixelData, number_of_frames=len(frames)))
+        encoded[undecodable] = encoded[undecodable][:64]  # the header's segment offsets now point past the end
+        ds.PixelData = encapsulate(encoded)
+    return ds
+
+
+def test_a_frame_is_decoded_alone_so_a_damaged_other_frame_does_not_stop_it(tmp_path: Path) -> None:
+    """Issue: each frame of a multi-frame image is a work item, and decoding one used to decode every frame of
+    the file (memory x frames, time quadratic in frames); a frame no decoder can read showed it: every item failed."""
+    frames = np.stack([chest_values(12, seed=s) for s in (4, 5, 6)])
+    header: dict[str, Any] = {"photometric": "MONOCHROME1", "window": (1800.0, 2600.0), "rescale": (1.5, -20.0)}
+    path = tmp_path / "damaged.dcm"
+    rle_multi_frame(frames, undecodable=0, **header).save_as(path, enforce_file_format=True)
+    for k in (1, 2):
+        (image,) = read_projection_images(path, frames=[k])
+        assert (image.frame_index, image.number_of_frames) == (k, 3)
+        alone = projection_images(projection_dataset(frames[k], modality="DX", **header))[0]
+        np.testing.assert_array_equal(image.pixels, alone.pixels)
+        assert (image.inverted, image.voi) == (alone.inverted, alone.voi) == (True, "window 1800/2600 LINEAR")
+    with pytest.raises(DicomError, match=r"damaged\.dcm: pixel data cannot be decoded"):
+        read_projection_images(path, frames=[0])
+    with pytest.raises(DicomError, match="pixel data cannot be decoded"):
+        read_projection_images(path)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_each_frame_maps_as_the_same_image_in_a_single_frame_file(tmp_path: Path, compressed: bool) -> None:
+    """Every check of the single-frame path applies to the one frame decoded: unused high bits masked, VOI LUT
+    Sequence, MONOCHROME1, in native and compressed syntaxes."""
+    frames = np.stack([chest_values(12, seed=s) for s in (7, 8)])
+    noisy = frames | np.uint16(0xA000)  # garbage above Bits Stored (12) that decoding must mask
+    voi = (0, 16, np.clip(np.arange(4096) * 13, 0, 65535).astype(np.uint16))
+    header: dict[str, Any] = {"photometric": "MONOCHROME1", "voi_lut": voi}
+    ds = rle_multi_frame(noisy, **header) if compressed else projection_dataset(noisy, modality="DX", **header)
+    path = tmp_path / "multi.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    for k in (1, 0):
+        (image,) = read_projection_images(path, frames=[k])
+        alone = projection_images(projection_dataset(frames[k], modality="DX", **header))[0]
+        np.testing.assert_array_equal(image.pixels, alone.pixels)
+        assert (image.voi, image.inverted) == ("VOI LUT Sequence", True)

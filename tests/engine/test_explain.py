@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from innereye_batch.engine.explain import explain_batch, to_image_grid
+from innereye_batch.engine.explain import ExplainMethod, explain_batch, to_image_grid
 from innereye_batch.errors import UsageError
 from tests.engine.classifiers import cnn
 
@@ -69,6 +69,22 @@ def test_gradient_shap_is_seeded_and_follows_the_expected_gradient() -> None:
     expected = (weight * (inputs[0] - 0.5))[0].clamp_min(0).flatten()
     correlation = np.corrcoef(first[0].flatten().numpy(), expected.numpy())[0, 1]
     assert correlation > 0.8
+
+
+def test_a_gradient_shap_map_does_not_depend_on_the_rest_of_the_batch() -> None:
+    """Issue: the service batches unrelated requests; an image's map must be the same alone, at any position in a
+    batch and next to any other image (for every method, gradient-shap with its random noise included)."""
+    networks = [cnn(seed, classes=2) for seed in (5, 6)]
+    generator = torch.Generator().manual_seed(7)
+    x, y, z = (torch.randn(1, 1, 32, 32, generator=generator) for _ in range(3))
+    methods: tuple[ExplainMethod, ...] = ("gradient-shap", "integrated-gradients", "gradcam")
+    for method in methods:
+        options: dict[str, Any] = {"layer": "features", "n_steps": 8, "n_samples": 8}
+        alone = explain_batch(networks, x, [1], method, **options)[0]
+        second = explain_batch(networks, torch.cat([y, x]), [0, 1], method, **options)[1]
+        third = explain_batch(networks, torch.cat([z, y, x]), [1, 1, 1], method, **options)[2]
+        torch.testing.assert_close(second, alone, rtol=0, atol=1e-6, msg=f"{method}: second of two")
+        torch.testing.assert_close(third, alone, rtol=0, atol=1e-6, msg=f"{method}: third of three")
 
 
 def test_an_ensemble_averages_its_members_normalised_maps() -> None:

@@ -272,7 +272,9 @@ def run(
     """Run the model over every series under --input: segmentation writes NIfTI, DICOM-SEG, RTSTRUCT, a preview
     and JSON per series; classification writes JSON (and explanation heat maps) per image.
 
-    Exit code 0 when every series succeeded (or was already done), 1 when some failed, 2 for usage errors.
+    Exit code 0 when every series succeeded (or was already done), 1 when some failed or were not run (the run
+    stopped before them: --fail-fast; an interrupt exits 130), 2 for usage errors. A shard that merges the summary
+    exits 1 also when a series of another shard failed or was not run.
     Safe to rerun: finished series are skipped, interrupted ones are redone.
     """
     from innereye_batch.pipeline.progress import RunProgress
@@ -423,10 +425,12 @@ def summarize(
     """Merge the summaries of a sharded run's shards (summary.shard-K-of-N.json) into summary.json, summary.csv
     and report.html, as one unsharded run writes them. The shard that finishes last does this by itself.
 
-    Exit code 0 when every series succeeded, 1 when some failed or the shards cannot be merged (one is missing,
-    or they saw different inputs or models), 2 for usage errors.
+    Exit code 0 when every series succeeded, 1 when some failed or were not run (a shard was interrupted) or the
+    shards cannot be merged (one is missing, or they saw different inputs or models), 2 for usage errors.
     """
     from innereye_batch.pipeline.locks import shards_lock
+    from innereye_batch.pipeline.render import count_line
+    from innereye_batch.pipeline.run import UNFINISHED
     from innereye_batch.pipeline.summarize import merge_shard_summaries, shard_count
 
     if not output.is_dir():
@@ -434,16 +438,15 @@ def summarize(
     count = shard_count(output, shards or None)
     with shards_lock(output, count):
         merged = merge_shard_summaries(output, count)
-    counts = {s: sum(r.status == s for r in merged.results) for s in ("ok", "failed", "skipped")}
     if not quiet:
         stdout.print(
             Text(
-                f"{merged.count} shard summaries merged: {counts['ok']} ok, {counts['failed']} failed, "
-                f"{counts['skipped']} skipped, {len(merged.skipped_files)} file(s) not used; "
+                f"{merged.count} shard summaries merged: {count_line(merged.results)}, "
+                f"{len(merged.skipped_files)} file(s) not used; "
                 f"{', '.join(p.name for p in merged.paths)} written in {printable(output)}/"
             )
         )
-    raise typer.Exit(1 if counts["failed"] else 0)
+    raise typer.Exit(1 if any(r.status in UNFINISHED for r in merged.results) else 0)
 
 
 def _writer_options(seg_type: str, clinical_marker: str) -> WriterOptions:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "failed", "skipped", "not_run"]
+"""``skipped``: not for this model, or already done; ``not_run``: planned, but the run stopped before it (an
+interrupt, ``--fail-fast``): no result, a rerun does it."""
 
 
 @dataclass(frozen=True)

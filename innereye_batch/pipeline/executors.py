@@ -58,10 +58,9 @@ class RunContext:
     def fail(self, job: Job, result: ItemResult) -> None:
         """A job that failed before its outputs were written: an earlier run's stale result leaves its folder
         (``clear_stale_result``), then the result is recorded."""
-        from innereye_batch.pipeline.state import clear_stale_result
+        from innereye_batch.pipeline.state import clear_stale_result, with_problem
 
-        clear_stale_result(job.folder, job.input_fp, self.model_fp)
-        self.finish(result)
+        self.finish(with_problem(result, clear_stale_result(job.folder, job.input_fp, self.model_fp)))
 
     @property
     def stopping(self) -> bool:

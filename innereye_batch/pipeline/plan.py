@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,13 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.shards import Shard
-from innereye_batch.pipeline.state import clear_stale_result, input_fingerprint, is_done, series_folder
+from innereye_batch.pipeline.state import (
+    clear_stale_result,
+    input_fingerprint,
+    is_done,
+    series_folder,
+    with_problem,
+)
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import WorkItem
@@ -43,6 +49,9 @@ def item_fingerprint(item: WorkItem) -> str:
     """sha256 over the input fingerprints of every series of the item."""
     return hashlib.sha256("|".join(input_fingerprint(s) for s in item.inputs).encode()).hexdigest()
 
+
+ALREADY_DONE = "already done with this model and input"
+"""The reason of an item skipped because its folder holds its result."""
 
 DEFAULT_MAX_VOXELS = 2**29
 """Largest grid a series may have, source or resampled (536,870,912 voxels: 2 GiB as float32)."""
@@ -109,25 +118,27 @@ def plan_run(
     if shard is not None:
         items = [i for i in items if shard.owns(i.key)]
         unmatched = [u for u in unmatched if shard.owns(u.series.key)]
-    settled = [item_result(u.series, "failed" if u.failed else "skipped", u.reason) for u in unmatched]
     model_fp = model_fp or package.fingerprint()
-    if clear_failed:
-        for u in unmatched:
-            if u.failed:  # it matched no item now, so a result of an earlier run was for other inputs
-                clear_stale_result(series_folder(output_dir, u.series), None, model_fp)
+    settled = []
+    for u in unmatched:
+        result = item_result(u.series, "failed" if u.failed else "skipped", u.reason)
+        if clear_failed and u.failed:  # it matched no item now, so a result of an earlier run was for other inputs
+            result = with_problem(result, clear_stale_result(series_folder(output_dir, u.series), None, model_fp))
+        settled.append(result)
     names = tuple(f.name for f in formats)
     jobs = []
     for item in items:
         reasons = _unfit(item, formats, package, max_voxels)
         folder = series_folder(output_dir, item.primary)
         if reasons:
-            settled.append(item_result(item.primary, "failed", "; ".join(reasons)))
+            result = item_result(item.primary, "failed", "; ".join(reasons))
             if clear_failed:
-                clear_stale_result(folder, item_fingerprint(item), model_fp)
+                result = with_problem(result, clear_stale_result(folder, item_fingerprint(item), model_fp))
+            settled.append(result)
             continue
         fingerprint = item_fingerprint(item)
         if not overwrite and is_done(folder, fingerprint, model_fp, names):
-            settled.append(item_result(item.primary, "skipped", "already done with this model and input"))
+            settled.append(item_result(item.primary, "skipped", ALREADY_DONE))
             continue
         jobs.append(Job(item, folder, fingerprint))
     jobs.sort(key=_voxels, reverse=True)  # stable: equal sizes keep the scan's order
@@ -138,3 +149,35 @@ def _voxels(job: Job) -> int:
     """The job's input voxels. Jobs run largest first, so that a run's end, where the device has nothing left to
     do, waits on the export of its smallest series rather than of any series (longest-processing-time order)."""
     return sum(math.prod(s.geometry.shape) for s in job.item.inputs)
+
+
+def results_hold(
+    scan: ScanResult,
+    package: ModelPackage,
+    formats: Sequence[OutputFormat],
+    output_dir: Path,
+    *,
+    selection: Selection = Selection(),
+    model_fp: str,
+) -> Callable[[ItemResult], bool]:
+    """A check that a result some run recorded (another shard's, say) still holds: true for a result that vouches
+    for no output (failed, not for this model), else only when the item's folder has its done record for the
+    item's inputs as scanned now and this model, with every output present (``is_done``).
+
+    The items are planned from ``scan`` on the first call, and each checked item's files are looked at (their
+    fingerprint) then."""
+    names = tuple(f.name for f in formats)
+    items: dict[str, WorkItem] = {}
+
+    def holds(result: ItemResult) -> bool:
+        if not (result.status == "ok" or (result.status == "skipped" and result.reason == ALREADY_DONE)):
+            return True
+        if not items:
+            planned, _ = task_for(package.task).plan_items([s for s in scan.series if selection(s)], package)
+            items.update({item.key: item for item in planned})
+        item = items.get(result.key)
+        if item is None:  # the series is gone, or is no longer an item of this model
+            return False
+        return is_done(series_folder(output_dir, item.primary), item_fingerprint(item), model_fp, names)
+
+    return holds

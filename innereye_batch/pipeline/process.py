@@ -83,13 +83,13 @@ def prepare_outputs(
 ) -> tuple[Prediction, dict[str, float]] | ItemResult:
     """The prediction with its CPU post-processing done and the run's timings with its own, and the item's folder
     cleared of any earlier result; or the failed result."""
-    from innereye_batch.pipeline.state import clear_stale_result, mark_not_done
+    from innereye_batch.pipeline.state import clear_stale_result, mark_not_done, with_problem
 
     try:
         prediction = prediction.finished()  # the CPU work the device loop left (connected components, sizes)
     except Exception as error:
-        clear_stale_result(job.folder, job.input_fp, model_fp)
-        return item_result(job.item.primary, "failed", f"post-processing: {error_text(error)}", timings=timings)
+        result = item_result(job.item.primary, "failed", f"post-processing: {error_text(error)}", timings=timings)
+        return with_problem(result, clear_stale_result(job.folder, job.input_fp, model_fp))
     timings = {**timings, **{k: v for k, v in prediction.timings.items() if k not in timings}}
     try:
         mark_not_done(job.folder)
@@ -198,17 +198,17 @@ def process_item(
     decode and write in parallel while the model runs one item at a time.
     """
     from innereye_batch.pipeline.loader import decode_safely
-    from innereye_batch.pipeline.state import clear_stale_result
+    from innereye_batch.pipeline.state import clear_stale_result, with_problem
 
     loaded = decode_safely(predictor.decoder, job.item, 0)
     if loaded.decoded is None:
-        clear_stale_result(job.folder, job.input_fp, model_fp)
-        return item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds})
+        result = item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds})
+        return with_problem(result, clear_stale_result(job.folder, job.input_fp, model_fp))
     try:
         with inference_lock or contextlib.nullcontext():
             prediction = predictor.predict(job.item, loaded.decoded)
     except Exception as error:  # one item's failure never stops the others
-        clear_stale_result(job.folder, job.input_fp, model_fp)
-        return item_result(job.item.primary, "failed", f"inference: {error_text(error)}")
+        result = item_result(job.item.primary, "failed", f"inference: {error_text(error)}")
+        return with_problem(result, clear_stale_result(job.folder, job.input_fp, model_fp))
     timings = {"load": loaded.load_seconds, **prediction.timings}
     return write_outputs(job, prediction, formats, package, model_fp, timings, options)

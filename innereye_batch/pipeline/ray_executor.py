@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from innereye_batch.errors import InnerEyeBatchError, UsageError
 from innereye_batch.pipeline.process import Job, item_result
-from innereye_batch.pipeline.state import mark_not_done
+from innereye_batch.pipeline.state import outputs_removed
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import PredictorOptions
 from innereye_batch.writers.registry import OutputFormat, WriterOptions
@@ -282,7 +282,7 @@ class _Driver:
             remove_stale_temporaries(self.options.output, [job.folder])
             self.progress.event("ray_actor_died", message=f"a Ray actor died while processing {key}: {_cause(error)}")
             if self.attempts[key] >= self.options.ray.max_attempts:
-                mark_not_done(job.folder)  # no output without its done record: what a dead actor left goes
+                outputs_removed(job.folder)  # no output without its done record: what a dead actor left goes
                 reason = (
                     f"the Ray worker process died {self.attempts[key]} times while this series was in it "
                     f"(killed, out of memory, or a crash): {_cause(error)}"
@@ -313,5 +313,5 @@ class _Driver:
             try:
                 self.context.finish(self.ray.get(ref))
             except self.ray.exceptions.RayError:
-                mark_not_done(job.folder)  # no output without its done record: what a dead actor left goes
+                outputs_removed(job.folder)  # no output without its done record: what a dead actor left goes
         self.in_flight.clear()

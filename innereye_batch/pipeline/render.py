@@ -5,6 +5,7 @@ Every value that comes from a file (keys, reasons, paths) is shown as text, neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -12,9 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from innereye_batch.pipeline.run import RunReport
+from innereye_batch.results import ItemResult
 from innereye_batch.text import printable
 
-_STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow", "run": "cyan"}
+_STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow", "not_run": "magenta", "run": "cyan"}
 
 
 def _status(status: str) -> Text:
@@ -53,9 +55,8 @@ def render_run_report(report: RunReport, output: Path, console: Console, limit: 
         table.caption = f"... and {len(report.results) - limit} more (see summary.csv)"
     console.print(table)
     _render_skipped_files(report, console)
-    counts = {s: sum(r.status == s for r in report.results) for s in ("ok", "failed", "skipped")}
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items())
-    console.print(Text(f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped. Stages: {stages}"))
+    console.print(Text(f"{count_line(report.results)}. Stages: {stages}"))
     if report.shard_note:
         console.print(Text(printable(report.shard_note)))
     if report.summary_error:
@@ -74,3 +75,10 @@ def _render_skipped_files(report: RunReport, console: Console, limit: int = 10) 
         console.print(Text(f"  {printable(skipped.path)}: {printable(skipped.reason)}"))
     if len(report.skipped_files) > limit:
         console.print(Text(f"  ... and {len(report.skipped_files) - limit} more"))
+
+
+def count_line(results: Sequence[ItemResult]) -> str:
+    """``3 ok, 1 failed, 2 skipped``, and ``, 4 not run`` when the run stopped before some."""
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "skipped", "not_run")}
+    line = f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
+    return line + (f", {counts['not_run']} not run" if counts["not_run"] else "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.engine.memory import run_peak_memory_gib
 from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, error_text
 from innereye_batch.model.spec import ModelPackage
-from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run
+from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run, results_hold
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.progress import RunProgress
 from innereye_batch.pipeline.ray_executor import RayOptions
@@ -100,14 +100,22 @@ class RunReport:
     """Why the summary could not be written (e.g. the disk is full); empty when it was."""
     merged: bool = False
     """With --shard: whether this shard merged the shard summaries into summary.json (it finished last)."""
+    merged_unfinished: int = 0
+    """With --shard, when this shard merged: series of summary.json (every shard's) that failed or were not run;
+    the exit code then says so, as it does for the series of an unsharded run."""
     shard_note: str = ""
     """With --shard: what became of the summary (merged, or which shards it waits for)."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
-        failed = self.summary_error or any(r.status == "failed" for r in self.results)
+        unfinished = any(r.status in UNFINISHED for r in self.results) or self.merged_unfinished
+        failed = self.summary_error or unfinished
         return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+UNFINISHED = ("failed", "not_run")
+"""Statuses of a series without its result: the run's exit code is 1 when one has them."""
 
 
 def _relative(result: ItemResult, root: Path | None) -> ItemResult:
@@ -204,9 +212,29 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     from innereye_batch.pipeline.state import output_lock
 
     with output_lock(options.output, options.shard), library_messages_to(progress, root):
+        _remove_earlier_summaries(options)  # first: should planning fail, no summary vouches for an earlier run
         # planned under the lock: what is done is read once no other run can change it
         jobs, report, plan_fp = plan()
-        return _execute(options, package, formats, source, root, jobs, report, progress, plan_fp)
+        holds = None
+        if options.shard is not None:  # the merge checks that the other shards' results still hold
+            model_fp = run_fingerprint(package, options)
+            holds = results_hold(scan, package, formats, options.output, selection=selection, model_fp=model_fp)
+        return _execute(options, package, formats, source, root, jobs, report, progress, plan_fp, holds)
+
+
+def _remove_earlier_summaries(options: RunOptions) -> None:
+    """The summaries of an earlier run: they would vouch for series this run redoes (or fails)."""
+    from innereye_batch.pipeline.summarize import remove_shard_summaries
+    from innereye_batch.writers.run_report import REPORT_HTML
+    from innereye_batch.writers.summary import SUMMARY_CSV, SUMMARY_JSON
+
+    if options.shard is None:
+        remove_shard_summaries(options.output)  # this run's summary.json supersedes any sharded run's
+    else:  # a summary present is one of this run's shards (merge_if_last relies on it)
+        remove_shard_summaries(options.output, except_count=options.shard.count)
+        (options.output / options.shard.summary_name).unlink(missing_ok=True)
+    for name in (SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML):
+        (options.output / name).unlink(missing_ok=True)
 
 
 def _execute(
@@ -219,12 +247,10 @@ def _execute(
     report: RunReport,
     progress: RunProgress,
     plan_fp: str,
+    holds: Callable[[ItemResult], bool] | None = None,
 ) -> RunReport:
     from innereye_batch.pipeline.executors import RunContext
     from innereye_batch.pipeline.state import remove_stale_temporaries
-    from innereye_batch.pipeline.summarize import remove_shard_summaries
-    from innereye_batch.writers.run_report import REPORT_HTML
-    from innereye_batch.writers.summary import SUMMARY_CSV, SUMMARY_JSON
 
     started = datetime.datetime.now(datetime.timezone.utc)
     wall = time.perf_counter()
@@ -233,13 +259,6 @@ def _execute(
     removed = remove_stale_temporaries(options.output, [j.folder for j in jobs] if shard else None)
     if removed:
         progress.event("cleanup", message=f"removed {removed} temporary file(s) left by an interrupted run")
-    if shard is None:
-        remove_shard_summaries(options.output)  # this run's summary.json supersedes any sharded run's
-    else:  # a summary present is one of this run's shards (merge_if_last relies on it)
-        remove_shard_summaries(options.output, except_count=shard.count)
-        (options.output / shard.summary_name).unlink(missing_ok=True)
-    for name in (SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML):  # an earlier run's: it would vouch for series redone now
-        (options.output / name).unlink(missing_ok=True)
 
     def record(result: ItemResult) -> None:
         result = _relative(result, root)
@@ -273,7 +292,7 @@ def _execute(
         reason = "--fail-fast stopped the run after a failure" if stopped_by_failure else "the run was interrupted"
         for job in jobs:
             if job.item.key not in finished:
-                report.results.append(item_result(job.item.primary, "skipped", f"not run: {reason}"))
+                report.results.append(item_result(job.item.primary, "not_run", f"not run: {reason}"))
         progress.stop()
         report.stage_seconds = _stage_totals(report.results, time.perf_counter() - wall)
         run_info = {
@@ -298,7 +317,7 @@ def _execute(
             "stage_seconds": report.stage_seconds,
             "peak_memory_gib": run_peak_memory_gib(),
         }
-        _write_summaries(options, report, run_info, progress)
+        _write_summaries(options, report, run_info, progress, holds)
     return report
 
 
@@ -334,7 +353,11 @@ def _run_jobs(
 
 
 def _write_summaries(
-    options: RunOptions, report: RunReport, run_info: Mapping[str, Any], progress: RunProgress
+    options: RunOptions,
+    report: RunReport,
+    run_info: Mapping[str, Any],
+    progress: RunProgress,
+    holds: Callable[[ItemResult], bool] | None = None,
 ) -> None:
     """summary.json, summary.csv and report.html; for a shard its own summary, merged when it finished last."""
     from innereye_batch.pipeline.summarize import (
@@ -360,14 +383,20 @@ def _write_summaries(
             ),
         )
         shard = options.shard
-        merged, others = merge_if_last(options.output, shard, run_info)
+        merged, others = merge_if_last(options.output, shard, run_info, holds)
         if merged is not None:
             report.merged = True
+            report.merged_unfinished = sum(r.status in UNFINISHED for r in merged.results)
             report.summary_paths += merged.paths
             report.shard_note = f"shard {shard}: every shard of {shard.count} done, summary.json merged"
         else:
             waiting = ", ".join(str(s) for s in missing_shards(options.output, shard.count))
-            stale = f"; from another plan or model (an earlier run?): {', '.join(map(str, others))}" if others else ""
+            stale = (
+                f"; from an earlier run (another plan or model, or results since removed or redone): "
+                f"{', '.join(map(str, others))}"
+                if others
+                else ""
+            )
             report.shard_note = (
                 f"shard {shard}: {shard.summary_name} written; summary.json is merged when the last shard finishes "
                 f"(waiting for {waiting or 'none'}{stale})"

@@ -12,12 +12,15 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.errors import error_text
 from innereye_batch.files import TEMP_PREFIX, write_json_atomic
 from innereye_batch.pipeline.locks import LOCK_FILE, output_lock
+from innereye_batch.results import ItemResult
 
 __all__ = ["LOCK_FILE", "output_lock"]  # the lock lives in locks.py; kept importable from here
 
@@ -109,20 +112,38 @@ def mark_not_done(folder: Path) -> None:
             (folder / name).unlink(missing_ok=True)
 
 
-def clear_stale_result(folder: Path, input_fp: str | None, model_fp: str) -> None:
+def clear_stale_result(folder: Path, input_fp: str | None, model_fp: str) -> str:
     """After a series failed: remove what an earlier run left in its folder when that describes other inputs or
     another model (``input_fp`` None: any earlier result is stale). A result for these very inputs and this
-    model (a --overwrite redo that failed) stays: it still describes the series."""
+    model (a --overwrite redo that failed) stays: it still describes the series.
+
+    Never raises: returns why a file could not be removed (files of another user, a read-only folder), for the
+    series' reason, or "" (one series' folder never stops the run)."""
     try:
         record = json.loads((folder / DONE_RECORD).read_text())
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict):
         if folder.is_dir():
-            mark_not_done(folder)  # no readable record: whatever lies there vouches for nothing
-        return
+            return outputs_removed(folder)  # no readable record: whatever lies there vouches for nothing
+        return ""
     if input_fp is None or record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
+        return outputs_removed(folder)
+    return ""
+
+
+def outputs_removed(folder: Path) -> str:
+    """``mark_not_done(folder)``, returning why it failed ("" when it did not) instead of raising."""
+    try:
         mark_not_done(folder)
+    except OSError as error:
+        return f"its earlier outputs could not be removed: {error_text(error)}"
+    return ""
+
+
+def with_problem(result: ItemResult, problem: str) -> ItemResult:
+    """``result`` with ``problem`` (from ``clear_stale_result``) added to its reason."""
+    return replace(result, reason=f"{result.reason}; {problem}" if result.reason else problem) if problem else result
 
 
 def mark_done(folder: Path, input_fp: str, model_fp: str, outputs: dict[str, Path]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,13 +250,26 @@ def missing_shards(output_dir: Path, count: int) -> list[Shard]:
     return [Shard(k, count) for k in range(count) if k not in present]
 
 
+def _still_holds(path: Path, index: int, count: int, holds: Callable[[ItemResult], bool]) -> bool:
+    try:
+        summary = read_shard_summary(path, Shard(index, count))
+    except SummaryMergeError:
+        return False
+    return all(holds(result) for result in summary.results)
+
+
 def merge_if_last(
-    output_dir: Path, shard: Shard, run_info: Mapping[str, Any]
+    output_dir: Path,
+    shard: Shard,
+    run_info: Mapping[str, Any],
+    holds: Callable[[ItemResult], bool] | None = None,
 ) -> tuple[MergedSummary | None, list[Shard]]:
     """After shard ``shard`` wrote its summary (``run_info`` its run): merge when the summaries of every shard are
     present and agree with this one on every ``AGREED_FIELDS`` (this shard finished last, or alongside the
-    last). Otherwise nothing is merged; the second value lists the shards whose summary disagrees (an earlier
-    run's, left by a shard of this run that has not started yet): `summarize` says why.
+    last), and, with ``holds`` (``plan.results_hold``), when every result of the other shards still holds in
+    the output folder. Otherwise nothing is merged; the second value lists the shards whose summary disagrees or
+    no longer holds (an earlier run's, left by a shard of this run that has not started yet: its outputs since
+    removed, or its inputs changed): `summarize` says why.
 
     A shard removes its own old summary when it starts, so a summary present is of the shard's latest run. Two
     shards finishing together may both merge; under the summary lock, one after the other, to the same result.
@@ -274,7 +287,9 @@ def merge_if_last(
             except (OSError, ValueError, KeyError, TypeError):
                 others.append(Shard(index, shard.count))
                 continue
-            if any(run.get(f) != run_info.get(f) for f in AGREED_FIELDS):  # what the merge itself checks
+            disagrees = any(run.get(f) != run_info.get(f) for f in AGREED_FIELDS)  # what the merge itself checks
+            stale = holds is not None and index != shard.index and not _still_holds(path, index, shard.count, holds)
+            if disagrees or stale:
                 others.append(Shard(index, shard.count))
         if others:
             return None, others

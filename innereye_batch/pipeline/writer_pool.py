@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from innereye_batch.errors import error_text
 from innereye_batch.pipeline.fan_out import fans_out, write_fanned_out
 from innereye_batch.pipeline.process import Job, item_result, write_outputs
-from innereye_batch.pipeline.state import mark_not_done
+from innereye_batch.pipeline.state import outputs_removed, with_problem
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import Prediction
 
@@ -226,8 +226,9 @@ class Writers:
             else:
                 reason = f"writing: the writer process failed ({error_text(error) if str(error) else 'it died'})"
                 log.warning("%s: %s", job.item.key, reason)
-                mark_not_done(job.folder)  # what the dead writer left has no done record to vouch for it
-                self.context.finish(item_result(job.item.primary, "failed", reason))
+                # what the dead writer left has no done record to vouch for it
+                result = with_problem(item_result(job.item.primary, "failed", reason), outputs_removed(job.folder))
+                self.context.finish(result)
         finally:
             self.slots.release()
 

@@ -25,7 +25,7 @@ from innereye_batch.writers.summary import status_counts, total_seconds
 
 REPORT_HTML = "report.html"
 THUMBNAIL_WIDTH = 240
-_STATUS_ORDER = {"failed": 0, "ok": 1, "skipped": 2}
+_STATUS_ORDER = {"failed": 0, "not_run": 1, "ok": 2, "skipped": 3}
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 16px; color: #202020; background: #fafafa; }
 h1 { font-size: 20px; margin: 0 0 6px 0; }
@@ -38,11 +38,17 @@ td.thumb { width: 244px; }
 td.thumb img { width: 240px; display: block; }
 .status { font-weight: 700; padding: 1px 6px; border-radius: 3px; color: #fff; }
 .ok { background: #2e7d32; } .failed { background: #c62828; } .skipped { background: #757575; }
+.not_run { background: #8e24aa; }
 .uid { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
 .reason { white-space: pre-wrap; word-break: break-word; max-width: 520px; }
 .small { color: #606060; font-size: 12px; }
 ul.volumes { margin: 0; padding-left: 16px; }
 """
+
+
+def _not_run(count: int) -> str:
+    """The count of series the run stopped before, shown only when there are some."""
+    return f'<span class="status not_run">{count} not run</span>' if count else ""
 
 
 def _text(value: object) -> str:
@@ -77,7 +83,7 @@ def run_report_html(output_dir: Path, results: Sequence[ItemResult], run_info: M
 <div class="run">{_run_line(run_info)}</div>
 <div class="counts"><span>{counts["total"]} series</span><span class="status ok">{counts["ok"]} ok</span>\
 <span class="status failed">{counts["failed"]} failed</span>\
-<span class="status skipped">{counts["skipped"]} skipped</span></div>
+<span class="status skipped">{counts["skipped"]} skipped</span>{_not_run(counts["not_run"])}</div>
 <p class="small">Automatic results, to be reviewed. Volumes in mL; times in seconds. Details: summary.json, \
 summary.csv.</p>
 <table>

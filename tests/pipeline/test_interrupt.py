@@ -87,7 +87,8 @@ def test_sigterm_finishes_writes_in_flight_and_accounts_for_every_series(tmp_pat
         if uid in done:
             assert record["status"] == "ok"
         else:
-            assert record["status"] == "skipped" and "interrupted" in record["reason"]
+            assert record["status"] == "not_run" and "interrupted" in record["reason"]
+    assert summary["counts"]["not_run"] == SERIES - len(done) and summary["counts"]["skipped"] == 0
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
 
 

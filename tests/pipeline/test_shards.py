@@ -128,3 +128,51 @@ def test_summarize_command_merges_again(case: ScaleCase, tmp_path: Path) -> None
     report = run_batch(case.options(out))
     assert not list(out.glob("summary.shard-*")) and report.exit_code == 1
     assert summary(out)["counts"]["skipped"] == 7  # six done, one MR
+
+
+def test_a_shard_does_not_merge_results_of_another_shard_that_no_longer_hold(case: ScaleCase, tmp_path: Path) -> None:
+    """A rerun's first shard finds the other shard's summary of the last run: one of its series has since lost an
+    output. Merged, summary.json would say "ok" for it; the shard waits for the other to run again instead."""
+    out = tmp_path / "out"
+    for k in range(2):
+        run_batch(case.options(out, shard=Shard(k, 2)))
+    theirs = [key for key, (status, _) in statuses(out).items() if status == "ok" and Shard(1, 2).owns(key)]
+    assert theirs, "the cohort must give shard 1 a series for the test to mean anything"
+    (out / theirs[0] / "segmentation.nii.gz").unlink()
+
+    first = run_batch(case.options(out, shard=Shard(0, 2)))
+
+    assert not first.merged and "1/2" in first.shard_note and "since removed or redone" in first.shard_note
+    assert not (out / "summary.json").exists()  # no summary vouches for the lost output
+    last = run_batch(case.options(out, shard=Shard(1, 2)))  # shard 1 of the rerun redoes the series, and merges
+    assert last.merged and statuses(out)[theirs[0]] == ("ok", "")
+    assert (out / theirs[0] / "segmentation.nii.gz").is_file()
+
+
+def test_series_a_shard_never_ran_make_the_merging_shard_and_summarize_exit_1(case: ScaleCase, tmp_path: Path) -> None:
+    """Shard 1 stopped (SIGTERM) after its first series: its others are "not run". The shard that merges last
+    exited 0 and `summarize` too, as if every series had its result."""
+    out = tmp_path / "out"
+    run_batch(case.options(out, shard=Shard(1, 2)))
+    path = out / "summary.shard-1-of-2.json"
+    document = json.loads(path.read_text())
+    ok = [record for record in document["series"] if record["status"] == "ok"]
+    assert len(ok) >= 2, "the cohort must give shard 1 two series for the test to mean anything"
+    for record in ok[1:]:  # as an interrupted shard records them (their folders hold nothing)
+        record.update(status="not_run", reason="not run: the run was interrupted", outputs={}, structures=[])
+        (out / record["key"] / "done.json").unlink()
+    path.write_text(json.dumps(document))
+
+    last = run_batch(case.options(out, shard=Shard(0, 2)))
+
+    assert last.merged and last.exit_code == 1
+    merged = summary(out)
+    assert merged["counts"]["not_run"] == len(ok) - 1
+    assert last.merged_unfinished == merged["counts"]["not_run"] + merged["counts"]["failed"]
+    again = subprocess.run(
+        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 1 and f"{len(ok) - 1} not run" in " ".join(again.stdout.split()), again.stdout

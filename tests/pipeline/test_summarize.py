@@ -94,7 +94,7 @@ def test_merge_writes_what_a_single_run_writes(tmp_path: Path) -> None:
     assert (
         document["counts"]
         == single["counts"]
-        == {"ok": 8, "failed": 3, "skipped": 3, "total": 14} | {"skipped_files": 4}
+        == {"ok": 8, "failed": 3, "skipped": 3, "not_run": 0, "total": 14} | {"skipped_files": 4}
     )
     assert sorted(document["skipped_files"], key=str) == sorted(
         ({"path": str(f.path), "reason": f.reason} for f in FILES), key=str

@@ -75,7 +75,7 @@ def test_summary_json(tmp_path: Path) -> None:
     assert summary["run"]["tool_version"] == "0.1.0"
     assert summary["run"]["model"]["fingerprint"] == "ab" * 32
     assert summary["run"]["started"] == "2024-05-17 10:00:00+00:00"  # non-JSON values become strings
-    assert summary["counts"] == {"ok": 2, "failed": 1, "skipped": 1, "total": 4, "skipped_files": 0}
+    assert summary["counts"] == {"ok": 2, "failed": 1, "skipped": 1, "not_run": 0, "total": 4, "skipped_files": 0}
     records = summary["series"]
     assert [r["key"] for r in records] == ["1.2.3", "1.2.4.stack1", "1.2.5", "1.2.6"]
     assert records[0]["structures"][0] == {"name": "liver", "voxel_count": 1000, "volume_ml": 1.5, "present": True}
@@ -138,6 +138,7 @@ def test_empty_run(tmp_path: Path) -> None:
         "ok": 0,
         "failed": 0,
         "skipped": 0,
+        "not_run": 0,
         "total": 0,
         "skipped_files": 0,
     }

@@ -1,0 +1,73 @@
+"""Reruns from cron: one series' folder that cannot be cleared fails that series only, and no summary of an earlier
+run outlives a run that stopped while planning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from innereye_batch.pipeline import state
+from innereye_batch.pipeline.run import RunOptions, run_batch
+from tests.factory import write_series
+from tests.pipeline.cohort import model_folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_folder(tmp_path_factory.mktemp("model") / "model", members=1)
+
+
+def _run(model: Path, scans: Path, out: Path) -> Any:
+    return run_batch(RunOptions(model=model, input=scans, output=out, device="cpu", workers=0, formats=("nifti",)))
+
+
+def test_an_earlier_output_that_cannot_be_removed_fails_only_its_series(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    damaged = write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    kept = write_series(scans / "b", shape=(8, 16, 16), seed=2)
+    assert _run(model, scans, out).exit_code == 0
+    damaged.paths[4].unlink()  # a slice lost: the series now fails at planning, and its old result is stale
+    folder = out / damaged.series_instance_uid
+    original = state.mark_not_done
+
+    def owned_by_another_user(where: Path) -> None:
+        if where == folder:
+            raise PermissionError(13, "Permission denied", str(where / "segmentation.nii.gz"))
+        original(where)
+
+    monkeypatch.setattr(state, "mark_not_done", owned_by_another_user)
+
+    report = _run(model, scans, out)  # it raised PermissionError from planning, and ran nothing
+
+    results = {r.key: r for r in report.results}
+    assert report.exit_code == 1 and len(results) == 2
+    failed = results[damaged.series_instance_uid]
+    assert failed.status == "failed" and "slice" in failed.reason
+    assert "its earlier outputs could not be removed: PermissionError" in failed.reason
+    assert results[kept.series_instance_uid].status == "skipped"
+    summary = json.loads((out / "summary.json").read_text())  # this run's, not the earlier one (all ok)
+    assert {r["key"]: r["status"] for r in summary["series"]}[damaged.series_instance_uid] == "failed"
+
+
+def test_a_run_that_stops_while_planning_leaves_no_summary_of_an_earlier_run(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    assert _run(model, scans, out).exit_code == 0
+    assert (out / "summary.json").is_file()
+
+    def broken_plan(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("innereye_batch.pipeline.run.plan_run", broken_plan)
+    with pytest.raises(OSError):
+        _run(model, scans, out)
+
+    # the earlier summary said "ok" for a series this run may have been about to redo or fail
+    assert not any((out / name).exists() for name in ("summary.json", "summary.csv", "report.html"))

@@ -177,8 +177,8 @@ def _job(service: Service, run_id: str, *, expired_too: bool = False) -> Job:
 
 
 def _declared_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    return int(value) if value and value.isdigit() else None
+    value = request.headers.get("content-length")  # latin-1 text: "²" is a digit to str.isdigit, not to int()
+    return int(value) if value and value.isascii() and value.isdigit() else None
 
 
 def _add_innereye_routes(app: FastAPI, service: Service) -> None:

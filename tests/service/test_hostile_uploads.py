@@ -116,3 +116,15 @@ def test_non_dicom_and_wrong_images_posted_to_predict_are_400_and_not_kept(servi
         unknown = client.post(f"/v1/model/predict/{CLASSIFICATION_ID}?explain=magic", content=SLICE)
         assert "magic" in assert_innereye_error(unknown, 400)["reason"]
     assert list((service.state_dir / "predict").iterdir()) == []
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "\u0663", "-5", " 12", ""])
+def test_a_content_length_that_is_not_ascii_digits_is_no_declared_length(declared: str) -> None:
+    """A header value is latin-1 text: "\u00b2" (superscript two) passed ``str.isdigit`` and ``int()`` then
+    raised, a 500 where the body is simply counted as it streams."""
+    from types import SimpleNamespace
+
+    from innereye_batch.service.app import _declared_length
+
+    assert _declared_length(SimpleNamespace(headers={"content-length": declared})) is None  # type: ignore[arg-type]
+    assert _declared_length(SimpleNamespace(headers={"content-length": "1024"})) == 1024  # type: ignore[arg-type]

@@ -23,9 +23,7 @@ variable spacing) are placed where the scanner put them.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,145 +31,18 @@ import numpy as np
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
+from innereye_batch.writers.slice_planes import BoxedMask, MaskStats, SlicePlanes, label_masks
 
 if TYPE_CHECKING:
     from pydicom import Dataset
 
 _CONTOUR_DATA = 0x30060050
-_PLANE_TOLERANCE = 0.01
-"""How far a contour point may lie off a slice plane, as a fraction of the smallest distance between slices."""
 RTSTRUCT_COUNT_TOLERANCE = 0.001
 """Relative voxel-count tolerance for RT Structure Sets (see the module docstring)."""
 
 
 class ReadBackError(InnerEyeBatchError):
     """A written output, read back, does not say what the label map says."""
-
-
-@dataclass(frozen=True)
-class MaskStats:
-    """Size and position of one structure: voxel count and centroid (LPS, mm; None when empty)."""
-
-    voxel_count: int
-    centroid: tuple[float, float, float] | None
-
-
-@dataclass(frozen=True, eq=False)
-class SlicePlanes:
-    """Where a series' images lie: each slice's first-pixel position and the patient-space step of one column and
-    of one row (shared by the slices of a stack), in slice order."""
-
-    positions: np.ndarray
-    """(slices, 3) ImagePositionPatient, LPS mm."""
-    column_step: np.ndarray
-    """LPS mm from one column to the next (along a row)."""
-    row_step: np.ndarray
-    """LPS mm from one row to the next (down a column)."""
-    shape: tuple[int, int, int]
-
-    @classmethod
-    def of(cls, series: SeriesInfo) -> SlicePlanes:
-        geometry = series.geometry
-        direction = geometry.direction_matrix
-        return cls(
-            positions=np.asarray([s.position for s in series.slices], dtype=np.float64),
-            column_step=direction[:, 0] * geometry.spacing[2],
-            row_step=direction[:, 1] * geometry.spacing[1],
-            shape=geometry.shape,
-        )
-
-    @functools.cached_property
-    def normal(self) -> np.ndarray:
-        normal = np.cross(self.column_step, self.row_step)
-        return normal / np.linalg.norm(normal)
-
-    @functools.cached_property
-    def _offsets_and_tolerance(self) -> tuple[np.ndarray, float]:
-        """Each slice's distance along the normal, and how far off it a point still lies on it (mm)."""
-        offsets = self.positions @ self.normal
-        gaps = np.diff(np.sort(offsets))
-        gaps = gaps[gaps > 1e-6]
-        tolerance = _PLANE_TOLERANCE * (float(gaps.min()) if gaps.size else float(np.linalg.norm(self.row_step)))
-        return offsets, tolerance
-
-    def to_patient(self, slice_index: int, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        """(n, 3) LPS positions of (possibly fractional) pixel positions on one slice."""
-        return self.positions[slice_index] + np.outer(columns, self.column_step) + np.outer(rows, self.row_step)
-
-    def locate(self, points: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
-        """The slice whose plane holds every one of ``points`` and their (rows, columns) on it; None when they do
-        not lie on one slice plane."""
-        offsets, tolerance = self._offsets_and_tolerance
-        along = points @ self.normal
-        slice_index = int(np.abs(offsets - along.mean()).argmin())
-        if np.abs(along - offsets[slice_index]).max() > tolerance:
-            return None
-        relative = points - self.positions[slice_index]
-        columns = relative @ self.column_step / float(self.column_step @ self.column_step)
-        rows = relative @ self.row_step / float(self.row_step @ self.row_step)
-        return slice_index, rows, columns
-
-    def stats(self, mask: np.ndarray | BoxedMask) -> MaskStats:
-        """Voxel count and patient-space centroid of a (slices, rows, columns) boolean mask on these slices, or of
-        a ``BoxedMask`` (the mask within its box of them)."""
-        return _stats_from_sums(*self.sums(mask))
-
-    def sums(self, mask: np.ndarray | BoxedMask) -> tuple[int, np.ndarray]:
-        """Voxel count and sum of the voxels' patient-space positions (LPS mm) of a mask as ``stats`` takes."""
-        (first_slice, top, left), mask = _corner_and_array(mask)
-        total = np.zeros(3)
-        # only the slices, then the rows, that hold the mask are counted (``any`` finds them at little cost)
-        occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-        if occupied.size == 0:
-            return 0, total
-        first, last = int(occupied[0]), int(occupied[-1]) + 1
-        per_row = np.count_nonzero(mask[first:last], axis=2)
-        rows = np.flatnonzero(per_row.any(axis=0))
-        per_column = np.count_nonzero(mask[first:last, int(rows[0]) : int(rows[-1]) + 1], axis=1)
-        per_slice = per_row.sum(axis=1)
-        count = int(per_slice.sum())
-        # sums of row and column indices from projections per slice (no index arrays as large as the mask)
-        row_sum = float((per_row @ np.arange(top, top + mask.shape[1])).sum())
-        column_sum = float((per_column @ np.arange(left, left + mask.shape[2])).sum())
-        positions = self.positions[first_slice + first : first_slice + last]
-        total = per_slice @ positions + column_sum * self.column_step + row_sum * self.row_step
-        return count, total
-
-
-@dataclass(frozen=True, eq=False)
-class BoxedMask:
-    """A structure's (z, y, x) boolean mask within its bounding box of a series' grid: the writers' masks are
-    cropped so that a small structure costs its box, not the whole grid."""
-
-    box: tuple[slice, slice, slice]
-    """Where ``mask`` lies in the grid (slices with explicit starts, as ``scipy.ndimage.find_objects`` gives)."""
-    mask: np.ndarray
-
-    @property
-    def corner(self) -> tuple[int, int, int]:
-        """The grid index of the box's first voxel."""
-        return (int(self.box[0].start), int(self.box[1].start), int(self.box[2].start))
-
-
-def label_masks(labels: np.ndarray, count: int) -> list[BoxedMask | None]:
-    """Per label 1..``count``: its mask within its bounding box (None when absent), from one pass over the map."""
-    from scipy.ndimage import find_objects
-
-    boxes = find_objects(labels, max_label=count)
-    return [None if box is None else BoxedMask(box, labels[box] == number) for number, box in enumerate(boxes, start=1)]
-
-
-def _corner_and_array(mask: np.ndarray | BoxedMask) -> tuple[tuple[int, int, int], np.ndarray]:
-    if isinstance(mask, BoxedMask):
-        return mask.corner, mask.mask
-    return (0, 0, 0), mask
-
-
-def _stats_from_sums(count: int, position_sum: np.ndarray) -> MaskStats:
-    if count == 0:
-        return MaskStats(0, None)
-    centroid = position_sum / count
-    return MaskStats(count, (float(centroid[0]), float(centroid[1]), float(centroid[2])))
 
 
 def compare_stats(
@@ -251,7 +122,7 @@ def _seg_stats(seg: Dataset, what: str) -> dict[str, MaskStats]:
             column_sum = int(np.count_nonzero(mask, axis=0) @ np.arange(mask.shape[1]))
             counts[number] += count
             sums[number] += count * origin + column_sum * row_step + row_sum * column_step
-    return {labels[n]: _stats_from_sums(counts[n], sums[n]) for n in labels}
+    return {labels[n]: MaskStats.from_sums(counts[n], sums[n]) for n in labels}
 
 
 def _frame_axes(groups: Dataset, shared: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -299,7 +170,7 @@ def rtstruct_stats(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
             box = (slice(slice_index, slice_index + 1), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
             count, total = planes.sums(BoxedMask(box, mask))
             sums[name] = (sums[name][0] + count, sums[name][1] + total)
-    return {name: _stats_from_sums(count, total) for name, (count, total) in sums.items()}
+    return {name: MaskStats.from_sums(count, total) for name, (count, total) in sums.items()}
 
 
 def _contour_on_slice(contour: Dataset, planes: SlicePlanes, where: str) -> tuple[int, np.ndarray]:

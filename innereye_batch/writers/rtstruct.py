@@ -35,8 +35,8 @@ import numpy as np
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage, Structure, dicom_label
 from innereye_batch.writers.dicom_seg import MANUFACTURER, content_label, model_version, set_character_set, with_marker
-from innereye_batch.writers.readback import BoxedMask, SlicePlanes, label_masks
 from innereye_batch.writers.registry import OutputFormat, WriteContext
+from innereye_batch.writers.slice_planes import BoxedMask, SlicePlanes, label_masks
 
 if TYPE_CHECKING:
     from pydicom import Dataset

@@ -15,17 +15,10 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.tasks.base import WorkItem
 from innereye_batch.tasks.segmentation import SegmentationPrediction, structure_stats
 from innereye_batch.writers import dicom_seg
-from innereye_batch.writers.readback import (
-    BoxedMask,
-    ReadBackError,
-    SlicePlanes,
-    check_rtstruct,
-    check_seg,
-    label_masks,
-    seg_stats,
-)
+from innereye_batch.writers.readback import ReadBackError, check_rtstruct, check_seg, seg_stats
 from innereye_batch.writers.registry import WriteContext, WriterOptions
 from innereye_batch.writers.rtstruct import structure_masks, write_rtstruct
+from innereye_batch.writers.slice_planes import BoxedMask, SlicePlanes, label_masks
 from tests.factory import rotation_direction, write_series
 from tests.writers.helpers import blob_labels, dciodvfy_errors, make_package, read_back_labels, series_info_from
 from tests.writers.test_rtstruct import tilted_series

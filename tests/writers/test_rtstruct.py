@@ -237,7 +237,7 @@ def test_holes_filled_within_a_structure_box_are_those_of_the_whole_slice() -> N
 
 def test_contours_of_a_boxed_mask_are_placed_on_the_grid() -> None:
     """slice_contours of a mask cropped to its box gives the points of the uncropped mask's contours."""
-    from innereye_batch.writers.readback import BoxedMask, SlicePlanes
+    from innereye_batch.writers.slice_planes import BoxedMask, SlicePlanes
 
     rng = np.random.default_rng(1)
     shape = (4, 12, 10)

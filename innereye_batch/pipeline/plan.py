@@ -29,6 +29,7 @@ from innereye_batch.pipeline.state import (
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import WorkItem
+from innereye_batch.text import printable
 from innereye_batch.writers.registry import OutputFormat
 
 
@@ -174,7 +175,7 @@ def results_hold(
             return True
         if not items:
             planned, _ = task_for(package.task).plan_items([s for s in scan.series if selection(s)], package)
-            items.update({item.key: item for item in planned})
+            items.update({printable(item.key): item for item in planned})  # summaries keep keys printable
         item = items.get(result.key)
         if item is None:  # the series is gone, or is no longer an item of this model
             return False

@@ -141,7 +141,8 @@ def shard_count(output_dir: Path, count: int | None = None) -> int:
 
 def load_shard_summaries(output_dir: Path, count: int | None = None) -> list[ShardSummary]:
     """Every shard summary of the run split into ``count`` shards (the only count present when None), checked
-    to belong together; SummaryMergeError with the reason otherwise."""
+    to belong together and every output they list to be in the folder still; SummaryMergeError with the reason
+    otherwise."""
     found = shard_summary_files(output_dir)
     count = shard_count(output_dir, count)
     missing = [f"{k}/{count}" for k in range(count) if k not in found[count]]
@@ -170,6 +171,13 @@ def load_shard_summaries(output_dir: Path, count: int | None = None) -> list[Sha
                     f"{summary.shard}"
                 )
             seen[result.key] = summary.shard
+    for summary in shards:
+        gone = [path for r in summary.results for path in r.outputs.values() if not (output_dir / path).is_file()]
+        if gone:
+            raise SummaryMergeError(
+                f"{output_dir}: shard {summary.shard}'s summary lists {len(gone)} output(s) no longer in the folder "
+                f"(e.g. {gone[0]}): rerun shard {summary.shard} (it redoes those series), then summarize"
+            )
     return shards
 
 

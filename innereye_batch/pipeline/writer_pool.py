@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from innereye_batch.errors import error_text
 from innereye_batch.pipeline.fan_out import fans_out, write_fanned_out
 from innereye_batch.pipeline.process import Job, item_result, write_outputs
-from innereye_batch.pipeline.state import outputs_removed, with_problem
+from innereye_batch.pipeline.state import outputs_removed, remove_stale_temporaries, with_problem
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import Prediction
 
@@ -106,18 +106,27 @@ class Writers:
         """Waits until every write submitted is recorded (all slots free again: a retry may still be running in
         a process of its own), then closes the pool. Leaving on an exception (an interrupt), it stops waiting
         once no write is running: an interrupt between a submission's taking its slot and its callback's being
-        attached leaves a slot that nothing will give back, and the run would wait for it forever."""
+        attached leaves a slot that nothing will give back, and the run would wait for it forever. An interrupt
+        that comes while it waits is raised once the writes in flight are recorded (it cut them off half-written,
+        and the pool was closed under them)."""
         acquired = 0
+        leaving = exc_type is not None
+        interrupt: KeyboardInterrupt | None = None
         while acquired < self._slot_count:
-            if self.slots.acquire(timeout=_EXIT_POLL_SECONDS):
-                acquired += 1
-            elif exc_type is not None and not self._running():
-                break
+            try:
+                if self.slots.acquire(timeout=_EXIT_POLL_SECONDS):
+                    acquired += 1
+                elif leaving and not self._running():
+                    break
+            except KeyboardInterrupt as caught:  # Ctrl-C or SIGTERM while the last writes run: they still finish
+                interrupt, leaving = caught, True
         with self._lock:
             pool, coordinators = self.pool, self._coordinators
         if coordinators is not None:
             coordinators.shutdown(wait=True)
         pool.shutdown(wait=True)
+        if interrupt is not None:
+            raise interrupt
 
     def _running(self) -> bool:
         with self._lock:
@@ -212,6 +221,9 @@ class Writers:
             self.slots.release()
             return
         error = future.exception()
+        if isinstance(error, BrokenProcessPool):
+            # the dead process's temporary files, and those of the processes the broken pool stopped with it
+            remove_stale_temporaries(job.folder.parent, [job.folder])
         if isinstance(error, BrokenProcessPool) and retry:
             # a writer process died: every write it shared the pool with failed too. Each is tried once more,
             # alone in a process of its own, so that only the item that kills its writer fails.

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,14 @@ def test_a_shard_does_not_merge_results_of_another_shard_that_no_longer_hold(cas
 
     assert not first.merged and "1/2" in first.shard_note and "since removed or redone" in first.shard_note
     assert not (out / "summary.json").exists()  # no summary vouches for the lost output
+    by_hand = subprocess.run(
+        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert by_hand.returncode == 1 and "no longer in the folder" in " ".join(by_hand.stderr.split()), by_hand.stderr
+    assert not (out / "summary.json").exists()
     last = run_batch(case.options(out, shard=Shard(1, 2)))  # shard 1 of the rerun redoes the series, and merges
     assert last.merged and statuses(out)[theirs[0]] == ("ok", "")
     assert (out / theirs[0] / "segmentation.nii.gz").is_file()
@@ -176,3 +185,24 @@ def test_series_a_shard_never_ran_make_the_merging_shard_and_summarize_exit_1(ca
         text=True,
     )
     assert again.returncode == 1 and f"{len(ok) - 1} not run" in " ".join(again.stdout.split()), again.stdout
+
+
+def test_shards_merge_when_a_key_holds_a_control_character(tmp_path: Path) -> None:
+    """Summaries keep keys printable (ESC as the text "\\x1b"): the check that another shard's results still hold
+    looked the printable key up among the real ones, found nothing, and the shards never merged."""
+    from innereye_batch.pipeline.run import RunOptions
+    from tests.factory import write_series
+    from tests.pipeline.cohort import model_folder
+
+    model = model_folder(tmp_path / "model", members=1)
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    for i in range(3):
+        write_series(scans / f"s{i}", shape=(6, 12, 12), seed=10 + i)
+    write_series(scans / "odd", shape=(6, 12, 12), seed=40, series_instance_uid="1.2.3\x1b.4")
+    reports = []
+    for _ in range(2):  # the second round: every series done, each shard merges what the other did
+        for k in range(2):
+            options = RunOptions(model=model, input=scans, output=out, device="cpu", workers=0, formats=("nifti",))
+            reports.append(run_batch(replace(options, shard=Shard(k, 2))))
+    assert [r.merged for r in reports] == [False, True, True, True], [r.shard_note for r in reports]
+    assert summary(out)["counts"]["total"] == 4

@@ -45,6 +45,15 @@ def _result(key: str) -> ItemResult:
     )
 
 
+def _written(out: Path, shard: Shard, results: list[ItemResult], **kwargs: Any) -> Path:
+    """``write_shard_summary``, with every output its results list present in ``out`` (the merge checks them)."""
+    for result in results:
+        for path in result.outputs.values():
+            (out / path).parent.mkdir(parents=True, exist_ok=True)
+            (out / path).write_bytes(b"label map")
+    return write_shard_summary(out, shard, results, **kwargs)
+
+
 FILES = [SkippedFile(Path(f"p{i}/junk{i}.txt"), "not a DICOM file") for i in range(4)]
 
 
@@ -72,7 +81,7 @@ def _write_shards(out: Path, count: int, **run_extra: Any) -> None:
         results = [_result(key) for key in KEYS if shard.owns(key)]
         files = [f for f in FILES if shard.owns(f"file:{f.path}")]
         info = _run_info(started=f"2026-01-01T10:0{k}:00+00:00", finished=f"2026-01-01T10:1{k}:00+00:00", **run_extra)
-        write_shard_summary(out, shard, results, run_info=info, skipped_files=files)
+        _written(out, shard, results, run_info=info, skipped_files=files)
 
 
 def test_merge_writes_what_a_single_run_writes(tmp_path: Path) -> None:
@@ -121,10 +130,10 @@ def test_merge_refuses_shards_of_different_cohorts_or_models(tmp_path: Path) -> 
     _write_shards(tmp_path, 2)
     changed = Shard(1, 2)
     results = [_result(key) for key in KEYS if changed.owns(key)]
-    write_shard_summary(tmp_path, changed, results, run_info=_run_info(plan_fingerprint="x" * 64))
+    _written(tmp_path, changed, results, run_info=_run_info(plan_fingerprint="x" * 64))
     with pytest.raises(SummaryMergeError, match="different cohorts"):
         merge_shard_summaries(tmp_path)
-    write_shard_summary(tmp_path, changed, results, run_info=_run_info(results_fingerprint="y" * 64))
+    _written(tmp_path, changed, results, run_info=_run_info(results_fingerprint="y" * 64))
     with pytest.raises(SummaryMergeError, match="different models or output options"):
         merge_shard_summaries(tmp_path)
 
@@ -134,7 +143,7 @@ def test_merge_refuses_an_item_in_two_shards(tmp_path: Path) -> None:
     first = Shard(0, 2)
     stray = next(key for key in KEYS if not first.owns(key))
     results = [_result(key) for key in KEYS if first.owns(key)] + [_result(stray)]
-    write_shard_summary(tmp_path, first, results, run_info=_run_info())
+    _written(tmp_path, first, results, run_info=_run_info())
     with pytest.raises(SummaryMergeError, match=f"item {stray} is in the summaries of shards 0/2 and 1/2"):
         merge_shard_summaries(tmp_path)
 
@@ -163,13 +172,13 @@ def test_a_finishing_shard_does_not_merge_a_summary_left_by_an_earlier_run(tmp_p
     _write_shards(tmp_path, 2)
     mine = _run_info(plan_fingerprint="n" * 64)  # this run's cohort changed since shard 1 last ran
     results = [_result(key) for key in KEYS if Shard(0, 2).owns(key)]
-    write_shard_summary(tmp_path, Shard(0, 2), results, run_info=mine)
+    _written(tmp_path, Shard(0, 2), results, run_info=mine)
     merged, others = merge_if_last(tmp_path, Shard(0, 2), mine)
     assert merged is None and others == [Shard(1, 2)]
     assert not (tmp_path / "summary.json").exists()
     (tmp_path / "summary.shard-1-of-2.json").unlink()  # shard 1 of this run starts
     assert merge_if_last(tmp_path, Shard(0, 2), mine) == (None, [])
-    write_shard_summary(tmp_path, Shard(1, 2), [_result(k) for k in KEYS if Shard(1, 2).owns(k)], run_info=mine)
+    _written(tmp_path, Shard(1, 2), [_result(k) for k in KEYS if Shard(1, 2).owns(k)], run_info=mine)
     merged, others = merge_if_last(tmp_path, Shard(1, 2), mine)
     assert merged is not None and others == [] and len(merged.results) == len(KEYS)
 
@@ -184,7 +193,7 @@ def test_a_finishing_shard_waits_for_a_summary_of_other_settings(tmp_path: Path,
     options or tool version makes the finishing shard wait (the merge would refuse it), never fail."""
     _write_shards(tmp_path, 2)
     mine = _run_info(**changed)
-    write_shard_summary(tmp_path, Shard(0, 2), [_result(k) for k in KEYS if Shard(0, 2).owns(k)], run_info=mine)
+    _written(tmp_path, Shard(0, 2), [_result(k) for k in KEYS if Shard(0, 2).owns(k)], run_info=mine)
     assert merge_if_last(tmp_path, Shard(0, 2), mine) == (None, [Shard(1, 2)])
     assert not (tmp_path / "summary.json").exists()
 
@@ -194,7 +203,17 @@ def test_merged_peak_memory_is_the_largest_of_any_shard(tmp_path: Path) -> None:
     for k, peak in enumerate(peaks):
         shard = Shard(k, 3)
         info = _run_info(peak_memory_gib=peak)
-        write_shard_summary(tmp_path, shard, [_result(key) for key in KEYS if shard.owns(key)], run_info=info)
+        _written(tmp_path, shard, [_result(key) for key in KEYS if shard.owns(key)], run_info=info)
     run = json.loads((merge_shard_summaries(tmp_path).paths[0]).read_text())["run"]
     assert run["peak_memory_gib"] == {"host": 0.4, "workers": 0.2, "cuda:0": 7.5}
     assert [s["peak_memory_gib"] for s in run["shards"]] == peaks
+
+
+def test_a_merge_refuses_summaries_whose_outputs_are_gone(tmp_path: Path) -> None:
+    """`summarize` by hand (no scan, no model) merged a summary saying "ok" for an output since removed."""
+    _write_shards(tmp_path, 2)
+    gone = next(r for r in (_result(k) for k in KEYS) if r.status == "ok" and Shard(1, 2).owns(r.key))
+    (tmp_path / gone.outputs["nifti"]).unlink()
+    with pytest.raises(SummaryMergeError, match=r"shard 1/2's summary lists 1 output\(s\) no longer in the folder"):
+        merge_shard_summaries(tmp_path)
+    assert not (tmp_path / "summary.json").exists()

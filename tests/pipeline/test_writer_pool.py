@@ -208,3 +208,77 @@ def test_an_interrupted_run_does_not_wait_forever_for_a_lost_slot() -> None:
     leaving.start()
     leaving.join(timeout=60)  # a liveness bound, not a speed goal: it returns within a poll period
     assert not leaving.is_alive()
+
+
+def test_an_interrupt_while_the_last_writes_run_lets_them_finish() -> None:
+    """Ctrl-C (or SIGTERM) after the run's loop, while the pool waits for its last writes: it surfaced inside the
+    wait, the pool was closed under the writes in flight, and they failed half-written. Now they finish (and are
+    recorded), then the interrupt is raised."""
+    import threading
+
+    from innereye_batch.pipeline.writer_pool import Writers
+
+    writers = Writers(context=None, threads=1)  # type: ignore[arg-type]
+    writers.slots.acquire()  # the slot of the write in flight
+    release = threading.Event()
+    finished: list[bool] = []
+
+    def write() -> None:
+        release.wait(60)
+        finished.append(True)
+        writers.slots.release()  # as its result is recorded
+
+    writers._track(writers.pool.submit(write))  # type: ignore[arg-type]
+    acquire = writers.slots.acquire
+    calls: list[int] = []
+
+    def interrupted_once(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            release.set()  # the write goes on while the interrupt is handled
+            raise KeyboardInterrupt
+        return acquire(*args, **kwargs)
+
+    writers.slots.acquire = interrupted_once  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        writers.__exit__(None, None, None)
+    assert finished == [True] and len(calls) > 1
+
+
+def _dies_leaving_a_temporary(path: Path, prediction: Any, context: Any) -> None:
+    """As a write cut off by its writer's death leaves it: a temporary file in the series' folder (a sibling's,
+    stopped mid-write when the pool broke), then the writer dies."""
+    if prediction.item.primary.series_description == DOOMED:
+        (path.parent / ".tmp-999999-sibling.dcm").write_bytes(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    path.write_text(prediction.item.key)
+
+
+def test_a_dead_writer_leaves_no_temporary_file(tmp_path: Path, model: Path) -> None:
+    output = OutputFormat(
+        name="dies-leaving-temporaries",
+        filename="dies.txt",
+        tasks=frozenset({"segmentation"}),
+        write=_dies_leaving_a_temporary,
+        description="test format",
+        default=False,
+    )
+    register_format(output)
+    try:
+        scans = _scans(tmp_path)
+        doomed = write_series(scans / "doomed", shape=(8, 16, 16), seed=30, series_description=DOOMED)
+        out = tmp_path / "out"
+        options = RunOptions(
+            model=model,
+            input=scans,
+            output=out,
+            device="cpu",
+            workers=0,
+            writer_processes=2,
+            formats=("nifti", output.name),
+        )
+        results = _by_series(run_batch(options))
+    finally:
+        unregister_format(output.name)
+    assert results[doomed.series_instance_uid].status == "failed"
+    assert [p.name for p in out.rglob(".tmp-*")] == []  # they stayed in the folder until a later unsharded run

@@ -3,6 +3,7 @@ running mean."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -46,7 +47,8 @@ def predict_posteriors(
     if not networks:
         raise ValueError("predict_posteriors needs at least one network")
     for network in networks:
-        network.eval()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program: already inference
+            network.eval()
     window = functools.partial(
         sliding_window_inference,
         image=image,

@@ -179,10 +179,41 @@ def load_checkpoint(path: Path, *, trust_checkpoint: bool = False) -> LoadedChec
                 module = torch.jit.load(str(path), map_location="cpu")
                 return LoadedCheckpoint(path, "torchscript", dict(module.state_dict()), module=module)
             program = torch.export.load(path)
-            return LoadedCheckpoint(path, "torch_export", dict(program.state_dict), module=program.module())
+            module = program.module()
         except Exception as error:
             raise CheckpointError(f"checkpoint {path}: cannot load the {kind} archive: {error}") from error
+        _program_to_inference(module, path)
+        return LoadedCheckpoint(path, "torch_export", dict(program.state_dict), module=module)
     return _classify_pickle(path, _torch_load_safely(path, trust_checkpoint))
+
+
+_TRAINING_ARGUMENT = {"batch_norm.default": (5, "training"), "dropout.default": (2, "train")}
+"""Graph operators of an exported program that compute differently in training, and where their flag is."""
+_TRAINING_ONLY = ("_native_batch_norm_legit_functional", "native_dropout", "_native_batch_norm_legit.default")
+
+
+def _program_to_inference(module: Any, path: Path) -> None:
+    """An exported program's batch norm and dropout switched to inference, as ``eval()`` switches a module's
+    (a program has no such switch: one exported in training mode normalised each batch by its own statistics,
+    so a patch's posteriors depended on the patches batched with it). CheckpointError for a training-only
+    operator that cannot be switched."""
+    graph = module.graph
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target).removeprefix("aten.")
+        if any(name.startswith(operator) for operator in _TRAINING_ONLY):
+            raise CheckpointError(
+                f"checkpoint {path}: the program was exported in training mode ({name}); export it from a module "
+                "in eval mode (model.eval())"
+            )
+        if name in _TRAINING_ARGUMENT:
+            index, keyword = _TRAINING_ARGUMENT[name]
+            if len(node.args) > index and node.args[index] is True:
+                node.args = (*node.args[:index], False, *node.args[index + 1 :])
+            if node.kwargs.get(keyword) is True:
+                node.kwargs = {**node.kwargs, keyword: False}
+    module.recompile()
 
 
 def _mismatch_report(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:

@@ -199,3 +199,94 @@ def test_a_lightning_state_dict_of_other_values_is_refused(tmp_path: Path) -> No
     torch.save({"state_dict": state, "epoch": 1}, path)
     with pytest.raises(CheckpointError, match="holds something other than named tensors"):
         load_checkpoint(path)
+
+
+def _conv_net(seed: int = 0) -> torch.nn.Module:
+    """Batch norm with non-trivial running statistics, and dropout: both compute differently in training."""
+    torch.manual_seed(seed)
+    network = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1),
+        torch.nn.BatchNorm3d(4),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Conv3d(4, 3, 3, padding=1),
+    )
+    with torch.no_grad():
+        network[1].running_mean.uniform_(-1.0, 1.0)
+        network[1].running_var.uniform_(0.5, 2.0)
+    return network
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_an_exported_program_runs_as_in_eval_mode_whatever_its_batch(tmp_path: Path, mode: str) -> None:
+    """A program exported from a module left in training mode normalised each batch by its own statistics and
+    dropped activations at random: a patch's posteriors depended on the patches batched with it (and eval()
+    cannot switch a program). Loaded, it computes what the module computes in eval mode, batch by batch."""
+    network = _conv_net()
+    getattr(network, mode)()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(network, (torch.zeros(2, 1, 8, 8, 8),), dynamic_shapes=[{0: batch}])
+    torch.export.save(program, tmp_path / "program.pt2")
+
+    module = load_checkpoint(tmp_path / "program.pt2", trust_checkpoint=True).module
+    assert module is not None
+    patches = torch.randn(4, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = network.eval()(patches)
+        together, alone = module(patches), torch.cat([module(patches[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(together, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_segmentation_program_runs_through_the_predictor(tmp_path: Path) -> None:
+    """predict_posteriors called eval() on every member: an exported program raised NotImplementedError, and
+    every series of such a model failed."""
+    from innereye_batch.dicom.geometry import Geometry
+    from innereye_batch.model.checkpoints import FROM_CHECKPOINT
+    from innereye_batch.model.spec import (
+        CheckpointRef,
+        InferenceSpec,
+        ModelPackage,
+        Normalisation,
+        SegmentationSpec,
+        Structure,
+    )
+    from innereye_batch.tasks.segmentation import SegmentationPredictor
+
+    network = _conv_net().eval()
+    path = tmp_path / "seg.pt2"
+    torch.export.save(torch.export.export(network, (torch.zeros(4, 1, 8, 8, 8),)), path)
+    spec = SegmentationSpec(
+        structures=(Structure("a"), Structure("b")),
+        normalisation=(Normalisation("none"),),
+        inference=InferenceSpec(patch_size=(8, 8, 8), stride=(8, 8, 8), stitching="average"),
+    )
+    package = ModelPackage(
+        folder=tmp_path,
+        name="Program",
+        task_spec=spec,
+        checkpoints=(CheckpointRef(path, sha256_file(path), path.stat().st_size),),
+        architecture=ArchitectureSpec(FROM_CHECKPOINT),
+    )
+    networks = load_networks(package, device="cpu", trust_checkpoint=True)
+    predictor = SegmentationPredictor(package, networks, torch.device("cpu"), patch_batch=4)
+    image = torch.randn(1, 16, 16, 16)
+    geometry = Geometry(
+        shape=(16, 16, 16), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+
+    labels, _ = predictor.label_map(image, geometry)
+
+    with torch.no_grad():  # the 16-cube is 8 patches of 8: the module on each, no overlap
+        patches = image.reshape(1, 2, 8, 2, 8, 2, 8).permute(1, 3, 5, 0, 2, 4, 6).reshape(8, 1, 8, 8, 8)
+        expected = network(patches).argmax(1).reshape(2, 2, 2, 8, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(16, 16, 16)
+    assert (labels == expected.numpy()).all()
+
+
+def test_a_decomposed_training_program_is_refused(tmp_path: Path) -> None:
+    """Decomposed, training-mode batch norm has no flag to switch: such a program is refused, with the fix."""
+    network = _conv_net().train()
+    program = torch.export.export(network, (torch.zeros(2, 1, 8, 8, 8),)).run_decompositions()
+    torch.export.save(program, tmp_path / "program.pt2")
+    with pytest.raises(CheckpointError, match=r"exported in training mode .*model\.eval\(\)"):
+        load_checkpoint(tmp_path / "program.pt2", trust_checkpoint=True)

@@ -88,6 +88,8 @@ HEADER_KEYWORDS = (
     "PixelRepresentation",
     "RescaleSlope",
     "RescaleIntercept",
+    "ModalityLUTSequence",
+    "DoseGridScaling",
     "GridFrameOffsetVector",
     "DimensionIndexSequence",
     "SharedFunctionalGroupsSequence",
@@ -345,7 +347,9 @@ def _header_from_fields(
                 spacing_source=spacing_source,
                 spacing_issue=spacing_issue,
                 slice_thickness=h.single_float(h.value(header, "SliceThickness")),
-                rescale_issue=h.rescale_issue(h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept")),
+                rescale_issue=h.value_mapping_issue(
+                    header, h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept"), projection=projection
+                ),
                 split=h.split_values(header),
             )
         ]

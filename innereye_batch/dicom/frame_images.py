@@ -62,8 +62,11 @@ def enhanced_images(
                 spacing_source=spacing_source,
                 spacing_issue=spacing_issue,
                 slice_thickness=h.single_float(h.value(measures, "SliceThickness")),
-                rescale_issue=h.rescale_issue(
-                    h.value(rescale_source, "RescaleSlope"), h.value(rescale_source, "RescaleIntercept")
+                rescale_issue=h.value_mapping_issue(
+                    header,
+                    h.value(rescale_source, "RescaleSlope"),
+                    h.value(rescale_source, "RescaleIntercept"),
+                    projection=projection,
                 ),
                 split=split,
             )
@@ -115,7 +118,8 @@ def legacy_multiframe_images(
         position_issue = "no per-frame positions (multi-frame image without GridFrameOffsetVector)"
     elif position_issue is None:
         position_issue = f"unknown: GridFrameOffsetVector is not {frames} finite numbers, one per frame"
-    rescale = h.rescale_issue(h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept"))
+    slope, intercept = h.value(header, "RescaleSlope"), h.value(header, "RescaleIntercept")
+    rescale = h.value_mapping_issue(header, slope, intercept, projection=projection)
     split = h.split_values(header)
     return [
         ImageHeader(

@@ -237,6 +237,24 @@ def rescale_issue(slope: Any, intercept: Any) -> str | None:
     return None
 
 
+def value_mapping_issue(
+    header: Dataset | dict[Any, Any] | None, slope: Any, intercept: Any, *, projection: bool
+) -> str | None:
+    """Why an image's stored values cannot be put in modality units: its RescaleSlope and RescaleIntercept
+    (``rescale_issue``); and, for a cross-sectional image, something else that maps them, which volumes do not
+    apply (the values would load unmapped): a Modality LUT Sequence, or RT dose's DoseGridScaling. A projection
+    image applies its own Modality LUT (``projection.py``). None when usable."""
+    if not projection:
+        if value(header, "ModalityLUTSequence"):
+            return (
+                "a Modality LUT Sequence, not RescaleSlope/Intercept, maps the stored values (volumes do not apply it)"
+            )
+        scaling = value(header, "DoseGridScaling")
+        if scaling is not None and single_float(scaling) != 1.0:
+            return f"DoseGridScaling {shown(scaling)} scales the stored dose values (volumes do not apply it)"
+    return rescale_issue(slope, intercept)
+
+
 def complex_component(component: Any, image_type: Any) -> str:
     """MAGNITUDE, PHASE, REAL or IMAGINARY: ComplexImageComponent, else ImageType values as dcm2niix reads them."""
     if component is not None and str(component).upper() in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):

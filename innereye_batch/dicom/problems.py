@@ -33,7 +33,9 @@ no_frame_of_reference       no     FrameOfReferenceUID missing: DICOM-SEG and RT
 uid_collision               no     images of another study, frame of reference or patient carry the same
                                    SeriesInstanceUID; they were split off into keys ``.studyN``/``.forN``/
                                    ``.patientN`` (the patient's ID is never shown)
-invalid_rescale             yes    RescaleSlope zero or not finite, or RescaleIntercept not finite
+invalid_rescale             yes    RescaleSlope zero or not finite, or RescaleIntercept not finite; or, in a
+                                   cross-sectional image, a Modality LUT Sequence or RT dose's DoseGridScaling
+                                   maps the stored values (volumes do not apply them: never loaded unmapped)
 duplicate_positions         yes    two images of one stack share a position and nothing (echo, image type,
                                    temporal position, acquisition, diffusion) tells them apart
 missing_slices              yes    steps between slices that are (close to) whole multiples of the base step; or

@@ -40,7 +40,8 @@ def write_dose(folder: Path, offsets: list[float], origin: tuple[float, float, f
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
     ds.GridFrameOffsetVector = [f"{v:g}" for v in offsets]
     ds.FrameIncrementPointer = 0x3004000C
-    ds.DoseUnits, ds.DoseType, ds.DoseSummationType, ds.DoseGridScaling = "GY", "PHYSICAL", "PLAN", "0.001"
+    # a scaling of 1: the stored values are the doses (another scaling is refused: volumes do not apply it)
+    ds.DoseUnits, ds.DoseType, ds.DoseSummationType, ds.DoseGridScaling = "GY", "PHYSICAL", "PLAN", "1"
     ds.PixelData = stored.tobytes()
     ds.save_as(folder / "dose.dcm", enforce_file_format=True)
     return stored

@@ -153,3 +153,39 @@ def test_undecodable_pixel_data_raises_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(SeriesError, match="cannot decode pixel data") as error:
         load_volume(series)
     assert str(truth.paths[2]) in error.value.reason
+
+
+def test_a_modality_lut_sequence_is_refused_not_loaded_unmapped(tmp_path: Path) -> None:
+    """A CT whose stored values are mapped by a Modality LUT Sequence (no rescale): the volume held the raw stored
+    values, half the units pydicom's LUT gives here, with no problem reported."""
+    from pydicom.dataset import Dataset
+
+    def lut_instead_of_rescale(index: int, ds: pydicom.Dataset) -> None:
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.ModalityLUTType = "HU"
+        item.add_new(0x00283006, "US", [(v * 2) & 0xFFFF for v in range(4096)])  # LUTData: stored v -> 2v
+        ds.ModalityLUTSequence = [item]
+
+    voxels = np.random.default_rng(0).integers(0, 4000, size=(4, 8, 6)).astype(np.float32)
+    write_series(tmp_path / "ct", voxels=voxels, rescale_intercept=0, rescale_slope=1, edit=lut_instead_of_rescale)
+    series = only_series(tmp_path)
+
+    assert [(p.kind, p.fatal) for p in series.problems] == [("invalid_rescale", True)]
+    assert "Modality LUT Sequence" in series.problems[0].message
+    with pytest.raises(SeriesError, match="Modality LUT Sequence"):
+        load_volume(series)
+
+
+def test_rt_dose_scaled_by_dose_grid_scaling_is_refused(tmp_path: Path) -> None:
+    """pydicom's real RT Dose: its values are doses only once multiplied by DoseGridScaling (1e-6 here): the
+    volume held them unscaled (795000 to 1.25e6 for at most 1.25 Gy)."""
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("rtdose.dcm"), tmp_path / "rtdose.dcm")
+    series = only_series(tmp_path)
+
+    assert any(p.kind == "invalid_rescale" and p.fatal and "DoseGridScaling" in p.message for p in series.problems)
+    with pytest.raises(SeriesError, match="DoseGridScaling"):
+        load_volume(series)

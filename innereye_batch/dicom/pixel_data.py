@@ -93,7 +93,7 @@ def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.s
     """What the loader needs to read a native little-endian single-frame image without parsing it again;
     None where pydicom must decode it (unused high bits, odd sizes, functional groups, unusable rescale)."""
     bits, stored = fields.get("BitsAllocated"), fields.get("BitsStored")
-    representation = fields.get("PixelRepresentation", 0)
+    representation = fields.get("PixelRepresentation")  # missing: signed or not is unknown (pydicom refuses it too)
     rows, columns = int(fields["Rows"]), int(fields["Columns"])
     if bits not in (8, 16, 32) or stored != bits or representation not in (0, 1):
         return None

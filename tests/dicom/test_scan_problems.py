@@ -189,3 +189,17 @@ def test_rt_dose_scaled_by_dose_grid_scaling_is_refused(tmp_path: Path) -> None:
     assert any(p.kind == "invalid_rescale" and p.fatal and "DoseGridScaling" in p.message for p in series.problems)
     with pytest.raises(SeriesError, match="DoseGridScaling"):
         load_volume(series)
+
+
+def test_pixels_without_pixel_representation_fail_to_load_whichever_path_reads_them(tmp_path: Path) -> None:
+    """Without PixelRepresentation, signed or unsigned is unknown: the fast path read the values as unsigned (a
+    negative stored value would have become a large positive one), while pydicom refuses them; whether the series
+    loaded depended on the files' timestamps."""
+
+    def without_representation(index: int, ds: pydicom.Dataset) -> None:
+        del ds.PixelRepresentation
+
+    write_series(tmp_path / "ct", shape=(3, 8, 6), edit=without_representation)
+    series = only_series(tmp_path)
+    with pytest.raises(SeriesError, match="Pixel Representation"):
+        load_volume(series)

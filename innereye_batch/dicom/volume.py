@@ -70,6 +70,7 @@ _LOAD_KEYWORDS = (
     "PhotometricInterpretation",
     "RescaleIntercept",
     "RescaleSlope",
+    "ImagePositionPatient",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
 )
@@ -315,6 +316,32 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
         raise SeriesError(uid, f"{path}: image size changed since the scan ({rows}x{columns} -> {size[0]}x{size[1]})")
     if int(header.get("SamplesPerPixel") or 1) != 1:
         raise SeriesError(uid, f"{path}: colour images are not supported")
+    ref = slots[0][1]
+    if len(slots) == 1 and ref.frame is None and series.mosaic_size is None:  # a single-frame slice
+        # (a projection image without one was given the origin by the scan: only a position the file has counts)
+        position = _position(header.get("ImagePositionPatient"))
+        if position is not None and max(abs(a - b) for a, b in zip(position, ref.position, strict=True)) > _MOVED_MM:
+            raise SeriesError(  # rewritten in place (a compressed file records no size or mtime at the scan)
+                uid,
+                f"{path}: ImagePositionPatient changed since the scan ({_mm(ref.position)} -> {_mm(position)}): "
+                "scan the folder again",
+            )
+
+
+_MOVED_MM = 1e-3
+"""How far a slice's ImagePositionPatient may differ from the scan's (the same text, parsed again: none)."""
+
+
+def _position(value: Any) -> tuple[float, float, float] | None:
+    try:
+        x, y, z = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (x, y, z)
+
+
+def _mm(position: tuple[float, float, float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in position) + ") mm"
 
 
 def _rescale(source: _Header, frame: int | None) -> tuple[float, float]:

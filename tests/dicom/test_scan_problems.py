@@ -203,3 +203,18 @@ def test_pixels_without_pixel_representation_fail_to_load_whichever_path_reads_t
     series = only_series(tmp_path)
     with pytest.raises(SeriesError, match="Pixel Representation"):
         load_volume(series)
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.RLELossless, pydicom.uid.ExplicitVRLittleEndian])
+def test_a_slice_moved_after_the_scan_raises(tmp_path: Path, syntax: str) -> None:
+    """Two files rewritten in place with each other's position, UIDs and sizes kept (a compressed file records no
+    size or mtime at the scan): they loaded in the scan's order, each slice a slab away from where it now says it
+    lies."""
+    truth = write_series(tmp_path, shape=(4, 8, 8), transfer_syntax=syntax)
+    series = only_series(tmp_path)
+    first, last = (pydicom.dcmread(truth.paths[k]) for k in (0, 3))
+    first.ImagePositionPatient, last.ImagePositionPatient = last.ImagePositionPatient, first.ImagePositionPatient
+    first.save_as(truth.paths[0], enforce_file_format=True)
+    last.save_as(truth.paths[3], enforce_file_format=True)
+    with pytest.raises(SeriesError, match=r"ImagePositionPatient changed since the scan .*: scan the folder again"):
+        load_volume(series)

@@ -430,8 +430,8 @@ def summarize(
     """
     from innereye_batch.pipeline.locks import shards_lock
     from innereye_batch.pipeline.render import count_line
-    from innereye_batch.pipeline.run import UNFINISHED
     from innereye_batch.pipeline.summarize import merge_shard_summaries, shard_count
+    from innereye_batch.results import UNFINISHED
 
     if not output.is_dir():
         raise UsageError(f"output folder not found: {output}")

@@ -12,6 +12,8 @@ from typing import Literal
 Status = Literal["ok", "failed", "skipped", "not_run"]
 """``skipped``: not for this model, or already done; ``not_run``: planned, but the run stopped before it (an
 interrupt, ``--fail-fast``): no result, a rerun does it."""
+UNFINISHED: tuple[Status, ...] = ("failed", "not_run")
+"""Statuses of a series without its result: a run's (and `summarize`'s) exit code is 1 when one has them."""
 
 
 @dataclass(frozen=True)

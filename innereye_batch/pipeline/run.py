@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from innereye_batch import __version__
 from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.engine.memory import run_peak_memory_gib
-from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError, error_text
+from innereye_batch.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.plan import DEFAULT_MAX_VOXELS, Selection, plan_run, results_hold
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.progress import RunProgress
 from innereye_batch.pipeline.ray_executor import RayOptions
+from innereye_batch.pipeline.run_summaries import remove_earlier_summaries, write_summaries
 from innereye_batch.pipeline.shards import Shard, plan_fingerprint
 from innereye_batch.pipeline.sources import FolderSource, Source
-from innereye_batch.results import ItemResult
+from innereye_batch.results import UNFINISHED, ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import Predictor, PredictorOptions
 from innereye_batch.text import relative_paths
@@ -112,10 +113,6 @@ class RunReport:
         unfinished = any(r.status in UNFINISHED for r in self.results) or self.merged_unfinished
         failed = self.summary_error or unfinished
         return EXIT_SOME_FAILED if failed else EXIT_OK
-
-
-UNFINISHED = ("failed", "not_run")
-"""Statuses of a series without its result: the run's exit code is 1 when one has them."""
 
 
 def _relative(result: ItemResult, root: Path | None) -> ItemResult:
@@ -212,7 +209,7 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
     from innereye_batch.pipeline.state import output_lock
 
     with output_lock(options.output, options.shard), library_messages_to(progress, root):
-        _remove_earlier_summaries(options)  # first: should planning fail, no summary vouches for an earlier run
+        remove_earlier_summaries(options)  # first: should planning fail, no summary vouches for an earlier run
         # planned under the lock: what is done is read once no other run can change it
         jobs, report, plan_fp = plan()
         holds = None
@@ -220,21 +217,6 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
             model_fp = run_fingerprint(package, options)
             holds = results_hold(scan, package, formats, options.output, selection=selection, model_fp=model_fp)
         return _execute(options, package, formats, source, root, jobs, report, progress, plan_fp, holds)
-
-
-def _remove_earlier_summaries(options: RunOptions) -> None:
-    """The summaries of an earlier run: they would vouch for series this run redoes (or fails)."""
-    from innereye_batch.pipeline.summarize import remove_shard_summaries
-    from innereye_batch.writers.run_report import REPORT_HTML
-    from innereye_batch.writers.summary import SUMMARY_CSV, SUMMARY_JSON
-
-    if options.shard is None:
-        remove_shard_summaries(options.output)  # this run's summary.json supersedes any sharded run's
-    else:  # a summary present is one of this run's shards (merge_if_last relies on it)
-        remove_shard_summaries(options.output, except_count=options.shard.count)
-        (options.output / options.shard.summary_name).unlink(missing_ok=True)
-    for name in (SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML):
-        (options.output / name).unlink(missing_ok=True)
 
 
 def _execute(
@@ -317,7 +299,7 @@ def _execute(
             "stage_seconds": report.stage_seconds,
             "peak_memory_gib": run_peak_memory_gib(),
         }
-        _write_summaries(options, report, run_info, progress, holds)
+        write_summaries(options, report, run_info, progress, holds)
     return report
 
 
@@ -350,64 +332,6 @@ def _run_jobs(
         decode_timeout=options.decode_timeout_s,
     )
     return device_names(devices)
-
-
-def _write_summaries(
-    options: RunOptions,
-    report: RunReport,
-    run_info: Mapping[str, Any],
-    progress: RunProgress,
-    holds: Callable[[ItemResult], bool] | None = None,
-) -> None:
-    """summary.json, summary.csv and report.html; for a shard its own summary, merged when it finished last."""
-    from innereye_batch.pipeline.summarize import (
-        SummaryMergeError,
-        merge_if_last,
-        missing_shards,
-        write_shard_summary,
-    )
-    from innereye_batch.writers.run_report import write_run_report
-    from innereye_batch.writers.summary import write_summary
-
-    try:
-        if options.shard is None:
-            report.summary_paths = tuple(
-                write_summary(options.output, report.results, run_info=run_info, skipped_files=report.skipped_files)
-            )
-            # the page a person reads, after the summary
-            report.summary_paths += (write_run_report(options.output, report.results, run_info),)
-            return
-        report.summary_paths = (
-            write_shard_summary(
-                options.output, options.shard, report.results, run_info=run_info, skipped_files=report.skipped_files
-            ),
-        )
-        shard = options.shard
-        merged, others = merge_if_last(options.output, shard, run_info, holds)
-        if merged is not None:
-            report.merged = True
-            report.merged_unfinished = sum(r.status in UNFINISHED for r in merged.results)
-            report.summary_paths += merged.paths
-            report.shard_note = f"shard {shard}: every shard of {shard.count} done, summary.json merged"
-        else:
-            waiting = ", ".join(str(s) for s in missing_shards(options.output, shard.count))
-            stale = (
-                f"; from an earlier run (another plan or model, or results since removed or redone): "
-                f"{', '.join(map(str, others))}"
-                if others
-                else ""
-            )
-            report.shard_note = (
-                f"shard {shard}: {shard.summary_name} written; summary.json is merged when the last shard finishes "
-                f"(waiting for {waiting or 'none'}{stale})"
-            )
-        progress.event("summarize", message=report.shard_note)
-    except OSError as error:  # e.g. the disk is full: say so, never a traceback
-        report.summary_error = error_text(error)
-        progress.event("summary_failed", message=f"the run summary could not be written: {report.summary_error}")
-    except SummaryMergeError as error:
-        report.summary_error = str(error)
-        progress.event("summary_failed", message=f"the shard summaries could not be merged: {error}")
 
 
 def _stage_totals(results: Sequence[ItemResult], wall_seconds: float) -> dict[str, float]:

@@ -144,7 +144,8 @@ def dicom_label_problem(name: str) -> str | None:
 
 def structure_names_problem(names: Sequence[str]) -> tuple[str, str] | None:
     """Where (``structures`` or ``structures[i].name``) and why these structure names cannot be one model's, or
-    None: each must be unique, usable as a DICOM label, and distinct as one (``dicom_label``)."""
+    None: each must be unique, usable as a DICOM label, and distinct as one (``dicom_label``) and as a reader
+    takes one (``_as_read``: a system that trims or normalises names would merge two structures)."""
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         return "structures", f"names must be unique; repeated: {', '.join(duplicates)}"
@@ -159,7 +160,22 @@ def structure_names_problem(names: Sequence[str]) -> tuple[str, str] | None:
             f"names must differ within their first {DICOM_LABEL_LENGTH} characters, trailing spaces aside (what "
             f"DICOM-SEG and RT Structure Set labels hold); these do not: {', '.join(map(repr, alike))}"
         )
+    read = [_as_read(k) for k in kept]
+    alike = sorted({n for n, r in zip(names, read, strict=True) if read.count(r) > 1})
+    if alike:
+        return "structures", (
+            "names must differ also as a person or a receiving system reads them (case, spaces at either end, "
+            f"Unicode forms and invisible characters aside); these do not: {', '.join(map(repr, alike))}"
+        )
     return None
+
+
+def _as_read(label: str) -> str:
+    """A label as a reader may take it: NFKC form, invisible (format) characters dropped, stripped, case folded."""
+    import unicodedata
+
+    visible = "".join(c for c in unicodedata.normalize("NFKC", label) if unicodedata.category(c) != "Cf")
+    return visible.strip().casefold()
 
 
 @dataclass(frozen=True)

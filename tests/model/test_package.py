@@ -110,6 +110,11 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         # one structure in DICOM's 64-character labels: the SEG read-back checked only the last (a lost one passed)
         ({"structures": ["x" * 64 + "_left", "x" * 64 + "_right"]}, "differ within their first 64 characters"),
         ({"structures": ["liver", "liver "]}, "trailing spaces aside"),  # DICOM pads text with spaces: one label
+        # names a receiving system that trims, normalises or ignores case would merge
+        ({"structures": ["liver", " liver"]}, "as a person or a receiving system reads them"),
+        ({"structures": ["Liver", "liver"]}, "as a person or a receiving system reads them"),
+        ({"structures": ["liver", "li\u200bver"]}, "as a person or a receiving system reads them"),  # zero width
+        ({"structures": ["caf\u00e9", "cafe\u0301"]}, "as a person or a receiving system reads them"),  # NFC, NFD
         ({"structures": ["a\\b"]}, "'inference.structures[0].name': not usable as a DICOM label"),
         ({"structures": ["tab\there"]}, "control character"),
         ({"structures": ["li\x85ver"]}, "control character"),  # C1: not text in a Long String either

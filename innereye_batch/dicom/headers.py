@@ -243,12 +243,11 @@ def value_mapping_issue(
     """Why an image's stored values cannot be put in modality units: its RescaleSlope and RescaleIntercept
     (``rescale_issue``); and, for a cross-sectional image, something else that maps them, which volumes do not
     apply (the values would load unmapped): a Modality LUT Sequence, or RT dose's DoseGridScaling. A projection
-    image applies its own Modality LUT (``projection.py``). None when usable."""
+    image's Modality LUT is applied by ``projection.py`` for 2-D models (``load_volume`` refuses it). None when
+    usable."""
     if not projection:
         if value(header, "ModalityLUTSequence"):
-            return (
-                "a Modality LUT Sequence, not RescaleSlope/Intercept, maps the stored values (volumes do not apply it)"
-            )
+            return "a Modality LUT Sequence maps the stored values (volumes do not apply it)"
         scaling = value(header, "DoseGridScaling")
         if scaling is not None and single_float(scaling) != 1.0:
             return f"DoseGridScaling {shown(scaling)} scales the stored dose values (volumes do not apply it)"

@@ -99,6 +99,8 @@ def pixel_layout(fields: Mapping[str, Any], value: tuple[int, int], status: os.s
         return None
     if int(fields.get("NumberOfFrames") or 1) != 1 or "SharedFunctionalGroupsSequence" in fields:
         return None
+    if fields.get("ModalityLUTSequence"):  # a projection image's (the scan refuses others'): the loader refuses it
+        return None
     offset, length = value
     if length < rows * columns * bits // 8:
         return None

@@ -70,6 +70,7 @@ _LOAD_KEYWORDS = (
     "PhotometricInterpretation",
     "RescaleIntercept",
     "RescaleSlope",
+    "ModalityLUTSequence",
     "ImagePositionPatient",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
@@ -316,6 +317,8 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
         raise SeriesError(uid, f"{path}: image size changed since the scan ({rows}x{columns} -> {size[0]}x{size[1]})")
     if int(header.get("SamplesPerPixel") or 1) != 1:
         raise SeriesError(uid, f"{path}: colour images are not supported")
+    if header.get("ModalityLUTSequence"):  # a projection image's (the scan refuses a cross-sectional one's)
+        raise SeriesError(uid, f"{path}: a Modality LUT Sequence maps the stored values, which a volume does not apply")
     ref = slots[0][1]
     if len(slots) == 1 and ref.frame is None and series.mosaic_size is None:  # a single-frame slice
         # (a projection image without one was given the origin by the scan: only a position the file has counts)

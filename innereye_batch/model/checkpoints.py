@@ -187,32 +187,49 @@ def load_checkpoint(path: Path, *, trust_checkpoint: bool = False) -> LoadedChec
     return _classify_pickle(path, _torch_load_safely(path, trust_checkpoint))
 
 
-_TRAINING_ARGUMENT = {"batch_norm.default": (5, "training"), "dropout.default": (2, "train")}
-"""Graph operators of an exported program that compute differently in training, and where their flag is."""
-_TRAINING_ONLY = ("_native_batch_norm_legit_functional", "native_dropout", "_native_batch_norm_legit.default")
+_SWITCHES: dict[str, tuple[int, str, int | None]] = {
+    "batch_norm.default": (5, "training", 3),
+    "instance_norm.default": (5, "use_input_stats", 3),
+    "dropout.default": (2, "train", None),
+    "feature_dropout.default": (2, "train", None),
+    "alpha_dropout.default": (2, "train", None),
+    "feature_alpha_dropout.default": (2, "train", None),
+}
+"""Graph operators of an exported program that compute otherwise in training: where their flag is (position,
+keyword), and for the norms where their running mean is (without one, a norm uses the batch's statistics in
+eval mode too: its flag stays)."""
+_REFUSED = ("_native_batch_norm_legit_functional", "_native_batch_norm_legit.default", "native_dropout", "bernoulli")
+_RANDOM = "rand"
+"""Decomposed training-mode operators, and random draws (``rand``, ``randn``...): no flag switches them off."""
 
 
 def _program_to_inference(module: Any, path: Path) -> None:
-    """An exported program's batch norm and dropout switched to inference, as ``eval()`` switches a module's
-    (a program has no such switch: one exported in training mode normalised each batch by its own statistics,
-    so a patch's posteriors depended on the patches batched with it). CheckpointError for a training-only
-    operator that cannot be switched."""
-    graph = module.graph
-    for node in graph.nodes:
+    """An exported program's norms and dropouts switched to inference, as ``eval()`` switches a module's (a
+    program has no such switch: one exported in training mode normalised each batch by its own statistics and
+    dropped activations at random, so a patch's posteriors depended on its batch and on chance). CheckpointError
+    for a training-only or random operator that cannot be switched."""
+
+    def argument(node: Any, index: int, keyword: str) -> Any:
+        return node.args[index] if len(node.args) > index else node.kwargs.get(keyword)
+
+    for node in module.graph.nodes:
         if node.op != "call_function":
             continue
         name = str(node.target).removeprefix("aten.")
-        if any(name.startswith(operator) for operator in _TRAINING_ONLY):
+        if name.startswith(_REFUSED) or name.startswith(_RANDOM):
             raise CheckpointError(
-                f"checkpoint {path}: the program was exported in training mode ({name}); export it from a module "
-                "in eval mode (model.eval())"
+                f"checkpoint {path}: the program was exported in training mode or draws random numbers ({name}); "
+                "export it from a module in eval mode (model.eval())"
             )
-        if name in _TRAINING_ARGUMENT:
-            index, keyword = _TRAINING_ARGUMENT[name]
-            if len(node.args) > index and node.args[index] is True:
-                node.args = (*node.args[:index], False, *node.args[index + 1 :])
-            if node.kwargs.get(keyword) is True:
-                node.kwargs = {**node.kwargs, keyword: False}
+        if name not in _SWITCHES:
+            continue
+        index, keyword, statistics = _SWITCHES[name]
+        if statistics is not None and argument(node, statistics, "running_mean") is None:
+            continue  # no running statistics: the batch's are what eval mode uses too
+        if len(node.args) > index and node.args[index] is True:
+            node.args = (*node.args[:index], False, *node.args[index + 1 :])
+        if node.kwargs.get(keyword) is True:
+            node.kwargs = {**node.kwargs, keyword: False}
     module.recompile()
 
 

@@ -218,3 +218,25 @@ def test_a_slice_moved_after_the_scan_raises(tmp_path: Path, syntax: str) -> Non
     last.save_as(truth.paths[3], enforce_file_format=True)
     with pytest.raises(SeriesError, match=r"ImagePositionPatient changed since the scan .*: scan the folder again"):
         load_volume(series)
+
+
+def test_a_projection_image_with_a_modality_lut_is_refused_as_a_volume(tmp_path: Path) -> None:
+    """A 2-D model applies a radiograph's Modality LUT (projection.py); loaded as a volume (a 3-D model whose channel
+    takes any modality), its raw stored values were returned."""
+    from pydicom.dataset import Dataset
+
+    def radiograph_with_a_lut(index: int, ds: pydicom.Dataset) -> None:
+        ds.Modality = "DX"
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.ModalityLUTType = "OD"
+        item.add_new(0x00283006, "US", [3 * v + 500 for v in range(4096)])  # LUTData
+        ds.ModalityLUTSequence = [item]
+
+    voxels = np.random.default_rng(1).integers(0, 4000, size=(1, 8, 6)).astype(np.float32)
+    write_series(tmp_path / "dx", voxels=voxels, rescale_intercept=0, rescale_slope=1, edit=radiograph_with_a_lut)
+    series = only_series(tmp_path)
+    assert not series.fatal_problems  # a 2-D model takes it, and maps it
+    with pytest.raises(SeriesError, match="Modality LUT Sequence maps the stored values"):
+        load_volume(series)

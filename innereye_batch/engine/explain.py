@@ -89,7 +89,9 @@ def _one_network(
             cam = attr.LayerGradCam(network, find_layer(network, layer)).attribute(
                 inputs, target=targets, relu_attributions=True
             )
-        except RuntimeError as error:  # TorchScript programs have no hookable submodules
+        # TorchScript programs have no hookable submodules; in a torch.export program the hook never fires (captum
+        # asserts that it did)
+        except (RuntimeError, AssertionError) as error:
             raise ValueError(
                 f"Grad-CAM cannot hook layer {layer!r} of this network ({error}); for TorchScript or torch.export "
                 "programs use integrated-gradients or gradient-shap"

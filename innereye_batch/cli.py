@@ -227,7 +227,10 @@ def run(
     ] = False,
     max_voxels: Annotated[
         int,
-        typer.Option(help="Largest grid a series may have (source or resampled); larger ones fail unread."),
+        typer.Option(
+            help="Largest grid a series may have (source or resampled); larger ones fail unread. A 2-D image for a "
+            "classification model has at most 67108864 pixels whatever this says."
+        ),
     ] = 2**29,
     regrid_irregular: Annotated[
         bool,
@@ -366,7 +369,10 @@ def serve(
     max_zip_ratio: Annotated[
         float, typer.Option(help="Largest compression ratio of a zip, or of a member over 1 MiB.")
     ] = 200.0,
-    max_voxels: Annotated[int, typer.Option(help="Largest grid a series may have (source or resampled).")] = 2**29,
+    max_voxels: Annotated[
+        int,
+        typer.Option(help="Largest grid a series may have (source or resampled); a 2-D image at most 67108864 pixels."),
+    ] = 2**29,
     trust_checkpoint: Annotated[
         bool,
         typer.Option(help="Allow checkpoints that need arbitrary code to unpickle. Only for files you trust."),

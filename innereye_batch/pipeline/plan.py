@@ -56,6 +56,10 @@ ALREADY_DONE = "already done with this model and input"
 
 DEFAULT_MAX_VOXELS = 2**29
 """Largest grid a series may have, source or resampled (536,870,912 voxels: 2 GiB as float32)."""
+MAX_IMAGE_PIXELS = 2**26
+"""Largest 2-D image a classification model takes, whatever ``--max-voxels`` says (67,108,864 pixels, 8192 x 8192;
+radiographs hold at most about 30 million): its decoding costs 12-24 bytes a pixel (the modality and VOI mapping
+in float64), not the 4 of a float32 volume, and a small compressed upload may claim a huge image."""
 
 
 def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[str]:
@@ -65,6 +69,10 @@ def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[s
 
     reasons = []
     target = package.segmentation.target_spacing if package.task == "segmentation" else None
+    if package.task == "classification" and max_voxels > MAX_IMAGE_PIXELS:
+        max_voxels, why = MAX_IMAGE_PIXELS, "the limit for a 2-D image"
+    else:
+        why = "--max-voxels"
     for series in item.inputs:
         grids = [("", series.geometry.shape)]
         grid = series.geometry
@@ -78,7 +86,7 @@ def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[s
             if voxels > max_voxels:
                 reasons.append(
                     f"{series.key}: grid{what} {'x'.join(str(n) for n in shape)} is {voxels:,} voxels "
-                    f"({voxels * 4 / 2**30:.1f} GiB as float32), over the limit of {max_voxels:,} (--max-voxels)"
+                    f"({voxels * 4 / 2**30:.1f} GiB as float32), over the limit of {max_voxels:,} ({why})"
                 )
     return reasons
 

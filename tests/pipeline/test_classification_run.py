@@ -203,3 +203,17 @@ def test_usage_errors(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "classification" in result.output
+
+
+def test_a_2d_image_over_the_image_limit_fails_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-D image costs 12-24 bytes a pixel to decode, not the 4 of --max-voxels' float32: a small compressed
+    upload claiming hundreds of millions of pixels could take tens of GB. The sample's 256x256 images stand in for
+    such an image, under a limit of 60,000 pixels."""
+    from innereye_batch.pipeline import plan
+
+    monkeypatch.setattr(plan, "MAX_IMAGE_PIXELS", 60_000)
+    report = run_batch(RunOptions(model=MODEL, input=SCANS, output=tmp_path / "out", workers=0))
+    assert report.results and all(r.status == "failed" for r in report.results)
+    assert all("over the limit of 60,000 (the limit for a 2-D image)" in r.reason for r in report.results)
+    lower = run_batch(RunOptions(model=MODEL, input=SCANS, output=tmp_path / "low", workers=0, max_voxels=1000))
+    assert all("over the limit of 1,000 (--max-voxels)" in r.reason for r in lower.results)

@@ -3,9 +3,9 @@
 Missing slices and variable spacing are told apart by the steps' ratio to the base step (the median step, else the
 smallest where the median explains fewer steps): a gap is (close to) a whole multiple of it (two, three... steps:
 slices are missing), variable spacing is not (GE's 1.08 to 7.0 mm steps by design). Steps within 10 % of the base
-are accepted with a warning (the median step is used), and steps within 1 % are regular, while the regular grid
-they make holds every slice within half a step: else they are variable spacing too (a hundred steps each 1 % long
-put the last slice a whole step off the grid).
+are accepted with a warning and steps within 1 % are regular, while the regular grid from the first slice to the
+last (the mean step) holds every slice within half a step: else they are variable spacing too (two hundred steps
+1 % longer than two hundred others put the middle slice a whole step off that grid).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ REGULAR_TOLERANCE = 0.01
 UNEVEN_TOLERANCE = 0.10
 """Steps within this fraction of the base step are uneven (a warning); further off, they are irregular."""
 DRIFT_TOLERANCE = 0.5
-"""Steps whose errors add up to more than this many steps at some slice are variable spacing."""
+"""Steps whose errors put some slice more than this many steps off the grid of the mean step are variable spacing."""
 MULTIPLE_TOLERANCE = 0.10
 """A step within this many base steps of a whole multiple k >= 2 of the base step is a gap of k - 1 slices."""
 
 
 def spacing_problems(steps: np.ndarray, *, regrid_irregular: bool = False) -> tuple[float, list[Problem], bool]:
-    """The z spacing to use (median step), the problems of the steps, and whether the spacing is variable."""
+    """The z spacing to use (the mean step, first slice to last; the median where slices are missing or doubled),
+    the problems of the steps, and whether the spacing is variable."""
     problems = []
     duplicates = steps <= DUPLICATE_TOLERANCE_MM
     if duplicates.any():
@@ -71,31 +72,35 @@ def spacing_problems(steps: np.ndarray, *, regrid_irregular: bool = False) -> tu
         )
     regular = ~gaps
     uneven = np.abs(distinct[regular] - median) > max(DUPLICATE_TOLERANCE_MM, REGULAR_TOLERANCE * median)
-    if not gaps.any() and not duplicates.any():
-        # each step within 10 % (or within 1 %: regular), yet their errors add up along the stack when they lean
-        # to one side: the regular grid (first slice, median step) must hold every slice within half a step, as
-        # the in-plane drift must stay within half a pixel
-        drift = np.cumsum(steps) - median * np.arange(1, steps.size + 1)
-        worst = int(np.argmax(np.abs(drift)))
-        if abs(float(drift[worst])) > DRIFT_TOLERANCE * median:
-            message = (
-                f"steps between slices range {float(distinct.min()):.4g}-{float(distinct.max()):.4g} mm: a regular "
-                f"grid of the median step {median:.4g} mm would misplace slice {worst + 2} of {steps.size + 1} by "
-                f"{abs(float(drift[worst])):.3g} mm (over half a step)"
-            )
-            if regrid_irregular:
-                message += f"; will be resampled onto a regular grid of {float(distinct.min()):.4g} mm steps"
-            problems.append(Problem(VARIABLE_SPACING, message, not regrid_irregular))
-            return median, problems, True
+    if gaps.any() or duplicates.any():
+        return median, problems, False
+    # The regular grid runs from the first slice to the last in equal steps (the mean step: positions rounded to a
+    # few decimals, 1.37 and 1.38 mm for 1.375, put every slice on it). Each step within 10 % (or within 1 %:
+    # regular), their errors can still add up along the stack when they lean one way: the grid must hold every
+    # slice within half a step, as the in-plane drift must stay within half a pixel.
+    step = float(steps.sum()) / steps.size
+    drift = np.cumsum(steps) - step * np.arange(1, steps.size + 1)
+    worst = int(np.argmax(np.abs(drift)))
+    if abs(float(drift[worst])) > DRIFT_TOLERANCE * step:
+        message = (
+            f"steps between slices range {float(distinct.min()):.4g}-{float(distinct.max()):.4g} mm: a regular "
+            f"grid from the first slice to the last ({step:.4g} mm steps) would misplace slice {worst + 2} of "
+            f"{steps.size + 1} by {abs(float(drift[worst])):.3g} mm (over half a step)"
+        )
+        if regrid_irregular:
+            message += f"; will be resampled onto a regular grid of {float(distinct.min()):.4g} mm steps"
+        problems.append(Problem(VARIABLE_SPACING, message, not regrid_irregular))
+        return step, problems, True
     if uneven.any():
         problems.append(
             Problem(
                 NON_UNIFORM_SPACING,
                 f"steps between slices range {float(distinct[regular].min()):.4g}-"
-                f"{float(distinct[regular].max()):.4g} mm (median {median:.4g} mm used)",
+                f"{float(distinct[regular].max()):.4g} mm (their mean {step:.4g} mm used: every slice within "
+                f"{abs(float(drift[worst])):.3g} mm of its grid position)",
             )
         )
-    return median, problems, False
+    return step, problems, False
 
 
 def _multiples_of(steps: np.ndarray, base: float) -> np.ndarray:

@@ -97,15 +97,16 @@ def test_variable_spacing_is_not_missing_slices(tmp_path: Path) -> None:
     assert kinds(only_series(tmp_path / "uneven")) == {"non_uniform_spacing": False}
 
 
-DRIFTING_STEPS = (2.0,) * 12 + (2.15,) * 11
-"""Each step within 10 % of the median (2.0 mm), yet the last slice lies 1.65 mm (0.8 of a step) off the grid."""
+DRIFTING_STEPS = (2.0,) * 12 + (2.19,) * 12
+"""Each step within 10 % of the median (2.095 mm), yet the middle slice lies 1.14 mm (0.54 of a step) off the grid
+from the first slice to the last."""
 
 
 def test_uneven_steps_that_add_up_to_half_a_step_are_variable_spacing(tmp_path: Path) -> None:
     write_variable(tmp_path / "drift", steps=DRIFTING_STEPS)
     series = only_series(tmp_path / "drift")
     assert kinds(series) == {"variable_spacing": True} and series.irregular
-    assert "would misplace slice 24 of 24 by 1.65 mm (over half a step)" in series.problems[0].message
+    assert "would misplace slice 13 of 25 by 1.14 mm (over half a step)" in series.problems[0].message
     with pytest.raises(SeriesError, match="variable_spacing"):
         load_volume(series)
     write_variable(tmp_path / "alternating", steps=(2.0, 2.15) * 10)  # errors that cancel: within half a step
@@ -113,12 +114,22 @@ def test_uneven_steps_that_add_up_to_half_a_step_are_variable_spacing(tmp_path: 
 
 
 def test_steps_each_within_one_percent_that_add_up_to_a_step_are_variable_spacing(tmp_path: Path) -> None:
-    """Every step is regular (within 1 % of the 2 mm median), but 99 of them are 1 % long: the last slice lies
-    1.96 mm off the regular grid, where the NIfTI would have put it without a word."""
-    write_variable(tmp_path / "drift", steps=(2.0,) * 100 + (2.0198,) * 99)
+    """Every step is regular (within 1 % of the median), but 200 of them are 1 % longer than the other 200: the
+    middle slice lies 1.98 mm off the regular grid, where the NIfTI would have put it without a word."""
+    write_variable(tmp_path / "drift", steps=(2.0,) * 200 + (2.0198,) * 200)
     series = only_series(tmp_path / "drift")
     assert kinds(series) == {"variable_spacing": True} and series.irregular
-    assert "would misplace slice 200 of 200 by 1.96 mm (over half a step)" in series.problems[0].message
+    assert "would misplace slice 201 of 401 by 1.98 mm (over half a step)" in series.problems[0].message
+
+
+def test_positions_rounded_to_a_few_decimals_make_a_regular_stack_of_their_mean_step(tmp_path: Path) -> None:
+    """A 1.375 mm step written to two decimals: steps of 1.37 and 1.38 mm. The grid of the median step (1.37 or
+    1.38) put the last of 302 slices 1.5 mm off; the mean step puts every slice within 0.005 mm of its own."""
+    positions = np.round(np.arange(302) * 1.375, 2)
+    write_variable(tmp_path / "rounded", steps=tuple(np.diff(positions)))
+    series = only_series(tmp_path / "rounded")
+    assert series.problems == () and not series.irregular
+    assert series.geometry.spacing[0] == pytest.approx(1.375, abs=1e-4)
 
 
 def test_drifting_steps_resampled_equal_the_phantom(tmp_path: Path) -> None:

@@ -371,7 +371,10 @@ def serve(
     ] = 200.0,
     max_voxels: Annotated[
         int,
-        typer.Option(help="Largest grid a series may have (source or resampled); a 2-D image at most 67108864 pixels."),
+        typer.Option(
+            help="Largest grid a series may have (source or resampled); a 2-D image for a classification model "
+            "has at most 67108864 pixels whatever this says."
+        ),
     ] = 2**29,
     trust_checkpoint: Annotated[
         bool,
@@ -432,7 +435,8 @@ def summarize(
     and report.html, as one unsharded run writes them. The shard that finishes last does this by itself.
 
     Exit code 0 when every series succeeded, 1 when some failed or were not run (a shard was interrupted) or the
-    shards cannot be merged (one is missing, or they saw different inputs or models), 2 for usage errors.
+    shards cannot be merged (one is missing, they saw different inputs or models, or a summary lists outputs no
+    longer in the folder), 2 for usage errors.
     """
     from innereye_batch.pipeline.locks import shards_lock
     from innereye_batch.pipeline.render import count_line

@@ -12,6 +12,8 @@ from typing import Literal
 Status = Literal["ok", "failed", "skipped", "not_run"]
 """``skipped``: not for this model, or already done; ``not_run``: planned, but the run stopped before it (an
 interrupt, ``--fail-fast``): no result, a rerun does it."""
+ALREADY_DONE = "already done with this model and input"
+"""The reason of an item skipped because its folder holds its result."""
 UNFINISHED: tuple[Status, ...] = ("failed", "not_run")
 """Statuses of a series without its result: a run's (and `summarize`'s) exit code is 1 when one has them."""
 

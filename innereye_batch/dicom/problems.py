@@ -42,11 +42,12 @@ missing_slices              yes    steps between slices that are (close to) whol
                                    positions that every sibling volume (other echoes, time points, components)
                                    holds are missing from this one: an edge file lost
 variable_spacing            yes*   steps between slices that are not multiples of one step (variable spacing by
-                                   design, e.g. GE), or uneven steps whose errors add up to put a slice over half
-                                   a step off the regular grid: a regular grid would be wrong. *Not fatal when the
-                                   scan or load is asked to regrid irregular stacks: the stack is then resampled
+                                   design, e.g. GE), or steps (uneven, or even each within 1 %) whose errors add up
+                                   to put a slice over half a step off the regular grid from the first slice to
+                                   the last: a regular grid would be wrong. *Not fatal when the scan or load is
+                                   asked to regrid irregular stacks: the stack is then resampled
 non_uniform_spacing         no     steps that differ from the base step by 1-10 %, every slice within half a step
-                                   of the regular grid: the median step is used
+                                   of the regular grid: the mean step (first slice to last) is used
 gantry_tilt                 yes*   slices drift within their plane (tilted gantry, sheared stack): the measured
                                    angle is given. Not fatal under half a pixel (ignored) or when regridding
 mixed_transfer_syntaxes     no     files of one stack use different transfer syntaxes

@@ -26,7 +26,7 @@ from innereye_batch.pipeline.state import (
     series_folder,
     with_problem,
 )
-from innereye_batch.results import ItemResult
+from innereye_batch.results import ALREADY_DONE, ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import WorkItem
 from innereye_batch.text import printable
@@ -50,9 +50,6 @@ def item_fingerprint(item: WorkItem) -> str:
     """sha256 over the input fingerprints of every series of the item."""
     return hashlib.sha256("|".join(input_fingerprint(s) for s in item.inputs).encode()).hexdigest()
 
-
-ALREADY_DONE = "already done with this model and input"
-"""The reason of an item skipped because its folder holds its result."""
 
 DEFAULT_MAX_VOXELS = 2**29
 """Largest grid a series may have, source or resampled (536,870,912 voxels: 2 GiB as float32)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from innereye_batch.errors import InnerEyeBatchError, UsageError
 from innereye_batch.pipeline.process import Job, item_result
-from innereye_batch.pipeline.state import outputs_removed
+from innereye_batch.pipeline.state import outputs_removed, remove_stale_temporaries
 from innereye_batch.results import ItemResult
 from innereye_batch.tasks.base import PredictorOptions
 from innereye_batch.writers.registry import OutputFormat, WriterOptions
@@ -268,8 +268,6 @@ class _Driver:
                     self.isolated.add(key)
 
     def _returned(self, ref: Any, queue: collections.deque[Job]) -> None:
-        from innereye_batch.pipeline.state import remove_stale_temporaries
-
         actor, job = self.in_flight.pop(ref)
         self.load[id(actor)] -= 1
         self.isolated.discard(id(actor))
@@ -312,6 +310,7 @@ class _Driver:
         for ref, (_, job) in list(self.in_flight.items()):
             try:
                 self.context.finish(self.ray.get(ref))
-            except self.ray.exceptions.RayError:
-                outputs_removed(job.folder)  # no output without its done record: what a dead actor left goes
+            except self.ray.exceptions.RayError:  # no output without its done record: what a dead actor left goes
+                remove_stale_temporaries(self.options.output, [job.folder])
+                outputs_removed(job.folder)
         self.in_flight.clear()

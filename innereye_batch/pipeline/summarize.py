@@ -3,7 +3,8 @@
 Each shard K/N of a run writes ``summary.shard-K-of-N.json`` (a summary.json of its share, with ``run.shard``
 and ``run.plan_fingerprint``). The merge takes the N summaries of one N and refuses, with the reason, when one is
 missing, when they disagree on the cohort (plan fingerprint), the model and output options (results
-fingerprint), the formats or the tool version, or when a key appears twice. The merged files are written by the
+fingerprint), the formats or the tool version, when a key appears twice, or when a summary vouches for outputs
+no longer in the folder (a listed file, or an already-done series' done record). The merged files are written by the
 same writers as a single run's, so they hold the same items with the same statuses: records in shard order
 (shard 0's in its run's order, then shard 1's...), files not used likewise; ``run`` is shard 0's with ``device``
 (the distinct devices), ``started`` (earliest), ``finished`` (latest), ``stage_seconds`` (summed; ``wall`` from
@@ -23,7 +24,8 @@ from innereye_batch.dicom.series import SkippedFile
 from innereye_batch.errors import InnerEyeBatchError
 from innereye_batch.files import atomic_write
 from innereye_batch.pipeline.shards import SHARD_SUMMARY_GLOB, Shard, shard_from_summary_name
-from innereye_batch.results import ItemResult, StructureStats
+from innereye_batch.pipeline.state import DONE_RECORD, safe_folder_name
+from innereye_batch.results import ALREADY_DONE, ItemResult, StructureStats
 from innereye_batch.writers.summary import status_counts, summary_json_text
 
 AGREED_FIELDS = (
@@ -173,12 +175,23 @@ def load_shard_summaries(output_dir: Path, count: int | None = None) -> list[Sha
             seen[result.key] = summary.shard
     for summary in shards:
         gone = [path for r in summary.results for path in r.outputs.values() if not (output_dir / path).is_file()]
+        gone += [str(folder / DONE_RECORD) for r in summary.results if (folder := _done_folder(output_dir, r))]
         if gone:
             raise SummaryMergeError(
                 f"{output_dir}: shard {summary.shard}'s summary lists {len(gone)} output(s) no longer in the folder "
                 f"(e.g. {gone[0]}): rerun shard {summary.shard} (it redoes those series), then summarize"
             )
     return shards
+
+
+def _done_folder(output_dir: Path, result: ItemResult) -> Path | None:
+    """The folder of a result skipped as already done whose done record is gone; None otherwise, and for a key
+    that is not its own folder's name (a hashed name comes from the real key, which the summary may keep only in
+    printable form)."""
+    if result.status != "skipped" or result.reason != ALREADY_DONE or safe_folder_name(result.key) != result.key:
+        return None
+    folder = output_dir / result.key
+    return None if (folder / DONE_RECORD).is_file() else folder.relative_to(output_dir)
 
 
 def _time(text: Any) -> datetime.datetime | None:

@@ -217,3 +217,22 @@ def test_a_merge_refuses_summaries_whose_outputs_are_gone(tmp_path: Path) -> Non
     with pytest.raises(SummaryMergeError, match=r"shard 1/2's summary lists 1 output\(s\) no longer in the folder"):
         merge_shard_summaries(tmp_path)
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_merge_refuses_already_done_results_whose_folder_is_gone(tmp_path: Path) -> None:
+    """An already-done series lists no outputs: `summarize` by hand merged it as done though its folder was gone."""
+    from innereye_batch.pipeline.state import DONE_RECORD, safe_folder_name
+    from innereye_batch.results import ALREADY_DONE
+
+    done = [ItemResult(key, key, "1.2", "CT", "skipped", reason=ALREADY_DONE) for key in KEYS[:4]]
+    for result in done:
+        (tmp_path / safe_folder_name(result.key)).mkdir()
+        (tmp_path / safe_folder_name(result.key) / DONE_RECORD).write_text("{}")
+    for k in range(2):
+        shard = Shard(k, 2)
+        info = _run_info(plan_fingerprint=plan_fingerprint(KEYS[:4]))
+        _written(tmp_path, shard, [r for r in done if shard.owns(r.key)], run_info=info)
+    assert len(merge_shard_summaries(tmp_path).results) == 4
+    (tmp_path / safe_folder_name(KEYS[2]) / DONE_RECORD).unlink()
+    with pytest.raises(SummaryMergeError, match=rf"no longer in the folder \(e\.g\. {KEYS[2]}/done\.json\)"):
+        merge_shard_summaries(tmp_path)

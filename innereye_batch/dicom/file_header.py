@@ -290,6 +290,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     misaligned = _high_bit_problem(fields.get("BitsStored"), fields.get("HighBit"))
     if misaligned:
         return _claim(path, misaligned, fields)
+    integers = pixel_value is not None or UID(syntax).is_encapsulated  # native PixelData, or compressed
+    if integers and fields.get("PixelRepresentation") is None:  # float pixel data needs none
+        return _claim(path, "PixelRepresentation missing: whether its stored values are signed is unknown", fields)
     native = syntax in NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
     layout = pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
     header = _header_from_fields(path, fields, sop_class, syntax, layout)

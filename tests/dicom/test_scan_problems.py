@@ -191,17 +191,21 @@ def test_rt_dose_scaled_by_dose_grid_scaling_is_refused(tmp_path: Path) -> None:
         load_volume(series)
 
 
-def test_pixels_without_pixel_representation_fail_to_load_whichever_path_reads_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("syntax", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.RLELossless])
+def test_pixels_without_pixel_representation_are_refused_at_the_scan(tmp_path: Path, syntax: str) -> None:
     """Without PixelRepresentation, signed or unsigned is unknown: the fast path read the values as unsigned (a
-    negative stored value would have become a large positive one), while pydicom refuses them; whether the series
-    loaded depended on the files' timestamps."""
+    negative stored value would have become a large positive one), while pydicom refuses them, so whether the
+    series loaded depended on the files' timestamps; and `scan`, `--dry-run` said nothing."""
 
-    def without_representation(index: int, ds: pydicom.Dataset) -> None:
+    written = write_series(tmp_path / "ct", shape=(3, 8, 6), transfer_syntax=syntax)
+    for path in written.paths:  # after encoding, which needs it
+        ds = pydicom.dcmread(path)
         del ds.PixelRepresentation
-
-    write_series(tmp_path / "ct", shape=(3, 8, 6), edit=without_representation)
+        ds.save_as(path, enforce_file_format=True)
     series = only_series(tmp_path)
-    with pytest.raises(SeriesError, match="Pixel Representation"):
+    assert [p.kind for p in series.fatal_problems] == ["no_readable_images"]  # every file of it lacks one
+    assert "PixelRepresentation missing" in series.fatal_problems[0].message
+    with pytest.raises(SeriesError, match="no_readable_images"):
         load_volume(series)
 
 

@@ -28,6 +28,7 @@ from pydicom.pixels import pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from innereye_batch.dicom import headers
 from innereye_batch.dicom.codecs import register_decoders
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.mosaic import tiles_as_frames
@@ -322,7 +323,7 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
     ref = slots[0][1]
     if len(slots) == 1 and ref.frame is None and series.mosaic_size is None:  # a single-frame slice
         # (a projection image without one was given the origin by the scan: only a position the file has counts)
-        position = _position(header.get("ImagePositionPatient"))
+        position, _ = headers.position(header.get("ImagePositionPatient"))  # as the scan read it
         if position is not None and max(abs(a - b) for a, b in zip(position, ref.position, strict=True)) > _MOVED_MM:
             raise SeriesError(  # rewritten in place (a compressed file records no size or mtime at the scan)
                 uid,
@@ -333,14 +334,6 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
 
 _MOVED_MM = 1e-3
 """How far a slice's ImagePositionPatient may differ from the scan's (the same text, parsed again: none)."""
-
-
-def _position(value: Any) -> tuple[float, float, float] | None:
-    try:
-        x, y, z = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (x, y, z)
 
 
 def _mm(position: tuple[float, float, float]) -> str:

@@ -3,13 +3,13 @@ running mean."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from innereye_batch.engine.sliding_window import Activation, amp_autocast, sliding_window_inference
+from innereye_batch.model.checkpoints import to_eval_mode
 from innereye_batch.model.spec import InferenceSpec
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ def predict_posteriors(
     if not networks:
         raise ValueError("predict_posteriors needs at least one network")
     for network in networks:
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # an exported program: already inference
-            network.eval()
+        to_eval_mode(network)
     window = functools.partial(
         sliding_window_inference,
         image=image,

@@ -20,13 +20,13 @@ run here only (elsewhere inference runs under ``torch.inference_mode``). captum 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from innereye_batch.errors import UsageError
+from innereye_batch.model.checkpoints import to_eval_mode
 
 if TYPE_CHECKING:
     import torch
@@ -164,8 +164,7 @@ def explain_batch(
     with torch.inference_mode(False), torch.enable_grad():
         inputs = inputs.detach().clone().requires_grad_(True)
         for network in networks:
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # a torch.export program has no eval()
-                network.eval()
+            to_eval_mode(network)
             maps = _one_network(
                 network,
                 inputs,

@@ -233,6 +233,13 @@ def _program_to_inference(module: Any, path: Path) -> None:
     module.recompile()
 
 
+def to_eval_mode(network: Any) -> None:
+    """``network.eval()`` where the network has that switch: a torch.export program has none (``eval()`` raises),
+    and needs none: ``load_checkpoint`` switched its norms and dropouts to inference (``_program_to_inference``)."""
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        network.eval()
+
+
 def _mismatch_report(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -286,9 +293,7 @@ def load_networks(
                     f"archive, but this is a {loaded.format} checkpoint holding only weights"
                 )
             network = loaded.module
-            # an exported program's module may have no train/eval switch; it is inference-only anyway
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                network.eval()
+            to_eval_mode(network)
             networks.append(network.to(device))
             continue
         else:

@@ -102,8 +102,10 @@ def test_writer_processes_write_classifications(tmp_path: Path) -> None:
 
 
 def _die_on_doomed(path: Path, prediction: Any, context: Any) -> None:
-    """A writer that kills its own process for the doomed series (as the kernel's OOM killer would)."""
+    """A writer that kills its own process for the doomed series (as the kernel's OOM killer would), leaving a
+    temporary file as a write cut off by a writer's death leaves it (a sibling's, stopped when the pool broke)."""
     if prediction.item.primary.series_description == DOOMED:
+        (path.parent / ".tmp-999999-sibling.dcm").write_bytes(b"half a file")
         os.kill(os.getpid(), signal.SIGKILL)
     path.write_text(prediction.item.key)
 
@@ -147,6 +149,8 @@ def test_a_dying_writer_process_fails_only_its_own_series(tmp_path: Path, model:
         assert (out / key / "dies.txt").read_text() == key
     summary = json.loads((out / "summary.json").read_text())
     assert {s["status"] for s in summary["series"]} == {"ok", "failed"}
+    # the dead writer's temporary files stayed in the folder until a later unsharded run
+    assert [p.name for p in out.rglob(".tmp-*")] == []
 
 
 def test_writer_processes_are_chosen_for_gpu_runs_only() -> None:
@@ -243,42 +247,3 @@ def test_an_interrupt_while_the_last_writes_run_lets_them_finish() -> None:
     with pytest.raises(KeyboardInterrupt):
         writers.__exit__(None, None, None)
     assert finished == [True] and len(calls) > 1
-
-
-def _dies_leaving_a_temporary(path: Path, prediction: Any, context: Any) -> None:
-    """As a write cut off by its writer's death leaves it: a temporary file in the series' folder (a sibling's,
-    stopped mid-write when the pool broke), then the writer dies."""
-    if prediction.item.primary.series_description == DOOMED:
-        (path.parent / ".tmp-999999-sibling.dcm").write_bytes(b"half a file")
-        os.kill(os.getpid(), signal.SIGKILL)
-    path.write_text(prediction.item.key)
-
-
-def test_a_dead_writer_leaves_no_temporary_file(tmp_path: Path, model: Path) -> None:
-    output = OutputFormat(
-        name="dies-leaving-temporaries",
-        filename="dies.txt",
-        tasks=frozenset({"segmentation"}),
-        write=_dies_leaving_a_temporary,
-        description="test format",
-        default=False,
-    )
-    register_format(output)
-    try:
-        scans = _scans(tmp_path)
-        doomed = write_series(scans / "doomed", shape=(8, 16, 16), seed=30, series_description=DOOMED)
-        out = tmp_path / "out"
-        options = RunOptions(
-            model=model,
-            input=scans,
-            output=out,
-            device="cpu",
-            workers=0,
-            writer_processes=2,
-            formats=("nifti", output.name),
-        )
-        results = _by_series(run_batch(options))
-    finally:
-        unregister_format(output.name)
-    assert results[doomed.series_instance_uid].status == "failed"
-    assert [p.name for p in out.rglob(".tmp-*")] == []  # they stayed in the folder until a later unsharded run

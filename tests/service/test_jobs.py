@@ -144,12 +144,21 @@ def test_the_janitor_deletes_expired_results_by_itself(app_without_models: tuple
     assert not service.runner.job_dir(ID_A).exists()
 
 
+@pytest.fixture
+def app_keeping_results(tmp_path: Path) -> Iterator[tuple[Service, TestClient]]:
+    """As ``app_without_models``, with results kept an hour: a job's end stays readable (the janitor of the other
+    expires it within milliseconds, sometimes before a test polls it)."""
+    service = build_service(_options(tmp_path / "state", keep_results_hours=1.0, max_attempts=2), {}, SECRET)
+    with TestClient(create_app(service), headers={HEADER: SECRET}) as client:
+        yield service, client
+
+
 def test_a_store_that_fails_neither_kills_the_worker_nor_loses_the_end(
-    app_without_models: tuple[Service, TestClient], monkeypatch: pytest.MonkeyPatch
+    app_keeping_results: tuple[Service, TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full disk makes SQLite refuse to record a job's end: the worker retries until it can (the extracted
     input already deleted, to free the disk), and goes on with the next job."""
-    service, _ = app_without_models
+    service, _ = app_keeping_results
     monkeypatch.setattr("innereye_batch.service.jobs._RETRY_SECONDS", 0.05)
     finish = service.store.finish
     failures = {"left": 3}

@@ -145,11 +145,13 @@ class Regridding:
         depth, height, width = self.target.shape
         for k in range(slices):
             z, dy, dx = self._offsets(k)
-            zi = round(z)
+            zi = math.floor(z + 0.5)
             if not 0 <= zi < depth:
                 continue
-            i = np.rint(np.arange(rows) + dy).astype(np.int64)
-            j = np.rint(np.arange(columns) + dx).astype(np.int64)
+            # halves always round up: np.rint's half-to-even would send alternate rows of a slice lying half a
+            # pixel off the grid opposite ways (one target row used twice, the next never)
+            i = np.floor(np.arange(rows) + dy + 0.5).astype(np.int64)
+            j = np.floor(np.arange(columns) + dx + 0.5).astype(np.int64)
             valid_i, valid_j = (i >= 0) & (i < height), (j >= 0) & (j < width)
             block = labels[zi][np.clip(i, 0, height - 1)[:, None], np.clip(j, 0, width - 1)[None, :]]
             out[k] = np.where(valid_i[:, None] & valid_j[None, :], block, 0)

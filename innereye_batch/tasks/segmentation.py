@@ -49,10 +49,45 @@ class VolumeInput:
         return replace(self, image=self.image.pin_memory())
 
 
-def _align_channel(array: np.ndarray, geometry: Geometry, reference: Geometry) -> np.ndarray:
-    """Resample a secondary channel onto the primary channel's grid (linear, in patient space)."""
+_COVERAGE_TOLERANCE = 0.01
+"""Voxels (of the secondary channel) by which the primary grid's outermost voxel centres may lie beyond the
+secondary's outer voxel faces: rounding of positions, nothing a model would see."""
+
+
+def uncovered_share(geometry: Geometry, reference: Geometry) -> float:
+    """The share of ``reference``'s voxel centres (the primary channel's grid) that lie outside ``geometry``'s
+    voxels (a secondary channel's grid): 0 when it covers them all, 1 when it covers none."""
+    shape_xyz = np.array(reference.shape[::-1], dtype=np.float64)
+    axes = [np.arange(n, dtype=np.float64) for n in shape_xyz]
+    to_secondary = np.linalg.inv(geometry.lps_affine()) @ reference.lps_affine()
+    limit = np.array(geometry.shape[::-1], dtype=np.float64) - 0.5 + _COVERAGE_TOLERANCE
+    corners = np.array(
+        [[x, y, z, 1.0] for x in (0, shape_xyz[0] - 1) for y in (0, shape_xyz[1] - 1) for z in (0, shape_xyz[2] - 1)]
+    )
+    mapped = (corners @ to_secondary.T)[:, :3]
+    if np.all(mapped >= -0.5 - _COVERAGE_TOLERANCE) and np.all(mapped <= limit):
+        return 0.0  # both grids are boxes: the corners inside, every voxel centre is
+    inside = np.ones(reference.shape, dtype=bool)
+    x, y = np.meshgrid(axes[0], axes[1])
+    for z, plane in enumerate(axes[2]):  # a slice at a time: a slice's points, not the volume's
+        points = np.stack([x, y, np.full_like(x, plane), np.ones_like(x)], axis=-1) @ to_secondary.T
+        inside[z] = np.all((points[..., :3] >= -0.5 - _COVERAGE_TOLERANCE) & (points[..., :3] <= limit), axis=-1)
+    return 1.0 - float(inside.mean())
+
+
+def _align_channel(array: np.ndarray, geometry: Geometry, reference: Geometry, what: str) -> np.ndarray:
+    """Resample a secondary channel onto the primary channel's grid (linear, in patient space); raises
+    InnerEyeBatchError where it does not cover that grid: the model would see made-up values there."""
     if geometry.is_close(reference):
         return array
+    uncovered = uncovered_share(geometry, reference)
+    if uncovered > 0:
+        raise InnerEyeBatchError(
+            f"{what} covers only {math.floor(1000 * (1 - uncovered)) / 10}% of the first channel's grid (shape "
+            f"{reference.shape}, spacing {tuple(round(s, 4) for s in reference.spacing)} mm; this channel's is "
+            f"{geometry.shape}, {tuple(round(s, 4) for s in geometry.spacing)} mm): the model would see made-up "
+            "values where it has none; the channels must cover the same region"
+        )
     import SimpleITK as sitk
 
     moving = geometry.to_sitk(array)
@@ -76,7 +111,8 @@ def decode_volumes(item: WorkItem) -> VolumeInput:
                 f"channel's {item.primary.frame_of_reference_uid}: the inputs must be registered"
             )
         other = load_volume(series)
-        channels.append(_align_channel(other.array, other.geometry, primary.geometry))
+        what = f"channel {len(channels) + 1} (series {series.key})"
+        channels.append(_align_channel(other.array, other.geometry, primary.geometry, what))
     return VolumeInput(torch.from_numpy(np.stack(channels)), primary.geometry, primary.regridding)
 
 

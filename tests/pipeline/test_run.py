@@ -176,12 +176,35 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert code == 2 and option in output
 
 
+def test_a_second_channel_that_covers_part_of_the_first_fails_the_series(tmp_path: Path) -> None:
+    """An MR of 2 slices beside a CT of 8: the model would see the MR's minimum on 6 of the CT's slices, filled
+    in by the resampling; the CT's series fails and says how much the MR covers."""
+    scans = tmp_path / "scans"
+    ct = write_series(scans / "ct", shape=(8, 16, 16), seed=1, patient_id="P9")
+    write_series(
+        scans / "mr",
+        shape=(2, 16, 16),
+        modality="MR",
+        seed=2,
+        study_instance_uid=ct.study_instance_uid,
+        frame_of_reference_uid=ct.frame_of_reference_uid,
+    )
+    model = model_folder(tmp_path / "model", members=1, channels=2)
+    out = tmp_path / "out"
+    code, _ = invoke("--model", str(model), "--input", str(scans), "--output", str(out), "--workers", "0")
+    assert code == 1
+    row = summary_rows(out)[ct.series_instance_uid]
+    assert row["status"] == "failed"
+    assert "channel 2" in row["reason"] and "covers only 25.0% of the first channel's grid" in row["reason"]
+    assert not (out / ct.series_instance_uid / "segmentation.nii.gz").exists()
+
+
 def test_two_channel_model_pairs_ct_and_mr_of_a_study(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     ct = write_series(scans / "ct", shape=(8, 16, 16), seed=1, patient_id="P9")
-    mr = write_series(
+    mr = write_series(  # another grid that covers the CT's: resampled onto it
         scans / "mr",
-        shape=(6, 12, 12),
+        shape=(7, 13, 12),
         spacing=(3.0, 1.0, 1.0),
         modality="MR",
         seed=2,

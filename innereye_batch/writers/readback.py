@@ -1,24 +1,25 @@
-"""Read a written DICOM output back and check it against the label map: a flipped or shifted file fails its series.
+"""Read a written DICOM output back and check it against the label map: a flipped, shifted or turned file fails
+its series.
 
-Per structure, the voxel count and the centroid in patient coordinates (LPS, mm) of what the file says are
-compared with the label map's. The file is read with pydicom alone and placed with its own geometry (each
-frame's ImagePositionPatient, ImageOrientationPatient and PixelSpacing for a SEG; the contours' patient
-coordinates for an RT Structure Set), not with the writer's library, so the check is independent of the code
-that wrote it.
+Per structure, the file must hold the label map's voxels, every one where the label map has it; the voxel count
+and the centroid in patient coordinates (LPS, mm) are compared too, for a message that says how far off a wrong
+file is. The file is read with pydicom alone and placed with its own geometry (each frame's ImagePositionPatient,
+ImageOrientationPatient and PixelSpacing for a SEG; the contours' patient coordinates for an RT Structure Set),
+not with the writer's library, so the check is independent of the code that wrote it.
 
-- DICOM-SEG (BINARY or LABELMAP): lossless, so counts must be equal.
+- DICOM-SEG (BINARY or LABELMAP): each frame must lie on a source slice with that slice's pixel grid (first
+  pixel, directions and spacing) and reference that slice's image; its pixels are then compared with the label
+  map's on that slice, and a slice of a structure without its frame counts its voxels as missing.
 - RT Structure Set: each contour is checked to lie on a slice plane of the source grid and to reference the
   source image at that plane; the contours are rasterised back onto the source grid (pixel centres, even-odd
-  rule; see ``contours``). Marching-squares contours never pass within 0.35 pixel of a pixel centre, so the
-  round trip is exact in exact arithmetic; the count tolerance (0.1 % of the structure, at least one voxel)
-  only absorbs a pixel centre that rounding of the coordinates to DICOM decimal strings could move across an
-  edge, and is far below what a lost island, a dropped slice or a wrong structure would change.
-- Centroids must agree within half the smallest voxel spacing: any shift by a whole voxel, or a flip of an
-  off-centre structure, is caught, while the rounding of positions (about 1e-4 mm) is not mistaken for one.
+  rule; see ``contours``) a slice at a time and compared with the contoured mask. Marching-squares contours never
+  pass within 0.35 pixel of a pixel centre, far more than the rounding of coordinates to DICOM decimal strings
+  moves them, so the round trip is exact: a lost island or a one-voxel structure left out is caught.
 
 Label maps given here lie on the source slices (what DICOM outputs reference), and every slice is placed by its
 own ImagePositionPatient (``SlicePlanes``), so stacks whose slices are not on a regular grid (gantry tilt,
-variable spacing) are placed where the scanner put them.
+variable spacing) are placed where the scanner put them. The RT Structure Set's contours are placed with the
+same scanned positions the writer used: a wrong position in the scan itself is not something a read-back can see.
 """
 
 from __future__ import annotations
@@ -31,14 +32,21 @@ import numpy as np
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
-from innereye_batch.writers.slice_planes import BoxedMask, MaskStats, SlicePlanes, label_masks
+from innereye_batch.writers.slice_planes import (
+    BoxedMask,
+    MaskStats,
+    SlicePlanes,
+    label_masks,
+    mask_slice,
+    slice_counts,
+)
 
 if TYPE_CHECKING:
     from pydicom import Dataset
 
 _CONTOUR_DATA = 0x30060050
-RTSTRUCT_COUNT_TOLERANCE = 0.001
-"""Relative voxel-count tolerance for RT Structure Sets (see the module docstring)."""
+_Mask = np.ndarray | BoxedMask | None
+"""A structure's (z, y, x) mask on the source slices, within its box, or None when it is empty."""
 
 
 class ReadBackError(InnerEyeBatchError):
@@ -51,10 +59,11 @@ def compare_stats(
     spacing: Sequence[float],
     *,
     what: str,
-    relative_count_tolerance: float = 0.0,
+    differing: Mapping[str, int] | None = None,
 ) -> None:
-    """Raise ``ReadBackError`` naming ``what`` (the file) and every structure whose count or centroid differ;
-    centroids may differ by half the smallest of ``spacing`` (mm)."""
+    """Raise ``ReadBackError`` naming ``what`` (the file) and every structure whose count or centroid differ
+    (centroids may differ by half the smallest of ``spacing``, mm: the rounding of positions), or which has
+    ``differing`` voxels (in the file and not in the label map, or the other way round) where both agree."""
     centroid_tolerance = 0.5 * min(spacing)
     problems = []
     for name, want in expected.items():
@@ -62,8 +71,7 @@ def compare_stats(
         if got is None:
             problems.append(f"{name!r}: missing from the file")
             continue
-        allowed = 0 if relative_count_tolerance == 0 else max(1, int(relative_count_tolerance * want.voxel_count))
-        if abs(got.voxel_count - want.voxel_count) > allowed:
+        if got.voxel_count != want.voxel_count:
             problems.append(f"{name!r}: {got.voxel_count} voxels, the label map has {want.voxel_count}")
             continue
         if want.centroid is not None and got.centroid is not None:
@@ -73,6 +81,13 @@ def compare_stats(
                     f"{name!r}: centroid {_mm(got.centroid)} is {distance:.2f} mm from the label map's "
                     f"{_mm(want.centroid)} (tolerance {centroid_tolerance:.2f} mm)"
                 )
+                continue
+        wrong = (differing or {}).get(name, 0)
+        if wrong:
+            problems.append(
+                f"{name!r}: {wrong} voxel(s) differ from the label map's (same count and centroid: turned, mirrored "
+                "or moved in part)"
+            )
     extra = sorted(set(found) - set(expected))
     if extra:
         problems.append(f"structures not in the model: {extra}")
@@ -93,28 +108,48 @@ def seg_stats(path: Path, what: str = "") -> dict[str, MaskStats]:
     per-frame positions, shared orientation and pixel spacing."""
     import pydicom
 
-    return _seg_stats(pydicom.dcmread(path), what or path.name)
+    seg = pydicom.dcmread(path)
+    return _seg_stats(seg, _seg_frames(seg), what or path.name)
 
 
-def _seg_stats(seg: Dataset, what: str) -> dict[str, MaskStats]:
-    frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
-    # A LABELMAP SEG may describe segment 0 (pixel value 0) as the background: not a structure.
-    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) != 0}
+def _seg_frames(seg: Dataset) -> np.ndarray:
+    return seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
+
+
+def _segment_labels(seg: Dataset) -> dict[int, str]:
+    """Segment number -> label; a LABELMAP SEG may describe segment 0 (pixel value 0) as the background: not a
+    structure."""
+    return {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) != 0}
+
+
+def _is_labelmap(seg: Dataset) -> bool:
+    return str(seg.get("SegmentationType", "")) == "LABELMAP"
+
+
+def _frame_segments(seg: Dataset, index: int, frame: np.ndarray) -> list[int]:
+    """The segment numbers frame ``index`` holds: the values in a LABELMAP frame, a BINARY frame's one segment."""
+    if _is_labelmap(seg):
+        return [int(v) for v in np.flatnonzero(np.bincount(frame.ravel())) if v != 0]
+    groups = seg.PerFrameFunctionalGroupsSequence[index]
+    return [int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+
+
+def _segment_mask(seg: Dataset, frame: np.ndarray, number: int) -> np.ndarray:
+    return frame == number if _is_labelmap(seg) else frame != 0
+
+
+def _seg_stats(seg: Dataset, frames: np.ndarray, what: str) -> dict[str, MaskStats]:
+    labels = _segment_labels(seg)
     shared = seg.SharedFunctionalGroupsSequence[0]
-    labelmap = str(seg.get("SegmentationType", "")) == "LABELMAP"
     counts = dict.fromkeys(labels, 0)
     sums = {number: np.zeros(3) for number in labels}
     for index, frame in enumerate(frames):
         groups = seg.PerFrameFunctionalGroupsSequence[index]
         origin, row_step, column_step = _frame_axes(groups, shared)
-        if labelmap:
-            present = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
-        else:
-            number = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-            present = [(number, frame != 0)]
-        for number, mask in present:
+        for number in _frame_segments(seg, index, frame):
             if number not in counts:
                 raise ReadBackError(f"{what}: frame {index + 1} holds segment {number}, not described")
+            mask = _segment_mask(seg, frame, number)
             # index sums from the frame's projections (no index arrays)
             per_row = np.count_nonzero(mask, axis=1)
             count = int(per_row.sum())
@@ -123,6 +158,41 @@ def _seg_stats(seg: Dataset, what: str) -> dict[str, MaskStats]:
             counts[number] += count
             sums[number] += count * origin + column_sum * row_step + row_sum * column_step
     return {labels[n]: MaskStats.from_sums(counts[n], sums[n]) for n in labels}
+
+
+def _seg_differences(
+    seg: Dataset, frames: np.ndarray, frame_slices: Sequence[int], masks: Mapping[str, _Mask], slices: int
+) -> dict[str, int]:
+    """Per structure of ``masks`` (on a grid of ``slices``): the voxels in which the SEG's frames, each on its
+    source slice (``frame_slices``), differ from the mask; a slice of the mask that no frame of its segment covers
+    counts all its voxels, a second frame of a segment on one slice all of its own."""
+    labels = _segment_labels(seg)
+    shape = (int(frames.shape[1]), int(frames.shape[2]))
+    per_slice = {
+        name: np.zeros(slices, np.int64) if m is None else slice_counts(m, slices) for name, m in masks.items()
+    }
+    differing = dict.fromkeys(masks, 0)
+    covered: dict[str, set[int]] = {name: set() for name in masks}
+    for index, frame in enumerate(frames):
+        z = frame_slices[index]
+        held = _frame_segments(seg, index, frame)
+        if _is_labelmap(seg):  # a LABELMAP frame also says its slice holds none of the other segments
+            held = [n for n in labels if n in held or (labels[n] in masks and per_slice[labels[n]][z])]
+        for number in held:
+            name = labels.get(number)
+            if name is None or name not in masks:
+                continue  # a segment of no structure: compare_stats names it
+            found = _segment_mask(seg, frame, number)
+            if z in covered[name]:
+                differing[name] += int(np.count_nonzero(found))
+                continue
+            covered[name].add(z)
+            mask = masks[name]
+            expected = np.zeros(shape, bool) if mask is None else mask_slice(mask, z, shape)
+            differing[name] += int(np.count_nonzero(found != expected))
+    for name, counts in per_slice.items():
+        differing[name] += int(sum(int(n) for z, n in enumerate(counts) if n and z not in covered[name]))
+    return differing
 
 
 def _frame_axes(groups: Dataset, shared: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,15 +215,25 @@ def rtstruct_stats(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
     Raises ``ReadBackError`` for a contour that is not closed and planar on a slice of the grid, has fewer than
     3 points, or does not reference the source image at its plane.
     """
+    return _read_rtstruct(path, series, what or path.name, {})[0]
+
+
+def _read_rtstruct(
+    path: Path, series: SeriesInfo, what: str, masks: Mapping[str, _Mask]
+) -> tuple[dict[str, MaskStats], dict[str, int]]:
+    """``rtstruct_stats``, and per structure of ``masks`` the voxels in which the rasterised contours differ
+    from its mask (slices without contours count all the mask's voxels on them)."""
     import pydicom
 
     from innereye_batch.writers.contours import rasterise_contours
 
     rt = pydicom.dcmread(path)
-    what = what or path.name
     planes = SlicePlanes.of(series)
     names = {int(roi.ROINumber): str(roi.ROIName) for roi in rt.StructureSetROISequence}
     sums = {name: (0, np.zeros(3)) for name in names.values()}
+    differing = {
+        name: 0 if mask is None else int(slice_counts(mask, planes.shape[0]).sum()) for name, mask in masks.items()
+    }
     for roi in rt.get("ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         if number not in names:
@@ -170,7 +250,13 @@ def rtstruct_stats(path: Path, series: SeriesInfo, what: str = "") -> dict[str, 
             box = (slice(slice_index, slice_index + 1), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
             count, total = planes.sums(BoxedMask(box, mask))
             sums[name] = (sums[name][0] + count, sums[name][1] + total)
-    return {name: MaskStats.from_sums(count, total) for name, (count, total) in sums.items()}
+            want = masks.get(name)
+            if name in masks:  # its voxels on this slice were counted as missing: count what differs instead
+                expected = (
+                    np.zeros(mask.shape[1:], bool) if want is None else mask_slice(want, slice_index, mask.shape[1:])
+                )
+                differing[name] += int(np.count_nonzero(mask[0] != expected)) - int(np.count_nonzero(expected))
+    return {name: MaskStats.from_sums(count, total) for name, (count, total) in sums.items()}, differing
 
 
 def _contour_on_slice(contour: Dataset, planes: SlicePlanes, where: str) -> tuple[int, np.ndarray]:
@@ -213,8 +299,9 @@ def _check_contour_reference(contour: Dataset, series: SeriesInfo, slice_index: 
 
 
 def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, names: Sequence[str]) -> None:
-    """Raise ``ReadBackError`` unless the SEG at ``path`` holds, per structure, the count and centroid of
-    ``labels`` (on ``series``' slices; ``what`` names the file in the message)."""
+    """Raise ``ReadBackError`` unless the SEG at ``path`` holds, per structure, the voxels of ``labels`` (on
+    ``series``' slices; label i is ``names[i - 1]``), each where the label map has it (``what`` names the file in
+    the message)."""
     if series.mosaic_size is not None:
         _check_mosaic_seg(path, what, labels, series, names)
         return
@@ -222,25 +309,38 @@ def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, nam
 
     seg = pydicom.dcmread(path)
     planes = SlicePlanes.of(series)
-    _check_seg_references(seg, series, planes, what)
-    masks = label_masks(labels, len(names))
-    expected = {
-        name: MaskStats(0, None) if mask is None else planes.stats(mask)
-        for name, mask in zip(names, masks, strict=True)
-    }
-    compare_stats(expected, _seg_stats(seg, what), series.geometry.spacing, what=what)
+    frame_slices = _check_seg_references(seg, series, planes, what)
+    masks = dict(zip(names, label_masks(labels, len(names)), strict=True))
+    expected = {name: MaskStats(0, None) if mask is None else planes.stats(mask) for name, mask in masks.items()}
+    frames = _seg_frames(seg)
+    found = _seg_stats(seg, frames, what)
+    differing = _seg_differences(seg, frames, frame_slices, masks, planes.shape[0])
+    compare_stats(expected, found, series.geometry.spacing, what=what, differing=differing)
 
 
-def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes, what: str) -> None:
-    """Every SEG frame lies on a source slice (its first pixel on the slice's) and references that slice's
-    image, and only it (with its frame number for a multi-frame source)."""
+def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes, what: str) -> list[int]:
+    """Every SEG frame lies on a source slice, on its pixel grid (first pixel, directions and spacing), and
+    references that slice's image, and only it (with its frame number for a multi-frame source); each frame's
+    slice index."""
     shared = seg.SharedFunctionalGroupsSequence[0]
+    slices = []
+    extent = max(planes.shape[1:])
     for index, groups in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        origin = _frame_axes(groups, shared)[0]
+        origin, along_row, along_column = _frame_axes(groups, shared)
         located = planes.locate(origin[None])
         if located is None or max(abs(float(located[1][0])), abs(float(located[2][0]))) > _FIRST_PIXEL_TOLERANCE:
             raise ReadBackError(
                 f"{what}: frame {index + 1} at {_mm(origin.tolist())} is not on a slice of the source series"
+            )
+        # the far corner of the frame within the tolerance of the source's: the same pixel grid
+        off = extent * max(
+            np.linalg.norm(along_row - planes.column_step) / np.linalg.norm(planes.column_step),
+            np.linalg.norm(along_column - planes.row_step) / np.linalg.norm(planes.row_step),
+        )
+        if off > _FIRST_PIXEL_TOLERANCE:
+            raise ReadBackError(
+                f"{what}: frame {index + 1} has other pixel directions or spacing than its source slice (its far "
+                f"corner {off:.2f} pixels off)"
             )
         image = series.slices[located[0]]
         expected = [(image.sop_instance_uid, [image.frame + 1] if image.frame is not None else [])]
@@ -255,6 +355,8 @@ def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes,
                 f"{what}: frame {index + 1} references {found or 'no image'}, but the source image at its plane is "
                 f"{source}"
             )
+        slices.append(located[0])
+    return slices
 
 
 def _frame_numbers(reference: Dataset) -> list[int]:
@@ -294,17 +396,10 @@ def _check_mosaic_seg(path: Path, what: str, labels: np.ndarray, series: SeriesI
         raise ReadBackError(f"{what} read back does not match the label map laid out as the mosaic: {details}")
 
 
-def check_rtstruct(
-    path: Path, what: str, masks: Mapping[str, np.ndarray | BoxedMask | None], series: SeriesInfo
-) -> None:
+def check_rtstruct(path: Path, what: str, masks: Mapping[str, _Mask], series: SeriesInfo) -> None:
     """Raise ``ReadBackError`` unless the RT Structure Set at ``path``, rasterised onto ``series``' grid, gives
-    each structure of ``masks`` (name -> contoured (z, y, x) mask, or None when empty) within the tolerances."""
+    each structure of ``masks`` (name -> contoured (z, y, x) mask, or None when empty), voxel for voxel."""
     planes = SlicePlanes.of(series)
     expected = {name: MaskStats(0, None) if mask is None else planes.stats(mask) for name, mask in masks.items()}
-    compare_stats(
-        expected,
-        rtstruct_stats(path, series, what),
-        series.geometry.spacing,
-        what=what,
-        relative_count_tolerance=RTSTRUCT_COUNT_TOLERANCE,
-    )
+    found, differing = _read_rtstruct(path, series, what, masks)
+    compare_stats(expected, found, series.geometry.spacing, what=what, differing=differing)

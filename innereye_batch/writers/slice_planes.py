@@ -133,6 +133,23 @@ class BoxedMask:
         return (int(self.box[0].start), int(self.box[1].start), int(self.box[2].start))
 
 
+def mask_slice(mask: np.ndarray | BoxedMask, slice_index: int, shape: tuple[int, int]) -> np.ndarray:
+    """Slice ``slice_index`` of a (z, y, x) mask, or of a ``BoxedMask``, as a whole (rows, columns) boolean image."""
+    (first, top, left), array = _corner_and_array(mask)
+    out = np.zeros(shape, dtype=bool)
+    if 0 <= slice_index - first < array.shape[0]:
+        out[top : top + array.shape[1], left : left + array.shape[2]] = array[slice_index - first]
+    return out
+
+
+def slice_counts(mask: np.ndarray | BoxedMask, slices: int) -> np.ndarray:
+    """Voxels of a mask (or ``BoxedMask``) on each of the grid's ``slices``."""
+    (first, _, _), array = _corner_and_array(mask)
+    counts = np.zeros(slices, dtype=np.int64)
+    counts[first : first + array.shape[0]] = np.count_nonzero(array.reshape(array.shape[0], -1), axis=1)
+    return counts
+
+
 def label_masks(labels: np.ndarray, count: int) -> list[BoxedMask | None]:
     """Per label 1..``count``: its mask within its bounding box (None when absent), from one pass over the map."""
     from scipy.ndimage import find_objects

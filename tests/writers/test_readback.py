@@ -255,3 +255,82 @@ def test_a_name_cut_at_a_space_by_dicom_is_written_and_read_back_as_dicom_keeps_
     assert len(dicom_label(long)) == 63
     assert str(pydicom.dcmread(tmp_path / "segmentation.dcm").SegmentSequence[0].SegmentLabel) == dicom_label(long)
     assert str(pydicom.dcmread(tmp_path / "rtstruct.dcm").StructureSetROISequence[0].ROIName) == dicom_label(long)
+
+
+def _l_shape(labels: np.ndarray, value: int, z: int) -> np.ndarray:
+    """An asymmetric L on slice ``z`` and the same L turned 180 degrees about its own centroid (same count, same
+    centroid), as two label maps."""
+    shape = np.zeros(labels.shape[1:], bool)
+    shape[10:31, 10:15] = True
+    shape[26:31, 10:31] = True  # centroid (23.46, 16.54): turned, it lands on the grid at 2 x centroid - index
+    rows, columns = np.nonzero(shape)
+    turned = labels.copy()
+    labels[z][shape] = value
+    turned[z, np.rint(2 * rows.mean() - rows).astype(int), np.rint(2 * columns.mean() - columns).astype(int)] = value
+    return turned
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_a_structure_turned_about_its_centroid_is_refused_in_both_formats(tmp_path: Path, seg_type: str) -> None:
+    """Same voxel count, same centroid, 135 of 185 voxels elsewhere: a check of counts and centroids alone passed
+    it; voxel for voxel it fails."""
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(5, 64, 64), spacing=(3.0, 1.0, 1.0)))
+    package = make_package(tmp_path / "model")
+    names = package.segmentation.structure_names
+    labels = np.zeros(series.geometry.shape, np.uint8)
+    labels[1:4, 40:60, 40:60] = 2
+    turned = _l_shape(labels, 1, 2)
+    seg, rt = tmp_path / "seg.dcm", tmp_path / "rt.dcm"
+    dicom_seg.write_dicom_seg(seg, turned, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
+    write_rtstruct(rt, turned, series, package, software_version="1")
+    masks = structure_masks(labels, package.segmentation.structures)
+
+    message = rf"read back does not match the label map: '{names[0]}': 270 voxel\(s\) differ .*same count and centroid"
+    with pytest.raises(ReadBackError, match=message):
+        check_seg(seg, "segmentation.dcm", labels, series, names)
+    with pytest.raises(ReadBackError, match=message):
+        check_rtstruct(rt, "rtstruct.dcm", masks, series)
+    check_seg(seg, "segmentation.dcm", turned, series, names)  # against what was written: passes
+    check_rtstruct(rt, "rtstruct.dcm", structure_masks(turned, package.segmentation.structures), series)
+
+
+def test_an_rtstruct_without_a_one_voxel_structure_or_a_small_island_is_refused(tmp_path: Path) -> None:
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(5, 64, 64), spacing=(3.0, 1.0, 1.0)))
+    package = make_package(tmp_path / "model")
+    names = package.segmentation.structure_names
+    labels = np.zeros(series.geometry.shape, np.uint8)
+    labels[0, 50, 50] = 1  # one voxel
+    labels[1:4, 35:63, 35:63] = 2  # 2352 voxels
+    labels[3, 5, 60] = 2  # and an island of one voxel
+    masks = structure_masks(labels, package.segmentation.structures)
+    out = tmp_path / "rt.dcm"
+    write_rtstruct(out, labels, series, package, software_version="1")
+    check_rtstruct(out, "rtstruct.dcm", masks, series)
+
+    rt = pydicom.dcmread(out)
+    del rt.ROIContourSequence[0].ContourSequence
+    rt.save_as(tmp_path / "no_dot.dcm")
+    with pytest.raises(ReadBackError, match=rf"'{names[0]}': 0 voxels, the label map has 1"):
+        check_rtstruct(tmp_path / "no_dot.dcm", "rtstruct.dcm", masks, series)
+
+    rt = pydicom.dcmread(out)
+    contours = rt.ROIContourSequence[1].ContourSequence
+    rt.ROIContourSequence[1].ContourSequence = [c for c in contours if int(c.NumberOfContourPoints) > 4]
+    assert len(rt.ROIContourSequence[1].ContourSequence) == len(contours) - 1  # the island's square is gone
+    rt.save_as(tmp_path / "no_island.dcm")
+    with pytest.raises(ReadBackError, match=rf"'{names[1]}': 2352 voxels, the label map has 2353"):
+        check_rtstruct(tmp_path / "no_island.dcm", "rtstruct.dcm", masks, series)
+
+
+def test_a_seg_frame_on_another_pixel_grid_than_its_source_slice_is_refused(tmp_path: Path) -> None:
+    series = _series(tmp_path)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    out = tmp_path / "seg.dcm"
+    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1")
+    seg = pydicom.dcmread(out)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.PixelSpacing = [float(v) * 1.1 for v in measures.PixelSpacing]
+    seg.save_as(out)
+    with pytest.raises(ReadBackError, match="frame 1 has other pixel directions or spacing than its source slice"):
+        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)

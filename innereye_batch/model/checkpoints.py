@@ -4,6 +4,8 @@ Formats (detected from the bytes, never from the file name):
 
 - ``lightning``: InnerEye's PyTorch-Lightning ``.ckpt``, a dict whose ``state_dict`` keys carry a ``model.`` prefix.
 - ``legacy``: InnerEye's older ``<epoch>_checkpoint.pth.tar``, a dict with ``epoch`` and a bare ``state_dict``.
+  One trained with a mean teacher also holds ``mean_teacher_state_dict``: its weights are the ones loaded, as
+  InnerEye's inference uses them (``LoadedCheckpoint.mean_teacher``).
 - ``state_dict``: a plain mapping of parameter names to tensors.
 - ``torchscript``: a ``torch.jit.save`` archive.
 - ``torch_export``: a ``torch.export.save`` program (``.pt2``).
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
     from innereye_batch.model.spec import ModelPackage
 
+MEAN_TEACHER_KEY = "mean_teacher_state_dict"
+"""InnerEye's ``MEAN_TEACHER_STATE_DICT_KEY``: a legacy checkpoint's mean-teacher weights, which inference uses."""
 CheckpointFormat = Literal["lightning", "legacy", "state_dict", "torchscript", "torch_export", "pickled_module"]
 FROM_CHECKPOINT = "from_checkpoint"
 """Architecture name that runs a TorchScript / torch.export archive's own program instead of a registered one."""
@@ -60,6 +64,9 @@ class LoadedCheckpoint:
     """The deserialised program (TorchScript module or ``torch.export`` program's module), or a pickled module."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """``epoch`` and ``global_step`` where the checkpoint records them."""
+    mean_teacher: bool = False
+    """True when ``state_dict`` is a legacy checkpoint's mean teacher (``mean_teacher_state_dict``), not its
+    student ``state_dict``."""
 
 
 def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
@@ -152,6 +159,15 @@ def _classify_pickle(path: Path, content: Any) -> LoadedCheckpoint:
             raise CheckpointError(f"checkpoint {path}: its 'state_dict' holds something other than named tensors")
         if model_keys:
             return LoadedCheckpoint(path, "lightning", model_keys, metadata=metadata)
+        if MEAN_TEACHER_KEY in content:
+            teacher = content[MEAN_TEACHER_KEY]
+            if not _is_tensor_mapping(teacher):
+                raise CheckpointError(
+                    f"checkpoint {path}: its '{MEAN_TEACHER_KEY}' (the mean teacher's weights, which InnerEye's "
+                    "inference uses) holds something other than named tensors"
+                )
+            weights = _strip_common_prefix(teacher, "module.")
+            return LoadedCheckpoint(path, "legacy", weights, metadata=metadata, mean_teacher=True)
         return LoadedCheckpoint(path, "legacy", _strip_common_prefix(state, "module."), metadata=metadata)
     if _is_tensor_mapping(content):
         return LoadedCheckpoint(path, "state_dict", _strip_common_prefix(content, "module."))
@@ -269,23 +285,50 @@ def non_finite_tensors(state: dict[str, Any]) -> list[str]:
     ]
 
 
+def weights_digest(state: dict[str, Any]) -> str:
+    """Hex sha256 of the weights themselves: every tensor's name, dtype, shape and bytes, in name order (two files
+    of the same weights agree whatever else they hold or however they were saved)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        if not isinstance(state[name], torch.Tensor):  # a module's extra state: an object, not weights
+            digest.update(f"{name}\0{state[name]!r}\0".encode())
+            continue
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        # bytes, without a copy: any dtype (bfloat16 has no numpy type) viewed as uint8
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
 def load_networks(
     package: ModelPackage, *, device: torch.device | str = "cpu", trust_checkpoint: bool = False
 ) -> list[torch.nn.Module]:
     """One network per checkpoint of the package, weights loaded strictly, in eval mode, on ``device``.
 
     A weight that is NaN or infinite refuses the checkpoint: it would turn every output NaN, which argmax reads
-    as background (an empty segmentation)."""
+    as background (an empty segmentation). Two members of the same weights (``weights_digest``) are refused:
+    the ensemble's mean would count that member twice."""
     from innereye_batch.model.architectures import build_network
 
     networks = []
     in_channels = len(package.channels)
+    by_weights: dict[str, Path] = {}
     for ref in package.checkpoints:
         loaded = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint)
         broken = non_finite_tensors(loaded.state_dict)
         if broken:
             more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
             raise CheckpointError(f"checkpoint {ref.path}: NaN or infinite weights in {', '.join(broken[:3])}{more}")
+        if len(package.checkpoints) > 1:
+            digest = weights_digest(loaded.state_dict)
+            if digest in by_weights:
+                raise CheckpointError(
+                    f"checkpoint {ref.path}: holds the same weights as checkpoint {by_weights[digest]} (weights "
+                    f"sha256 {digest[:12]}): the ensemble's mean would count that member twice"
+                )
+            by_weights[digest] = ref.path
         if package.architecture.name == FROM_CHECKPOINT:
             if loaded.module is None:
                 raise CheckpointError(

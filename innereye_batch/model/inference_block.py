@@ -54,6 +54,8 @@ EXAMPLES = {
 }
 _POSTPROCESSING_FIELDS = ("posterior_smoothing_mm", "largest_component", "fill_holes")
 _NORMALISATION_FIELDS = ("method", "level", "window", "output_range", "sharpen", "tail")
+_STRUCTURE_FIELDS = ("name", "colour", "roi_interpreted_type")
+_CHANNEL_FIELDS = ("name", "modality", "series_description")
 
 
 class Fields:
@@ -67,6 +69,21 @@ class Fields:
         example = EXAMPLES.get(example_key or field.split(".")[0].split("[")[0], "")
         hint = f". Example: {example}" if example else ""
         return ModelFolderError(f"{self.file}: field '{self.prefix}{field}': {problem}{hint}")
+
+
+def _with_hints(keys: list[str], accepted: tuple[str, ...]) -> str:
+    """``keys`` joined, each followed by "(did you mean X?)" where one of ``accepted`` is close to it."""
+    return ", ".join(
+        f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, accepted, 1)) else k for k in keys
+    )
+
+
+def _refuse_unknown_keys(fields: Fields, name: str, entry: Mapping[str, Any], accepted: tuple[str, ...]) -> None:
+    """A ``ModelFolderError`` for keys of the object ``entry`` (field ``name``) outside ``accepted``; keys
+    starting with '_' are comments."""
+    unknown = sorted(str(k) for k in entry if k not in accepted and not str(k).startswith("_"))
+    if unknown:
+        raise fields.error(name, f"unknown key(s) {_with_hints(unknown, accepted)}; accepted: {', '.join(accepted)}")
 
 
 def _triple(fields: Fields, name: str, value: Any, *, integer: bool, minimum: float) -> tuple[Any, Any, Any]:
@@ -101,6 +118,7 @@ def _structures(fields: Fields, value: Any) -> tuple[Structure, ...]:
             entry = {"name": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
             raise fields.error(f"structures[{index}]", f"needs a non-empty 'name', got {entry!r}")
+        _refuse_unknown_keys(fields, f"structures[{index}]", entry, _STRUCTURE_FIELDS)
         colour = parse_colour(fields, f"structures[{index}].colour", entry.get("colour", [255, 0, 0]))
         interpreted_type = _interpreted_type(
             fields, f"structures[{index}].roi_interpreted_type", entry.get("roi_interpreted_type", "ORGAN")
@@ -156,6 +174,12 @@ def _architecture(fields: Fields, value: Any) -> ArchitectureSpec:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise fields.error("architecture", "must be an object with a 'name' and the architecture's parameters")
     params = {k: v for k, v in value.items() if k != "name"}
+    if value["name"] == FROM_CHECKPOINT and params:
+        raise fields.error(
+            "architecture",
+            f"'{FROM_CHECKPOINT}' runs the checkpoint's own program and takes no parameters, got "
+            f"{', '.join(sorted(params))}",
+        )
     if value["name"] != FROM_CHECKPOINT:
         problems = check_architecture_params(value["name"], params)
         if problems:
@@ -170,6 +194,7 @@ def _channels(fields: Fields, value: Any) -> tuple[ChannelSpec, ...]:
     for index, entry in enumerate(value):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise fields.error(f"channels[{index}]", f"needs a 'name', got {entry!r}")
+        _refuse_unknown_keys(fields, f"channels[{index}]", entry, _CHANNEL_FIELDS)
         for key in ("modality", "series_description"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise fields.error(f"channels[{index}].{key}", f"must be a string or null, got {entry[key]!r}")
@@ -187,9 +212,7 @@ def _channels(fields: Fields, value: Any) -> tuple[ChannelSpec, ...]:
 def _normalisation_one(fields: Fields, name: str, value: Any) -> Normalisation:
     if not isinstance(value, dict) or value.get("method") not in ("ct_window", "zscore", "mri_window", "none"):
         raise fields.error(name, f"needs 'method': one of ct_window, zscore, mri_window, none; got {value!r}")
-    unknown = sorted(set(value) - set(_NORMALISATION_FIELDS))
-    if unknown:
-        raise fields.error(name, f"unknown key(s) {', '.join(unknown)}; accepted: {', '.join(_NORMALISATION_FIELDS)}")
+    _refuse_unknown_keys(fields, name, value, _NORMALISATION_FIELDS)
     method = value["method"]
     output_range = value.get("output_range", [-1.0, 1.0])
     if not (isinstance(output_range, list) and len(output_range) == 2 and all(map(is_finite_number, output_range))):
@@ -245,9 +268,7 @@ def _postprocessing(fields: Fields, value: Any, structures: tuple[Structure, ...
         return PostProcessing()
     if not isinstance(value, dict):
         raise fields.error("postprocessing", f"must be an object, got {value!r}")
-    unknown = sorted(set(value) - set(_POSTPROCESSING_FIELDS))
-    if unknown:
-        raise fields.error("postprocessing", f"unknown key(s) {', '.join(unknown)}; accepted: {_POSTPROCESSING_FIELDS}")
+    _refuse_unknown_keys(fields, "postprocessing", value, _POSTPROCESSING_FIELDS)
     smoothing = value.get("posterior_smoothing_mm")
     return PostProcessing(
         posterior_smoothing_mm=None
@@ -294,11 +315,8 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
         return _classification_settings(block, file, prefix)
     unknown = [k for k in block if k not in BLOCK_FIELDS and not k.startswith("_")]
     if unknown:
-        hints = [
-            f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, BLOCK_FIELDS, 1)) else k
-            for k in unknown
-        ]
-        raise fields.error(unknown[0], f"unknown field(s): {', '.join(hints)}; keys starting with '_' are comments")
+        hints = _with_hints(unknown, BLOCK_FIELDS)
+        raise fields.error(unknown[0], f"unknown field(s): {hints}; keys starting with '_' are comments")
     for required in ("version", "structures", "architecture", "normalisation"):
         if required not in block:
             raise fields.error(required, "missing")

@@ -109,7 +109,9 @@ def inspect_model(folder: Path, *, trust_checkpoint: bool = False) -> dict[str, 
         package = load_model_package(folder)
         report.update(_describe_package(package))
         for entry, ref in zip(report["checkpoints"], package.checkpoints, strict=True):
-            entry["format"] = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint).format
+            loaded = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint)
+            entry["format"] = loaded.format
+            entry["mean_teacher"] = loaded.mean_teacher  # a legacy checkpoint's mean teacher's weights are used
         networks = load_networks(package, trust_checkpoint=trust_checkpoint)
         report["parameter_count"] = sum(p.numel() for p in networks[0].parameters())
         report["ensemble_size"] = len(networks)
@@ -135,7 +137,8 @@ def render_inspect(report: dict[str, Any], console: Console) -> None:
             _render_segmentation(report, console)
         checkpoints = Table("checkpoint", "format", "size", "sha256", title="Checkpoints")
         for c in report["checkpoints"]:
-            checkpoints.add_row(escape(c["path"]), c.get("format", "?"), f"{c['size_bytes']:,}", c["sha256"])
+            kind = c.get("format", "?") + (" (mean teacher's weights)" if c.get("mean_teacher") else "")
+            checkpoints.add_row(escape(c["path"]), kind, f"{c['size_bytes']:,}", c["sha256"])
         console.print(checkpoints)
     if report["loadable"]:
         console.print("[green]verdict: loadable[/green]")

@@ -1,0 +1,87 @@
+"""Unknown keys inside the block's entries (structures, channels, normalisation, postprocessing, architecture)
+are refused with a "did you mean" hint, as at the top level: a misspelt key would otherwise fall back to its
+default (a channel that takes every series of its modality, a structure of the default colour and type)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from innereye_batch.errors import ModelFolderError
+from innereye_batch.model.export import write_model_folder
+from innereye_batch.model.package import load_model_package
+from tests.model.conftest import tiny_network
+
+
+def _load(tmp_path: Path, block: dict[str, Any]) -> Any:
+    folder = write_model_folder(tmp_path / "m", [tiny_network()], model_name="Tiny", inference_block=block)
+    return load_model_package(folder)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"channels": [{"name": "t2", "modality": "MR", "series_descripton": "(?i)t2"}]},
+            "field 'inference.channels[0]': unknown key(s) series_descripton (did you mean series_description?); "
+            "accepted: name, modality, series_description",
+        ),
+        (
+            {"structures": [{"name": "liver", "color": [0, 255, 0]}, "spleen"]},
+            "field 'inference.structures[0]': unknown key(s) color (did you mean colour?); "
+            "accepted: name, colour, roi_interpreted_type",
+        ),
+        (
+            {"structures": ["liver", {"name": "body", "roi_type": "EXTERNAL"}]},
+            "field 'inference.structures[1]': unknown key(s) roi_type",
+        ),
+        (
+            {"normalisation": [{"method": "ct_window", "level": 40, "window": 400, "output_rnage": [0, 1]}]},
+            "field 'inference.normalisation[0]': unknown key(s) output_rnage (did you mean output_range?)",
+        ),
+        (
+            {"postprocessing": {"fill_hole": ["liver"]}},
+            "field 'inference.postprocessing': unknown key(s) fill_hole (did you mean fill_holes?)",
+        ),
+        (
+            {"architecture": {"name": "from_checkpoint", "initial_feature_channels": 2}},
+            "'from_checkpoint' runs the checkpoint's own program and takes no parameters, got initial_feature_channels",
+        ),
+    ],
+)
+def test_unknown_keys_in_entries_are_refused(
+    tmp_path: Path, block: dict[str, Any], change: dict[str, Any], expected: str
+) -> None:
+    block.update(change)
+    with pytest.raises(ModelFolderError) as caught:
+        _load(tmp_path, block)
+    message = str(caught.value)
+    assert expected in message
+    assert "model_inference_config.json" in message and "Example:" in message
+
+
+def test_known_keys_and_comments_in_entries_load(tmp_path: Path, block: dict[str, Any]) -> None:
+    block["structures"] = [
+        {"name": "liver", "colour": [0, 255, 0], "roi_interpreted_type": "organ", "_note": "a comment"},
+        {"name": "body", "roi_interpreted_type": "EXTERNAL"},
+    ]
+    block["channels"] = [{"name": "t2", "modality": "MR", "series_description": "(?i)t2", "_why": "T2 only"}]
+    block["normalisation"] = {"method": "zscore", "_comment": "per image"}
+    block["postprocessing"] = {"fill_holes": ["liver"], "_comment": "as trained"}
+    package = _load(tmp_path, copy.deepcopy(block))
+    [channel] = package.channels
+    assert (channel.name, channel.modality, channel.series_description) == ("t2", "MR", "(?i)t2")
+    structures = package.segmentation.structures
+    assert [(s.name, s.colour, s.interpreted_type) for s in structures] == [
+        ("liver", (0, 255, 0), "ORGAN"),
+        ("body", (255, 0, 0), "EXTERNAL"),
+    ]
+    assert package.segmentation.postprocessing.fill_holes == ("liver",)
+
+
+@pytest.mark.parametrize("folder", ["final_model", "cxr_model"])
+def test_the_sample_models_still_load(folder: str) -> None:
+    assert load_model_package(Path(__file__).resolve().parents[2] / "sample_data" / folder).checkpoints

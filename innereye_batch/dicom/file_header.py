@@ -125,7 +125,7 @@ def _fields(ds: Dataset) -> _Fields:
     causes can name it."""
     fields: _Fields = {}
     encoding = ds.original_character_set or default_encoding
-    plain_text = encoding in (default_encoding, ["ISO_IR 6"], "ISO_IR 6", ["ISO_IR 100"], "ISO_IR 100")
+    plain_text = _ascii_reads_as_ascii(ds)
     little = ds.original_encoding[1] is not False
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would store every converted element in it)
         raw = ds.get_item(tag)
@@ -151,6 +151,26 @@ def _fields(ds: Dataset) -> _Fields:
             continue
         fields[keyword if keyword else number] = found
     return fields
+
+
+_ASCII_SUPERSETS = frozenset(
+    {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 126", "ISO_IR 127"}
+    | {"ISO_IR 138", "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 203", "ISO_IR 192"}
+)
+"""Specific Character Sets without code extensions in which a byte below 128 is that ASCII character: the ISO 8859
+parts, TIS 620 and UTF-8 (not ISO 2022 sets, whose escape sequences are ASCII bytes; not JIS X 0201, whose 0x5C
+is the yen sign)."""
+
+
+def _ascii_reads_as_ascii(ds: Dataset) -> bool:
+    """True when the file's Specific Character Set (one term, or none) reads a value made of ASCII bytes as ASCII:
+    then ``_plain_value`` may decode its text itself."""
+    element = ds.get_item(_CHARACTER_SET)
+    value = element.value if element is not None else b""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    terms = [str(term).strip(" \x00") for term in (value.split("\\") if isinstance(value, str) else value)]
+    return len(terms) <= 1 and (terms[0] if terms else "") in _ASCII_SUPERSETS
 
 
 class _AsWritten:

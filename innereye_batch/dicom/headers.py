@@ -256,9 +256,9 @@ def value_mapping_issue(
 
 def complex_component(component: Any, image_type: Any) -> str:
     """MAGNITUDE, PHASE, REAL or IMAGINARY: ComplexImageComponent, else ImageType values as dcm2niix reads them."""
-    if component is not None and str(component).upper() in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
-        return str(component).upper()
-    values = [str(v).upper() for v in _as_list(image_type)]
+    if component is not None and str(component).strip().upper() in ("MAGNITUDE", "PHASE", "REAL", "IMAGINARY"):
+        return str(component).strip().upper()
+    values = [str(v).strip().upper() for v in _as_list(image_type)]  # CS padding is not part of the value
     if any(v == "P" or "PHASE" in v for v in values):
         return "PHASE"
     if any(v in ("R", "REAL") for v in values):
@@ -269,7 +269,7 @@ def complex_component(component: Any, image_type: Any) -> str:
 
 
 def is_derived(image_type: Any) -> bool:
-    return any(str(v).upper() == "DERIVED" for v in _as_list(image_type)[:1])
+    return any(str(v).strip().upper() == "DERIVED" for v in _as_list(image_type)[:1])  # 'DERIVED ' too
 
 
 def _as_list(raw: Any) -> list[Any]:

@@ -135,8 +135,12 @@ def split_acquisition(part: Part) -> list[Part]:
 
 
 def split_repeats(images: list[ImageHeader]) -> list[tuple[str, dict[str, str], list[ImageHeader]]]:
-    """Images of one grid split by the first temporal attribute that tells repeated positions apart."""
-    multiplicity = max(Counter(_position_key(im) for im in images).values())
+    """Images of one grid split by the first temporal attribute that tells repeated positions apart: one whose
+    every group holds each position fewer times than the whole grid does. An attribute that varies from slice to
+    slice but repeats in every volume (GE writes each slice's acquisition time as TriggerTime) groups slices,
+    not volumes: each group would still repeat every position it holds, and splitting by it would cut each volume
+    into evenly spaced thin stacks that look whole."""
+    multiplicity = _multiplicity(images)
     if multiplicity <= 1:
         return [("", {}, images)]
     for labeller in (_temporal_labels, _trigger_labels, _acquisition_labels, _index_labels, _instance_block_labels):
@@ -147,12 +151,19 @@ def split_repeats(images: list[ImageHeader]) -> list[tuple[str, dict[str, str], 
             for image in images:
                 suffix, split_by = labels[id(image)]
                 groups[(suffix, split_by)].append(image)
+            if any(_multiplicity(group) >= multiplicity for group in groups.values()):
+                continue  # it does not tell repeats apart
             result = []
             for (suffix, split_by), group in sorted(groups.items()):
                 for more, more_by, sub in split_repeats(group):
                     result.append((suffix + more, {**dict(split_by), **more_by}, sub))
             return result
     return [("", {}, images)]
+
+
+def _multiplicity(images: list[ImageHeader]) -> int:
+    """The most images at one position."""
+    return max(Counter(_position_key(im) for im in images).values())
 
 
 def _position_key(image: ImageHeader) -> Hashable:

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.dicom.volume import load_volume
@@ -94,6 +95,35 @@ def test_per_slice_trigger_times_do_not_split_a_volume(tmp_path: Path) -> None:
     truth = write_series(tmp_path, modality="MR", edit=lambda k, ds: setattr(ds, "TriggerTime", str(40 * k)))
     (series,) = scan_tree(tmp_path).series
     assert series.key == truth.series_instance_uid and series.problems == ()
+
+
+@pytest.mark.parametrize(("slices", "volumes", "times"), [(12, 5, 4), (6, 8, 6)], ids=["multiband 3", "one per slice"])
+def test_slice_times_written_as_trigger_times_do_not_cut_volumes_into_thin_stacks(
+    tmp_path: Path, slices: int, volumes: int, times: int
+) -> None:
+    """GE writes each slice's acquisition time as TriggerTime, the same in every volume: with at least as many
+    volumes as slice times, the series was split by them into stacks of every fourth slice (or of one slice),
+    each evenly spaced and without a problem. It holds ``volumes`` whole volumes, told apart by their runs of
+    InstanceNumbers."""
+    series_uid, study, frame = generate_uid(), generate_uid(), generate_uid()
+    for volume in range(volumes):
+        write_series(
+            tmp_path,
+            modality="MR",
+            shape=(slices, 8, 8),
+            series_instance_uid=series_uid,
+            study_instance_uid=study,
+            frame_of_reference_uid=frame,
+            name_prefix=f"V{volume}_",
+            first_instance=1 + volume * slices,
+            seed=volume,
+            edit=lambda k, ds: setattr(ds, "TriggerTime", str((k % times) * 500)),
+        )
+    found = scan_tree(tmp_path).series
+    assert [s.key[len(series_uid) :] for s in found] == [f".vol{v}" for v in range(1, volumes + 1)]
+    for series in found:
+        assert len(series.slices) == slices and series.geometry.spacing[0] == pytest.approx(2.5)
+        assert not series.blocking_problems()
 
 
 @pytest.mark.parametrize("case", ["echo", "temporal", "magphase", "acquisition"])

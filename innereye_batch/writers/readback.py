@@ -7,8 +7,9 @@ file is. The file is read with pydicom alone and placed with its own geometry (e
 ImageOrientationPatient and PixelSpacing for a SEG; the contours' patient coordinates for an RT Structure Set),
 not with the writer's library, so the check is independent of the code that wrote it.
 
-- DICOM-SEG (BINARY or LABELMAP): each frame must lie on a source slice with that slice's pixel grid (first
-  pixel, directions and spacing) and reference that slice's image; its pixels are then compared with the label
+- DICOM-SEG (BINARY or LABELMAP): each frame must lie on a source slice (its first pixel on the slice's), with
+  the series' pixel directions and spacing (within the tolerances by which the scan made the slices one stack),
+  and reference that slice's image; its pixels are then compared with the label
   map's on that slice, and a slice of a structure without its frame counts its voxels as missing.
 - RT Structure Set: each contour is checked to lie on a slice plane of the source grid and to reference the
   source image at that plane; the contours are rasterised back onto the source grid (pixel centres, even-odd
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from innereye_batch.dicom.series import SeriesInfo
+from innereye_batch.dicom.stacks import ORIENTATION_TOLERANCE
 from innereye_batch.errors import InnerEyeBatchError
 from innereye_batch.writers.slice_planes import (
     BoxedMask,
@@ -324,7 +326,6 @@ def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes,
     slice index."""
     shared = seg.SharedFunctionalGroupsSequence[0]
     slices = []
-    extent = max(planes.shape[1:])
     for index, groups in enumerate(seg.PerFrameFunctionalGroupsSequence):
         origin, along_row, along_column = _frame_axes(groups, shared)
         located = planes.locate(origin[None])
@@ -332,15 +333,9 @@ def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes,
             raise ReadBackError(
                 f"{what}: frame {index + 1} at {_mm(origin.tolist())} is not on a slice of the source series"
             )
-        # the far corner of the frame within the tolerance of the source's: the same pixel grid
-        off = extent * max(
-            np.linalg.norm(along_row - planes.column_step) / np.linalg.norm(planes.column_step),
-            np.linalg.norm(along_column - planes.row_step) / np.linalg.norm(planes.row_step),
-        )
-        if off > _FIRST_PIXEL_TOLERANCE:
+        if not (_same_pixel_axis(along_row, planes.column_step) and _same_pixel_axis(along_column, planes.row_step)):
             raise ReadBackError(
-                f"{what}: frame {index + 1} has other pixel directions or spacing than its source slice (its far "
-                f"corner {off:.2f} pixels off)"
+                f"{what}: frame {index + 1} has other pixel directions or spacing than the source series' grid"
             )
         image = series.slices[located[0]]
         expected = [(image.sop_instance_uid, [image.frame + 1] if image.frame is not None else [])]
@@ -357,6 +352,16 @@ def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes,
             )
         slices.append(located[0])
     return slices
+
+
+def _same_pixel_axis(step: np.ndarray, reference: np.ndarray) -> bool:
+    """One pixel step of a SEG frame and of the source grid agree as the scan's slices of one stack must
+    (``stacks._same_grid``): unit directions within ``ORIENTATION_TOLERANCE``, spacings within 1e-4 mm + 0.1 %.
+    Directions are compared normalised: the SEG copies the source's cosines as written (4 decimals, say)."""
+    length, expected = float(np.linalg.norm(step)), float(np.linalg.norm(reference))
+    if length == 0 or abs(length - expected) > 1e-4 + 1e-3 * expected:
+        return False
+    return float(np.abs(step / length - reference / expected).max()) <= ORIENTATION_TOLERANCE
 
 
 def _frame_numbers(reference: Dataset) -> list[int]:

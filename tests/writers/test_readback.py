@@ -332,5 +332,37 @@ def test_a_seg_frame_on_another_pixel_grid_than_its_source_slice_is_refused(tmp_
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     measures.PixelSpacing = [float(v) * 1.1 for v in measures.PixelSpacing]
     seg.save_as(out)
-    with pytest.raises(ReadBackError, match="frame 1 has other pixel directions or spacing than its source slice"):
+    with pytest.raises(ReadBackError, match="frame 1 has other pixel directions or spacing than the source series. grid"):
+        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_a_seg_passes_for_cosines_written_to_four_decimals_and_spacings_rounded_per_slice(
+    tmp_path: Path, seg_type: str
+) -> None:
+    """Valid series the pixel-grid check must not refuse: an oblique whose cosines are written to 4 decimals (unit
+    length 6e-5 off; the scan normalises them, the SEG copies them as written), and slices whose PixelSpacing
+    strings differ by 0.04 % (one stack for the scan; the SEG copies the first file's)."""
+    cosines = ["0.9135", "0.4067", "0", "-0.4067", "0.9135", "0"]
+    oblique = write_series(
+        tmp_path / "oblique",
+        shape=(4, 8, 300),
+        row_direction=[float(v) for v in cosines[:3]],
+        column_direction=[float(v) for v in cosines[3:]],
+        edit=lambda k, ds: setattr(ds, "ImageOrientationPatient", cosines),
+    )
+    rounded = write_series(
+        tmp_path / "rounded",
+        shape=(4, 8, 512),
+        spacing=(2.5, 0.7, 0.7),
+        edit=lambda k, ds: setattr(ds, "PixelSpacing", ["0.7", "0.7"] if k == 0 else ["0.7003", "0.7003"]),
+        instance_numbers_descending=True,
+    )
+    package = make_package(tmp_path / "model")
+    for generated in (oblique, rounded):
+        series = series_info_from(generated)
+        labels = np.zeros(series.geometry.shape, np.uint8)
+        labels[1:3, 2:6, 5:200] = 1
+        out = tmp_path / f"{generated.series_instance_uid}.dcm"
+        dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
         check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)

@@ -70,6 +70,16 @@ def regular_grid(
     )
 
 
+_HALF_TOLERANCE = 1e-6
+"""Voxels by which an offset may fall short of a half and still round up: positions in decimal millimetres rarely
+make an exact binary half."""
+
+
+def _nearest(offset: float) -> int:
+    """The nearest whole voxel to ``offset``, halves (and what float arithmetic left of them) rounding up."""
+    return math.floor(offset + 0.5 + _HALF_TOLERANCE)
+
+
 @dataclass(frozen=True, eq=False)
 class Regridding:
     """How a stack's source slices relate to the regular grid it was resampled onto."""
@@ -145,13 +155,14 @@ class Regridding:
         depth, height, width = self.target.shape
         for k in range(slices):
             z, dy, dx = self._offsets(k)
-            zi = math.floor(z + 0.5)
+            zi = _nearest(z)
             if not 0 <= zi < depth:
                 continue
-            # halves always round up: np.rint's half-to-even would send alternate rows of a slice lying half a
-            # pixel off the grid opposite ways (one target row used twice, the next never)
-            i = np.floor(np.arange(rows) + dy + 0.5).astype(np.int64)
-            j = np.floor(np.arange(columns) + dx + 0.5).astype(np.int64)
+            # one whole shift per slice: rounding each row apart (np.rint's half-to-even, or a half that float
+            # arithmetic made 0.4999999) sent the rows of a slice half a pixel off the grid different ways, so one
+            # target row was used twice and the next never
+            i = np.arange(rows) + _nearest(dy)
+            j = np.arange(columns) + _nearest(dx)
             valid_i, valid_j = (i >= 0) & (i < height), (j >= 0) & (j < width)
             block = labels[zi][np.clip(i, 0, height - 1)[:, None], np.clip(j, 0, width - 1)[None, :]]
             out[k] = np.where(valid_i[:, None] & valid_j[None, :], block, 0)

@@ -207,13 +207,21 @@ def test_tilted_labels_map_back_to_the_nearest_target_voxel(tmp_path: Path) -> N
         np.testing.assert_array_equal(back[k], labels[z, y, x])
 
 
-def test_slices_half_a_pixel_off_the_grid_map_back_as_a_rigid_shift(tmp_path: Path) -> None:
-    """Each slice of this tilted stack lies half a row further along the columns than the last (1 mm on 2 mm
-    pixels): every source row must take the target row half a row on, rounding halves one way. Half-to-even
-    rounding sent alternate rows opposite ways, so a structure one row thick vanished from every other slice."""
-    shape, origin = (8, 16, 12), np.array([-10.0, -20.0, 5.0])
-    positions = [origin + np.array([0.0, k * 1.0, k * 3.0]) for k in range(shape[0])]
-    write_series(tmp_path, shape=shape, spacing=(3.0, 2.0, 2.0), origin=origin, positions=positions)
+@pytest.mark.parametrize(
+    ("pixel", "rows", "origin"),
+    [(2.0, 16, (-10.0, -20.0, 5.0)), (0.488, 512, (-123.4, -201.3, 57.1))],
+    ids=["exact halves", "halves float arithmetic leaves 1e-15 short"],
+)
+def test_slices_half_a_pixel_off_the_grid_map_back_as_a_rigid_shift(
+    tmp_path: Path, pixel: float, rows: int, origin: tuple[float, float, float]
+) -> None:
+    """Each slice of this tilted stack lies half a row further along the columns than the last: every source row
+    must take the target row half a row on, rounding halves one way. Half-to-even rounding sent alternate rows
+    opposite ways, and rounding each row of an offset of 0.4999999999999996 sent low rows down and high rows up:
+    a structure one row thick vanished from some slices."""
+    shape = (8, rows, 12)
+    positions = [np.array(origin) + np.array([0.0, k * pixel / 2, k * 3.0]) for k in range(shape[0])]
+    write_series(tmp_path, shape=shape, spacing=(3.0, pixel, pixel), origin=origin, positions=positions)
     series = scan_tree(tmp_path, regrid_irregular=True).series[0]
     regridding = load_volume(series).regridding
     assert regridding is not None

@@ -293,13 +293,25 @@ def weights_digest(state: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state):
         if not isinstance(state[name], torch.Tensor):  # a module's extra state: an object, not weights
-            digest.update(f"{name}\0{state[name]!r}\0".encode())
+            digest.update(f"{name}\0".encode() + _object_bytes(state[name]) + b"\0")
             continue
-        tensor = state[name].detach().cpu().contiguous()
+        tensor = state[name].detach().cpu()
+        tensor = (tensor.to_dense() if tensor.layout != torch.strided else tensor).contiguous()
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         # bytes, without a copy: any dtype (bfloat16 has no numpy type) viewed as uint8
         digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
+
+
+def _object_bytes(value: Any) -> bytes:
+    """An extra-state object's content as bytes: its pickle (a repr may hold a memory address, which differs
+    between two loads of the same object), else its type's name."""
+    import pickle
+
+    try:
+        return pickle.dumps(value, protocol=4)
+    except Exception:  # unpicklable: the digest then tells members apart by their tensors alone
+        return type(value).__qualname__.encode()
 
 
 def load_networks(

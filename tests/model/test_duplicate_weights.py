@@ -117,3 +117,23 @@ def test_different_weights_load_and_the_digest_sees_every_difference(tmp_path: P
     assert digest != weights_digest({**state, "output_layer.weight": nudged})
     bf16 = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}  # no numpy dtype
     assert weights_digest(bf16) == weights_digest({k: v.clone() for k, v in bf16.items()}) != digest
+
+
+class _Calibration:
+    """A module's extra state: an object whose repr holds its memory address."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+
+def test_extra_state_and_sparse_tensors_are_digested_by_their_content() -> None:
+    """Two loads of one checkpoint give extra-state objects at different addresses: hashing their repr saw two
+    different members, and the same weights counted twice; a sparse tensor made the digest raise."""
+    state = {k: v.clone() for k, v in tiny_network(0).state_dict().items()}
+    one, two = _Calibration(0.5), _Calibration(0.5)
+    assert repr(one) != repr(two)
+    assert weights_digest({**state, "_extra_state": one}) == weights_digest({**state, "_extra_state": two})
+    assert weights_digest({**state, "_extra_state": one}) != weights_digest({**state, "_extra_state": _Calibration(2)})
+    dense = torch.tensor([[0.0, 1.5], [2.0, 0.0]])
+    assert weights_digest({"w": dense.to_sparse()}) == weights_digest({"w": dense})
+    assert weights_digest({"w": (dense * 2).to_sparse()}) != weights_digest({"w": dense})

@@ -107,3 +107,19 @@ def test_workers_die_with_a_killed_scan(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_headers_cross_the_process_boundary_whole(tree: Path) -> None:
+    """Headers are pickled by their field values (faster to load in the scanning process): every field of every
+    kind of outcome, pydicom's own files (multi-frame, enhanced, projection, compressed) included, comes back."""
+    import pickle
+
+    from pydicom.data.data_manager import get_testdata_files
+
+    paths = [*sorted(p for p in tree.rglob("*") if p.is_file()), *map(Path, get_testdata_files("*.dcm"))]
+    outcomes = scan._read_chunk(paths)
+    assert {type(o).__name__ for o in outcomes} >= {"FileHeader", "SkippedFile", "Damaged"}
+    assert any(len(o.images) > 1 for o in outcomes if hasattr(o, "images"))  # multi-frame files among them
+    for outcome in outcomes:
+        back = pickle.loads(pickle.dumps(outcome))
+        assert back == outcome and repr(back) == repr(outcome)

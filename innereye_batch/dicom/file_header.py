@@ -316,6 +316,8 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     native = syntax in NATIVE_LITTLE_ENDIAN and ds.original_encoding[1] is not False
     layout = pixel_layout(fields, pixel_value, status) if native and pixel_value is not None else None
     header = _header_from_fields(path, fields, sop_class, syntax, layout)
+    for image in header.images:  # as the file was when its header was read: what the inputs' fingerprint records
+        image.file_status = (status.st_size, status.st_mtime_ns, status.st_ctime_ns)
     header.problems = decoder_problems(syntax, fields.get("BitsStored"))  # codecs hook: can anything decode it?
     return unpack_mosaic(header, ds)  # mosaic hook: a mosaic's tiles become its images
 

@@ -110,6 +110,8 @@ class ImageHeader:
     split: SplitValues = SplitValues()
     mosaic_size: tuple[int, int] | None = None
     """For one tile of a Siemens mosaic or UIH grid (``mosaic.py``): (rows, columns) of the whole mosaic image."""
+    file_status: tuple[int, int, int] | None = None
+    """The file's size, modification and status-change times (ns) when the scan read its header."""
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its field values (scan workers send one per file): loads 2x faster than dataclass state."""

@@ -69,6 +69,9 @@ class SliceRef:
     mosaic_size: tuple[int, int] | None = None
     """(rows, columns) of the mosaic image this slice is a tile of (``mosaic.py``; ``frame`` is the tile's
     index, row-major); None for an ordinary image."""
+    file_status: tuple[int, int, int] | None = None
+    """The file's size, modification and status-change times (ns) when the scan read its header: the inputs'
+    fingerprint records them, and loading refuses a file that differs (changed after its header was read)."""
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,7 @@ def _slice_refs(images: list[ImageHeader], positions: np.ndarray) -> tuple[Slice
             pixel=im.pixel,
             monochrome1=im.monochrome1,
             mosaic_size=im.mosaic_size,
+            file_status=im.file_status,
         )
         for im, p in zip(images, positions, strict=True)
     )

@@ -32,10 +32,11 @@ from innereye_batch.dicom import headers
 from innereye_batch.dicom.codecs import register_decoders
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.mosaic import tiles_as_frames
-from innereye_batch.dicom.photometric import invert_stored
+from innereye_batch.dicom.photometric import PROJECTION_MODALITIES, invert_stored
 from innereye_batch.dicom.pixel_data import transfer_syntax_of
 from innereye_batch.dicom.regrid import Regridding
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
+from innereye_batch.dicom.stacks import ORIENTATION_TOLERANCE
 from innereye_batch.errors import SeriesError
 
 
@@ -73,6 +74,8 @@ _LOAD_KEYWORDS = (
     "RescaleSlope",
     "ModalityLUTSequence",
     "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
 )
@@ -330,6 +333,34 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
                 f"{path}: ImagePositionPatient changed since the scan ({_mm(ref.position)} -> {_mm(position)}): "
                 "scan the folder again",
             )
+        _check_grid_unchanged(series, path, header)
+
+
+def _check_grid_unchanged(series: SeriesInfo, path: Path, header: _Header) -> None:
+    """A single-frame slice's orientation and pixel spacing, read again, still those of the series' grid (within
+    the tolerances by which the scan made its slices one stack): a file rewritten after the scan with another
+    PixelSpacing (a corrected re-send) would otherwise be placed on the old grid. Values the file lacks or the
+    scan could not use are not compared (a projection image's fallbacks)."""
+    geometry, uid = series.geometry, series.series_instance_uid
+    orientation, _ = headers.orientation(header.get("ImageOrientationPatient"))
+    cosines = np.concatenate([geometry.direction_matrix[:, 0], geometry.direction_matrix[:, 1]])
+    if orientation is not None and float(np.abs(np.subtract(orientation, cosines)).max()) > ORIENTATION_TOLERANCE:
+        raise SeriesError(uid, f"{path}: ImageOrientationPatient changed since the scan: scan the folder again")
+    projection = series.modality.upper() in PROJECTION_MODALITIES
+    spacing, source, issue = headers.pixel_spacing(None, header, projection)  # as the scan reads it
+    if (
+        source == "PixelSpacing"
+        and issue is None
+        and any(
+            abs(found - scanned) > 1e-4 + 1e-3 * scanned
+            for found, scanned in zip(spacing, geometry.spacing[1:], strict=True)
+        )
+    ):
+        raise SeriesError(
+            uid,
+            f"{path}: PixelSpacing changed since the scan ({geometry.spacing[1]:.4g}\\{geometry.spacing[2]:.4g} -> "
+            f"{spacing[0]:.4g}\\{spacing[1]:.4g} mm): scan the folder again",
+        )
 
 
 _MOVED_MM = 1e-3

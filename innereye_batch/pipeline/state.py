@@ -57,16 +57,25 @@ def input_fingerprint(series: SeriesInfo) -> str:
     """sha256 over the series' images: SOP Instance UID, frame, file name, size, modification and status-change
     times, in slice order. The times catch a file rewritten in place at the same size (a corrected slice); the
     status-change time also when its modification time was set back (``cp -p``, ``rsync -t``), which no process
-    can do to a status-change time. A copied tree therefore counts as changed: its series are redone."""
+    can do to a status-change time. A copied tree therefore counts as changed: its series are redone.
+
+    The times are those the scan saw before it read each header (``SliceRef.file_status``): a file rewritten
+    after that gives a fingerprint a rerun does not match, never the old header's outputs under the new file's
+    times."""
     digest = hashlib.sha256(series.key.encode())
     for ref in series.slices:
         try:
-            status = ref.path.stat()
-            facts = f"{status.st_size}|{status.st_mtime_ns}|{status.st_ctime_ns}"
+            size, modified, changed = ref.file_status or _status_now(ref.path)
+            facts = f"{size}|{modified}|{changed}"
         except OSError:
             facts = "missing"
         digest.update(f"|{ref.sop_instance_uid}|{ref.frame}|{ref.path.name}|{facts}".encode())
     return digest.hexdigest()
+
+
+def _status_now(path: Path) -> tuple[int, int, int]:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def results_fingerprint(model_fp: str, settings: Any) -> str:
@@ -80,17 +89,17 @@ def is_done(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]
     """True when ``folder`` holds a complete result for these fingerprints covering ``formats``."""
     try:
         record = json.loads((folder / DONE_RECORD).read_text())
-    except (OSError, ValueError):
-        return False
-    if record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
-        return False
-    outputs: dict[str, dict[str, Any]] = record.get("outputs", {})
-    if not set(formats) <= set(outputs):
-        return False
-    for entry in outputs.values():
-        target = folder / entry["file"]
-        if not target.is_file() or target.stat().st_size != entry["size"]:
+        if record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
             return False
+        outputs: dict[str, dict[str, Any]] = record.get("outputs", {})
+        if not set(formats) <= set(outputs):
+            return False
+        for entry in outputs.values():
+            target = folder / entry["file"]
+            if not target.is_file() or target.stat().st_size != entry["size"]:
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable or edited by hand: redo it
+        return False
     return True
 
 

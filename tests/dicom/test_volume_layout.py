@@ -148,3 +148,16 @@ def test_compressed_and_deflated_files_get_no_layout_and_the_rest_keep_theirs(
     np.testing.assert_array_equal(load_volume(series).array, truth.voxels)
     assert len(decodes) == 1  # the recoded file alone goes through pydicom
     assert len(reads) == (1 if syntax == DeflatedExplicitVRLittleEndian else 0)  # inflated in memory first
+
+
+def test_pixel_spacing_rewritten_after_the_scan_is_refused(tmp_path: Path) -> None:
+    """A corrected re-send with another PixelSpacing, after the scan: its values were loaded and placed on the
+    scanned grid (0.8 mm) although the file now says 1.6 mm."""
+    truth = write_series(tmp_path, shape=(4, 10, 8), spacing=(2.5, 0.8, 0.7))
+    series = only_series(tmp_path)
+    victim = truth.paths[2]
+    ds = pydicom.dcmread(victim)
+    ds.PixelSpacing = ["1.6", "1.4"]
+    ds.save_as(victim, enforce_file_format=True)
+    with pytest.raises(SeriesError, match=r"PixelSpacing changed since the scan \(0.8\\0.7 -> 1.6\\1.4 mm\)"):
+        load_volume(series)

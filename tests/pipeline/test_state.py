@@ -123,3 +123,28 @@ def test_lock_refuses_second_run_and_is_released_when_holder_is_killed(tmp_path:
         holder.join()
     with output_lock(tmp_path):  # the kernel released the dead holder's lock
         pass
+
+
+@pytest.mark.parametrize(
+    "record", ["[]", '"done"', '{"input_fingerprint": "i", "model_fingerprint": "m", "outputs": []}']
+)
+def test_a_done_record_edited_into_another_shape_is_not_done(tmp_path: Path, record: str) -> None:
+    """A record that is JSON but not the object written raised AttributeError, which stopped the whole run."""
+    (tmp_path / DONE_RECORD).write_text(record)
+    assert not is_done(tmp_path, "i", "m", ("nifti",))
+
+
+def test_the_input_fingerprint_records_the_files_as_the_scan_read_them(tmp_path: Path) -> None:
+    """A file rewritten between the scan and the planning (a corrected re-send arriving during a long scan): the
+    fingerprint took the new file's times with the old header's outputs, and the rerun skipped it as done."""
+    from innereye_batch.dicom.scan import scan_tree
+    from innereye_batch.pipeline.state import input_fingerprint
+    from tests.factory import write_series
+
+    truth = write_series(tmp_path, shape=(3, 6, 6))
+    scanned = scan_tree(tmp_path).series[0]
+    before = input_fingerprint(scanned)
+    time.sleep(0.01)
+    truth.paths[1].write_bytes(truth.paths[1].read_bytes())  # rewritten in place, same bytes: new times
+    assert input_fingerprint(scanned) == before  # the series as scanned
+    assert input_fingerprint(scan_tree(tmp_path).series[0]) != before  # as a rerun scans it

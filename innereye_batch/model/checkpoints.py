@@ -320,8 +320,9 @@ def load_networks(
     """One network per checkpoint of the package, weights loaded strictly, in eval mode, on ``device``.
 
     A weight that is NaN or infinite refuses the checkpoint: it would turn every output NaN, which argmax reads
-    as background (an empty segmentation). Two members of the same weights (``weights_digest``) are refused:
-    the ensemble's mean would count that member twice."""
+    as background (an empty segmentation). A file whose sha256 is no longer the package's (replaced since the
+    folder was read) is refused too: the run's records name the package's checksums. Two members of the same
+    weights (``weights_digest``) are refused: the ensemble's mean would count that member twice."""
     from innereye_batch.model.architectures import build_network
 
     networks = []
@@ -329,6 +330,11 @@ def load_networks(
     by_weights: dict[str, Path] = {}
     for ref in package.checkpoints:
         loaded = load_checkpoint(ref.path, trust_checkpoint=trust_checkpoint)
+        if sha256_file(ref.path) != ref.sha256:  # after loading: what was loaded is what the records name
+            raise CheckpointError(
+                f"checkpoint {ref.path}: changed since the model folder was read (sha256 {ref.sha256[:12]} then): "
+                "the outputs would name other weights than those that made them; run again"
+            )
         broken = non_finite_tensors(loaded.state_dict)
         if broken:
             more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""

@@ -137,3 +137,14 @@ def test_extra_state_and_sparse_tensors_are_digested_by_their_content() -> None:
     dense = torch.tensor([[0.0, 1.5], [2.0, 0.0]])
     assert weights_digest({"w": dense.to_sparse()}) == weights_digest({"w": dense})
     assert weights_digest({"w": (dense * 2).to_sparse()}) != weights_digest({"w": dense})
+
+
+def test_a_checkpoint_replaced_after_the_folder_was_read_is_refused(tmp_path: Path, block: dict[str, Any]) -> None:
+    """A deploy during a long scan: the run hashed the old file and loaded the new one, so its records (and the
+    done records a rerun trusts) named weights other than those that made the outputs."""
+    folder = _folder(tmp_path, block, [(tiny_network(0), _lightning(epoch=1), "checkpoints/last.ckpt")])
+    package = load_model_package(folder)
+    _lightning(epoch=1)(tiny_network(1), folder / "checkpoints" / "last.ckpt")  # replaced in place
+    with pytest.raises(CheckpointError, match="changed since the model folder was read"):
+        load_networks(package)
+    assert len(load_networks(load_model_package(folder))) == 1  # read again, it loads

@@ -1,13 +1,22 @@
-"""Post-processing of posteriors into a label map, in InnerEye's order: smoothing, argmax, largest component, holes.
+"""Post-processing of posteriors into a label map, in InnerEye's order: smoothing, argmax, summed-probability rules,
+largest component, slice-exclusion rules, holes.
 
 Matches InnerEye's ``InferencePipeline.post_process`` and ``image_util``:
 - posterior smoothing (``gaussian_smooth_posteriors``): every class volume is filtered by
   ``scipy.ndimage.gaussian_filter`` with sigma = posterior_smoothing_mm / spacing, element-wise in (z, y, x)
   order (InnerEye passes both as (Z, Y, X)); SciPy's defaults (reflect at borders, truncate at 4 sigma);
 - argmax over classes (first class wins ties);
+- summed-probability rules (``apply_summed_probability_rules``), in their list's order, each on the labels the
+  previous one left: a voxel labelled ``external_class`` whose posterior for it is strictly below the sum of those
+  of ``first_class`` and ``second_class`` takes ``first_class`` where its posterior is >= ``second_class``'s, else
+  ``second_class``. Voxel-wise, so slabs of posteriors give the labels of the whole volume;
 - largest connected component (``extract_largest_foreground_connected_component``): ``scipy.ndimage.label``
   with its default structure, i.e. 6-connectivity (faces only) in 3-D; voxels of smaller components become
   background (0); ties between equal components keep the lowest-numbered one;
+- slice-exclusion rules (``apply_slice_exclusion_rules``), in order, on the label map: slices are z (axis 0 of
+  (z, y, x)). When both structures are present and the lowest slice holding ``higher_class`` is at or below the
+  highest slice holding ``lower_class``, every voxel in those slices (both included) of the dominated structure
+  becomes the dominant one (``higher_class`` when ``higher_dominates``, else ``lower_class``); nothing otherwise;
 - hole filling: InnerEye fills holes only when drawing RT-struct contours; here each configured structure's
   mask is filled in 3-D (``binary_fill_holes``, 6-connected background), and only background voxels are
   relabelled, so a structure enclosed by another keeps its own label.
@@ -23,13 +32,15 @@ outside the box, where the structure has no voxel.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from innereye_batch.model.spec import PostProcessing
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+Array = TypeVar("Array", "np.ndarray", "torch.Tensor")
 
 
 def postprocess(
@@ -51,8 +62,10 @@ def posterior_labels(
     spec: PostProcessing,
     structure_names: Sequence[str],
 ) -> np.ndarray:
-    """The first steps, where the posteriors are: smoothing when configured, then argmax to a uint8 label map;
-    only the label map leaves the device."""
+    """The first steps, where the posteriors are: smoothing when configured, argmax, then the summed-probability
+    rules on the (smoothed) posteriors; only the uint8 label map leaves the device."""
+    import numpy as np
+
     if len(posteriors.shape) != 4:
         raise ValueError(f"posteriors must be (classes, Z, Y, X), got shape {tuple(posteriors.shape)}")
     if posteriors.shape[0] != len(structure_names) + 1:
@@ -60,8 +73,50 @@ def posterior_labels(
             f"posteriors have {posteriors.shape[0]} classes but {len(structure_names)} structures + background"
         )
     if spec.posterior_smoothing_mm is not None and any(spec.posterior_smoothing_mm):
-        return argmax_labels(smooth_posteriors(posteriors, spec.posterior_smoothing_mm, spacing))
-    return argmax_labels(posteriors)
+        posteriors = smooth_posteriors(posteriors, spec.posterior_smoothing_mm, spacing)
+    names = structure_names
+    rules = [
+        (_label_of(r.first_class, names), _label_of(r.second_class, names), _label_of(r.external_class, names))
+        for r in spec.summed_probability_rules
+    ]
+    if not rules:
+        return argmax_labels(posteriors)
+    if isinstance(posteriors, np.ndarray):
+        return apply_summed_probability_rules(posteriors, argmax_labels(posteriors), rules)
+    labels = apply_summed_probability_rules(posteriors, posteriors.argmax(dim=0).to(dtype=_uint8()), rules)
+    return labels.cpu().numpy()
+
+
+def apply_summed_probability_rules(posteriors: Array, labels: Array, rules: Sequence[tuple[int, int, int]]) -> Array:
+    """In place: each rule ``(first, second, external)`` in turn relabels the voxels of ``labels`` (Z, Y, X) that
+    hold ``external`` and whose posterior for it (of (K, Z, Y, X) ``posteriors``, numpy or torch alike) is below the
+    sum of ``first``'s and ``second``'s: ``first`` where its posterior is >= ``second``'s, else ``second``."""
+    for first, second, external in rules:
+        p_first, p_second = posteriors[first], posteriors[second]
+        replace = (labels == external) & (posteriors[external] < p_first + p_second)
+        labels[replace & (p_first >= p_second)] = first
+        labels[replace & (p_first < p_second)] = second
+    return labels
+
+
+def apply_slice_exclusion_rules(labels: np.ndarray, rules: Sequence[tuple[int, int, bool]]) -> np.ndarray:
+    """In place: each rule ``(higher, lower, higher_dominates)`` in turn, where the z slices (axis 0) from the
+    lowest holding ``higher`` to the highest holding ``lower`` exist (both present, overlapping), relabels the
+    dominated label's voxels in them as the dominant one. Returns labels."""
+    from scipy.ndimage import find_objects
+
+    for higher, lower, higher_dominates in rules:
+        boxes = find_objects(labels, max_label=max(higher, lower))
+        higher_box, lower_box = boxes[higher - 1], boxes[lower - 1]
+        if higher_box is None or lower_box is None:
+            continue
+        first, last = higher_box[0].start, lower_box[0].stop - 1
+        if first > last:
+            continue
+        dominant, dominated = (higher, lower) if higher_dominates else (lower, higher)
+        overlap = labels[first : last + 1]
+        overlap[overlap == dominated] = dominant
+    return labels
 
 
 def resampled_labels(
@@ -75,7 +130,8 @@ def resampled_labels(
     """``posterior_labels`` of the posteriors resampled (trilinear) from the model's grid onto the source grid of
     ``shape``: without smoothing, one slab of slices at a time (``preprocess.resample_slabs``, the same labels),
     so that the posteriors at the source's resolution are never held whole (2.6 GiB for 9 classes on a
-    300x512x512 CT, and as much again for the resampling's temporaries)."""
+    300x512x512 CT, and as much again for the resampling's temporaries). The summed-probability rules are
+    voxel-wise: applied slab by slab, they give the whole volume's labels."""
     import numpy as np
 
     from innereye_batch.engine.preprocess import resample_slabs, resample_to_shape
@@ -91,7 +147,8 @@ def resampled_labels(
 
 
 def refine_labels(labels: np.ndarray, spec: PostProcessing, structure_names: Sequence[str]) -> np.ndarray:
-    """In place, on the CPU: largest connected component, then hole filling, of the configured structures."""
+    """In place, on the CPU: largest connected component, slice-exclusion rules, then hole filling, of the
+    configured structures."""
     from scipy.ndimage import find_objects
 
     largest = [_label_of(name, structure_names) for name in spec.largest_component]
@@ -103,6 +160,11 @@ def refine_labels(labels: np.ndarray, spec: PostProcessing, structure_names: Seq
             axes = range(labels.ndim)
             union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in axes)
             keep_largest_components(labels[union], largest)
+    exclusions = [
+        (_label_of(r.higher_class, structure_names), _label_of(r.lower_class, structure_names), r.higher_dominates)
+        for r in spec.slice_exclusion_rules
+    ]
+    apply_slice_exclusion_rules(labels, exclusions)
     if filled:
         boxes = find_objects(labels, max_label=max(filled))  # after the largest components: tighter boxes
         for label in filled:

@@ -22,7 +22,9 @@ from innereye_batch.model.spec import (
     Normalisation,
     PostProcessing,
     SegmentationSpec,
+    SliceExclusionRule,
     Structure,
+    SummedProbabilityRule,
     is_finite_number,
     structure_names_problem,
 )
@@ -51,8 +53,16 @@ EXAMPLES = {
     "checkpoint_paths": '"checkpoint_paths": ["checkpoints/OTHER_RUNS/1/last.ckpt", "checkpoints/last.ckpt"]',
     "roi_interpreted_type": '{"name": "external", "roi_interpreted_type": "EXTERNAL"}   (default "ORGAN")',
     "roi_interpreted_types": '"roi_interpreted_types": ["EXTERNAL", "ORGAN", "CTV"]   (one per structure)',
+    "summed_probability_rules": '"summed_probability_rules": [{"first_class": "spinal_cord", "second_class": '
+    '"brainstem", "external_class": "external"}]',
+    "slice_exclusion_rules": '"slice_exclusion_rules": [{"higher_class": "brainstem", "lower_class": "spinal_cord", '
+    '"higher_dominates": false}]',
 }
-_POSTPROCESSING_FIELDS = ("posterior_smoothing_mm", "largest_component", "fill_holes")
+_POSTPROCESSING_FIELDS = (
+    "posterior_smoothing_mm", "largest_component", "fill_holes", "summed_probability_rules", "slice_exclusion_rules",
+)  # fmt: skip
+_SUMMED_PROBABILITY_FIELDS = ("first_class", "second_class", "external_class", "if_present")
+_SLICE_EXCLUSION_FIELDS = ("higher_class", "lower_class", "higher_dominates", "if_present")
 _NORMALISATION_FIELDS = ("method", "level", "window", "output_range", "sharpen", "tail")
 _STRUCTURE_FIELDS = ("name", "colour", "roi_interpreted_type")
 _CHANNEL_FIELDS = ("name", "modality", "series_description")
@@ -278,7 +288,48 @@ def _postprocessing(fields: Fields, value: Any, structures: tuple[Structure, ...
             fields, "postprocessing.largest_component", value.get("largest_component", []), structures
         ),
         fill_holes=_names(fields, "postprocessing.fill_holes", value.get("fill_holes", []), structures),
+        summed_probability_rules=tuple(
+            SummedProbabilityRule(r["first_class"], r["second_class"], r["external_class"])
+            for r in _rules(fields, "summed_probability_rules", value, _SUMMED_PROBABILITY_FIELDS, structures)
+        ),
+        slice_exclusion_rules=tuple(
+            SliceExclusionRule(r["higher_class"], r["lower_class"], r["higher_dominates"])
+            for r in _rules(fields, "slice_exclusion_rules", value, _SLICE_EXCLUSION_FIELDS, structures)
+        ),
     )
+
+
+def _rules(
+    fields: Fields, key: str, post: Mapping[str, Any], accepted: tuple[str, ...], structures: tuple[Structure, ...]
+) -> list[Mapping[str, Any]]:
+    """The rules of ``postprocessing.<key>``, checked: every key of ``accepted`` is required, ``*_class`` a
+    structure's name, the others true or false (``if_present`` defaults to false). A rule with ``"if_present": true``
+    naming a structure the model lacks is dropped, as InnerEye's HeadAndNeck configs add a rule only when the model
+    has its structures."""
+    value = post.get(key, [])
+    if not isinstance(value, list):
+        raise fields.error(f"postprocessing.{key}", f"must be a list of rules, got {value!r}", key)
+    known = [s.name for s in structures]
+    result: list[Mapping[str, Any]] = []
+    for index, rule in enumerate(value):
+        name = f"postprocessing.{key}[{index}]"
+        if not isinstance(rule, dict):
+            raise fields.error(name, f"must be an object, got {rule!r}", key)
+        _refuse_unknown_keys(fields, name, rule, accepted)
+        rule = {"if_present": False, **rule}
+        for field in accepted:
+            given = rule.get(field)
+            if field.endswith("_class") and not isinstance(given, str):
+                raise fields.error(f"{name}.{field}", f"must be a structure name, got {given!r}", key)
+            if not field.endswith("_class") and not isinstance(given, bool):
+                raise fields.error(f"{name}.{field}", f"must be true or false, got {given!r}", key)
+        unknown = [rule[f] for f in accepted if f.endswith("_class") and rule[f] not in known]
+        if unknown and not rule["if_present"]:
+            problem = f"unknown structure(s) {_with_hints(unknown, tuple(known))}; structures are {known}"
+            raise fields.error(name, problem, key)
+        if not unknown:
+            result.append(rule)
+    return result
 
 
 def _inference(fields: Fields, block: Mapping[str, Any], architecture: ArchitectureSpec) -> InferenceSpec:

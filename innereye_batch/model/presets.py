@@ -8,7 +8,12 @@ config class's *default* values: training-time overrides are not recorded in a m
 with other structures or feature channels needs its own inference block. Every preset stitches patches by
 uniform averaging (``average``), which is what InnerEye's own inference does.
 
-Not reproduced: HeadAndNeck's slice-exclusion and summed-probability rules (post-processing we do not run).
+HeadAndNeck carries ``HeadAndNeckBase``'s post-processing rules (``HeadAndNeckPaper`` sets the same ones): slice
+exclusion brainstem above spinal_cord (cord dominates), spc_muscle above mpc_muscle (mpc dominates), optic_chiasm
+above pituitary_gland (chiasm dominates); summed probability of (spinal_cord, brainstem), (mpc_muscle, spc_muscle)
+and (optic_chiasm, pituitary_gland) against external. InnerEye adds each rule only when the model has its
+structures (and external, for the summed ones), so they are marked ``if_present``: a folder whose older-form
+``structure_names`` replace the preset's keeps those whose structures it has.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def _ct_unet3d_block(
     largest_component: list[str],
     fill_holes: list[str],
     smoothing: list[float] | None,
+    summed_probability_rules: list[dict[str, Any]] | None = None,
+    slice_exclusion_rules: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "version": 1,
@@ -66,8 +73,18 @@ def _ct_unet3d_block(
             "posterior_smoothing_mm": smoothing,
             "largest_component": largest_component,
             "fill_holes": fill_holes,
+            "summed_probability_rules": summed_probability_rules or [],
+            "slice_exclusion_rules": slice_exclusion_rules or [],
         },
     }
+
+
+def _summed_probability(first: str, second: str) -> dict[str, Any]:
+    return {"first_class": first, "second_class": second, "external_class": "external", "if_present": True}
+
+
+def _slice_exclusion(higher: str, lower: str, higher_dominates: bool) -> dict[str, Any]:
+    return {"higher_class": higher, "lower_class": lower, "higher_dominates": higher_dominates, "if_present": True}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -94,6 +111,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         largest_component=list(HEAD_AND_NECK_STRUCTURES),
         fill_holes=list(HEAD_AND_NECK_STRUCTURES),
         smoothing=None,
+        summed_probability_rules=[
+            _summed_probability("spinal_cord", "brainstem"),
+            _summed_probability("mpc_muscle", "spc_muscle"),
+            _summed_probability("optic_chiasm", "pituitary_gland"),
+        ],
+        slice_exclusion_rules=[
+            _slice_exclusion("brainstem", "spinal_cord", False),
+            _slice_exclusion("spc_muscle", "mpc_muscle", False),
+            _slice_exclusion("optic_chiasm", "pituitary_gland", True),
+        ],
     ),
     "Lung": _ct_unet3d_block(
         structures=LUNG_STRUCTURES,

@@ -107,12 +107,49 @@ class InferenceSpec:
 
 
 @dataclass(frozen=True)
+class SummedProbabilityRule:
+    """InnerEye's ``SummedProbabilityRule``: a voxel labelled ``external_class`` whose posterior for it is below the
+    sum of ``first_class``'s and ``second_class``'s takes the more probable of those two (``first_class`` on ties)."""
+
+    first_class: str
+    second_class: str
+    external_class: str
+
+
+@dataclass(frozen=True)
+class SliceExclusionRule:
+    """InnerEye's ``SliceExclusionRule``: ``higher_class`` must lie in strictly higher z slices than ``lower_class``.
+    Where their slice ranges overlap (from the lowest slice of ``higher_class`` to the highest of ``lower_class``),
+    the voxels of one become the other: of ``lower_class`` when ``higher_dominates``, else of ``higher_class``."""
+
+    higher_class: str
+    lower_class: str
+    higher_dominates: bool
+
+
+@dataclass(frozen=True)
 class PostProcessing:
-    """Post-processing in InnerEye's order: smoothing, argmax, largest component, hole filling."""
+    """Post-processing in InnerEye's order: smoothing, argmax, summed-probability rules, largest component,
+    slice-exclusion rules, hole filling (each rule in its list's order)."""
 
     posterior_smoothing_mm: tuple[float, float, float] | None = None
     largest_component: tuple[str, ...] = ()
     fill_holes: tuple[str, ...] = ()
+    summed_probability_rules: tuple[SummedProbabilityRule, ...] = ()
+    slice_exclusion_rules: tuple[SliceExclusionRule, ...] = ()
+
+    def named_structures(self) -> dict[str, tuple[str, ...]]:
+        """The structure names each setting refers to, by setting (for validation)."""
+        return {
+            "largest_component": self.largest_component,
+            "fill_holes": self.fill_holes,
+            "summed_probability_rules": tuple(
+                n for r in self.summed_probability_rules for n in (r.first_class, r.second_class, r.external_class)
+            ),
+            "slice_exclusion_rules": tuple(
+                n for r in self.slice_exclusion_rules for n in (r.higher_class, r.lower_class)
+            ),
+        }
 
 
 DICOM_LABEL_LENGTH = 64
@@ -204,10 +241,7 @@ class SegmentationSpec:
         problem = structure_names_problem(names)
         if problem:
             raise ValueError(f"{problem[0]}: {problem[1]}")
-        for rule, listed in (
-            ("largest_component", self.postprocessing.largest_component),
-            ("fill_holes", self.postprocessing.fill_holes),
-        ):
+        for rule, listed in self.postprocessing.named_structures().items():
             unknown = [n for n in listed if n not in names]
             if unknown:
                 raise ValueError(f"post-processing {rule} names unknown structure(s) {unknown}; structures: {names}")
@@ -271,5 +305,9 @@ class ModelPackage:
         settings.pop("folder")
         settings["task"] = self.task
         settings["checkpoints"] = [c.sha256 for c in self.checkpoints]
+        post = settings["task_spec"].get("postprocessing", {})
+        for key in ("summed_probability_rules", "slice_exclusion_rules"):  # added later: when unset, a package
+            if not post.get(key):  # keeps the fingerprint it had before (its outputs are the same)
+                post.pop(key, None)
         blob = json.dumps(settings, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -1,9 +1,10 @@
 """Segmentation: decode a work item into a (channels, z, y, x) volume, predict a label map on its grid.
 
 On the device: normalise each channel, resample to the model's spacing, the ensemble's mean softmax posteriors
-(sliding window), back to the source grid, smoothing when configured, argmax: only the uint8 label map leaves the
-device. On the CPU, off the device loop (``SegmentationPrediction.finished``, called by the writers' thread):
-largest connected component, hole filling and each structure's size.
+(sliding window), back to the source grid, smoothing when configured, argmax, summed-probability rules (they need
+the posteriors): only the uint8 label map leaves the device. On the CPU, off the device loop
+(``SegmentationPrediction.finished``, called by the writers' thread): largest connected component, slice-exclusion
+rules, hole filling and each structure's size.
 """
 
 from __future__ import annotations
@@ -169,8 +170,8 @@ class SegmentationPrediction:
     task: ClassVar[str] = "segmentation"
 
     def finished(self) -> SegmentationPrediction:
-        """The prediction with its CPU post-processing done (largest component, holes) and its structures sized;
-        itself when already done. Its label map is refined in place (the prediction owns it)."""
+        """The prediction with its CPU post-processing done (largest component, slice exclusion, holes) and its
+        structures sized; itself when already done. Its label map is refined in place (the prediction owns it)."""
         if self.refined:
             return self
         from innereye_batch.engine.postprocess import refine_labels

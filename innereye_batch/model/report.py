@@ -50,6 +50,8 @@ def _describe_segmentation(spec: SegmentationSpec) -> dict[str, Any]:
             "posterior_smoothing_mm": list(spec.postprocessing.posterior_smoothing_mm or []) or None,
             "largest_component": list(spec.postprocessing.largest_component),
             "fill_holes": list(spec.postprocessing.fill_holes),
+            "summed_probability_rules": [vars(r) for r in spec.postprocessing.summed_probability_rules],
+            "slice_exclusion_rules": [vars(r) for r in spec.postprocessing.slice_exclusion_rules],
         },
     }
 
@@ -196,3 +198,10 @@ def _render_segmentation(report: dict[str, Any], console: Console) -> None:
         f"post-processing: smoothing {post['posterior_smoothing_mm'] or 'none'} mm; largest component "
         f"{', '.join(post['largest_component']) or 'none'}; fill holes {', '.join(post['fill_holes']) or 'none'}"
     )
+    for rule in post["summed_probability_rules"]:
+        console.print(
+            f"  summed probability: {rule['first_class']} + {rule['second_class']} against {rule['external_class']}"
+        )
+    for rule in post["slice_exclusion_rules"]:
+        dominant = rule["higher_class"] if rule["higher_dominates"] else rule["lower_class"]
+        console.print(f"  slice exclusion: {rule['higher_class']} above {rule['lower_class']} ({dominant} dominates)")

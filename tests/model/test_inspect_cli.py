@@ -70,3 +70,17 @@ def test_inspect_mismatched_weights_exit_2(tmp_path: Path, block: dict[str, Any]
     result = CliRunner().invoke(app, ["inspect", "--model", str(folder)], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert "cannot load" in result.stdout and "shape mismatch" in result.stdout
+
+
+def test_inspect_shows_the_postprocessing_rules(tmp_path: Path, block: dict[str, Any]) -> None:
+    rules = {
+        "summed_probability_rules": [{"first_class": "liver", "second_class": "spleen", "external_class": "spleen"}],
+        "slice_exclusion_rules": [{"higher_class": "liver", "lower_class": "spleen", "higher_dominates": True}],
+    }
+    folder = _folder(tmp_path, {**block, "postprocessing": {**block.get("postprocessing", {}), **rules}})
+    report = json.loads(CliRunner().invoke(app, ["inspect", "--model", str(folder), "--json"]).stdout)
+    for name, entries in rules.items():
+        assert report["postprocessing"][name] == entries
+    text = CliRunner().invoke(app, ["inspect", "--model", str(folder)], env={"COLUMNS": "200"}).stdout
+    assert "summed probability: liver + spleen against spleen" in text
+    assert "slice exclusion: liver above spleen (liver dominates)" in text

@@ -27,6 +27,7 @@ from innereye_batch.pipeline.ray_executor import RayOptions
 from innereye_batch.pipeline.run_summaries import remove_earlier_summaries, write_summaries
 from innereye_batch.pipeline.shards import Shard, plan_fingerprint
 from innereye_batch.pipeline.sources import FolderSource, Source
+from innereye_batch.pipeline.state import input_fingerprint
 from innereye_batch.results import UNFINISHED, ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import Predictor, PredictorOptions
@@ -195,7 +196,9 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
             clear_failed=not options.dry_run,
         )
         skipped = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
-        plan_fp = plan_fingerprint([s.key for s in scan.series if selection(s)] + [f"file:{f.path}" for f in skipped])
+        # each series with its files as scanned: shards that saw the inputs in other states cannot merge
+        cohort = [f"{s.key}\0{input_fingerprint(s)}" for s in scan.series if selection(s)]
+        plan_fp = plan_fingerprint(cohort + [f"file:{f.path}" for f in skipped])
         if options.shard is not None:
             skipped = tuple(f for f in skipped if options.shard.owns(f"file:{f.path}"))
         return jobs, RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped), plan_fp

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from innereye_batch.errors import UsageError
@@ -206,3 +207,34 @@ def test_shards_merge_when_a_key_holds_a_control_character(tmp_path: Path) -> No
             reports.append(run_batch(replace(options, shard=Shard(k, 2))))
     assert [r.merged for r in reports] == [False, True, True, True], [r.shard_note or r.summary_error for r in reports]
     assert summary(out)["counts"]["total"] == 4
+
+
+def test_summarize_refuses_shards_that_saw_a_series_in_other_states(tmp_path: Path) -> None:
+    """A slice arrived in a series of shard 1 after both shards ran; shard 0 ran again and rightly did not merge,
+    but `summarize` by hand merged shard 1's old summary, which says ok for outputs of 8 slices of a 9-slice
+    series. Each shard's plan fingerprint now covers the series' files as it scanned them."""
+    from innereye_batch.pipeline.run import RunOptions
+    from tests.factory import write_series
+    from tests.pipeline.cohort import model_folder
+
+    model, scans, out = model_folder(tmp_path / "model", members=1), tmp_path / "scans", tmp_path / "out"
+    written = [write_series(scans / f"s{i}", shape=(8, 12, 12), seed=20 + i) for i in range(6)]
+    options = RunOptions(model=model, input=scans, output=out, device="cpu", workers=0, formats=("nifti",))
+    for k in range(2):
+        run_batch(replace(options, shard=Shard(k, 2)))
+    assert summary(out)["counts"]["ok"] == 6
+    theirs = next(s for s in written if Shard(1, 2).owns(s.series_instance_uid))
+    late = pydicom.dcmread(theirs.paths[-1])
+    late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    late.ImagePositionPatient = [*late.ImagePositionPatient[:2], float(late.ImagePositionPatient[2]) + 2.5]
+    late.save_as(theirs.paths[0].parent / "late.dcm", enforce_file_format=True)
+
+    assert not run_batch(replace(options, shard=Shard(0, 2))).merged
+    by_hand = subprocess.run(
+        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert by_hand.returncode == 1 and "saw different cohorts" in " ".join(by_hand.stderr.split()), by_hand.stderr
+    assert not (out / "summary.json").exists()

@@ -338,13 +338,14 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
 
 def _check_grid_unchanged(series: SeriesInfo, path: Path, header: _Header) -> None:
     """A single-frame slice's orientation and pixel spacing, read again, still those of the series' grid (within
-    the tolerances by which the scan made its slices one stack): a file rewritten after the scan with another
+    twice the tolerances by which the scan made its slices one stack: the scan compares each slice with the first
+    of its grid, a split stack takes its geometry from another): a file rewritten after the scan with another
     PixelSpacing (a corrected re-send) would otherwise be placed on the old grid. Values the file lacks or the
     scan could not use are not compared (a projection image's fallbacks)."""
     geometry, uid = series.geometry, series.series_instance_uid
     orientation, _ = headers.orientation(header.get("ImageOrientationPatient"))
     cosines = np.concatenate([geometry.direction_matrix[:, 0], geometry.direction_matrix[:, 1]])
-    if orientation is not None and float(np.abs(np.subtract(orientation, cosines)).max()) > ORIENTATION_TOLERANCE:
+    if orientation is not None and float(np.abs(np.subtract(orientation, cosines)).max()) > 2 * ORIENTATION_TOLERANCE:
         raise SeriesError(uid, f"{path}: ImageOrientationPatient changed since the scan: scan the folder again")
     projection = series.modality.upper() in PROJECTION_MODALITIES
     spacing, source, issue = headers.pixel_spacing(None, header, projection)  # as the scan reads it
@@ -352,7 +353,7 @@ def _check_grid_unchanged(series: SeriesInfo, path: Path, header: _Header) -> No
         source == "PixelSpacing"
         and issue is None
         and any(
-            abs(found - scanned) > 1e-4 + 1e-3 * scanned
+            abs(found - scanned) > 2 * (1e-4 + 1e-3 * scanned)
             for found, scanned in zip(spacing, geometry.spacing[1:], strict=True)
         )
     ):

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 import innereye_batch.dicom.volume as volume_module
+from innereye_batch.dicom.scan import scan_tree
 from innereye_batch.dicom.volume import load_volume
 from innereye_batch.errors import SeriesError
 from tests.dicom.oracle import only_series, without_layouts
@@ -161,3 +162,35 @@ def test_pixel_spacing_rewritten_after_the_scan_is_refused(tmp_path: Path) -> No
     ds.save_as(victim, enforce_file_format=True)
     with pytest.raises(SeriesError, match=r"PixelSpacing changed since the scan \(0.8\\0.7 -> 1.6\\1.4 mm\)"):
         load_volume(series)
+
+
+def test_a_split_stack_whose_spacings_vary_within_the_scans_tolerance_loads(tmp_path: Path) -> None:
+    """Two time points at the same positions; the second's PixelSpacing strings vary by 0.1 % (each within the
+    scan's tolerance of the first file, which it groups by). Its stack takes its geometry from its own first
+    image, 0.2 % from some of its slices: parsed again at load, they must not be taken for rewritten files."""
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    spacings = {("A", k): "0.8" for k in range(4)} | {("B", k): v for k, v in enumerate(["0.8008", "0.7992"] * 2)}
+    for volume, prefix in ((1, "A"), (2, "B")):
+
+        def edit(k: int, ds: pydicom.Dataset, prefix: str = prefix, volume: int = volume) -> None:
+            ds.TemporalPositionIdentifier = volume
+            ds.PixelSpacing = [spacings[(prefix, k)], "0.7"]
+
+        write_series(
+            tmp_path,
+            shape=(4, 10, 8),
+            modality="MR",
+            series_instance_uid=uid,
+            study_instance_uid=uid + ".9",
+            frame_of_reference_uid=uid + ".8",
+            name_prefix=prefix,
+            first_instance=1 + 4 * (volume - 1),
+            edit=edit,
+            transfer_syntax=RLELossless,  # parsed again at load: the check applies
+            seed=volume,
+            rescale_intercept=0.0,
+        )
+    stacks = scan_tree(tmp_path).series
+    assert [s.key[len(uid) :] for s in stacks] == [".t1", ".t2"]
+    for series in stacks:
+        assert load_volume(series).array.shape == (4, 10, 8)

@@ -56,7 +56,9 @@ FORMATS = [
 def _package_with(tmp_path: Path, block: dict[str, Any], checkpoint: Path) -> Any:
     folder = write_model_folder(tmp_path / "final_model", [tiny_network()], model_name="Tiny", inference_block=block)
     package = load_model_package(folder)
-    ref = dataclasses.replace(package.checkpoints[0], path=checkpoint)
+    ref = dataclasses.replace(  # the package as if read with this file: its checksum too
+        package.checkpoints[0], path=checkpoint, sha256=sha256_file(checkpoint), size_bytes=checkpoint.stat().st_size
+    )
     return dataclasses.replace(package, checkpoints=(ref,))
 
 

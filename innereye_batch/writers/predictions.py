@@ -16,9 +16,10 @@ from innereye_batch.model.spec import CheckpointRef, ModelPackage
 from innereye_batch.results import StructureStats
 from innereye_batch.tasks.classification import ClassificationPrediction
 from innereye_batch.tasks.segmentation import SegmentationPrediction
+from innereye_batch.text import printable
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 """1.1: ``inference`` (the device and the precision the networks ran in) added."""
 SCHEMA_RESOURCE = "predictions.schema.json"
 CLASSIFICATION_SCHEMA_RESOURCE = "predictions.classification.schema.json"
@@ -68,23 +69,21 @@ def build_predictions(
     peak_memory_gib: Mapping[str, float] | None = None,
     device: str = "",
     precision: str = "",
+    channels: Sequence[SeriesInfo] = (),
 ) -> dict[str, Any]:
     """The predictions document for one series; it validates against ``load_predictions_schema()``.
 
-    ``geometry`` is the grid of the outputs (the source series' grid). Patient name and ID are never included.
+    ``geometry`` is the grid of the outputs (the source series' grid); ``channels``: every input series of a
+    multi-channel model, in channel order (``series`` first). Patient name and ID are never included.
     """
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": TOOL_NAME, "version": tool_version},
         "model": model_record(package),
         "input": {
-            "key": series.key,
-            "series_instance_uid": series.series_instance_uid,
-            "study_instance_uid": series.study_instance_uid,
-            "frame_of_reference_uid": series.frame_of_reference_uid,
-            "modality": series.modality,
-            "series_description": series.series_description,
-            "number_of_images": len(series.slices),
+            "key": printable(series.key),
+            **_series_record(series),
+            "frame_of_reference_uid": printable(series.frame_of_reference_uid),
             "pixel_spacing_source": series.pixel_spacing_source,
             "resampled_onto_regular_grid": resampled,
             **geometry.to_json(),
@@ -103,9 +102,25 @@ def build_predictions(
         "peak_memory_gib": {name: float(gib) for name, gib in (peak_memory_gib or {}).items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if len(channels) > 1:  # every series the model read, in its channels' order
+        document["input"]["channels"] = [
+            {"name": channel.name, **_series_record(source)}
+            for channel, source in zip(package.channels, channels, strict=True)
+        ]
     if probabilities is not None:
         document["probabilities"] = {name: float(p) for name, p in probabilities.items()}
     return document
+
+
+def _series_record(series: SeriesInfo) -> dict[str, Any]:
+    """A series as predictions.json names it: text as the files wrote it, control characters escaped."""
+    return {
+        "series_instance_uid": printable(series.series_instance_uid),
+        "study_instance_uid": printable(series.study_instance_uid),
+        "modality": printable(series.modality),
+        "series_description": printable(series.series_description),
+        "number_of_images": len(series.slices),
+    }
 
 
 def build_classification_predictions(
@@ -128,7 +143,7 @@ def build_classification_predictions(
             "sop_class_uid": image.sop_class_uid,
             "frame": image.frame_index + 1 if image.number_of_frames > 1 else None,
             "modality": image.modality,
-            "series_description": series.series_description,
+            "series_description": printable(series.series_description),
             "rows": int(series.geometry.shape[1]),
             "columns": int(series.geometry.shape[2]),
             "pixel_spacing_mm": list(image.pixel_spacing) if image.pixel_spacing else None,
@@ -192,6 +207,7 @@ def _write(path: Path, prediction: SegmentationPrediction | ClassificationPredic
         peak_memory_gib=prediction.peak_memory_gib,
         device=prediction.device,
         precision=prediction.precision,
+        channels=prediction.item.inputs,
     )
     write_json(path, document)
 

@@ -223,3 +223,8 @@ def test_two_channel_model_pairs_ct_and_mr_of_a_study(tmp_path: Path) -> None:
     assert mr.series_instance_uid not in rows or rows[mr.series_instance_uid]["status"] != "failed"
     image = sitk.ReadImage(str(out / ct.series_instance_uid / "segmentation.nii.gz"))
     assert Geometry.from_sitk(image).is_close(ct.geometry)
+    recorded = json.loads((out / ct.series_instance_uid / "predictions.json").read_text())["input"]["channels"]
+    assert [(c["name"], c["series_instance_uid"], c["modality"], c["number_of_images"]) for c in recorded] == [
+        ("ct", ct.series_instance_uid, "CT", 8),
+        ("mr", mr.series_instance_uid, "MR", 7),
+    ]

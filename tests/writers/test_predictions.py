@@ -140,7 +140,7 @@ def test_schema_rejects_broken_documents(tmp_path: Path, breakage: str) -> None:
     elif breakage == "bad_sha256":
         broken["model"]["checkpoints"][0]["sha256"] = "not-a-hash"
     elif breakage == "bad_uid":
-        broken["input"]["series_instance_uid"] = "1.2.abc"
+        broken["input"]["series_instance_uid"] = ""
     elif breakage == "negative_timing":
         broken["timings_s"]["infer"] = -1.0
     elif breakage == "probability_above_one":
@@ -162,3 +162,31 @@ def test_write_json_round_trips_to_the_exact_path(tmp_path: Path) -> None:
 def test_write_json_refuses_nan(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_json(tmp_path / "x.json", {"value": float("nan")})
+
+
+def test_nonconforming_uids_and_control_characters_still_give_a_valid_document(tmp_path: Path) -> None:
+    """UIDs that break DICOM's rules (letters, over 64 characters) and a description holding ESC and a line break:
+    the document failed its own schema while the series was ok, and carried the raw control characters."""
+    generated = write_series(
+        tmp_path / "dicom",
+        shape=(3, 6, 6),
+        series_instance_uid="1." + "2" * 70,
+        study_instance_uid="@SUM(A1)",
+        edit=lambda k, ds: setattr(ds, "SeriesDescription", "head\x1b[31m\r\nneck"),
+    )
+    series = series_info_from(generated)
+    package = make_package(tmp_path / "model")
+    labels = blob_labels(series.geometry.shape, 3)
+    document = build_predictions(
+        package=package,
+        series=series,
+        geometry=series.geometry,
+        structures=structure_stats(labels, series.geometry, package.segmentation.structure_names),
+        timings={"infer": 1.0},
+        tool_version="0.1.0",
+    )
+    validate(document)
+    assert document["input"]["series_instance_uid"] == "1." + "2" * 70
+    assert document["input"]["study_instance_uid"] == "@SUM(A1)"
+    assert document["input"]["series_description"] == "head\\x1b[31m\\x0d\\x0aneck"
+    assert "channels" not in document["input"]

@@ -1,4 +1,4 @@
-"""Writing files safely: atomic replacement (temporary file, fsync, rename) and strict JSON.
+"""Writing files safely: atomic replacement (temporary file, fsync, rename), strict JSON, and removing trees.
 
 Shared by the writers, the run state and the summary, so that no reader ever sees half a file.
 """
@@ -47,3 +47,26 @@ def write_json(path: Path, document: Any) -> None:
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write ``document`` as indented UTF-8 JSON, atomically."""
     atomic_write(path, lambda temp: write_json(temp, document))
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder tree, or a file, as far as it can; never raises. Iterative, so any depth of folders goes
+    (``shutil.rmtree`` recurses on Python < 3.12 and raised RecursionError on an upload 1,800 folders deep);
+    symbolic links are removed, never followed."""
+    pending, folders = [Path(path)], []
+    while pending:
+        current = pending.pop()
+        try:
+            if current.is_symlink() or not current.is_dir():
+                current.unlink(missing_ok=True)
+                continue
+            folders.append(current)
+            with os.scandir(current) as entries:
+                pending.extend(Path(entry.path) for entry in entries)
+        except OSError:
+            continue
+    for folder in reversed(folders):  # deepest first: each is empty once what it held is gone
+        try:
+            folder.rmdir()
+        except OSError:
+            continue

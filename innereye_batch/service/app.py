@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from innereye_batch.files import TEMP_PREFIX
+from innereye_batch.files import TEMP_PREFIX, remove_tree
 from innereye_batch.service import auth
 from innereye_batch.service.batching import Batchers
 from innereye_batch.service.device import DeviceQueue
@@ -341,9 +341,7 @@ def _accept(service: Service, upload: Path, job_id: str, model_id: str) -> None:
 
 
 def _remove(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_tree(folder)
 
 
 def _sync_folder(folder: Path) -> None:

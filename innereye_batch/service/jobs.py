@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 from innereye_batch import __version__
 from innereye_batch.dicom.scan import ScanResult
 from innereye_batch.dicom.series import SkippedFile
+from innereye_batch.files import remove_tree
 from innereye_batch.results import ItemResult
 from innereye_batch.service.device import DeviceQueue, OnDevice
 from innereye_batch.service.models import ServedModel
@@ -115,18 +115,18 @@ class JobRunner:
         file of the state dir that no live job owns (interrupted uploads, expired or orphaned folders)."""
         for name in ("uploads", "jobs", "predict"):
             (self.state_dir / name).mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.state_dir / "predict", ignore_errors=True)
+        remove_tree(self.state_dir / "predict")
         (self.state_dir / "predict").mkdir()
         requeued = self.store.requeue_interrupted()
         for job_id in requeued:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            remove_tree(self.job_dir(job_id))
         queued = self.store.ids(("queued",))
         finished = self.store.ids(FINISHED_STATES)
         for upload in (self.state_dir / "uploads").iterdir():
             if upload.name.removesuffix(".zip") not in queued:
                 upload.unlink(missing_ok=True)
         for folder in (self.state_dir / "jobs").iterdir():
-            shutil.rmtree(folder if folder.name not in finished else folder / "input", ignore_errors=True)
+            remove_tree(folder if folder.name not in finished else folder / "input")
         return requeued
 
     def start(self) -> None:
@@ -172,7 +172,7 @@ class JobRunner:
             outcome, report = Outcome("failed", 500, None, f"internal error: {type(error).__name__}"), None
         extra = outcome.extra_details.value if outcome.extra_details else None
         # the extracted input first: it frees the disk the end's record may need (a rerun extracts it again)
-        shutil.rmtree(self.job_dir(job.id) / "input", ignore_errors=True)
+        remove_tree(self.job_dir(job.id) / "input")
         while True:
             try:
                 self.store.finish(
@@ -207,14 +207,14 @@ class JobRunner:
         if not self.upload_path(job.id).is_file():
             return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, "the upload of this job is gone"), None
         folder = self.job_dir(job.id)
-        shutil.rmtree(folder, ignore_errors=True)  # what an interrupted attempt left
+        remove_tree(folder)  # what an interrupted attempt left
         self.store.progress(job.id, "extracting")
         try:
             extract_zip(self.upload_path(job.id), folder / "input", self.options.limits)
         except UploadRefused as refused:
             return Outcome("failed", 400, ExtraDetails.INVALID_ZIP_FILE, refused.reason), None
         except OSError as error:  # the service's own storage (full, read-only): the client may try again later
-            shutil.rmtree(folder / "input", ignore_errors=True)
+            remove_tree(folder / "input")
             reason = f"the service could not extract the upload: {error.strerror or type(error).__name__}"
             return Outcome("failed", 500, None, reason), None
         return self._run_pipeline(job, served, folder / "input", self.output_dir(job.id))
@@ -279,7 +279,7 @@ class JobRunner:
         """Delete the outputs of jobs that finished more than ``--keep-results`` hours ago."""
         expired = self.store.expire(time.time() - self.options.keep_results_hours * 3600)
         for job_id in expired:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            remove_tree(self.job_dir(job_id))
             log.info("job %s: results expired and deleted", job_id)
         return expired
 

@@ -10,13 +10,13 @@ with explanations, ``explanation_png`` adds the ``explanation.png`` montage, bas
 from __future__ import annotations
 
 import base64
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from innereye_batch import __version__
+from innereye_batch.files import remove_tree
 from innereye_batch.service.batching import Batched
 from innereye_batch.service.device import finish
 from innereye_batch.service.models import ServedModel
@@ -69,7 +69,7 @@ def prepare_image(folder: Path, served: ServedModel, predictor: Predictor, max_v
             raise ApiError(400, reason=relative_paths(f"the image cannot be decoded: {loaded.error}", folder))
         return PreparedImage(planned[0].item, loaded.decoded, loaded.load_seconds)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)
 
 
 def predictions_document(served: ServedModel, prepared: PreparedImage, batched: Batched) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def explanation_png_base64(served: ServedModel, batched: Batched, folder: Path) 
         write_explanation_png(path, batched.prediction, WriteContext(served.package, __version__))  # type: ignore[arg-type]
         return base64.b64encode(path.read_bytes()).decode("ascii")
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)
 
 
 def explain_methods(query: str | None) -> tuple[str, ...]:

@@ -121,11 +121,9 @@ def test_broken_zips_are_refused_never_an_internal_error(tmp_path: Path) -> None
         start = 30 + len("a.dcm")
         data[start : start + 8] = b"\xff" * 8
 
-    for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA):
-        path = _patched(_write(tmp_path, [("a.dcm", bytes(range(256)) * 40)], method), corrupt)
-        target = tmp_path / f"out{method}"
-        with pytest.raises(UploadRefused, match="cannot be extracted"):
-            extract_zip(path, target, LIMITS)
+    path = _patched(_write(tmp_path, [("a.dcm", bytes(range(256)) * 40)], zipfile.ZIP_DEFLATED), corrupt)
+    with pytest.raises(UploadRefused, match="cannot be extracted"):
+        extract_zip(path, tmp_path / "out", LIMITS)
 
 
 def test_the_services_own_full_disk_is_not_the_zips_fault(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,3 +171,42 @@ def test_save_body_stops_at_the_limit_and_leaves_no_file(tmp_path: Path) -> None
         asyncio.run(save_body(_chunks([b"never read"]), target, 2**20, declared=2_000_000))
     assert not target.exists()
     assert asyncio.run(save_body(_chunks([b"ab", b"cd"]), target, 2**20)) == 4 and target.read_bytes() == b"abcd"
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_bzip2_and_lzma_members_are_refused(tmp_path: Path, method: int) -> None:
+    """zipfile inflates their chunks with no output limit: a 3 kB bzip2 member declaring 100 bytes made the
+    service allocate 8.7 GB before its CRC failed."""
+    path = _write(tmp_path, [("IM0001.dcm", b"\0" * 100)], method=method)
+    assert f"uses compression method {method}, which is not read" in _refusal(path)
+
+
+def test_members_nested_deeper_than_the_limit_are_refused(tmp_path: Path) -> None:
+    """1,800 nested folders made the removal of the job's folder fail (recursion), which stuck the job and stopped
+    the service from starting again."""
+    from innereye_batch.service.uploads import MAX_DEPTH
+
+    path = _write(tmp_path, [("a/" * (MAX_DEPTH + 1) + "f.dcm", b"x")])
+    assert f"lies {MAX_DEPTH + 1} folders deep, over the limit of {MAX_DEPTH}" in _refusal(path)
+    (tmp_path / "fine").mkdir()
+    fine = _write(tmp_path / "fine", [("a/" * MAX_DEPTH + "f.dcm", b"x")])
+    assert [len(m.parts) for m in check_zip(fine, LIMITS)] == [MAX_DEPTH + 1]
+
+
+def test_remove_tree_removes_any_depth_and_never_follows_links(tmp_path: Path) -> None:
+    from innereye_batch.files import remove_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.dcm").write_bytes(b"x")
+    deep = tmp_path / "job"
+    folder = deep
+    deep.mkdir()
+    for _ in range(1200):  # shutil.rmtree recursed once per level: RecursionError on Python 3.11
+        folder = folder / "a"
+        folder.mkdir()
+    (folder / "f.dcm").write_bytes(b"x")
+    (deep / "link").symlink_to(outside, target_is_directory=True)
+    remove_tree(deep)
+    assert not deep.exists() and (outside / "keep.dcm").is_file()
+    remove_tree(tmp_path / "absent")  # nothing there: nothing raised

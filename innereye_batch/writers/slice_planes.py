@@ -1,6 +1,6 @@
 """Where a series' slices lie in patient space, and structure masks cropped to their bounding boxes: what the RT
-Structure Set writer (contours placed on the slices) and the read-back checks (``readback``: voxel counts and
-centroids) share.
+Structure Set writer (contours placed on the slices) and the read-back checks (``readback``: slices of masks
+compared voxel for voxel, voxel counts and centroids) share.
 
 Every slice is placed by its own ImagePositionPatient (``SlicePlanes``), so stacks whose slices are not on a
 regular grid (gantry tilt, variable spacing) are placed where the scanner put them; a structure's mask costs its

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from scipy.ndimage import label as connected_components
 
 from innereye_batch.engine.postprocess import argmax_labels, postprocess, refine_labels, smooth_posteriors
 from innereye_batch.model.spec import PostProcessing
+from tests.engine.conftest import resample_two_slices_at_a_time
 
 NAMES = ("liver", "kidney")
 
@@ -224,15 +223,7 @@ def test_resampled_labels_equal_those_of_the_whole_resampled_posteriors(
     expected = posterior_labels(
         preprocess.resample_to_shape(posteriors, shape, spacing_from, spacing_to), spacing_to, spec, names
     )
-    slabs: list[int] = []
-    whole_slabs = preprocess.resample_slabs
-
-    def two_slices_at_a_time(*args: Any, **kwargs: Any) -> Iterator[tuple[int, torch.Tensor]]:
-        for start, slab in whole_slabs(*args, slab_bytes=2 * 4 * 20 * 13 * 4):
-            slabs.append(start)
-            yield start, slab
-
-    monkeypatch.setattr(preprocess, "resample_slabs", two_slices_at_a_time)
+    slabs = resample_two_slices_at_a_time(monkeypatch, slice_bytes=4 * 20 * 13 * 4)
     labels = resampled_labels(posteriors, shape, spacing_from, spacing_to, spec, names)
     assert labels.dtype == np.uint8 and labels.shape == shape
     np.testing.assert_array_equal(labels, expected)

@@ -4,8 +4,7 @@ hand-made and random arrays; their place in the pipeline; slab-wise resampling."
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from innereye_batch.engine.postprocess import (
     refine_labels,
 )
 from innereye_batch.model.spec import PostProcessing, SliceExclusionRule, SummedProbabilityRule
+from tests.engine.conftest import resample_two_slices_at_a_time
 
 NAMES = ("external", "cord", "brainstem", "other")  # labels 1..4
 SPACING = (1.0, 1.0, 1.0)
@@ -236,15 +236,7 @@ def test_resampled_labels_with_summed_rules_equal_the_whole_volume(monkeypatch: 
     whole = preprocess.resample_to_shape(posteriors, shape, spacing_from, spacing_to)
     expected = reference_summed(whole.numpy(), np.argmax(whole.numpy(), axis=0), [(2, 3, 1), (4, 2, 1)])
     assert not np.array_equal(expected, np.argmax(whole.numpy(), axis=0))
-    slabs: list[int] = []
-    whole_slabs = preprocess.resample_slabs
-
-    def two_slices_at_a_time(*args: Any, **kwargs: Any) -> Iterator[tuple[int, torch.Tensor]]:
-        for start, slab in whole_slabs(*args, slab_bytes=2 * 5 * 20 * 13 * 4):
-            slabs.append(start)
-            yield start, slab
-
-    monkeypatch.setattr(preprocess, "resample_slabs", two_slices_at_a_time)
+    slabs = resample_two_slices_at_a_time(monkeypatch, slice_bytes=5 * 20 * 13 * 4)
     labels = resampled_labels(posteriors, shape, spacing_from, spacing_to, spec, NAMES)
     np.testing.assert_array_equal(labels, expected)
     assert slabs == list(range(0, 17, 2))

@@ -20,6 +20,16 @@ from tests.pipeline.scale_helpers import ScaleCase, assert_same_as_reference, ma
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _summarize(out: Path) -> subprocess.CompletedProcess[str]:
+    """``innereye-batch summarize --output out`` by hand, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def case(tmp_path_factory: pytest.TempPathFactory) -> ScaleCase:
     return make_case(tmp_path_factory.mktemp("shards"))
@@ -117,12 +127,7 @@ def test_summarize_command_merges_again(case: ScaleCase, tmp_path: Path) -> None
     (out / "summary.json").unlink()
     (out / "summary.csv").unlink()
     (out / "report.html").unlink()
-    done = subprocess.run(
-        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = _summarize(out)
     assert done.returncode == 1, done.stdout + done.stderr  # two series failed, as in the single run
     assert "2 shard summaries merged: 6 ok, 2 failed, 1 skipped" in done.stdout
     assert_same_as_reference(case, out)
@@ -146,12 +151,7 @@ def test_a_shard_does_not_merge_results_of_another_shard_that_no_longer_hold(cas
 
     assert not first.merged and "1/2" in first.shard_note and "since removed or redone" in first.shard_note
     assert not (out / "summary.json").exists()  # no summary vouches for the lost output
-    by_hand = subprocess.run(
-        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    by_hand = _summarize(out)
     assert by_hand.returncode == 1 and "no longer in the folder" in " ".join(by_hand.stderr.split()), by_hand.stderr
     assert not (out / "summary.json").exists()
     last = run_batch(case.options(out, shard=Shard(1, 2)))  # shard 1 of the rerun redoes the series, and merges
@@ -179,12 +179,7 @@ def test_series_a_shard_never_ran_make_the_merging_shard_and_summarize_exit_1(ca
     merged = summary(out)
     assert merged["counts"]["not_run"] == len(ok) - 1
     assert last.merged_unfinished == merged["counts"]["not_run"] + merged["counts"]["failed"]
-    again = subprocess.run(
-        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    again = _summarize(out)
     assert again.returncode == 1 and f"{len(ok) - 1} not run" in " ".join(again.stdout.split()), again.stdout
 
 
@@ -230,11 +225,6 @@ def test_summarize_refuses_shards_that_saw_a_series_in_other_states(tmp_path: Pa
     late.save_as(theirs.paths[0].parent / "late.dcm", enforce_file_format=True)
 
     assert not run_batch(replace(options, shard=Shard(0, 2))).merged
-    by_hand = subprocess.run(
-        [sys.executable, "-m", "innereye_batch", "summarize", "--output", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    by_hand = _summarize(out)
     assert by_hand.returncode == 1 and "saw different cohorts" in " ".join(by_hand.stderr.split()), by_hand.stderr
     assert not (out / "summary.json").exists()

@@ -13,17 +13,19 @@ Matches InnerEye's ``InferencePipeline.post_process`` and ``image_util``:
 - largest connected component (``extract_largest_foreground_connected_component``): ``scipy.ndimage.label``
   with its default structure, i.e. 6-connectivity (faces only) in 3-D; voxels of smaller components become
   background (0); ties between equal components keep the lowest-numbered one;
-- slice-exclusion rules (``apply_slice_exclusion_rules``), in order, on the label map: slices are z (axis 0 of
-  (z, y, x)). When both structures are present and the lowest slice holding ``higher_class`` is at or below the
-  highest slice holding ``lower_class``, every voxel in those slices (both included) of the dominated structure
-  becomes the dominant one (``higher_class`` when ``higher_dominates``, else ``lower_class``); nothing otherwise;
+- slice-exclusion rules (``apply_slice_exclusion_rules``), in order, on the label map: slices are planes across
+  the head-foot axis, "higher" nearer the head (InnerEye takes axis 0 of its images, whose index grows towards
+  the head; here the array axis nearest head-foot, reversed for a series stored feet first: ``feet_to_head``).
+  When both structures are present and the lowest slice holding ``higher_class`` is at or below the highest slice
+  holding ``lower_class``, every voxel in those slices (both included) of the dominated structure becomes the
+  dominant one (``higher_class`` when ``higher_dominates``, else ``lower_class``); nothing otherwise;
 - hole filling: InnerEye fills holes only when drawing RT-struct contours; here each configured structure's
   mask is filled in 3-D (``binary_fill_holes``, 6-connected background), and only background voxels are
   relabelled, so a structure enclosed by another keeps its own label.
 
 ``refine_labels`` labels the components of every largest-component structure in one pass
 (``connected_components``: cc3d or scikit-image on the label map, equal neighbouring values connected) and fills
-each structure's holes within the bounding box of its voxels (``scipy.ndimage.find_objects``); the result is that
+each structure's holes within the bounding box of its voxels (``boxes.label_boxes``); the result is that
 of one whole-volume pass per structure: every voxel of a structure lies in its box, the order of components (ties)
 is their first voxel's raster order, and background touching the box's border reaches the volume's border
 outside the box, where the structure has no voxel.
@@ -100,13 +102,14 @@ def apply_summed_probability_rules(posteriors: Array, labels: Array, rules: Sequ
 
 
 def apply_slice_exclusion_rules(labels: np.ndarray, rules: Sequence[tuple[int, int, bool]]) -> np.ndarray:
-    """In place: each rule ``(higher, lower, higher_dominates)`` in turn, where the z slices (axis 0) from the
-    lowest holding ``higher`` to the highest holding ``lower`` exist (both present, overlapping), relabels the
-    dominated label's voxels in them as the dominant one. Returns labels."""
-    from scipy.ndimage import find_objects
+    """In place: each rule ``(higher, lower, higher_dominates)`` in turn, where the slices (axis 0, its index
+    growing towards the head: see ``feet_to_head``) from the lowest holding ``higher`` to the highest holding
+    ``lower`` exist (both present, overlapping), relabels the dominated label's voxels in them as the dominant
+    one. Returns labels."""
+    from innereye_batch.boxes import label_boxes
 
     for higher, lower, higher_dominates in rules:
-        boxes = find_objects(labels, max_label=max(higher, lower))
+        boxes = label_boxes(labels, max(higher, lower))
         higher_box, lower_box = boxes[higher - 1], boxes[lower - 1]
         if higher_box is None or lower_box is None:
             continue
@@ -117,6 +120,21 @@ def apply_slice_exclusion_rules(labels: np.ndarray, rules: Sequence[tuple[int, i
         overlap = labels[first : last + 1]
         overlap[overlap == dominated] = dominant
     return labels
+
+
+def feet_to_head(labels: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """A view of a (z, y, x) label map whose axis 0 runs from the feet to the head: the array axis whose direction
+    (a column of ``direction``, LPS) is nearest the head-foot axis, reversed when its index grows towards the feet.
+
+    InnerEye's slice-exclusion rules assume axis 0 grows towards the head; a series scanned or stored feet first
+    has it the other way (its slices sorted along a normal pointing to the feet), and a sagittal or coronal one
+    has its slices across another axis."""
+    import numpy as np
+
+    superior = [float(direction[2, 2 - axis]) for axis in range(3)]  # LPS: +z is superior; columns are x, y, z
+    axis = int(np.argmax(np.abs(superior)))
+    view = np.moveaxis(labels, axis, 0)
+    return view if superior[axis] > 0 else view[::-1]
 
 
 def resampled_labels(
@@ -146,27 +164,29 @@ def resampled_labels(
     return labels
 
 
-def refine_labels(labels: np.ndarray, spec: PostProcessing, structure_names: Sequence[str]) -> np.ndarray:
+def refine_labels(
+    labels: np.ndarray, spec: PostProcessing, structure_names: Sequence[str], direction: np.ndarray | None = None
+) -> np.ndarray:
     """In place, on the CPU: largest connected component, slice-exclusion rules, then hole filling, of the
-    configured structures."""
-    from scipy.ndimage import find_objects
+    configured structures. ``direction`` (the grid's 3x3 direction matrix, ``Geometry.direction_matrix``) says
+    which way is up for the slice-exclusion rules (``feet_to_head``); None: array axis 0, its index growing
+    towards the head."""
+    from innereye_batch.boxes import label_boxes, nonzero_box
 
     largest = [_label_of(name, structure_names) for name in spec.largest_component]
     filled = [_label_of(name, structure_names) for name in spec.fill_holes]
     if largest:
-        found = find_objects(labels, max_label=max(largest))
-        boxes = [found[label - 1] for label in set(largest) if found[label - 1] is not None]
-        if boxes:  # every voxel of these structures lies in the union of their boxes
-            axes = range(labels.ndim)
-            union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in axes)
-            keep_largest_components(labels[union], largest)
+        occupied = nonzero_box(labels)
+        if occupied is not None:  # every voxel of these structures lies in the box of all non-zero voxels
+            keep_largest_components(labels[occupied], largest)
     exclusions = [
         (_label_of(r.higher_class, structure_names), _label_of(r.lower_class, structure_names), r.higher_dominates)
         for r in spec.slice_exclusion_rules
     ]
-    apply_slice_exclusion_rules(labels, exclusions)
+    if exclusions:
+        apply_slice_exclusion_rules(labels if direction is None else feet_to_head(labels, direction), exclusions)
     if filled:
-        boxes = find_objects(labels, max_label=max(filled))  # after the largest components: tighter boxes
+        boxes = label_boxes(labels, max(filled))  # after the largest components: tighter boxes
         for label in filled:
             box = boxes[label - 1]  # fill_holes only adds this label, inside its own box: other boxes still hold
             if box is not None:
@@ -210,12 +230,15 @@ def keep_largest_components(labels: np.ndarray, numbers: Sequence[int]) -> np.nd
     import numpy as np
 
     wanted = sorted({int(n) for n in numbers} - {0})
-    selected = np.isin(labels, wanted)
+    highest = int(labels.max(initial=0))
+    # every label present wanted (the usual case): one comparison instead of a search per voxel
+    everything = set(range(1, highest + 1)) <= set(wanted)
+    selected = labels != 0 if everything else np.isin(labels, wanted)
     values = labels[selected]  # raster order
     if values.size == 0:
         return labels
     # other structures' voxels become background for the labelling; equal neighbours connect (6-connectivity)
-    source = labels if values.size == np.count_nonzero(labels) else np.where(selected, labels, 0)
+    source = labels if everything or values.size == np.count_nonzero(labels) else np.where(selected, labels, 0)
     ids = connected_components(source)[selected]
     sizes = np.bincount(ids)
     owners = np.zeros(sizes.size, dtype=labels.dtype)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from innereye_batch.boxes import nonzero_box
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
@@ -128,12 +129,15 @@ def structure_stats(
     if tuple(labels.shape) != tuple(geometry.shape):
         raise ValueError(f"label map shape {labels.shape} does not match geometry shape {geometry.shape}")
     counts = np.zeros(len(structure_names) + 1, np.int64)
-    step = max(1, _COUNT_CHUNK // max(1, math.prod(labels.shape[1:])))
-    for start in range(0, labels.shape[0], step):  # in slabs: bincount widens its input to int64 first
-        part = np.bincount(labels[start : start + step].ravel(), minlength=len(counts))
+    occupied = nonzero_box(labels)  # structures fill a fraction of the grid: only their box is counted
+    inside = labels[occupied] if occupied is not None else labels[:0]
+    step = max(1, _COUNT_CHUNK // max(1, math.prod(inside.shape[1:])))
+    for start in range(0, inside.shape[0], step):  # in slabs: bincount widens its input to int64 first
+        part = np.bincount(inside[start : start + step].ravel(), minlength=len(counts))
         if len(part) > len(counts):
             raise ValueError(f"label map holds label {len(part) - 1} but there are {len(structure_names)} structures")
         counts += part
+    counts[0] += labels.size - inside.size  # background, all of it outside the box
     voxel_ml = math.prod(geometry.spacing) / 1000.0
     return tuple(
         StructureStats(name=name, voxel_count=int(counts[i]), volume_ml=float(counts[i]) * voxel_ml)
@@ -178,7 +182,7 @@ class SegmentationPrediction:
 
         start = time.perf_counter()
         assert self.postprocessing is not None
-        labels = refine_labels(self.labels, self.postprocessing, self.structure_names)
+        labels = refine_labels(self.labels, self.postprocessing, self.structure_names, self.geometry.direction_matrix)
         structures = structure_stats(labels, self.geometry, self.structure_names)
         timings = {**self.timings, "refine": time.perf_counter() - start}
         return replace(self, labels=labels, structures=structures, timings=timings, refined=True)

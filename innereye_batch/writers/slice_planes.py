@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from innereye_batch.boxes import Box, label_boxes
 from innereye_batch.dicom.series import SeriesInfo
 
 _PLANE_TOLERANCE = 0.01
@@ -123,8 +124,8 @@ class BoxedMask:
     """A structure's (z, y, x) boolean mask within its bounding box of a series' grid: the writers' masks are
     cropped so that a small structure costs its box, not the whole grid."""
 
-    box: tuple[slice, slice, slice]
-    """Where ``mask`` lies in the grid (slices with explicit starts, as ``scipy.ndimage.find_objects`` gives)."""
+    box: Box
+    """Where ``mask`` lies in the grid (slices with explicit starts, as ``boxes.label_boxes`` gives)."""
     mask: np.ndarray
 
     @property
@@ -151,10 +152,9 @@ def slice_counts(mask: np.ndarray | BoxedMask, slices: int) -> np.ndarray:
 
 
 def label_masks(labels: np.ndarray, count: int) -> list[BoxedMask | None]:
-    """Per label 1..``count``: its mask within its bounding box (None when absent), from one pass over the map."""
-    from scipy.ndimage import find_objects
-
-    boxes = find_objects(labels, max_label=count)
+    """Per label 1..``count``: its mask within its bounding box (None when absent), from one pass over the box of
+    the map's non-zero voxels (``boxes.label_boxes``)."""
+    boxes = label_boxes(labels, count)
     return [None if box is None else BoxedMask(box, labels[box] == number) for number, box in enumerate(boxes, start=1)]
 
 

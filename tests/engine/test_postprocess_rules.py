@@ -5,6 +5,7 @@ hand-made and random arrays; their place in the pipeline; slab-wise resampling."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,3 +255,60 @@ def test_refine_labels_resolves_the_overlap_left_by_the_largest_component() -> N
     expected[0, 2, 2] = 0
     expected[3, 0, 0] = 2  # cord dominates in the overlap
     np.testing.assert_array_equal(refine_labels(labels.copy(), spec, NAMES), expected)
+
+
+ORIENTATIONS = {  # (row direction, column direction) of the slices' images
+    "axial head first": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),  # slices sorted from the feet up
+    "axial feet first": ((-1.0, 0.0, 0.0), (0.0, 1.0, 0.0)),  # slices sorted from the head down
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0)),  # slices across x; rows run from the head down
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0)),
+}
+
+
+@pytest.mark.parametrize("cord_top", [0.5, 0.7], ids=["apart", "overlapping"])
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+def test_slice_exclusion_rules_take_higher_as_nearer_the_head_in_any_orientation(
+    tmp_path: Path, orientation: str, cord_top: float
+) -> None:
+    """The same anatomy, a spinal cord below (and maybe into) a brainstem, written in four orientations: the rule
+    "brainstem above cord, the cord dominates" gives the same voxels by their height in the patient. Before, it
+    took array axis 0 as up: a series stored feet first (or sagittal) lost its whole brainstem, reported ok."""
+    from innereye_batch.dicom.scan import scan_tree
+    from innereye_batch.dicom.volume import load_volume
+    from innereye_batch.tasks.base import WorkItem
+    from innereye_batch.tasks.segmentation import SegmentationPrediction
+    from tests.factory import write_series
+
+    row, column = ORIENTATIONS[orientation]
+    shape, spacing = (12, 10, 11), (3.0, 2.0, 2.5)
+    normal = np.cross(row, column)
+    index = np.indices(shape).astype(float)
+    height = spacing[0] * index[0] * normal[2] + spacing[1] * index[1] * column[2] + spacing[2] * index[2] * row[2]
+    fraction = (height - height.min()) / (height.max() - height.min())  # 0 at the feet, 1 at the head
+    voxels = np.full(shape, -1000.0, np.float32)
+    voxels[fraction < cord_top] = 100.0  # spinal cord only
+    voxels[fraction >= 0.5] = 200.0  # brainstem only
+    both = (fraction >= 0.5) & (fraction < cord_top)  # heights holding both: the model says either, by turns
+    voxels[both] = np.where(np.indices(shape).sum(axis=0) % 2 == 0, 150.0, 120.0)[both]
+    write_series(
+        tmp_path,
+        shape=shape,
+        spacing=spacing,
+        origin=(0, 0, 0),
+        row_direction=row,
+        column_direction=column,
+        voxels=voxels,
+    )
+    series = scan_tree(tmp_path).series[0]
+    image = np.round(load_volume(series).array)
+    cord, brainstem = NAMES.index("cord") + 1, NAMES.index("brainstem") + 1
+    labels = np.where((image == 100) | (image == 120), cord, np.where(image >= 150, brainstem, 0)).astype(np.uint8)
+    spec = PostProcessing(slice_exclusion_rules=(SliceExclusionRule("brainstem", "cord", False),))
+    prediction = SegmentationPrediction(
+        WorkItem((series,)), labels, series.geometry, (), refined=False, postprocessing=spec, structure_names=NAMES
+    )
+    finished = prediction.finished().labels
+    # the cord dominates the heights both hold (none when apart): brainstem remains only above the cord's top
+    assert np.count_nonzero(image == 200) > 0
+    assert np.array_equal(finished == brainstem, image == 200)
+    assert np.array_equal(finished == cord, (image > 0) & (image < 200))

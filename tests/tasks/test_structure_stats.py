@@ -31,3 +31,13 @@ def test_a_label_past_the_structures_in_a_later_slab_is_an_error() -> None:
     labels[35, 10, 10] = 3  # only two structures: label 3 names none
     with pytest.raises(ValueError, match="holds label 3 but there are 2 structures"):
         structure_stats(labels, _geometry(shape), ["a", "b"])
+
+
+@pytest.mark.parametrize("filled", [(slice(3, 9), slice(40, 90), slice(7, 30)), (slice(0, 0),)])
+def test_counts_of_structures_in_part_of_the_grid_equal_one_whole_count(filled: tuple[slice, ...]) -> None:
+    shape = (20, 128, 96)  # only the structures' box is counted: the counts must still be those of the whole map
+    labels = np.zeros(shape, np.uint8)
+    labels[filled] = np.random.default_rng(5).integers(0, 3, labels[filled].shape, dtype=np.uint8)
+    stats = structure_stats(labels, _geometry(shape), ["a", "b"])
+    expected = np.bincount(labels.ravel(), minlength=3)
+    assert [s.voxel_count for s in stats] == [int(n) for n in expected[1:]]

@@ -119,9 +119,15 @@ def parse_colour(fields: Fields, name: str, value: Any) -> tuple[int, int, int]:
     raise fields.error(name, f'a colour must be [r, g, b] with values 0-255 or "#rrggbb", got {value!r}', "structures")
 
 
+MAX_STRUCTURES = 255
+"""Label maps are uint8 (0 is background): NIfTI, the writers and the post-processing all take them so."""
+
+
 def _structures(fields: Fields, value: Any) -> tuple[Structure, ...]:
     if not isinstance(value, list) or not value:
         raise fields.error("structures", "must be a non-empty list of structures (foreground classes, in label order)")
+    if len(value) > MAX_STRUCTURES:
+        raise fields.error("structures", f"{len(value)} structures do not fit an 8-bit label map (at most 255)")
     result = []
     for index, entry in enumerate(value):
         if isinstance(entry, str):

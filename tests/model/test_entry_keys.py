@@ -85,3 +85,16 @@ def test_known_keys_and_comments_in_entries_load(tmp_path: Path, block: dict[str
 @pytest.mark.parametrize("folder", ["final_model", "cxr_model"])
 def test_the_sample_models_still_load(folder: str) -> None:
     assert load_model_package(Path(__file__).resolve().parents[2] / "sample_data" / folder).checkpoints
+
+
+def test_more_structures_than_an_8_bit_label_map_holds_are_refused(block: dict[str, Any]) -> None:
+    """256 structures: label 256 would wrap to 0 in the uint8 label map (with a summed-probability rule the
+    device's argmax skipped the check that refuses it, and wrote label 260 as 4)."""
+    from innereye_batch.model.inference_block import parse_inference_block
+
+    block["structures"] = [f"s{i}" for i in range(255)]
+    block.pop("postprocessing", None)  # it names the tiny block's structures
+    assert len(parse_inference_block(block, Path("x.json"))["task_spec"].structures) == 255
+    block["structures"].append("one_too_many")
+    with pytest.raises(ModelFolderError, match="256 structures do not fit an 8-bit label map"):
+        parse_inference_block(block, Path("x.json"))

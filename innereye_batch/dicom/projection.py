@@ -193,7 +193,7 @@ def png_convention(
         low, high = 0.0, float(2**bits - 1)
         voi = "VOI LUT Sequence"
     elif kind == "window":
-        values = apply_windowing(values, ds, index=0)
+        values = apply_windowing(values, _windowing_dataset(ds), index=0)
         low, high = modality_output_range(ds)
         if _negative_slope(ds):  # pydicom's output range runs from the lowest stored value's output: reversed
             values = np.subtract(low + high, values, out=values)  # in place: pydicom's windowing made it (float64)
@@ -222,6 +222,28 @@ def png_convention(
     unit *= UINT16_MAX
     np.rint(unit, out=unit)
     return MappedPixels(unit.astype(np.uint16), inverted, voi)
+
+
+def _windowing_dataset(ds: Dataset) -> Dataset:
+    """What pydicom's ``apply_windowing`` reads, as this module means it (and a copy: it writes to its dataset).
+
+    - No rescale where a Modality LUT Sequence replaces it: pydicom passes the LUT's output range through the
+      rescale as well when a (non-conforming) file has both, shifting or reversing the window's output against
+      ``modality_output_range`` (a slope of -1 inverted the image).
+    - An empty VOI LUT Function is LINEAR, its default (pydicom refuses the empty value).
+    """
+    from pydicom import Dataset
+
+    window = Dataset()
+    keywords = ["PhotometricInterpretation", "WindowCenter", "WindowWidth", "BitsStored", "PixelRepresentation"]
+    keywords += ["ModalityLUTSequence"] if ds.get("ModalityLUTSequence") else ["RescaleSlope", "RescaleIntercept"]
+    for keyword in keywords:
+        if keyword in ds:
+            window[keyword] = ds[keyword]
+    function = str(ds.get("VOILUTFunction") or "").strip()
+    if function:
+        window.VOILUTFunction = function
+    return window
 
 
 def _negative_slope(ds: Dataset) -> bool:

@@ -93,8 +93,9 @@ def write_heatmap_secondary_capture(
 
     ``source`` is the source image's dataset (or file; pixel data is not needed): patient and study are copied
     from it, its SOP Class / Instance UID (and ``frame_index`` + 1 for a multi-frame source) go into the Source
-    Image Sequence, and its Patient Orientation and spacing are kept (an empty Patient Orientation when it has
-    none). A new series (``series_instance_uid`` or a new UID) numbered the source's + 2000. Returns the dataset.
+    Image Sequence, and its Patient Orientation and Pixel Spacing are kept (an empty Patient Orientation when it
+    has none; no spacing from Imager Pixel Spacing, which is at the detector). A new series
+    (``series_instance_uid`` or a new UID) numbered the source's + 2000. Returns the dataset.
     """
     import highdicom as hd
     import pydicom
@@ -109,7 +110,9 @@ def write_heatmap_secondary_capture(
         raise ValueError(f"heat map {pixels.shape[:2]} does not match the source image's {rows} x {columns}")
     orientation = source.get("PatientOrientation")
     has_orientation = orientation is not None and len(orientation) == 2 and all(str(v) for v in orientation)
-    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    # Pixel Spacing only: a projection's Imager Pixel Spacing is at the detector, larger than in the patient by the
+    # magnification; written as Pixel Spacing, distances measured on the overlay would be too long
+    spacing = source.get("PixelSpacing")
     pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing and min(map(float, spacing)) > 0 else None
     text = f"{model_name} {description}".strip()
     sc = hd.sc.SCImage.from_ref_dataset(

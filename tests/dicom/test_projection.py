@@ -257,6 +257,32 @@ def test_a_slope_without_an_intercept_is_no_rescale() -> None:
     np.testing.assert_array_equal(projection_images(slope_only)[0].pixels, projection_images(plain)[0].pixels)
 
 
+@pytest.mark.parametrize("rescale", [(1.0, -1024.0), (-1.0, 4095.0)])
+def test_a_rescale_beside_a_modality_lut_sequence_changes_nothing(rescale: tuple[float, float]) -> None:
+    """A (non-conforming) file with both: the LUT replaces the rescale, for the window's output range too. Before,
+    pydicom's windowing passed the LUT's range through the rescale, and the image came out shifted (intercept
+    -1024) or inverted (slope -1), classified as ok."""
+    values = chest_values(12)
+    identity = (0, 12, np.arange(4096, dtype=np.uint16))
+    lut_only = projection_dataset(values, window=(2048.0, 4096.0), modality_lut=identity)
+    both = projection_dataset(values, window=(2048.0, 4096.0), modality_lut=identity, rescale=rescale)
+    expected = projection_images(lut_only)[0].pixels
+    np.testing.assert_array_equal(projection_images(both)[0].pixels, expected)
+    np.testing.assert_array_equal(expected, reference(values, bits=12, window=(2048.0, 4096.0, "LINEAR")))
+
+
+def test_an_empty_voi_lut_function_is_linear(tmp_path: Path) -> None:
+    """An empty VOI LUT Function (type 3, written empty) is its default, LINEAR; pydicom refuses the empty value,
+    and the image was refused."""
+    values = chest_values(12)
+    dataset = projection_dataset(values, window=(1500.0, 1000.0))
+    dataset.VOILUTFunction = ""
+    dataset.save_as(tmp_path / "empty.dcm", enforce_file_format=True)
+    image = projection_images(pydicom.dcmread(tmp_path / "empty.dcm"))[0]
+    assert image.voi == "window 1500/1000 LINEAR"
+    np.testing.assert_array_equal(image.pixels, reference(values, bits=12, window=(1500.0, 1000.0, "LINEAR")))
+
+
 def test_equivalent_encodings_give_the_same_png() -> None:
     """MONOCHROME1 with a full-range window, or a VOI LUT spanning the stored range, equal MONOCHROME2 plain."""
     values = chest_values(12)

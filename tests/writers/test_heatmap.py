@@ -114,6 +114,7 @@ def test_secondary_capture_references_its_source_and_validates(tmp_path: Path, i
     )
     assert "ReferencedFrameNumber" not in reference
     assert list(sc.PatientOrientation) == ["L", "F"] and list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+    assert [float(v) for v in sc.PixelSpacing] == [0.2, 0.2]
     assert sc.SeriesDescription == "SampleChestNodule Grad-CAM nodule"
     errors = [line for line in dciodvfy_report(path).splitlines() if line.startswith("Error")]
     assert errors == []
@@ -131,3 +132,13 @@ def test_secondary_capture_of_a_frame_names_the_frame_and_leaves_unknown_orienta
     assert sc.PatientOrientation in ("", None) or list(sc.PatientOrientation) == []
     with pytest.raises(ValueError, match="does not match the source"):
         write_heatmap_secondary_capture(path, image[:-1], heatmap[:-1], source)
+
+
+def test_secondary_capture_takes_no_spacing_from_the_detector(tmp_path: Path, image, heatmap) -> None:
+    """A source with Imager Pixel Spacing alone (at the detector, magnified): the overlay states no Pixel Spacing,
+    rather than the detector's as the patient's (distances measured on it would be 5-20 % too long)."""
+    source = pydicom.dcmread(source_file(tmp_path), stop_before_pixels=True)
+    del source.PixelSpacing
+    assert "ImagerPixelSpacing" in source
+    write_heatmap_secondary_capture(tmp_path / "sc.dcm", image, heatmap, source)
+    assert "PixelSpacing" not in pydicom.dcmread(tmp_path / "sc.dcm")

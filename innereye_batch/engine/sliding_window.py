@@ -95,7 +95,7 @@ def sliding_window_inference(
     stride: tuple[int, int, int] | None = None,
     stitching: StitchingMode = "gaussian",
     patch_batch: int = 1,
-    size_multiple: int = 1,
+    size_multiple: int | Sequence[int] = 1,
     output_device: torch.device | None = None,
     amp: bool = False,
     padding: PaddingMode = "edge",
@@ -108,8 +108,9 @@ def sliding_window_inference(
     logits per patch (softmax over channels, sigmoid per channel, or the logits themselves when None).
 
     ``predict`` maps (N, C, z, y, x) to logits (N, num_outputs, z, y, x) of the same spatial size. ``patch_size``
-    None runs the whole volume at once (padded to ``size_multiple``). A patch larger than the volume is shrunk to
-    the volume padded to ``size_multiple``; a volume smaller than a patch is padded (``padding``: edge or zero).
+    None runs the whole volume at once (padded to ``size_multiple``: one number, or one per (z, y, x) axis). A
+    patch larger than the volume is shrunk to the volume padded to ``size_multiple``; a volume smaller than a
+    patch is padded (``padding``: edge or zero).
     ``stride`` defaults to half the patch. ``patch_batch`` patches go through each forward pass (0: chosen from
     the device, ``auto_patch_batch``); with ``amp``
     the forward pass runs under mixed precision where the device computes it (``amp_autocast``: bf16 on CUDA and
@@ -204,7 +205,7 @@ def _whole_volume(
     predict: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
     num_outputs: int,
-    size_multiple: int,
+    size_multiple: int | Sequence[int],
     padding: PaddingMode,
     activation: Activation | None,
 ) -> torch.Tensor:
@@ -232,11 +233,16 @@ def _activated(
     return logits.float().clone()  # the caller scales it in place; never alias the network's own output
 
 
-def _effective_patch(patch_size: Sequence[int], spatial: Sequence[int], size_multiple: int) -> tuple[int, int, int]:
-    for p in patch_size:
-        if p < 1 or p % size_multiple:
-            raise ValueError(f"patch size {tuple(patch_size)} must be positive multiples of {size_multiple}")
-    sizes = [min(p, math.ceil(s / size_multiple) * size_multiple) for p, s in zip(patch_size, spatial, strict=True)]
+def _effective_patch(
+    patch_size: Sequence[int], spatial: Sequence[int], size_multiple: int | Sequence[int]
+) -> tuple[int, int, int]:
+    """The patch, each axis shrunk to the volume's size rounded up to that axis' multiple (InnerEye's
+    ``restrict_crop_size_to_image``)."""
+    multiples = [size_multiple] * 3 if isinstance(size_multiple, int) else [int(m) for m in size_multiple]
+    if any(p < 1 or p % m for p, m in zip(patch_size, multiples, strict=True)):
+        each = multiples[0] if len(set(multiples)) == 1 else tuple(multiples)
+        raise ValueError(f"patch size {tuple(patch_size)} must be positive multiples of {each}")
+    sizes = [min(p, math.ceil(s / m) * m) for p, s, m in zip(patch_size, spatial, multiples, strict=True)]
     return sizes[0], sizes[1], sizes[2]
 
 

@@ -338,6 +338,11 @@ def _rules(
     return result
 
 
+def _per_axis(values: tuple[int, int, int]) -> str:
+    """``16`` for (16, 16, 16), else ``[1, 16, 16]`` (z, y, x)."""
+    return str(values[0]) if len(set(values)) == 1 else str(list(values))
+
+
 def _inference(fields: Fields, block: Mapping[str, Any], architecture: ArchitectureSpec) -> InferenceSpec:
     from innereye_batch.model.architectures import size_multiple_of
 
@@ -353,13 +358,16 @@ def _inference(fields: Fields, block: Mapping[str, Any], architecture: Architect
     if stitching not in ("gaussian", "average"):
         raise fields.error("stitching", f'must be "gaussian" or "average", got {stitching!r}')
     needed = size_multiple_of(architecture)
-    multiple = block.get("size_multiple", needed)
-    if not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1:
-        raise fields.error("size_multiple", f"must be a positive integer, got {multiple!r}")
-    if multiple % needed:
-        raise fields.error("size_multiple", f"must be a multiple of {needed}, which {architecture.name} needs")
-    if patch_size is not None and any(p % multiple for p in patch_size):
-        raise fields.error("patch_size", f"every size must be a multiple of {multiple} for this architecture")
+    value = block.get("size_multiple", list(needed))
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value] * 3  # one number: every axis
+    multiple: tuple[int, int, int] = _triple(fields, "size_multiple", value, integer=True, minimum=1)
+    if any(m % n for m, n in zip(multiple, needed, strict=True)):
+        raise fields.error(
+            "size_multiple", f"must be a multiple of {_per_axis(needed)}, which {architecture.name} needs"
+        )
+    if patch_size is not None and any(p % m for p, m in zip(patch_size, multiple, strict=True)):
+        raise fields.error("patch_size", f"each size must be a multiple of {_per_axis(multiple)} for this architecture")
     return InferenceSpec(patch_size=patch_size, stride=stride, stitching=stitching, size_multiple=multiple)
 
 

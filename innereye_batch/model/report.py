@@ -43,7 +43,7 @@ def _describe_segmentation(spec: SegmentationSpec) -> dict[str, Any]:
             "patch_size": list(inference.patch_size) if inference.patch_size else None,
             "stride": list(inference.stride) if inference.stride else None,
             "stitching": inference.stitching,
-            "size_multiple": inference.size_multiple,
+            "size_multiple": list(inference.size_multiple),
         },
         "postprocessing": {
             "activation": spec.activation,

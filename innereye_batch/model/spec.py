@@ -102,8 +102,9 @@ class InferenceSpec:
     patch_size: tuple[int, int, int] | None = None
     stride: tuple[int, int, int] | None = None
     stitching: Stitching = "gaussian"
-    size_multiple: int = 1
-    """Padded input sizes must be multiples of this (2 ** downsampling for InnerEye's UNet3D)."""
+    size_multiple: tuple[int, int, int] = (1, 1, 1)
+    """Padded input sizes must be multiples of this, per (z, y, x) axis (``factor ** downsampling paths`` for
+    InnerEye's UNet3D)."""
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,21 @@ def test_more_structures_than_an_8_bit_label_map_holds_are_refused(block: dict[s
     block["structures"].append("one_too_many")
     with pytest.raises(ModelFolderError, match="256 structures do not fit an 8-bit label map"):
         parse_inference_block(block, Path("x.json"))
+
+
+def test_size_multiples_are_per_axis(block: dict[str, Any]) -> None:
+    """A UNet3D downsampling (1, 2, 2) twice needs multiples of (1, 4, 4): a patch 6 slices deep is InnerEye's to
+    run (it was refused, every axis held to 4); one number still sets every axis."""
+    from innereye_batch.model.inference_block import parse_inference_block
+
+    block["architecture"] = {**block["architecture"], "downsampling_factor": [1, 2, 2]}
+    block["patch_size"], block["stride"] = [6, 8, 8], [3, 4, 4]
+    assert parse_inference_block(block, Path("x.json"))["task_spec"].inference.size_multiple == (1, 4, 4)
+    block["size_multiple"] = [4, 8, 8]
+    with pytest.raises(ModelFolderError, match=r"each size must be a multiple of \[4, 8, 8\]"):
+        parse_inference_block(block, Path("x.json"))
+    block["patch_size"], block["size_multiple"] = [8, 8, 8], 8
+    assert parse_inference_block(block, Path("x.json"))["task_spec"].inference.size_multiple == (8, 8, 8)
+    block["size_multiple"] = [1, 2, 4]
+    with pytest.raises(ModelFolderError, match=r"must be a multiple of \[1, 4, 4\], which UNet3D needs"):
+        parse_inference_block(block, Path("x.json"))

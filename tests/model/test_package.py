@@ -50,7 +50,7 @@ def test_current_form_with_inference_block(tmp_path: Path, block: dict[str, Any]
     assert package.segmentation.normalisation[0].output_range == (-1.0, 1.0)
     assert package.segmentation.inference.patch_size == (8, 8, 8) and package.segmentation.inference.stride == (4, 4, 4)
     assert package.segmentation.inference.stitching == "average"
-    assert package.segmentation.inference.size_multiple == 4  # 2 ** num_downsampling_paths, derived
+    assert package.segmentation.inference.size_multiple == (4, 4, 4)  # 2 ** num_downsampling_paths, derived
     assert package.segmentation.postprocessing.largest_component == ("liver", "spleen")
     assert package.segmentation.postprocessing.fill_holes == ("liver",)
     assert package.segmentation.postprocessing.posterior_smoothing_mm == (2.0, 2.0, 3.0)
@@ -149,7 +149,11 @@ def test_preset_chosen_by_model_name(tmp_path: Path) -> None:
         256,
         256,
     )
-    assert package.segmentation.inference.stitching == "average" and package.segmentation.inference.size_multiple == 16
+    assert package.segmentation.inference.stitching == "average" and package.segmentation.inference.size_multiple == (
+        16,
+        16,
+        16,
+    )
     assert package.segmentation.postprocessing.largest_component == ("lung_l", "lung_r", "heart")
     assert (
         package.segmentation.postprocessing.fill_holes == ()

@@ -137,12 +137,12 @@ def test_anisotropic_downsampling_follows_innereye_kernel_rule() -> None:
     assert tuple(state["_layers.3.upsample_block.0.weight"].shape) == (8, 4, 1, 4, 4)
     assert tuple(state["_layers.1.block1.conv1.weight"].shape) == (4, 2, 3, 3, 3)
     assert network(torch.randn(1, 2, 3, 8, 8)).shape == (1, 4, 3, 8, 8)
-    assert size_multiple_of(tiny_spec(downsampling_factor=[1, 2, 2])) == 4
+    assert size_multiple_of(tiny_spec(downsampling_factor=[1, 2, 2])) == (1, 4, 4)
 
 
 def test_size_multiple_is_two_to_the_downsampling_paths() -> None:
-    assert size_multiple_of(ArchitectureSpec("UNet3D", {"initial_feature_channels": 4})) == 16
-    assert size_multiple_of(tiny_spec()) == 4
+    assert size_multiple_of(ArchitectureSpec("UNet3D", {"initial_feature_channels": 4})) == (16, 16, 16)
+    assert size_multiple_of(tiny_spec()) == (4, 4, 4)
 
 
 def test_registry_matches_names_in_any_case_and_rejects_bad_parameters() -> None:

@@ -9,7 +9,6 @@ without building anything. Names are matched case-insensitively. Importing this 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,8 @@ import torch
 from innereye_batch.model.spec import ArchitectureSpec
 
 Builder = Callable[..., torch.nn.Module]
-SizeMultiple = Callable[[Mapping[str, Any]], int]
+SizeMultiple = Callable[[Mapping[str, Any]], tuple[int, int, int]]
+"""Per (z, y, x) axis: the multiple every padded input size must have, from the hyper-parameters."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class RegisteredArchitecture:
     required: frozenset[str]
     optional: frozenset[str]
     size_multiple: SizeMultiple | None = None
-    """Padded input sizes must be multiples of ``size_multiple(params)``; None means any size works."""
+    """Padded input sizes must be multiples of ``size_multiple(params)``, per (z, y, x) axis; None means any size
+    works."""
 
 
 ARCHITECTURES: dict[str, RegisteredArchitecture] = {}
@@ -89,11 +90,12 @@ def check_architecture_params(name: str, params: Mapping[str, Any]) -> list[str]
     return problems
 
 
-def size_multiple_of(spec: ArchitectureSpec) -> int:
-    """The multiple every padded input size must have for this architecture (1 when unconstrained)."""
+def size_multiple_of(spec: ArchitectureSpec) -> tuple[int, int, int]:
+    """The multiple every padded input size must have for this architecture, per (z, y, x) axis (1 when
+    unconstrained)."""
     entry = find_architecture(spec.name)
     if entry is None or entry.size_multiple is None:
-        return 1
+        return (1, 1, 1)
     return entry.size_multiple(spec.params)
 
 
@@ -104,14 +106,6 @@ def build_network(spec: ArchitectureSpec, in_channels: int, out_channels: int) -
         raise ValueError(f"architecture {spec.name}: " + "; ".join(problems))
     entry = ARCHITECTURES[spec.name.lower()]
     return entry.builder(in_channels, out_channels, **dict(spec.params))
-
-
-def lcm_of(values: list[int]) -> int:
-    """Least common multiple of positive integers."""
-    result = 1
-    for value in values:
-        result = result * value // math.gcd(result, value)
-    return result
 
 
 # Built-in architectures register themselves on import.

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from innereye_batch.model.architectures import lcm_of, register_architecture
+from innereye_batch.model.architectures import register_architecture
 
 Triple = tuple[int, int, int]
 PADDING_MODES = ("zero", "constant")
@@ -201,11 +201,12 @@ class UNet3D(nn.Module):
         return self.output_layer(x)
 
 
-def unet3d_size_multiple(params: Mapping[str, Any]) -> int:
-    """Inputs must be multiples of ``factor ** num_downsampling_paths`` on every axis (their lcm here)."""
+def unet3d_size_multiple(params: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Inputs must be multiples of ``factor ** num_downsampling_paths`` on each axis, with that axis' factor (as
+    InnerEye's ``UNet3D.crop_size_constraints``)."""
     factor = _triple(params.get("downsampling_factor", 2), "downsampling_factor")
     paths = int(params.get("num_downsampling_paths", 4))
-    return lcm_of([f**paths for f in factor])
+    return (factor[0] ** paths, factor[1] ** paths, factor[2] ** paths)
 
 
 @register_architecture("UNet3D", size_multiple=unet3d_size_multiple)

@@ -71,7 +71,9 @@ class SliceRef:
     index, row-major); None for an ordinary image."""
     file_status: tuple[int, int, int] | None = None
     """The file's size, modification and status-change times (ns) when the scan read its header: the inputs'
-    fingerprint records them, and loading refuses a file that differs (changed after its header was read)."""
+    fingerprint records them. Loading refuses a multi-frame file or mosaic that differs (changed after its header
+    was read: its frames are placed where the scan found them); a single-frame file that differs is parsed again
+    and must keep its instance, position and grid."""
 
 
 @dataclass(frozen=True)

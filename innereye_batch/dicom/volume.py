@@ -334,6 +334,14 @@ def _check_unchanged(series: SeriesInfo, path: Path, slots: list[tuple[int, Slic
                 "scan the folder again",
             )
         _check_grid_unchanged(series, path, header)
+    elif ref.file_status is not None and _status(path) != ref.file_status:
+        # frames of a multi-frame file, tiles of a mosaic: placed where the scan found them, never read again
+        raise SeriesError(uid, f"{path}: changed since the scan (its frames were placed as it was then): scan again")
+
+
+def _status(path: Path) -> tuple[int, int, int]:
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def _check_grid_unchanged(series: SeriesInfo, path: Path, header: _Header) -> None:

@@ -194,3 +194,25 @@ def test_a_split_stack_whose_spacings_vary_within_the_scans_tolerance_loads(tmp_
     assert [s.key[len(uid) :] for s in stacks] == [".t1", ".t2"]
     for series in stacks:
         assert load_volume(series).array.shape == (4, 10, 8)
+
+
+def test_a_multi_frame_file_rewritten_after_the_scan_fails_the_load(tmp_path: Path) -> None:
+    """A re-export of an enhanced file into the input folder between the scan and the load: the same instance with
+    its frames stored in reverse order (each position travels with its frame) and another PixelSpacing. Its frames
+    were placed where the scan found them, so the volume came back mirrored along z on the old spacing, ok."""
+    from tests.factory import write_enhanced_series
+
+    generated = write_enhanced_series(tmp_path / "e" / "enhanced.dcm")
+    series = only_series(tmp_path / "e")
+    assert np.array_equal(load_volume(series).array, generated.voxels)
+    dataset = pydicom.dcmread(generated.paths[0])
+    frames = dataset.pixel_array
+    dataset.PerFrameFunctionalGroupsSequence = list(reversed(list(dataset.PerFrameFunctionalGroupsSequence)))
+    dataset.PixelData = frames[::-1].copy().tobytes()
+    dataset.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = ["1.8", "1.6"]
+    dataset.save_as(generated.paths[0], enforce_file_format=True)
+    with pytest.raises(SeriesError, match=r"changed since the scan .*scan again"):
+        load_volume(series)
+    rescanned = only_series(tmp_path / "e")
+    assert np.array_equal(load_volume(rescanned).array, generated.voxels)  # scanned again: placed as it is now
+    assert rescanned.geometry.spacing[1:] == pytest.approx((1.8, 1.6))

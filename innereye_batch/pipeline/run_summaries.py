@@ -4,9 +4,10 @@ merged with the other shards' when it finishes last: ``summarize``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from innereye_batch.errors import error_text
+from innereye_batch.errors import UsageError, error_text
 from innereye_batch.pipeline.progress import RunProgress
 from innereye_batch.pipeline.summarize import (
     SummaryMergeError,
@@ -24,14 +25,24 @@ if TYPE_CHECKING:
 
 
 def remove_earlier_summaries(options: RunOptions) -> None:
-    """The summaries of an earlier run: they would vouch for series this run redoes (or fails)."""
-    if options.shard is None:
-        remove_shard_summaries(options.output)  # this run's summary.json supersedes any sharded run's
-    else:  # a summary present is one of this run's shards (merge_if_last relies on it)
-        remove_shard_summaries(options.output, except_count=options.shard.count)
-        (options.output / options.shard.summary_name).unlink(missing_ok=True)
-    for name in (SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML):
-        (options.output / name).unlink(missing_ok=True)
+    """The summaries of an earlier run: they would vouch for series this run redoes (or fails). Under the summary
+    lock: a shard finishing meanwhile merges either before (its summary.json removed here) or after (without this
+    shard's summary, so it waits for this run's). ``UsageError`` naming a file that cannot be removed."""
+    from innereye_batch.pipeline.locks import summary_lock
+
+    try:
+        with summary_lock(options.output):
+            if options.shard is None:
+                remove_shard_summaries(options.output)  # this run's summary.json supersedes any sharded run's
+            else:  # a summary present is one of this run's shards (merge_if_last relies on it)
+                remove_shard_summaries(options.output, except_count=options.shard.count)
+                (options.output / options.shard.summary_name).unlink(missing_ok=True)
+            for name in (SUMMARY_JSON, SUMMARY_CSV, REPORT_HTML):
+                (options.output / name).unlink(missing_ok=True)
+    except OSError as error:
+        name = Path(error.filename).name if error.filename else "file"
+        reason = error.strerror or error_text(error)
+        raise UsageError(f"cannot remove an earlier run's {name} from {options.output}: {reason}") from error
 
 
 def write_summaries(

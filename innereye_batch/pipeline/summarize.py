@@ -250,18 +250,24 @@ class MergedSummary:
 def merge_shard_summaries(output_dir: Path, count: int | None = None) -> MergedSummary:
     """Merge the N shard summaries into summary.json, summary.csv and report.html (under the summary lock)."""
     from innereye_batch.pipeline.locks import summary_lock
+
+    with summary_lock(output_dir):
+        return _merge(output_dir, count)
+
+
+def _merge(output_dir: Path, count: int | None) -> MergedSummary:
+    """``merge_shard_summaries``, the summary lock held by the caller."""
     from innereye_batch.writers.run_report import write_run_report
     from innereye_batch.writers.summary import write_summary
 
-    with summary_lock(output_dir):
-        shards = load_shard_summaries(output_dir, count)
-        results = [r for s in shards for r in s.results]
-        skipped = [f for s in shards for f in s.skipped_files]
-        run_info = merged_run_info(shards)
-        paths = (
-            *write_summary(output_dir, results, run_info=run_info, skipped_files=skipped),
-            write_run_report(output_dir, results, run_info),
-        )
+    shards = load_shard_summaries(output_dir, count)
+    results = [r for s in shards for r in s.results]
+    skipped = [f for s in shards for f in s.skipped_files]
+    run_info = merged_run_info(shards)
+    paths = (
+        *write_summary(output_dir, results, run_info=run_info, skipped_files=skipped),
+        write_run_report(output_dir, results, run_info),
+    )
     return MergedSummary(len(shards), results, skipped, paths)
 
 
@@ -292,8 +298,10 @@ def merge_if_last(
     no longer holds (an earlier run's, left by a shard of this run that has not started yet: its outputs since
     removed, or its inputs changed): `summarize` says why.
 
-    A shard removes its own old summary when it starts, so a summary present is of the shard's latest run. Two
-    shards finishing together may both merge; under the summary lock, one after the other, to the same result.
+    A shard removes its own old summary when it starts, under the summary lock, so a summary present is of the
+    shard's latest run; the checks and the merge hold that lock throughout, so a shard starting again meanwhile
+    removes its summary (and the merged one) either before the checks or after the merge, never between them.
+    Two shards finishing together may both merge; one after the other, to the same result.
     """
     from innereye_batch.pipeline.locks import summary_lock
 
@@ -314,4 +322,4 @@ def merge_if_last(
                 others.append(Shard(index, shard.count))
         if others:
             return None, others
-    return merge_shard_summaries(output_dir, shard.count), []
+        return _merge(output_dir, shard.count), []

@@ -228,3 +228,44 @@ def test_summarize_refuses_shards_that_saw_a_series_in_other_states(tmp_path: Pa
     by_hand = _summarize(out)
     assert by_hand.returncode == 1 and "saw different cohorts" in " ".join(by_hand.stderr.split()), by_hand.stderr
     assert not (out / "summary.json").exists()
+
+
+def test_a_shard_starting_while_another_merges_waits_for_the_merge(
+    case: ScaleCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shard 1 starting again while shard 0 merges: its removal of the earlier summaries waits for the merge, so
+    no summary.json is left vouching for the results it is about to redo. Before, it removed them between the
+    merge's checks and its writing, and summary.json then held the old shard 1's results (ok for series whose
+    outputs its rerun removed)."""
+    import threading
+
+    import innereye_batch.writers.summary as summary_writer
+    from innereye_batch.pipeline.run_summaries import remove_earlier_summaries
+
+    out = tmp_path / "out"
+    assert not run_batch(case.options(out, shard=Shard(1, 2))).merged
+    write_summary = summary_writer.write_summary
+    starting = threading.Thread(target=remove_earlier_summaries, args=(case.options(out, shard=Shard(1, 2)),))
+    waited = []
+
+    def merging(*args: object, **kwargs: object) -> object:  # the merge, between its checks and its writing
+        starting.start()
+        starting.join(timeout=1.0)
+        waited.append(starting.is_alive())
+        return write_summary(*args, **kwargs)
+
+    monkeypatch.setattr(summary_writer, "write_summary", merging)
+    assert run_batch(case.options(out, shard=Shard(0, 2))).merged
+    starting.join()
+    assert waited == [True]  # shard 1's start waited for the summary lock
+    assert not (out / "summary.json").exists() and not (out / "summary.shard-1-of-2.json").exists()
+    assert (out / "summary.shard-0-of-2.json").exists()
+
+
+def test_an_earlier_summary_that_cannot_be_removed_stops_the_run_with_its_name(case: ScaleCase, tmp_path: Path) -> None:
+    """A folder where the earlier summary.json was: the run stops before planning with a message naming it (a
+    usage error, exit 2). Before, IsADirectoryError's traceback came out instead."""
+    out = tmp_path / "out"
+    (out / "summary.json").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"cannot remove an earlier run's summary\.json from .*: Is a directory"):
+        run_batch(case.options(out))

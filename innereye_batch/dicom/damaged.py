@@ -139,7 +139,7 @@ def attach_damage(series: list[SeriesInfo], damaged: list[Damaged]) -> list[Seri
             problems.append(
                 Problem(UNSUPPORTED_IMAGES, f"{len(left_out)} image(s) with this UID left out: {_names(left_out)}")
             )
-        folders = {path.parent for path in info.files}
+        folders = {path.parent for path in info.files} if orphans else set()  # no orphans: no folder to look in
         nearby = [orphan for folder in sorted(folders) for orphan in orphans.get(folder, [])]
         for orphan in nearby[:_NAMES_SHOWN]:
             problems.append(

@@ -1,7 +1,9 @@
 """Read one file's DICOM header with pydicom: the images it holds (one, each frame of a multi-frame file, or the
 tiles of a mosaic), or why it is skipped or damaged.
 
-Only the wanted elements are read (``HEADER_KEYWORDS``) and each is converted once; the pixel data element is
+Only the wanted elements are read (``HEADER_KEYWORDS``) and each is converted once (header_values.py); a file of up
+to 256 KiB is read whole first and parsed from memory (pydicom's small reads and seeks cost less there); the pixel
+data element is
 located and checked against the file (pixel_data.py), never decoded. A file that claims to be an image but cannot
 be used (cut, corrupt, no pixel data) is returned as damaged (damaged.py). ``scan.py`` calls this for every file
 of a tree.
@@ -9,16 +11,17 @@ of a tree.
 
 from __future__ import annotations
 
+import io
+import os
 import stat
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.dataset import FileDataset
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -28,6 +31,7 @@ from innereye_batch.dicom import headers as h
 from innereye_batch.dicom.codecs import decoder_problems
 from innereye_batch.dicom.damaged import Damaged, is_image_claim, salvage
 from innereye_batch.dicom.frame_images import enhanced_images, legacy_multiframe_images
+from innereye_batch.dicom.header_values import Fields, header_fields
 from innereye_batch.dicom.headers import FileHeader, ImageHeader
 from innereye_batch.dicom.mosaic import MOSAIC_TAGS, unpack_mosaic
 from innereye_batch.dicom.photometric import PROJECTION_MODALITIES
@@ -100,8 +104,13 @@ plus the vendors' private diffusion elements in ``headers.PRIVATE_TAGS``."""
 _HEADER_TAGS = list(
     dict.fromkeys([Tag(keyword) for keyword in HEADER_KEYWORDS] + [Tag(tag) for tag in h.PRIVATE_TAGS] + MOSAIC_TAGS)
 )  # MOSAIC_TAGS: what mosaic.py needs to tell a mosaic
-_CHARACTER_SET = int(Tag("SpecificCharacterSet"))
-"""Dimension index pointers that number positions, not volumes (left out of ``SplitValues.dimension_index``)."""
+_HEADER_NUMBERS = [int(tag) for tag in _HEADER_TAGS]
+"""``_HEADER_TAGS`` as plain ints for ``read_partial``, which only tests membership: a BaseTag compares in Python."""
+_PIXEL_DATA_NUMBERS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+"""Float Pixel Data, Double Float Pixel Data and Pixel Data: where ``stop_before_pixels`` stops."""
+_WHOLE_FILE_BYTES = 256 * 1024
+"""A file of up to this size is read in one call and parsed from memory: pydicom's many small reads and seeks cost
+less on a BytesIO than on a buffered file. Larger files are parsed from the file, never reading their pixel data."""
 
 
 def read_file_header(path: Path) -> FileHeader | SkippedFile | Damaged:
@@ -113,137 +122,14 @@ def read_file_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         return salvage(path, f"unreadable DICOM header: {type(error).__name__}: {error}")
 
 
-_Fields = dict[Any, Any]
-"""Top-level header values by keyword (private elements by tag number), converted by pydicom; absent and empty
-elements left out."""
-
-
-def _fields(ds: Dataset) -> _Fields:
-    """Every element pydicom read (only the wanted tags), each converted once: plain text and number values
-    straight from their bytes (``_plain_value``), anything else by pydicom (from its raw form: the Dataset's own
-    bookkeeping is not needed here); a value pydicom cannot convert is kept as its text, so that the problem it
-    causes can name it."""
-    fields: _Fields = {}
-    encoding = ds.original_character_set or default_encoding
-    plain_text = _ascii_reads_as_ascii(ds)
-    little = ds.original_encoding[1] is not False
-    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset would store every converted element in it)
-        raw = ds.get_item(tag)
-        number = int(tag)  # plain int comparisons and look-ups: a BaseTag compares in Python
-        found: Any = _NOT_PLAIN
-        keyword = ""
-        if isinstance(raw, RawDataElement) and number != _CHARACTER_SET and isinstance(raw.value, bytes):
-            found = _plain_value(raw.VR, raw.value, little, plain_text)
-            if found is not _NOT_PLAIN:
-                keyword = _KEYWORDS.get(number) or pydicom.datadict.keyword_for_tag(tag)
-        if found is _NOT_PLAIN:
-            try:
-                if isinstance(raw, RawDataElement) and raw.VR != "SQ" and number != _CHARACTER_SET:
-                    element = convert_raw_data_element(raw, encoding=encoding, ds=ds)
-                else:
-                    element = ds[tag]
-                found = element.value
-                keyword = element.keyword
-            except Exception:  # an invalid value (e.g. DS "abc"): keep its text
-                found = raw.value.decode("latin-1").strip("\x00 ") if isinstance(raw.value, bytes) else raw.value
-                keyword = pydicom.datadict.keyword_for_tag(tag)
-        if found is None or found == "":
-            continue
-        fields[keyword if keyword else number] = found
-    return fields
-
-
-_ASCII_SUPERSETS = frozenset(
-    {"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 126", "ISO_IR 127"}
-    | {"ISO_IR 138", "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 203", "ISO_IR 192"}
-)
-"""Specific Character Sets without code extensions in which a byte below 128 is that ASCII character: the ISO 8859
-parts, TIS 620 and UTF-8 (not ISO 2022 sets, whose escape sequences are ASCII bytes; not JIS X 0201, whose 0x5C
-is the yen sign)."""
-
-
-def _ascii_reads_as_ascii(ds: Dataset) -> bool:
-    """True when the file's Specific Character Set (one term, or none) reads a value made of ASCII bytes as ASCII:
-    then ``_plain_value`` may decode its text itself."""
-    element = ds.get_item(_CHARACTER_SET)
-    value = element.value if element is not None else b""
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    terms = [str(term).strip(" \x00") for term in (value.split("\\") if isinstance(value, str) else value)]
-    return len(terms) <= 1 and (terms[0] if terms else "") in _ASCII_SUPERSETS
-
-
-class _AsWritten:
-    """A DS or IS number that prints as the file wrote it (``0``, not ``0.0``), as pydicom's DSfloat and IS do."""
-
-    __slots__ = ()
-    text: str
-
-    def __new__(cls, text: str) -> Any:
-        number = super().__new__(cls, text)  # type: ignore[call-arg]  # float's or int's
-        number.text = text  # type: ignore[misc]  # a slot of _Decimal; int subclasses have a __dict__
-        return number
-
-    def __str__(self) -> str:
-        return self.text
-
-    __repr__ = __str__
-
-
-class _Decimal(_AsWritten, float):
-    __slots__ = ("text",)
-
-
-class _Integer(_AsWritten, int):
-    pass  # int subclasses cannot have slots of their own
-
-
-_OFFSET_TOLERANCE_MM = 1e-3
-"""How close GridFrameOffsetVector's first value must be to 0 or to ImagePositionPatient along the normal."""
-_NOT_PLAIN = object()
-"""``_plain_value``'s answer for a value it leaves to pydicom."""
-_TEXT_VRS = frozenset({"UI", "CS", "SH", "LO", "AS", "DA", "TM"})
-_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
-_KEYWORDS = {int(Tag(keyword)): keyword for keyword in HEADER_KEYWORDS}
-
-
-def _plain_value(vr: str | None, value: bytes, little: bool, plain_text: bool) -> Any:
-    """The value of a plain element straight from its bytes, as pydicom converts it but without its per-value
-    validation: text VRs (ASCII, split at backslashes, padding stripped), IS and DS as int and float, binary
-    integers and floats; ``_NOT_PLAIN`` for anything else or anything unusual (pydicom then converts it)."""
-    if vr in _TEXT_VRS or vr in ("IS", "DS"):
-        if not plain_text or not value.isascii():
-            return _NOT_PLAIN
-        parts = [part.strip(" \x00") for part in value.decode("ascii").split("\\")]
-        if vr in ("IS", "DS"):
-            try:
-                numbers = [_Integer(p) if vr == "IS" else _Decimal(p) for p in parts if p]
-            except ValueError:
-                return _NOT_PLAIN
-            if len(numbers) != len(parts):
-                return _NOT_PLAIN
-            return numbers[0] if len(numbers) == 1 else numbers
-        if vr == "UI":
-            parts = [p.rstrip("\x00") for p in parts]
-        return parts[0] if len(parts) == 1 else parts
-    code = _NUMBER_FORMATS.get(vr or "")
-    if code is None:
-        return _NOT_PLAIN
-    size = struct.calcsize(code)
-    if not value or len(value) % size:
-        return _NOT_PLAIN
-    unpacked = struct.unpack(("<" if little else ">") + code * (len(value) // size), value)
-    return unpacked[0] if len(unpacked) == 1 else list(unpacked)
-
-
-def _unusable(path: Path, reason: str, fields: _Fields, sop_class: str, damaged: bool) -> SkippedFile | Damaged:
+def _unusable(path: Path, reason: str, fields: Fields, sop_class: str, damaged: bool) -> SkippedFile | Damaged:
     """A file that cannot be used: a damaged member of a series where it claims to be an image, else skipped."""
     if damaged or is_image_claim(sop_class, fields):
         return _claim(path, reason, fields)
     return SkippedFile(path, reason)
 
 
-def _claim(path: Path, reason: str, fields: _Fields, *, unsupported: bool = False) -> Damaged:
+def _claim(path: Path, reason: str, fields: Fields, *, unsupported: bool = False) -> Damaged:
     """A file of the series its header names that cannot be used (damaged, or of an unsupported kind)."""
     return Damaged(
         SkippedFile(path, reason),
@@ -263,7 +149,8 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         reason = "empty file (0 bytes)"
         empty = Damaged(SkippedFile(path, reason), None, empty=True)
         return SkippedFile(path, reason) if path.name.startswith(".") else empty
-    with open(path, "rb") as fp:
+    whole = _small_file(path, size)
+    with _in_memory(whole, path) if whole is not None else open(path, "rb") as fp:
         start = fp.read(DEFLATE_CHECK_BYTES)  # the preamble and prefix, and the file meta that names the syntax
         bare = start[128:132] != b"DICM"
         if bare and start[:2] not in _BARE_DICOM_STARTS:
@@ -273,12 +160,12 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
             return Damaged(SkippedFile(path, bomb), None)
         fp.seek(0)
         try:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=bare)
+            ds = _read_dataset(fp, force=bare)
         except struct.error:  # pydicom could not unpack an element's tag, VR or length: the file ends there
             return salvage(path, "truncated file: ends inside a data element header")
         syntax = transfer_syntax_of(ds)
         deflated = syntax == DeflatedExplicitVRLittleEndian
-        fields = _fields(ds)
+        fields = header_fields(ds)
         if not deflated:  # fp is where pydicom stopped: at the pixel data element, or the end of the header
             pixel_problem, pixel_value = pixel_data_problem(fp, ds, size, fields)
         meta = getattr(ds, "file_meta", None)
@@ -288,7 +175,7 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         if deflated:  # inflated in memory: read it again, pixel data included
             fp.seek(0)
             ds = pydicom.dcmread(fp, specific_tags=_HEADER_TAGS + PIXEL_DATA_TAGS, force=bare)
-            fields = _fields(ds)
+            fields = header_fields(ds)
             pixel_problem, pixel_value = inflated_pixel_problem(ds), None
     if pixel_problem is not None:
         damaged, reason = pixel_problem
@@ -322,6 +209,37 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     return unpack_mosaic(header, ds)  # mosaic hook: a mosaic's tiles become its images
 
 
+def _small_file(path: Path, size: int) -> bytes | None:
+    """The whole file where its ``size`` (from the stat) is at most ``_WHOLE_FILE_BYTES``; None for a larger file, or
+    one that has grown since the stat. Read until its end (a read may return less than asked)."""
+    if size > _WHOLE_FILE_BYTES:
+        return None
+    data = b""
+    with open(path, "rb", buffering=0) as file:  # unbuffered: one read into one bytes of the file's size
+        while len(data) <= size and (chunk := file.read(size + 1 - len(data))):
+            data += chunk
+    return data if len(data) <= size else None
+
+
+def _in_memory(data: bytes, path: Path) -> BinaryIO:
+    """The file's bytes as a file object named as ``open(path)`` names it (pydicom puts the name in a warning)."""
+    buffer = io.BytesIO(data)
+    buffer.name = os.fspath(path)  # BytesIO takes attributes; FileDataset reads the name
+    return buffer
+
+
+def _read_dataset(fp: BinaryIO, *, force: bool) -> FileDataset:
+    """``pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=force)``, by the public
+    function it calls with what it would pass: the tags as ints (dcmread makes each a BaseTag for every file) and
+    the same stop at the pixel data."""
+    return read_partial(fp, _at_pixel_data, defer_size=None, force=force, specific_tags=_HEADER_NUMBERS)
+
+
+def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+    """pydicom's ``stop_before_pixels`` condition."""
+    return tag in _PIXEL_DATA_NUMBERS
+
+
 def _high_bit_problem(bits_stored: Any, high_bit: Any) -> str | None:
     """Why the stored values cannot be read as they lie, or None: the Image Pixel module requires High Bit to be
     Bits Stored - 1 (values aligned at bit 0). pydicom keeps the low Bits Stored bits whatever High Bit says, so
@@ -338,7 +256,7 @@ def _high_bit_problem(bits_stored: Any, high_bit: Any) -> str | None:
 
 
 def _header_from_fields(
-    path: Path, header: _Fields, sop_class: str, syntax: str, layout: PixelLayout | None
+    path: Path, header: Fields, sop_class: str, syntax: str, layout: PixelLayout | None
 ) -> FileHeader:
     modality = str(h.value(header, "Modality") or "")
     projection = modality.upper() in PROJECTION_MODALITIES

@@ -300,7 +300,10 @@ def _mosaic_details(path: Path) -> Dataset:
 
 def _private(ds: Dataset, group: int, creator: str, offset: int) -> DataElement | None:
     """The private element ``offset`` of ``creator``'s block in ``group``, wherever the block lies."""
+    present = ds.keys()
     for block in _PRIVATE_BLOCKS:
+        if (group << 16 | block) not in present:  # no creator there (a plain int: looked up without a BaseTag)
+            continue
         owner = ds.get_item(_CREATOR_TAGS[group][block]) if group in _CREATOR_TAGS else ds.get((group, block))
         value = owner.value if owner is not None else None  # as read: the creator is compared as text below
         if isinstance(value, bytes):

@@ -1,4 +1,4 @@
-"""The scan converts plain header values from their bytes itself (``file_header._plain_value``) where the file's
+"""The scan converts plain header values from their bytes itself (``header_values.plain_value``) where the file's
 character set reads ASCII bytes as ASCII; every value must equal what pydicom converts, in every character set."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import get_charset_files, get_testdata_files
 
-from innereye_batch.dicom.file_header import _HEADER_TAGS, _fields, read_file_header
+from innereye_batch.dicom import file_header
+from innereye_batch.dicom.file_header import _HEADER_TAGS, _in_memory, _read_dataset, read_file_header
+from innereye_batch.dicom.header_values import header_fields
 from innereye_batch.dicom.headers import FileHeader
 from tests.factory import write_series
 
@@ -29,7 +31,7 @@ def test_every_header_value_read_equals_pydicoms(path: str) -> None:
     # force: files without the DICM prefix are read as the scan reads them
     ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
     reference = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
-    for key, value in _fields(ds).items():
+    for key, value in header_fields(ds).items():
         if not isinstance(key, str) or key == "SpecificCharacterSet":
             continue
         try:
@@ -56,3 +58,36 @@ def test_a_padded_derived_image_type_is_derived_in_any_character_set(tmp_path: P
         assert isinstance(header, FileHeader) and header.images[0].split.derived
     real = read_file_header(Path(get_testdata_file("693_J2KI.dcm")))  # type: ignore[arg-type]
     assert isinstance(real, FileHeader) and real.images[0].split.derived
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: Path(p).name)
+def test_the_scans_parse_is_dcmreads(path: str) -> None:
+    """``_read_dataset`` calls pydicom's ``read_partial`` as ``dcmread(stop_before_pixels=True, specific_tags=...)``
+    does; from a file and from its bytes in memory it reads what dcmread reads, and stops where dcmread stops."""
+    expected_fp = open(path, "rb")  # noqa: SIM115 (both files stay open to compare where each parse stopped)
+    expected = pydicom.dcmread(expected_fp, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
+    with open(path, "rb") as fp, _in_memory(Path(path).read_bytes(), Path(path)) as memory:
+        for source in (fp, memory):
+            ds = _read_dataset(source, force=True)
+            assert source.tell() == expected_fp.tell()
+            assert ds == expected and ds.file_meta == expected.file_meta
+            assert ds.original_encoding == expected.original_encoding
+            assert ds.original_character_set == expected.original_character_set
+            assert ds.filename == expected.filename
+    expected_fp.close()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: Path(p).name)
+def test_a_header_read_from_memory_is_the_header_read_from_the_file(path: str, monkeypatch: Any) -> None:
+    in_memory = read_file_header(Path(path))
+    monkeypatch.setattr(file_header, "_WHOLE_FILE_BYTES", -1)  # every file parsed from the file itself
+    assert repr(read_file_header(Path(path))) == repr(in_memory)
+
+
+def test_a_file_grown_since_its_stat_is_parsed_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    assert file_header._small_file(path, 100) == b"x" * 100
+    assert file_header._small_file(path, 120) == b"x" * 100  # shrunk: what is there, to its end
+    assert file_header._small_file(path, 99) is None  # grown: read from the file as it is now
+    assert file_header._small_file(path, file_header._WHOLE_FILE_BYTES + 1) is None

@@ -62,7 +62,8 @@ class Damaged:
     unsupported: bool = False
     """Readable, but of a kind this tool does not process (colour, 1-bit), rather than damaged."""
     empty: bool = False
-    """0 bytes: a lost slice beside images of its folder, but alone in a folder no sign of anything."""
+    """0 bytes (or only NUL bytes, or a preamble and no more): a lost slice beside images of its folder, but alone
+    in a folder no sign of anything."""
 
 
 def is_image_claim(sop_class: str, fields: Mapping[Any, Any]) -> bool:

@@ -130,10 +130,12 @@ def _unusable(path: Path, reason: str, fields: Fields, sop_class: str, damaged: 
 
 
 def _claim(path: Path, reason: str, fields: Fields, *, unsupported: bool = False) -> Damaged:
-    """A file of the series its header names that cannot be used (damaged, or of an unsupported kind)."""
+    """A file of the series its header names that cannot be used (damaged, or of an unsupported kind); of an unknown
+    series where it names several."""
+    uid = fields.get("SeriesInstanceUID")
     return Damaged(
         SkippedFile(path, reason),
-        str(fields.get("SeriesInstanceUID", "")) or None,
+        str(uid) if isinstance(uid, str) and uid else None,
         str(fields.get("StudyInstanceUID", "")),
         str(fields.get("Modality", "")),
         unsupported=unsupported,
@@ -153,6 +155,13 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     with _in_memory(whole, path) if whole is not None else open(path, "rb") as fp:
         start = fp.read(DEFLATE_CHECK_BYTES)  # the preamble and prefix, and the file meta that names the syntax
         bare = start[128:132] != b"DICM"
+        lost = _lost_write(start) if bare else None
+        if lost is not None:  # as an empty file: a lost slice beside images of its folder
+            return (
+                SkippedFile(path, lost)
+                if path.name.startswith(".")
+                else Damaged(SkippedFile(path, lost), None, empty=True)
+            )
         if bare and start[:2] not in _BARE_DICOM_STARTS:
             return SkippedFile(path, "not a DICOM file (no 'DICM' prefix and no DICOM tags at its start)")
         bomb = None if bare else deflate_bomb(fp, start, size)
@@ -187,6 +196,9 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "Rows", "Columns"):
         if not fields.get(keyword):
             return _unusable(path, f"missing {keyword}", fields, sop_class, damaged=False)
+    malformed = _identity_problem(fields)
+    if malformed:
+        return _claim(path, malformed, fields)
     samples = int(fields.get("SamplesPerPixel", 1))
     photometric = str(fields.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -207,6 +219,30 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
         image.file_status = (status.st_size, status.st_mtime_ns, status.st_ctime_ns)
     header.problems = decoder_problems(syntax, fields.get("BitsStored"))  # codecs hook: can anything decode it?
     return unpack_mosaic(header, ds)  # mosaic hook: a mosaic's tiles become its images
+
+
+def _identity_problem(fields: Fields) -> str | None:
+    """Why an image's UIDs or size cannot be used: several values for one UID (the series' key and folder would be
+    a list's text), or Rows / Columns not a positive whole number (written as a signed or float VR)."""
+    for keyword in ("SOPInstanceUID", "SeriesInstanceUID"):
+        if isinstance(fields[keyword], list):
+            return f"{keyword} has {len(fields[keyword])} values"
+    for keyword in ("Rows", "Columns"):
+        number = h.single_int(fields[keyword]) if not isinstance(fields[keyword], list | bool) else None
+        if number is None or number < 1:
+            return f"{keyword} {h.shown(fields[keyword])}: not a positive whole number"
+    return None
+
+
+def _lost_write(start: bytes) -> str | None:
+    """Why a file's first bytes (no 'DICM' prefix) look like a DICOM file whose writing was lost, or None: only NUL
+    bytes (space allocated, data never flushed: a crash), or a preamble cut inside the 'DICM' prefix. Such a file
+    is not "not DICOM": it was most likely a slice, and its series would otherwise be ok without it."""
+    if not start.strip(b"\x00"):
+        return "only NUL bytes: a file whose data was never written (a crash while copying?)"
+    if 128 < len(start) < 132 and b"DICM".startswith(start[128:]):
+        return "truncated file: ends inside the 'DICM' prefix"
+    return None
 
 
 def _small_file(path: Path, size: int) -> bytes | None:

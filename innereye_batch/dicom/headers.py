@@ -201,6 +201,18 @@ def shown(raw: Any) -> str:
     return "\\".join(str(v) for v in raw)
 
 
+MAX_COORDINATE_MM = 1e6
+"""Patient coordinates further than this (1 km) from the origin are not a scanner's."""
+SPACING_RANGE_MM = (1e-4, 1e4)
+"""Voxel spacings outside this range (0.1 um to 10 m) are not a scanner's: they overflow the grids made of them."""
+
+
+def plausible_spacing(*spacings: float) -> bool:
+    """Every spacing within ``SPACING_RANGE_MM``."""
+    low, high = SPACING_RANGE_MM
+    return all(low <= s <= high for s in spacings)
+
+
 def position(raw: Any) -> tuple[tuple[float, float, float] | None, str | None]:
     """ImagePositionPatient, or None and why not."""
     if raw is None:
@@ -208,6 +220,8 @@ def position(raw: Any) -> tuple[tuple[float, float, float] | None, str | None]:
     numbers = floats(raw, 3)
     if numbers is None:
         return None, f"not 3 finite numbers ({shown(raw)[:40]})"
+    if max(map(abs, numbers)) > MAX_COORDINATE_MM:  # steps and spans of such positions overflow
+        return None, f"more than {MAX_COORDINATE_MM:g} mm from the origin ({shown(raw)[:40]})"
     return (numbers[0], numbers[1], numbers[2]), None
 
 
@@ -240,11 +254,11 @@ def pixel_spacing(measures: Source, fallback: Source, projection: bool) -> tuple
     if raw is None:
         raw = value(fallback, "PixelSpacing")
     spacing = floats(raw, 2) if raw is not None else None
-    if spacing is not None and min(spacing) > 0:
+    if spacing is not None and plausible_spacing(*spacing):
         return (spacing[0], spacing[1]), "PixelSpacing", None
     if projection:
         imager = floats(value(fallback, "ImagerPixelSpacing"), 2)
-        if imager is not None and min(imager) > 0:
+        if imager is not None and plausible_spacing(*imager):
             return (imager[0], imager[1]), "ImagerPixelSpacing", None
         return (1.0, 1.0), "unknown", None
     return (1.0, 1.0), "unknown", "PixelSpacing missing" if raw is None else f"PixelSpacing {shown(raw)}"

@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_sequence
 from pydicom.tag import BaseTag, Tag
 
-from innereye_batch.dicom.headers import FileHeader, ImageHeader
+from innereye_batch.dicom.headers import FileHeader, ImageHeader, plausible_spacing
 from innereye_batch.dicom.problems import MOSAIC
 from innereye_batch.dicom.series import Problem, SeriesInfo, SliceRef
 from innereye_batch.errors import SeriesError
@@ -268,9 +268,10 @@ def _tile(image: ImageHeader, index: int, position: np.ndarray, rows: int, colum
 
 
 def _slice_spacing(image: ImageHeader) -> float | None:
-    """SpacingBetweenSlices, else SliceThickness, as dcm2niix uses them for a mosaic; None when neither is > 0."""
+    """SpacingBetweenSlices, else SliceThickness, as dcm2niix uses them for a mosaic; None when neither is a
+    spacing (``headers.plausible_spacing``)."""
     for value in (image.slice_spacing, image.slice_thickness):
-        if value is not None and value > 0:
+        if value is not None and plausible_spacing(value):
             return value
     return None
 

@@ -20,7 +20,7 @@ from pydicom.encaps import parse_basic_offsets, parse_fragments
 from pydicom.filereader import data_element_generator
 from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from innereye_batch.dicom.series import PixelLayout
 
@@ -69,12 +69,18 @@ def pixel_data_problem(fp: BinaryIO, ds: Dataset, size: int, fields: Mapping[Any
     if not isinstance(element, RawDataElement) or element.tag not in PIXEL_DATA_TAGS:
         return (False, "no pixel data"), None
     if element.length == 0xFFFFFFFF:
+        syntax = transfer_syntax_of(ds)
+        if not UID(syntax).is_encapsulated:  # items of compressed frames, which pydicom would read as pixel values
+            return (
+                True,
+                f"pixel data of undefined length (compressed items) in a native transfer syntax, {syntax}",
+            ), None
         order = "<" if little is not False else ">"
-        return _encapsulated_problem(fp, element.value_tell, order, fields, transfer_syntax_of(ds)), None
+        return _encapsulated_problem(fp, element.value_tell, order, fields, syntax), None
     start, length = element.value_tell, element.length
     if start + length > size:
         return (True, f"truncated file: pixel data needs {length} bytes, only {size - start} present"), None
-    problem = _length_problem(ds, length, fields)
+    problem = _length_problem(ds, length, fields) or _excess_problem(fp, start, length, _expected_bytes(fields))
     return problem, (start, length) if problem is None and element.tag == PIXEL_DATA_TAGS[0] else None
 
 
@@ -145,7 +151,9 @@ def _encapsulated_problem(
         return None  # the scan says what is wrong with NumberOfFrames, Rows or Columns
     if frames > fragments:
         return True, f"NumberOfFrames is {frames:,} but the compressed pixel data holds {fragments:,} fragment(s)"
-    return _codestream_problem(fp, offsets if fragments == frames else offsets[:1], syntax, size)
+    return _codestream_problem(fp, offsets if fragments == frames else offsets[:1], syntax, size) or _end_problem(
+        fp, offsets if fragments == frames else offsets[-1:], syntax, order
+    )
 
 
 _JPEG_SYNTAXES = frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81))
@@ -174,6 +182,28 @@ def _codestream_problem(fp: BinaryIO, fragments: list[int], syntax: str, size: t
                 f"{size[1]} x {size[0]} by the header"
             )
     return None
+
+
+def _end_problem(fp: BinaryIO, last_fragments: list[int], syntax: str, order: str) -> _PixelProblem | None:
+    """A JPEG, JPEG-LS or JPEG 2000 frame must end with its end-of-image marker (EOI, or EOC: FFD9), before at
+    most the padding of its item (00 or FF bytes). A codestream cut short can decode without an error: the
+    pylibjpeg plugin gave the lost rows of a JPEG-LS or lossless JPEG slice cut to 60 %, and the series was ok.
+    ``last_fragments``: the item offsets of each frame's last fragment (the last fragment of all where frames
+    cannot be told apart)."""
+    if syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES:
+        return None
+    for index, item in enumerate(last_fragments[-_MOST_FRAMES_CHECKED:]):
+        fp.seek(item + 4)
+        length = struct.unpack(f"{order}I", fp.read(4))[0]
+        fp.seek(item + 8 + max(0, length - _TAIL_BYTES))
+        tail = fp.read(min(length, _TAIL_BYTES)).rstrip(b"\x00")
+        if b"\xff\xd9" not in tail[-3:]:  # FFD9, then at most one more byte (an FF fill byte)
+            which = f"frame {index + 1}" if len(last_fragments) > 1 else "the last frame"
+            return True, f"compressed pixel data cut short: {which} does not end with its end-of-image marker"
+    return None
+
+
+_TAIL_BYTES = 16
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -269,6 +299,25 @@ def _length_problem(ds: Dataset, length: int, fields: Mapping[Any, Any]) -> tupl
     return None
 
 
+def _excess_problem(fp: BinaryIO, start: int, length: int, expected: int | None) -> _PixelProblem | None:
+    """Native pixel data longer than the header announces, past its even-length padding: the excess must be NUL
+    padding (some writers pad further). Anything else is data of another kind: RLE frames in a file whose file meta
+    says Explicit VR Little Endian were read as pixel values (24,571 of 24,576 voxels wrong, ok)."""
+    if expected is None or length <= expected + 1:
+        return None
+    fp.seek(start + expected)
+    excess = fp.read(min(length - expected, _MOST_PADDING_CHECKED))
+    if excess.strip(b"\x00"):
+        return True, (
+            f"pixel data of {length:,} bytes where the header announces {expected:,}, and the rest is not padding: "
+            "encoded otherwise than its transfer syntax says?"
+        )
+    return None
+
+
+_MOST_PADDING_CHECKED = 1 << 20
+
+
 def _expected_bytes(fields: Mapping[Any, Any]) -> int | None:
     """Bytes of greyscale native pixel data with whole-byte values, from converted header values; else None."""
     try:
@@ -277,6 +326,6 @@ def _expected_bytes(fields: Mapping[Any, Any]) -> int | None:
         samples, frames = int(fields.get("SamplesPerPixel", 1)), int(fields.get("NumberOfFrames") or 1)
     except (KeyError, TypeError, ValueError):
         return None
-    if samples != 1 or bits % 8:
+    if samples != 1 or bits % 8 or min(rows, columns, frames, bits) < 1:  # the scan names a size that is none
         return None
     return rows * columns * frames * bits // 8

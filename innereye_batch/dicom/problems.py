@@ -38,6 +38,9 @@ invalid_rescale             yes    RescaleSlope zero or not finite, or RescaleIn
                                    maps the stored values (volumes do not apply them: never loaded unmapped)
 duplicate_positions         yes    two images of one stack share a position and nothing (echo, image type,
                                    temporal position, acquisition, diffusion) tells them apart
+duplicate_instances         yes    files of one stack at different positions carry the same SOPInstanceUID:
+                                   outputs that reference their source images (DICOM-SEG, RT Structure Set)
+                                   could not tell them apart
 missing_slices              yes    steps between slices that are (close to) whole multiples of the base step; or
                                    positions that every sibling volume (other echoes, time points, components)
                                    holds are missing from this one: an edge file lost
@@ -81,6 +84,7 @@ NO_FRAME_OF_REFERENCE = "no_frame_of_reference"
 UID_COLLISION = "uid_collision"
 INVALID_RESCALE = "invalid_rescale"
 DUPLICATE_POSITIONS = "duplicate_positions"
+DUPLICATE_INSTANCES = "duplicate_instances"
 MISSING_SLICES = "missing_slices"
 VARIABLE_SPACING = "variable_spacing"
 NON_UNIFORM_SPACING = "non_uniform_spacing"
@@ -110,6 +114,7 @@ ALL_KINDS = frozenset(
         UID_COLLISION,
         INVALID_RESCALE,
         DUPLICATE_POSITIONS,
+        DUPLICATE_INSTANCES,
         MISSING_SLICES,
         VARIABLE_SPACING,
         NON_UNIFORM_SPACING,

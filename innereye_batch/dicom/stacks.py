@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from pydicom.uid import UID
 
 from innereye_batch.dicom import problems as kinds
 from innereye_batch.dicom.geometry import Geometry
-from innereye_batch.dicom.headers import FileHeader, ImageHeader
+from innereye_batch.dicom.headers import FileHeader, ImageHeader, plausible_spacing
 from innereye_batch.dicom.regrid import regular_grid
 from innereye_batch.dicom.series import Problem, SeriesInfo, SliceRef
 from innereye_batch.dicom.slice_steps import spacing_problems, tilt_problems
@@ -336,7 +337,7 @@ def _placed_stack(
     order = sorted(range(len(images)), key=lambda i: (along[i], str(images[i].path), images[i].frame or 0))
     images = [images[i] for i in order]
     positions, along = positions[order], along[order]
-    problems: list[Problem] = []
+    problems: list[Problem] = _shared_instances(images)
     irregular = variable = False
     if len(images) == 1:
         spacing_z, source = _single_slice_spacing(reference)
@@ -376,11 +377,29 @@ def _placed_stack(
     )
 
 
+def _shared_instances(images: list[ImageHeader]) -> list[Problem]:
+    """A fatal problem when files of the stack that lie at different positions carry one SOPInstanceUID (frames of
+    one file share theirs; copies of one file at one position are ``duplicate_positions``): the DICOM-SEG's and RT
+    Structure Set's references to their source images would be ambiguous."""
+    files: dict[str, set[Path]] = {}
+    positions: dict[str, set[tuple[float, float, float]]] = {}
+    for image in images:
+        if image.sop_instance_uid:
+            files.setdefault(image.sop_instance_uid, set()).add(image.path)
+            positions.setdefault(image.sop_instance_uid, set()).add(image.position or (0.0, 0.0, 0.0))
+    shared = sorted(uid for uid, paths in files.items() if len(paths) > 1 and len(positions[uid]) > 1)
+    if not shared:
+        return []
+    names = ", ".join(sorted(path.name for path in files[shared[0]])[:3])
+    reason = f"{len(shared)} SOPInstanceUID(s) carried by files at different positions (one by {names})"
+    return [Problem(kinds.DUPLICATE_INSTANCES, reason, True)]
+
+
 def _single_slice_spacing(image: ImageHeader) -> tuple[float, str]:
     """SpacingBetweenSlices, else SliceThickness, else unknown (1 mm, said by a problem): never silently 1 mm."""
-    if image.slice_spacing is not None and image.slice_spacing > 0:
+    if image.slice_spacing is not None and plausible_spacing(image.slice_spacing):
         return image.slice_spacing, "SpacingBetweenSlices"
-    if image.slice_thickness is not None and image.slice_thickness > 0:
+    if image.slice_thickness is not None and plausible_spacing(image.slice_thickness):
         return image.slice_thickness, "SliceThickness"
     return 1.0, "unknown"
 

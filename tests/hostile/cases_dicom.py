@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_fragments
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from tests.dicom.parts_factory import write_parts
 from tests.dicom.split_cases import CASES
 from tests.dicom.test_regrid import write_tilted, write_variable
-from tests.factory import write_series
+from tests.factory import recode_file, write_series
 from tests.hostile.case import Case, lenient_writing
 from tests.mosaic_factory import write_siemens_mosaics
 
@@ -113,6 +115,92 @@ def damage_cases(root: Path) -> list[Case]:
     uid = f"{UID_ROOT}.13"
     _every_slice(write_case_series(root, "d_colour", uid, 13), rgb)
     cases.append(Case("colour-only series", "4 every input", uid, "failed", ("unsupported_images",)))
+    return cases
+
+
+def lying_file_cases(root: Path) -> list[Case]:
+    """Files whose pixel data or identity lies, which came out ok with wrong voxels or ambiguous references (a
+    fuzzing reviewer's finds): each now fails its series, naming the file and why."""
+    rule = "1 never drop data"
+    cases = []
+
+    def rle_as_native(ds: Dataset) -> None:  # RLE frames (longer than the raw values) under Explicit VR LE
+        noise = np.random.default_rng(int(ds.InstanceNumber)).integers(0, 4000, (ds.Rows, ds.Columns), np.int16)
+        ds.PixelData = noise.tobytes()
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2 * 2] + b"\x01" * 400  # longer than raw, not padding
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    uid = f"{UID_ROOT}.70"
+    _every_slice(write_case_series(root, "l_rle_as_native", uid, 70), rle_as_native)
+    cases.append(Case("compressed data under a native transfer syntax", rule, uid, "failed", ("not padding",)))
+
+    uid = f"{UID_ROOT}.71"
+    for path in write_case_series(root, "l_items_in_native", uid, 71):  # Pixel Data as items, Explicit VR LE kept
+        data = path.read_bytes()
+        at = data.rfind(b"\xe0\x7f\x10\x00")  # the Pixel Data element: tag, VR, reserved, length; then the values
+        values = data[at + 12 :]
+        item = b"\xfe\xff\x00\xe0" + len(values).to_bytes(4, "little")
+        undefined = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
+        empty_table = b"\xfe\xff\x00\xe0" + bytes(4)
+        path.write_bytes(data[:at] + undefined + empty_table + item + values + b"\xfe\xff\xdd\xe0" + bytes(4))
+    cases.append(Case("encapsulated items under a native transfer syntax", rule, uid, "failed", ("undefined length",)))
+
+    uid = f"{UID_ROOT}.72"
+    paths = write_case_series(root, "l_jpegls_cut", uid, 72)
+    for path in paths:
+        recode_file(path, JPEGLSLossless)
+    ds = pydicom.dcmread(paths[-1])
+    stream = next(generate_fragments(ds.PixelData))
+    ds.PixelData = encapsulate([stream[: len(stream) * 6 // 10 // 2 * 2]])  # the codestream cut, framing whole
+    ds.save_as(paths[-1])
+    cases.append(Case("edge slice's JPEG-LS codestream cut", rule, uid, "failed", ("end-of-image marker",)))
+
+    uid = f"{UID_ROOT}.73"
+    paths = write_case_series(root, "l_edge_zero_filled", uid, 73)
+    paths[-1].write_bytes(bytes(paths[-1].stat().st_size))  # allocated, never written: a crash while copying
+    cases.append(Case("edge slice of NUL bytes", rule, uid, "failed", ("only NUL bytes",)))
+
+    uid = f"{UID_ROOT}.74"
+    paths = write_case_series(root, "l_edge_preamble", uid, 74)
+    paths[0].write_bytes(paths[0].read_bytes()[:131])  # cut inside the DICM prefix
+    cases.append(Case("edge slice cut inside its DICM prefix", rule, uid, "failed", ("'DICM' prefix",)))
+
+    uid = f"{UID_ROOT}.75"
+    paths = write_case_series(root, "l_shared_instance", uid, 75)
+    shared = pydicom.dcmread(paths[4])
+    shared.SOPInstanceUID = pydicom.dcmread(paths[3]).SOPInstanceUID
+    shared.save_as(paths[4])
+    cases.append(Case("two slices with one SOPInstanceUID", rule, uid, "failed", ("duplicate_instances",)))
+    return cases
+
+
+def absurd_value_cases(root: Path) -> list[Case]:
+    """Finite values no scanner writes, which crashed the scan or the run (overflows), or failed late."""
+    rule = "1 never invent geometry"
+    cases = []
+
+    def far_away(ds: Dataset) -> None:
+        ds.ImagePositionPatient = ["0", "0", "1.7e308" if int(ds.InstanceNumber) % 2 else "-1.7e308"]
+
+    uid = f"{UID_ROOT}.80"
+    _every_slice(write_case_series(root, "v_far_positions", uid, 80), far_away)
+    cases.append(Case("ImagePositionPatient +-1.7e308", rule, uid, "failed", ("from the origin",)))
+
+    def huge_spacing(ds: Dataset) -> None:
+        ds.PixelSpacing = ["1e300", "1e300"]
+
+    uid = f"{UID_ROOT}.81"
+    _every_slice(write_case_series(root, "v_huge_spacing", uid, 81), huge_spacing)
+    cases.append(Case("PixelSpacing 1e300", rule, uid, "failed", ("invalid_pixel_spacing",)))
+
+    def negative_rows(ds: Dataset) -> None:
+        ds["Rows"].VR = "SS"
+        ds.Rows = -16
+
+    uid = f"{UID_ROOT}.82"
+    _every_slice(write_case_series(root, "v_negative_rows", uid, 82), negative_rows)
+    cases.append(Case("Rows -16", rule, uid, "failed", ("not a positive whole number",)))
     return cases
 
 

@@ -23,9 +23,11 @@ from tests.factory import write_series
 from tests.hostile.case import Case
 from tests.hostile.cases_dicom import (
     SHAPE,
+    absurd_value_cases,
     collision_cases,
     damage_cases,
     geometry_cases,
+    lying_file_cases,
     mosaic_cases,
     split_cases,
     write_case_series,
@@ -160,6 +162,8 @@ BUILDERS: tuple[Builder, ...] = (
     _memory_cases,
     _tree_cases,
     geometry_cases,
+    lying_file_cases,
+    absurd_value_cases,
     damage_cases,
     split_cases,
     collision_cases,

@@ -1,11 +1,13 @@
 """Explanation heat maps of a classification prediction as output formats (the drawing is ``heatmap.py``'s).
 
 - ``explanation-png`` (``explanation.png``): for people; the overlay of each requested method, side by side in
-  the order of ``--explain``, each panel the image's own size.
+  the order of ``--explain``, each panel the image's own size, under a strip with the run's clinical marker ("NOT
+  FOR CLINICAL USE" unless ``--clinical-marker`` says otherwise; no strip without a marker).
 - ``explanation-npz`` (``explanation.npz``): for programs; one float32 (y, x) array in [0, 1] per method, on the
   image's grid, named by the method (``numpy.load(path)["gradcam"]``).
 - ``explanation-dicom`` (``explanation.dcm``, not written unless asked for): a DICOM Secondary Capture of the
-  first method's overlay, referencing the source image, so that a PACS viewer shows it beside the image.
+  first method's overlay, referencing the source image, so that a PACS viewer shows it beside the image; its
+  series and derivation descriptions end with the clinical marker.
 All three need ``--explain``.
 """
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 
 _GAP = 8
 """Pixels of black between panels of the PNG."""
+MARKER_STRIP = 20
+"""Pixels of black above the panels of the PNG, holding the clinical marker."""
 
 
 def _maps(prediction: ClassificationPrediction) -> dict[str, np.ndarray]:
@@ -38,14 +42,23 @@ def write_explanation_png(path: Path, prediction: ClassificationPrediction, cont
     from innereye_batch.writers.heatmap import overlay_rgb
 
     panels = [overlay_rgb(prediction.image.pixels, heat) for heat in _maps(prediction).values()]
+    marker = context.options.clinical_marker
+    top = MARKER_STRIP if marker else 0
     rows = max(p.shape[0] for p in panels)
     width = sum(p.shape[1] for p in panels) + _GAP * (len(panels) - 1)
-    montage = np.zeros((rows, width, 3), dtype=np.uint8)
+    montage = np.zeros((top + rows, width, 3), dtype=np.uint8)
     x = 0
     for panel in panels:
-        montage[: panel.shape[0], x : x + panel.shape[1]] = panel
+        montage[top : top + panel.shape[0], x : x + panel.shape[1]] = panel
         x += panel.shape[1] + _GAP
-    Image.fromarray(montage).save(path, format="PNG")
+    picture = Image.fromarray(montage)
+    if marker:
+        from PIL import ImageDraw
+
+        from innereye_batch.writers.preview import MARKER_COLOUR, label_font
+
+        ImageDraw.Draw(picture).text((width - 4, 3), marker, fill=MARKER_COLOUR, font=label_font(13), anchor="ra")
+    picture.save(path, format="PNG")
 
 
 def write_explanation_npz(path: Path, prediction: ClassificationPrediction, context: WriteContext) -> None:
@@ -69,6 +82,7 @@ def write_explanation_dicom(path: Path, prediction: ClassificationPrediction, co
         description=f"{method} for class {prediction.explained_class}",
         model_name=context.package.name,
         software_version=context.tool_version,
+        clinical_marker=context.options.clinical_marker,
     )
 
 

@@ -88,8 +88,10 @@ def write_heatmap_secondary_capture(
     series_instance_uid: str | None = None,
     instance_number: int = 1,
     alpha: float = 0.5,
+    clinical_marker: str = "",
 ) -> Dataset:
-    """Write the overlay as an RGB DICOM Secondary Capture (highdicom ``SCImage``) in the source's study.
+    """Write the overlay as an RGB DICOM Secondary Capture (highdicom ``SCImage``) in the source's study; its
+    series and derivation descriptions end with ``clinical_marker`` (e.g. "NOT FOR CLINICAL USE").
 
     ``source`` is the source image's dataset (or file; pixel data is not needed): patient and study are copied
     from it, its SOP Class / Instance UID (and ``frame_index`` + 1 for a multi-frame source) go into the Source
@@ -114,6 +116,8 @@ def write_heatmap_secondary_capture(
     # magnification; written as Pixel Spacing, distances measured on the overlay would be too long
     spacing = source.get("PixelSpacing")
     pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing and min(map(float, spacing)) > 0 else None
+    from innereye_batch.writers.dicom_seg import with_marker
+
     text = f"{model_name} {description}".strip()
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -129,7 +133,7 @@ def write_heatmap_secondary_capture(
         pixel_spacing=pixel_spacing,  # type: ignore[arg-type]  # highdicom's annotation says int; mm are floats
         patient_orientation=tuple(str(v) for v in orientation) if has_orientation else ("L", "F"),  # type: ignore[arg-type]
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=text[:_LO_MAX],
+        series_description=with_marker(text, clinical_marker),
         software_versions=software_version[:_LO_MAX] or None,
     )
     if not has_orientation:
@@ -141,7 +145,7 @@ def write_heatmap_secondary_capture(
     )  # Type 2C: the paired side (L or R) when the source names one, empty otherwise
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"
-    sc.DerivationDescription = f"{text}: heat map overlaid on the source image"[:1024]
+    sc.DerivationDescription = f"{text}: heat map overlaid on the source image {clinical_marker}".strip()[:1024]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -42,7 +42,7 @@ _TITLE_HEIGHT = 26
 _LEGEND_ROW = 20
 _BACKGROUND = (24, 24, 24)
 _TEXT = (235, 235, 235)
-_MARKER = (255, 80, 80)
+MARKER_COLOUR = (255, 80, 80)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def render_preview(
     """The preview picture of ``image`` (z, y, x, modality units) with ``labels`` (label i = ``structures[i-1]``)."""
     from PIL import Image, ImageDraw
 
-    font = _font(13)
+    font = label_font(13)
     views = anatomical_views(geometry)
     panels = [
         _panel(image, window, labels, views[name], index, structures, font)
@@ -172,7 +172,7 @@ def render_preview(
     draw = ImageDraw.Draw(canvas)
     draw.text((_GAP + 2, 6), title, fill=_TEXT, font=font)
     if marker:
-        draw.text((width - _GAP - 2, 6), marker, fill=_MARKER, font=font, anchor="ra")
+        draw.text((width - _GAP - 2, 6), marker, fill=MARKER_COLOUR, font=font, anchor="ra")
     for i, panel in enumerate(panels):
         row, column = divmod(i, COLUMNS)
         canvas.paste(panel, (_GAP + column * (PANEL + _GAP), _TITLE_HEIGHT + row * (PANEL + _GAP)))
@@ -227,7 +227,8 @@ def _panel(
     return panel
 
 
-def _font(size: int) -> Any:
+def label_font(size: int) -> Any:
+    """Pillow's default font at ``size`` (its small bitmap font where Pillow lacks FreeType)."""
     from PIL import ImageFont
 
     try:

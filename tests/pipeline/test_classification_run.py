@@ -25,6 +25,7 @@ from innereye_batch.model.package import load_model_package
 from innereye_batch.pipeline.plan import plan_run
 from innereye_batch.pipeline.process import process_item
 from innereye_batch.pipeline.run import RunOptions, make_predictor, run_batch
+from innereye_batch.writers.explanations import MARKER_STRIP
 from innereye_batch.writers.predictions import load_predictions_schema
 from innereye_batch.writers.registry import resolve_formats
 from tests.factory import write_series
@@ -96,7 +97,9 @@ def test_explanations_are_on_the_image_grid(explained_run: tuple[Path, int, str]
         from PIL import Image
 
         with Image.open(folder / "explanation.png") as png:
-            assert png.size == (2 * columns + 8, rows)  # one panel per method, side by side
+            assert png.size == (2 * columns + 8, MARKER_STRIP + rows)  # one panel per method, under the marker
+            strip = np.asarray(png.convert("RGB"))[:MARKER_STRIP]
+            assert (strip[..., 0] > 200).any() and (strip[..., 1] < 120).any()  # the red marker is drawn there
 
 
 def test_batched_and_one_by_one_agree(explained_run: tuple[Path, int, str], tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from innereye_batch.pipeline.run import RunOptions, run_batch
+from innereye_batch.writers.explanations import MARKER_STRIP
 from innereye_batch.writers.predictions import load_predictions_schema
 from tests.service.harness import CLASSIFICATION_ID, CLASSIFICATION_MODEL, CXR_SCANS, ServiceProcess
 
@@ -85,10 +86,7 @@ def test_explain_gradcam_adds_the_montage_run_draws(service: ServiceProcess, by_
     expected = by_run[document["input"]["sop_instance_uid"]]
     assert document["explanations"] == {"class": "nodule", "methods": ["gradcam"]}
     assert document["classification"] == expected["classification"]
-    assert (
-        png.shape
-        == expected["png"].shape
-        == (*pydicom.dcmread(CXR_SCANS / "cr_mono1_window_nodule.dcm").pixel_array.shape, 3)
-    )
+    rows, columns = pydicom.dcmread(CXR_SCANS / "cr_mono1_window_nodule.dcm").pixel_array.shape
+    assert png.shape == expected["png"].shape == (MARKER_STRIP + rows, columns, 3)  # the marker's strip on top
     assert np.abs(png.astype(int) - expected["png"].astype(int)).max() <= 1  # the same map, to rounding
     assert list((service.state_dir / "predict").iterdir()) == []

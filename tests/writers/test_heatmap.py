@@ -142,3 +142,16 @@ def test_secondary_capture_takes_no_spacing_from_the_detector(tmp_path: Path, im
     assert "ImagerPixelSpacing" in source
     write_heatmap_secondary_capture(tmp_path / "sc.dcm", image, heatmap, source)
     assert "PixelSpacing" not in pydicom.dcmread(tmp_path / "sc.dcm")
+
+
+def test_secondary_capture_descriptions_end_with_the_clinical_marker(tmp_path: Path, image, heatmap) -> None:
+    """explanation.dcm reaches a PACS beside the image: like the DICOM-SEG and RT Structure Set, it says "NOT FOR
+    CLINICAL USE" (before, only the segmentation outputs carried the run's marker)."""
+    marker = "NOT FOR CLINICAL USE"
+    long_name = "M" * 60  # the model name is shortened, never the marker
+    write_heatmap_secondary_capture(
+        tmp_path / "sc.dcm", image, heatmap, source_file(tmp_path), model_name=long_name, clinical_marker=marker
+    )
+    sc = pydicom.dcmread(tmp_path / "sc.dcm")
+    assert sc.SeriesDescription.endswith(marker) and len(sc.SeriesDescription) <= 64
+    assert sc.DerivationDescription.endswith(marker)

@@ -81,8 +81,8 @@ def test_explain_gradcam_adds_the_montage_run_draws(service: ServiceProcess, by_
     content = (CXR_SCANS / "cr_mono1_window_nodule.dcm").read_bytes()
     with service.client() as client:
         document = client.post(f"/v1/model/predict/{CLASSIFICATION_ID}?explain=gradcam", content=content).json()
+    jsonschema.validate(document, load_predictions_schema("classification"))  # explanation_png included
     png = np.asarray(Image.open(io.BytesIO(base64.b64decode(document.pop("explanation_png")))))
-    jsonschema.validate(document, load_predictions_schema("classification"))
     expected = by_run[document["input"]["sop_instance_uid"]]
     assert document["explanations"] == {"class": "nodule", "methods": ["gradcam"]}
     assert document["classification"] == expected["classification"]

@@ -138,7 +138,7 @@ def finish_outputs(
             written[output.name] = write_format(job, prediction, output, package, timings, options)
         step = "the done record"
         timings = {**timings, "write": time.perf_counter() - start}
-        mark_done(job.folder, job.input_fp, model_fp, written)
+        mark_done(job.folder, job.input_fp, model_fp, written, prediction.findings())
     except Exception as error:
         return failed_writing(job, step, error, written.values(), timings)
     outputs = {name: str(path.relative_to(job.folder.parent)) for name, path in written.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import error_text
 from innereye_batch.files import TEMP_PREFIX, write_json_atomic
 from innereye_batch.pipeline.locks import LOCK_FILE, output_lock
-from innereye_batch.results import ItemResult
+from innereye_batch.results import ItemResult, StructureStats
 
 __all__ = ["LOCK_FILE", "output_lock"]  # the lock lives in locks.py; kept importable from here
 
@@ -155,14 +155,56 @@ def with_problem(result: ItemResult, problem: str) -> ItemResult:
     return replace(result, reason=f"{result.reason}; {problem}" if result.reason else problem) if problem else result
 
 
-def mark_done(folder: Path, input_fp: str, model_fp: str, outputs: dict[str, Path]) -> None:
-    """Record a finished series; called after every output is in place."""
+def mark_done(
+    folder: Path, input_fp: str, model_fp: str, outputs: dict[str, Path], findings: Mapping[str, Any] | None = None
+) -> None:
+    """Record a finished series; called after every output is in place. ``findings`` (the prediction's: structure
+    sizes, or class probabilities and labels) are kept, so that a rerun's summary shows them for a series it
+    skips as done."""
     record = {
         "input_fingerprint": input_fp,
         "model_fingerprint": model_fp,
         "outputs": {fmt: {"file": p.name, "size": p.stat().st_size} for fmt, p in sorted(outputs.items())},
+        "findings": _findings_record(findings or {}),
     }
     write_json_atomic(folder / DONE_RECORD, record)
+
+
+def _findings_record(findings: Mapping[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if findings.get("structures") is not None:
+        record["structures"] = [
+            {"name": s.name, "voxel_count": s.voxel_count, "volume_ml": s.volume_ml} for s in findings["structures"]
+        ]
+    if findings.get("probabilities") is not None:
+        record["probabilities"] = {str(k): float(v) for k, v in findings["probabilities"].items()}
+    if findings.get("labels") is not None:
+        record["labels"] = [str(label) for label in findings["labels"]]
+    return record
+
+
+def done_result_fields(folder: Path) -> dict[str, Any]:
+    """What a done series' record says for its result (``ItemResult`` fields): its outputs (paths relative to
+    the output folder) and findings; empty where the record holds none (written by an earlier version) or
+    cannot be read as written."""
+    try:
+        record = json.loads((folder / DONE_RECORD).read_text())
+        fields: dict[str, Any] = {
+            "outputs": {str(fmt): f"{folder.name}/{entry['file']}" for fmt, entry in record["outputs"].items()}
+        }
+        findings = record.get("findings") or {}
+        if "structures" in findings:
+            fields["structures"] = tuple(
+                StructureStats(str(s["name"]), int(s["voxel_count"]), float(s["volume_ml"]))
+                for s in findings["structures"]
+            )
+        if "probabilities" in findings:
+            fields["probabilities"] = {str(k): float(v) for k, v in findings["probabilities"].items()}
+        if "labels" in findings:
+            fields["labels"] = tuple(str(label) for label in findings["labels"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return fields
 
 
 def remove_stale_temporaries(output_dir: Path, folders: Iterable[Path] | None = None) -> int:

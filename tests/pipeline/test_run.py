@@ -42,6 +42,11 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cohort, Path
     return cohort, model, out, code
 
 
+def _records(out: Path) -> dict[str, dict[str, object]]:
+    """summary.json's series records by key."""
+    return {record["key"]: record for record in json.loads((out / "summary.json").read_text())["series"]}
+
+
 def summary_rows(out: Path) -> dict[str, dict[str, str]]:
     with open(out / "summary.csv", newline="") as handle:
         return {row["series_instance_uid"]: row for row in csv.DictReader(handle)}
@@ -118,11 +123,22 @@ def test_rerun_skips_done_series_and_redoes_changed_ones(tmp_path: Path) -> None
     args = ("--model", str(model), "--input", str(scans), "--output", str(out), "--workers", "0")
     assert invoke(*args)[0] == 0
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.is_file()}
+    done_records, done_csv = _records(out), (out / "summary.csv").read_text()
     assert invoke(*args)[0] == 0
     rows = summary_rows(out)
     assert {r["status"] for r in rows.values()} == {"skipped"}
     assert all("already done" in r["reason"] for r in rows.values())
     assert stamp == {p: p.stat().st_mtime_ns for p in out.glob("*/*") if p.is_file()}
+    # a done series keeps its findings and outputs in the rerun's summaries (its volumes were gone, and with them
+    # summary.csv's volume columns: a cron job reading liver_ml broke on a night with nothing new)
+    for key, record in _records(out).items():
+        assert record["structures"] == done_records[key]["structures"] and record["structures"]
+        assert record["outputs"] == done_records[key]["outputs"] and record["outputs"]
+    rerun_csv = (out / "summary.csv").read_text()
+    assert rerun_csv.splitlines()[0] == done_csv.splitlines()[0] and "_ml" in done_csv.splitlines()[0]
+    assert [row.split(",")[6:-1] for row in rerun_csv.splitlines()] == [
+        r.split(",")[6:-1] for r in done_csv.splitlines()
+    ]
 
     write_series(
         scans / "b_resent",

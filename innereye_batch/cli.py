@@ -228,8 +228,9 @@ def run(
     max_voxels: Annotated[
         int,
         typer.Option(
+            min=1,
             help="Largest grid a series may have (source or resampled); larger ones fail unread. A 2-D image for a "
-            "classification model has at most 67108864 pixels whatever this says."
+            "classification model has at most 67108864 pixels whatever this says.",
         ),
     ] = 2**29,
     regrid_irregular: Annotated[
@@ -372,8 +373,9 @@ def serve(
     max_voxels: Annotated[
         int,
         typer.Option(
+            min=1,
             help="Largest grid a series may have (source or resampled); a 2-D image for a classification model "
-            "has at most 67108864 pixels whatever this says."
+            "has at most 67108864 pixels whatever this says.",
         ),
     ] = 2**29,
     trust_checkpoint: Annotated[
@@ -427,7 +429,8 @@ def serve(
 def summarize(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder of a sharded run.")],
     shards: Annotated[
-        int, typer.Option(help="N of the shards to merge (only needed when summaries of several N are present).")
+        int,
+        typer.Option(min=0, help="N of the shards to merge (only needed when summaries of several N are present)."),
     ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing.")] = False,
 ) -> None:

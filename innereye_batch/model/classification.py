@@ -177,7 +177,7 @@ def _classes(fields: _Fields, value: Any) -> tuple[tuple[str, ...], tuple[float 
             entry = {"name": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
             raise fields.error(f"classes[{index}]", f"needs a non-empty 'name', got {entry!r}")
-        unknown = sorted(set(entry) - {"name", "threshold"})
+        unknown = sorted(k for k in set(entry) - {"name", "threshold"} if not str(k).startswith("_"))
         if unknown:
             raise fields.error(f"classes[{index}]", f"unknown key(s) {', '.join(unknown)}; accepted: name, threshold")
         threshold = entry.get("threshold")
@@ -198,7 +198,7 @@ def _architecture(fields: _Fields, value: Any) -> ArchitectureSpec:
 
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise fields.error("architecture", f"must be an object with a 'name' and its parameters, got {value!r}")
-    params = {k: v for k, v in value.items() if k != "name"}
+    params = {k: v for k, v in value.items() if k != "name" and not str(k).startswith("_")}  # "_": comments
     if value["name"] != FROM_CHECKPOINT:
         problems = check_architecture_params(value["name"], params)
         if problems:
@@ -221,7 +221,7 @@ def _intensity(fields: _Fields, value: Any, channels: int) -> IntensitySpec:
         return IntensitySpec()
     if not isinstance(value, dict):
         raise fields.error("intensity", f"must be an object, got {value!r}")
-    unknown = sorted(set(value) - set(INTENSITY_FIELDS))
+    unknown = sorted(k for k in set(value) - set(INTENSITY_FIELDS) if not str(k).startswith("_"))
     if unknown:
         raise fields.error("intensity", f"unknown key(s) {', '.join(unknown)}; accepted: {', '.join(INTENSITY_FIELDS)}")
     apply_voi = value.get("apply_voi", True)

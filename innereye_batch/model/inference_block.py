@@ -189,7 +189,7 @@ def _architecture(fields: Fields, value: Any) -> ArchitectureSpec:
 
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         raise fields.error("architecture", "must be an object with a 'name' and the architecture's parameters")
-    params = {k: v for k, v in value.items() if k != "name"}
+    params = {k: v for k, v in value.items() if k != "name" and not str(k).startswith("_")}  # "_": comments
     if value["name"] == FROM_CHECKPOINT and params:
         raise fields.error(
             "architecture",

@@ -165,11 +165,12 @@ def run_local(
 
 def _inline(context: RunContext, jobs: Sequence[Job], loader: Any, replica: Replica) -> None:
     for loaded in loader:
+        if context.stopping:  # before the first item too: --fail-fast may have seen a failure at planning
+            return
         replica.add(jobs[loaded.index], loaded)
         del loaded
-        if context.stopping:
-            return
-    replica.flush()
+    if not context.stopping:
+        replica.flush()
 
 
 _STOP = None

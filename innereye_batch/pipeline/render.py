@@ -31,7 +31,7 @@ def render_dry_run(report: RunReport, console: Console) -> None:
         detail = row.get("reason") or row.get("folder", "")
         table.add_row(Text(printable(row["key"])), _status(row["action"]), Text(printable(detail)))
     console.print(table)
-    _render_skipped_files(report, console)
+    _render_skipped_files(report, console, summarised=False)
 
 
 def render_run_report(report: RunReport, output: Path, console: Console, limit: int = 50) -> None:
@@ -67,10 +67,11 @@ def render_run_report(report: RunReport, output: Path, console: Console, limit: 
         console.print(Text(f"Outputs in {printable(output)}/ (summary.json, summary.csv, one folder per series)."))
 
 
-def _render_skipped_files(report: RunReport, console: Console, limit: int = 10) -> None:
+def _render_skipped_files(report: RunReport, console: Console, limit: int = 10, *, summarised: bool = True) -> None:
     if not report.skipped_files:
         return
-    console.print(Text(f"{len(report.skipped_files)} file(s) not used (listed in the summary):", "yellow"))
+    where = " (listed in the summary)" if summarised else ""  # a dry run writes none
+    console.print(Text(f"{len(report.skipped_files)} file(s) not used{where}:", "yellow"))
     for skipped in report.skipped_files[:limit]:
         console.print(Text(f"  {printable(skipped.path)}: {printable(skipped.reason)}"))
     if len(report.skipped_files) > limit:

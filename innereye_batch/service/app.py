@@ -131,7 +131,8 @@ def _add_handlers(app: FastAPI, service: Service) -> None:
         start = time.perf_counter()
         refused = None if request.url.path == "/" else auth.check(request.headers.get(auth.HEADER), service.secret)
         if refused is not None:
-            response: Response = _error(refused)
+            why = f"the {auth.HEADER} header is " + ("missing" if refused == 401 else "not the service's secret")
+            response: Response = _error(refused, reason=why)
         else:
             try:
                 response = await call_next(request)

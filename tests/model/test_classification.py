@@ -171,3 +171,17 @@ def test_a_written_model_folder_loads_back_strictly(tmp_path: Path) -> None:
     with torch.no_grad():
         for loaded, original in zip(load_classifiers(paths, architecture, spec), originals, strict=True):
             torch.testing.assert_close(loaded(image), original(image), rtol=0, atol=0)
+
+
+def test_comment_keys_inside_entries_are_comments() -> None:
+    """As the docs say of every entry: "_" keys in the architecture, intensity and a class are comments (they
+    were refused as unknown)."""
+    commented = block(
+        architecture={**BLOCK["architecture"], "_comment": "as trained"},
+        intensity={**BLOCK["intensity"], "_why": "PNG convention"},
+        classes=["normal", {"name": "nodule", "threshold": 0.4, "_note": "tuned on validation"}],
+        activation="sigmoid",
+    )
+    spec = parse_classification_block(commented, SOURCE)
+    assert spec.classes == ("normal", "nodule") and spec.thresholds[1] == 0.4
+    assert "_comment" not in parse_classification_architecture(commented, SOURCE).params

@@ -71,7 +71,9 @@ def test_known_keys_and_comments_in_entries_load(tmp_path: Path, block: dict[str
     block["channels"] = [{"name": "t2", "modality": "MR", "series_description": "(?i)t2", "_why": "T2 only"}]
     block["normalisation"] = {"method": "zscore", "_comment": "per image"}
     block["postprocessing"] = {"fill_holes": ["liver"], "_comment": "as trained"}
+    block["architecture"] = {**block["architecture"], "_comment": "InnerEye's defaults"}  # it was refused
     package = _load(tmp_path, copy.deepcopy(block))
+    assert "_comment" not in package.architecture.params
     [channel] = package.channels
     assert (channel.name, channel.modality, channel.series_description) == ("t2", "MR", "(?i)t2")
     structures = package.segmentation.structures

@@ -95,3 +95,26 @@ def test_two_replicas_classify_as_one_with_explanations(tmp_path: Path) -> None:
     assert runs["two-maps"].keys() == runs["one-maps"].keys()
     for key, heat in runs["one-maps"].items():
         np.testing.assert_allclose(runs["two-maps"][key], heat, atol=1e-5)
+
+
+def test_fail_fast_after_a_failure_at_planning_runs_nothing(tmp_path: Path) -> None:
+    """A series failing at planning (a slice missing) with --fail-fast and one device: no series runs after it.
+    Before, the single-device loop took the first loaded series before it looked whether to stop."""
+    from innereye_batch.pipeline.run import RunOptions, run_batch
+    from tests.factory import write_series
+    from tests.pipeline.cohort import model_folder
+
+    scans = tmp_path / "scans"
+    good = [write_series(scans / name, shape=(6, 16, 16), seed=seed) for seed, name in enumerate("ab", start=1)]
+    broken = write_series(scans / "c", shape=(6, 16, 16), seed=3, remove_slice=2)
+    options = RunOptions(
+        model=model_folder(tmp_path / "model", members=1),
+        input=scans,
+        output=tmp_path / "out",
+        device="cpu",
+        workers=0,
+        fail_fast=True,
+    )
+    statuses = {r.series_instance_uid: r.status for r in run_batch(options).results}
+    assert statuses[broken.series_instance_uid] == "failed"
+    assert [statuses[g.series_instance_uid] for g in good] == ["not_run", "not_run"]

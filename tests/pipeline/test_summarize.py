@@ -161,6 +161,11 @@ def test_summarize_command_exit_codes_and_several_counts(tmp_path: Path) -> None
     assert "3 shard summaries merged: 8 ok, 3 failed, 3 skipped, 4 file(s) not used" in _text(chosen.output)
     missing = runner.invoke(app, ["summarize", "--output", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2
+    negative = runner.invoke(app, ["summarize", "--output", str(tmp_path), "--shards", "-1"])
+    assert negative.exit_code == 2 and "--shards" in negative.output  # a usage error, not "no summary"
+    for command in (["run", "--model", ".", "--input", ".", "--output", "."], ["serve", "--model", "."]):
+        nonsense = runner.invoke(app, [*command, "--max-voxels", "0"])
+        assert nonsense.exit_code == 2 and "--max-voxels" in nonsense.output  # not every series failing on it
 
 
 def _text(output: str) -> str:

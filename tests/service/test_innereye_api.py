@@ -98,9 +98,11 @@ def test_every_endpoint_but_health_answers_401_without_and_403_with_a_wrong_secr
     with service.client(secret=None) as anonymous:
         body = assert_innereye_error(anonymous.request(method, path, content=b"PK"), 401)
         assert body["title"] == "NoAuthenticationInformation" and "API_AUTH_SECRET" in body["detail"]
+        assert body["reason"] == "the API_AUTH_SECRET header is missing"  # as every error body has one
     with service.client(secret=SECRET_WRONG) as wrong:
         body = assert_innereye_error(wrong.request(method, path, content=b"PK"), 403)
         assert body["title"] == "AuthenticationFailed"
+        assert body["reason"] == "the API_AUTH_SECRET header is not the service's secret"
 
 
 SECRET_WRONG = "test-secret-0123456788"  # one character off: rejected all the same

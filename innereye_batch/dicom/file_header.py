@@ -155,7 +155,7 @@ def _read_header(path: Path) -> FileHeader | SkippedFile | Damaged:
     with _in_memory(whole, path) if whole is not None else open(path, "rb") as fp:
         start = fp.read(DEFLATE_CHECK_BYTES)  # the preamble and prefix, and the file meta that names the syntax
         bare = start[128:132] != b"DICM"
-        lost = _lost_write(start) if bare else None
+        lost = _lost_write(start, fp) if bare else None
         if lost is not None:  # as an empty file: a lost slice beside images of its folder
             return (
                 SkippedFile(path, lost)
@@ -234,11 +234,12 @@ def _identity_problem(fields: Fields) -> str | None:
     return None
 
 
-def _lost_write(start: bytes) -> str | None:
-    """Why a file's first bytes (no 'DICM' prefix) look like a DICOM file whose writing was lost, or None: only NUL
-    bytes (space allocated, data never flushed: a crash), or a preamble cut inside the 'DICM' prefix. Such a file
-    is not "not DICOM": it was most likely a slice, and its series would otherwise be ok without it."""
-    if not start.strip(b"\x00"):
+def _lost_write(start: bytes, fp: BinaryIO) -> str | None:
+    """Why a file without a 'DICM' prefix (its first bytes ``start``, the rest still in ``fp``) looks like a DICOM
+    file whose writing was lost, or None: only NUL bytes, all of it (space allocated, data never flushed: a crash),
+    or a preamble cut inside the 'DICM' prefix. Such a file is not "not DICOM": it was most likely a slice, and its
+    series would otherwise be ok without it. A file with data after NUL bytes (a raw mask) is not DICOM."""
+    if not start.strip(b"\x00") and not any(chunk.strip(b"\x00") for chunk in iter(lambda: fp.read(1 << 20), b"")):
         return "only NUL bytes: a file whose data was never written (a crash while copying?)"
     if 128 < len(start) < 132 and b"DICM".startswith(start[128:]):
         return "truncated file: ends inside the 'DICM' prefix"

@@ -185,14 +185,15 @@ def _codestream_problem(fp: BinaryIO, fragments: list[int], syntax: str, size: t
 
 
 def _end_problem(fp: BinaryIO, last_fragments: list[int], syntax: str, order: str) -> _PixelProblem | None:
-    """A JPEG, JPEG-LS or JPEG 2000 frame must end with its end-of-image marker (EOI, or EOC: FFD9), before at
-    most the padding of its item (00 or FF bytes). A codestream cut short can decode without an error: the
+    """A JPEG, JPEG-LS or JPEG 2000 frame must end with its end-of-image marker (EOI, or EOC: FFD9), followed by at
+    most one fill byte (FF) and then NUL padding. A codestream cut short can decode without an error: the
     pylibjpeg plugin gave the lost rows of a JPEG-LS or lossless JPEG slice cut to 60 %, and the series was ok.
     ``last_fragments``: the item offsets of each frame's last fragment (the last fragment of all where frames
     cannot be told apart)."""
     if syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES:
         return None
-    for index, item in enumerate(last_fragments[-_MOST_FRAMES_CHECKED:]):
+    first = max(0, len(last_fragments) - _MOST_FRAMES_CHECKED)
+    for index, item in enumerate(last_fragments[first:], start=first):
         fp.seek(item + 4)
         length = struct.unpack(f"{order}I", fp.read(4))[0]
         fp.seek(item + 8 + max(0, length - _TAIL_BYTES))

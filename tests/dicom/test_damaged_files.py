@@ -270,3 +270,20 @@ def test_values_stored_above_bit_0_fail_their_series(tmp_path: Path) -> None:
     assert f"{truth.paths[0].name}" in str(bad.problems) and "HighBit 15 with BitsStored 12" in str(bad.problems)
     (good,) = [s for uid, s in by_uid.items() if uid != truth.series_instance_uid]
     assert not good.fatal_problems
+
+
+@pytest.mark.parametrize("size", [4096, 300_000])  # parsed from memory, and read from the file
+def test_a_file_of_nul_bytes_is_a_lost_slice_but_data_after_nul_bytes_is_not_dicom(tmp_path: Path, size: int) -> None:
+    """A file of NUL bytes (a copy whose data was never written) beside a series is fatal to it, as an empty file
+    is; a raw mask that starts with NUL bytes and holds data further on is only not DICOM (the first version of
+    the check looked at the first 1,156 bytes alone and failed the series)."""
+    write_series(tmp_path / "lost")
+    (tmp_path / "lost" / "IM_lost.dcm").write_bytes(bytes(size))
+    assert "unreadable_file_in_folder" in {p.kind for p in only_series(tmp_path / "lost").problems}
+    write_series(tmp_path / "mask")
+    mask = bytearray(size)
+    mask[size // 2] = 1
+    (tmp_path / "mask" / "mask.raw").write_bytes(bytes(mask))
+    result = scan_tree(tmp_path / "mask")
+    assert [p.kind for p in result.series[0].problems] == []
+    assert next(s.reason for s in result.skipped if s.path.name == "mask.raw").startswith("not a DICOM file")

@@ -111,7 +111,7 @@ def test_format_draws_contours_in_structure_colours_and_the_marker(tmp_path: Pat
     for structure in DEFAULT_STRUCTURES[:2]:
         assert _colour_pixels(picture, structure.colour) > 100  # contours and legend swatch
     assert _colour_pixels(picture, DEFAULT_STRUCTURES[2].colour) < 200  # legend swatch only (12 x 12)
-    assert _colour_pixels(picture, preview._MARKER, tolerance=40) > 20  # the "not for clinical use" marker
+    assert _colour_pixels(picture, preview.MARKER_COLOUR, tolerance=40) > 20  # the "not for clinical use" marker
 
     without_image = replace(prediction, image=None)  # decoded again from the series: the same picture
     out_again = tmp_path / "again.png"
@@ -120,7 +120,7 @@ def test_format_draws_contours_in_structure_colours_and_the_marker(tmp_path: Pat
 
     unmarked = tmp_path / "unmarked.png"
     preview.FORMAT.write(unmarked, prediction, WriteContext(package, "1", options=WriterOptions(clinical_marker="")))
-    assert _colour_pixels(Image.open(unmarked), preview._MARKER, tolerance=40) == 0
+    assert _colour_pixels(Image.open(unmarked), preview.MARKER_COLOUR, tolerance=40) == 0
 
 
 def test_window_is_the_models_ct_window_else_percentiles(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -257,6 +257,18 @@ class SegmentationSpec:
         return tuple(s.name for s in self.structures)
 
 
+_REVISED_RESULTS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    # 2026-11-27: slice-exclusion rules took array axis 0 as up (a feet-first series lost its brainstem)
+    "slice exclusion towards the head": lambda spec: bool(
+        (spec.get("postprocessing") or {}).get("slice_exclusion_rules")
+    ),
+    # 2026-11-27: the grid at target_spacing stopped up to 1.5 voxels short of the last source voxel
+    "resampled grid to the last voxel": lambda spec: spec.get("target_spacing") is not None,
+}
+"""Fixes that change the outputs of models using what they fixed: such a model's fingerprint names them, so that
+series an earlier version marked done with it are redone (a model not using them keeps its fingerprint)."""
+
+
 @dataclass(frozen=True)
 class ModelPackage:
     """A registered model folder, validated and resolved: everything a run needs to know about the model.
@@ -310,5 +322,12 @@ class ModelPackage:
         for key in ("summed_probability_rules", "slice_exclusion_rules"):  # added later: when unset, a package
             if not post.get(key):  # keeps the fingerprint it had before (its outputs are the same)
                 post.pop(key, None)
+        inference = settings["task_spec"].get("inference") or {}
+        multiple = inference.get("size_multiple")
+        if multiple is not None and len(set(multiple)) == 1:  # one number before per-axis multiples: kept so
+            inference["size_multiple"] = multiple[0]
+        revised = [fix for fix, applies in _REVISED_RESULTS.items() if applies(settings["task_spec"])]
+        if revised:  # outputs of earlier versions are wrong for such a model: series done with them are redone
+            settings["revised_results"] = revised
         blob = json.dumps(settings, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -177,11 +177,23 @@ def test_rules_change_the_fingerprint_and_a_package_without_keeps_its_own(tmp_pa
     post = replace(spec.postprocessing, summed_probability_rules=(), slice_exclusion_rules=())
     without = replace(package, task_spec=replace(spec, postprocessing=post))
     assert without.fingerprint() != package.fingerprint()
-    settings = asdict(without)
+    assert without.fingerprint() == _as_before(without, rules=False)
+    # the slice-exclusion rules' results changed (towards the head, not along array axis 0): a series an earlier
+    # version marked done with them is redone
+    assert package.fingerprint() != _as_before(package, rules=True)
+    with_spacing = replace(without, task_spec=replace(without.segmentation, target_spacing=(3.0, 1.0, 1.0)))
+    assert with_spacing.fingerprint() != _as_before(with_spacing, rules=False)  # the grid's shape changed
+
+
+def _as_before(package: Any, *, rules: bool) -> str:
+    """The fingerprint as the version before 2026-11-27 computed it: one size multiple, no revised results."""
+    settings = asdict(package)
     settings.pop("folder")
-    for key in ("summed_probability_rules", "slice_exclusion_rules"):
-        del settings["task_spec"]["postprocessing"][key]
-    settings["task"] = without.task
-    settings["checkpoints"] = [c.sha256 for c in without.checkpoints]
+    if not rules:
+        for key in ("summed_probability_rules", "slice_exclusion_rules"):
+            del settings["task_spec"]["postprocessing"][key]
+    settings["task_spec"]["inference"]["size_multiple"] = settings["task_spec"]["inference"]["size_multiple"][0]
+    settings["task"] = package.task
+    settings["checkpoints"] = [c.sha256 for c in package.checkpoints]
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
-    assert without.fingerprint() == hashlib.sha256(blob).hexdigest()
+    return hashlib.sha256(blob).hexdigest()

@@ -30,6 +30,14 @@ class StructureStats:
     def present(self) -> bool:
         return self.voxel_count > 0
 
+    @property
+    def volume_text(self) -> str:
+        """The volume for a person: "12.3 mL", two significant digits under 0.1 mL (a structure found never reads
+        "0.0 mL", which looks like nothing found), "not found" when absent."""
+        if not self.present:
+            return "not found"
+        return f"{self.volume_ml:.1f} mL" if self.volume_ml >= 0.1 else f"{self.volume_ml:.2g} mL"
+
 
 @dataclass(frozen=True)
 class ItemResult:

@@ -1,11 +1,12 @@
 """Write preview.png: a picture of one series' segmentation for a person to look at, drawn with Pillow.
 
 Layout: a title (model, the run's "not for clinical use" marker), then eight panels of the image with the
-structures' contours in their colours: six axial slices spread evenly over the slices that hold a structure, one
-coronal and one sagittal section through the centroid of everything found; then a legend with each structure's
-volume. Views follow the radiological convention (axial: patient right on the left, anterior up; coronal:
-right on the left, superior up; sagittal: anterior on the left, superior up), found from the series' direction
-cosines, so an oblique or reversed series is shown upright; each view is scaled with its pixel spacing, so
+structures' contours in their colours: six axial slices (first ones that together show every structure found, then
+others spread evenly over the slices that hold a structure), one coronal and one sagittal section where they cut
+the most of what was found; then a legend with each structure's volume. Views follow the radiological
+convention (axial: patient right on the left, anterior up; coronal: right on the left, superior up; sagittal:
+anterior on the left, superior up), found from the series' direction cosines, so an oblique or reversed series is
+shown upright; each view is scaled with its pixel spacing, so
 anatomy keeps its aspect. The image is windowed with the model's CT window when its first channel has one,
 else between the 1st and 99th percentiles. Contours come from ``contours.mask_contours`` (the same marching
 squares as the RT Structure Set). Pillow rather than matplotlib: no figure machinery, a few tens of
@@ -121,8 +122,11 @@ def ct_window(package: ModelPackage, image: np.ndarray) -> tuple[float, float]:
 
 
 def _section_indices(labels: np.ndarray, views: dict[str, _View]) -> dict[str, list[int]]:
-    """Axial sections spread over the slices holding a structure; one coronal and one sagittal section where
-    they cut the most of what was found (the middle of the volume when nothing was found)."""
+    """Axial sections: first, slices that together hold every structure found (each of its slices chosen for the
+    most structures not yet shown, then their area), then slices spread evenly over the rest of those holding a
+    structure; one coronal and one sagittal section where they cut the most of what was found (the middle of the
+    volume when nothing was found). A small structure on a slice between evenly spread ones was shown in no panel
+    while the legend gave its volume."""
 
     def found_along(axis: int) -> np.ndarray:
         return np.count_nonzero(labels, axis=tuple(a for a in range(3) if a != axis))
@@ -131,8 +135,10 @@ def _section_indices(labels: np.ndarray, views: dict[str, _View]) -> dict[str, l
     chosen: dict[str, list[int]] = {}
     holding = np.flatnonzero(found_along(axial))
     if holding.size:
-        picks = np.linspace(0, len(holding) - 1, min(AXIAL_PANELS, len(holding))).round().astype(int)
-        chosen["axial"] = [int(holding[p]) for p in np.unique(picks)]
+        covering = _covering_slices(labels, axial)[:AXIAL_PANELS]
+        rest = np.setdiff1d(holding, covering)
+        spread = np.linspace(0, len(rest) - 1, min(AXIAL_PANELS - len(covering), len(rest))).round().astype(int)
+        chosen["axial"] = sorted({*covering, *(int(rest[p]) for p in spread)})
     else:
         size = labels.shape[axial]
         chosen["axial"] = sorted({int(v) for v in np.linspace(0, size - 1, min(AXIAL_PANELS, size)).round()})
@@ -141,6 +147,29 @@ def _section_indices(labels: np.ndarray, views: dict[str, _View]) -> dict[str, l
         counts = found_along(axis)
         chosen[name] = [int(counts.argmax()) if counts.any() else (labels.shape[axis] - 1) // 2]
     return chosen
+
+
+def _covering_slices(labels: np.ndarray, axis: int) -> list[int]:
+    """Slices across ``axis`` that together hold every label found, greedily: each the slice holding the most
+    labels not yet held (ties: the most of their voxels). Labels are counted within their own boxes."""
+    from innereye_batch.boxes import label_boxes
+
+    boxes = label_boxes(labels, int(labels.max(initial=0)))
+    area: dict[int, np.ndarray] = {}  # label -> its voxels on each slice
+    for label, box in enumerate(boxes, start=1):
+        if box is not None:
+            counts = np.zeros(labels.shape[axis], np.int64)
+            others = tuple(a for a in range(3) if a != axis)
+            counts[box[axis]] = np.count_nonzero(labels[box] == label, axis=others)
+            area[label] = counts
+    picked: list[int] = []
+    while area:
+        held = np.stack([counts > 0 for counts in area.values()])  # (labels left, slices)
+        voxels = np.stack(list(area.values())).sum(axis=0)
+        best = int(np.lexsort((-voxels, -held.sum(axis=0)))[0])
+        picked.append(best)
+        area = {label: counts for label, counts in area.items() if counts[best] == 0}
+    return picked
 
 
 def render_preview(
@@ -181,8 +210,7 @@ def render_preview(
         row, column = divmod(i, 2)
         x, y = _GAP + 2 + column * (width // 2), top + row * _LEGEND_ROW
         draw.rectangle((x, y + 3, x + 12, y + 15), fill=tuple(structure.colour))
-        volume = f"{stat.volume_ml:.1f} mL" if stat.present else "not found"
-        draw.text((x + 18, y + 2), f"{structure.name}: {volume}", fill=_TEXT, font=font)
+        draw.text((x + 18, y + 2), f"{structure.name}: {stat.volume_text}", fill=_TEXT, font=font)
     return canvas
 
 

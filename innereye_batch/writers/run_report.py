@@ -120,10 +120,7 @@ def _run_line(run_info: Mapping[str, Any]) -> str:
 
 def _row(output_dir: Path, result: ItemResult) -> str:
     status = result.status if result.status in _STATUS_ORDER else "skipped"
-    volumes = "".join(
-        f"<li>{_text(s.name)}: {s.volume_ml:.1f} mL</li>" if s.present else f"<li>{_text(s.name)}: not found</li>"
-        for s in result.structures
-    )
+    volumes = "".join(f"<li>{_text(s.name)}: {s.volume_text}</li>" for s in result.structures)
     volumes += "".join(
         f"<li>{_text(name)}: {probability:.3f}</li>" for name, probability in (result.probabilities or {}).items()
     )

@@ -145,3 +145,26 @@ def test_empty_label_map_still_gives_a_preview(tmp_path: Path) -> None:
     assert Image.open(out).size[1] > preview.PANEL * 2
     with pytest.raises(ValueError, match="differ"):
         preview.write_preview(out, image[1:], labels, geometry, make_package(tmp_path / "m"), _stats(labels, geometry))
+
+
+def test_every_structure_found_is_in_a_panel_and_a_small_one_reads_not_zero() -> None:
+    """A structure of 9 voxels on one slice between the evenly spread axial sections: it was in no panel while the
+    legend gave its volume, "0.0 mL". Each structure found is now on one of the axial panels, and its volume reads
+    with two significant digits."""
+    geometry = Geometry((24, 40, 40), (2.5, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    labels = np.zeros(geometry.shape, np.uint8)
+    labels[:, 5:20, 5:20] = 1  # on every slice
+    labels[10, 30:33, 30:33] = 2  # 9 voxels on slice 10 alone
+    names = [s.name for s in DEFAULT_STRUCTURES]
+    stats = structure_stats(labels, geometry, names)
+    sections = preview._section_indices(labels, preview.anatomical_views(geometry))
+    assert 10 in sections["axial"] and len(sections["axial"]) == preview.AXIAL_PANELS
+    assert (
+        stats[1].volume_text == "0.022 mL" and stats[0].volume_text == "13.5 mL" and stats[2].volume_text == "not found"
+    )
+    picture = preview.render_preview(
+        np.zeros(geometry.shape, np.float32), labels, geometry, DEFAULT_STRUCTURES, stats, window=(0, 1), title="t"
+    )
+    panels = np.asarray(picture)[: preview._TITLE_HEIGHT + 2 * (preview.PANEL + preview._GAP)].astype(int)
+    drawn = np.abs(panels - np.array(DEFAULT_STRUCTURES[1].colour)).max(axis=-1) <= 8
+    assert np.count_nonzero(drawn) > 20  # its contour is drawn on a panel

@@ -188,9 +188,13 @@ def render_preview(
 
     font = label_font(13)
     views = anatomical_views(geometry)
+    sections = _section_indices(labels, views)
+    # axial sections from the head down, whichever way the series' slices run
+    superior = geometry.direction_matrix[2, 2 - views["axial"].normal_axis]
+    sections["axial"].sort(reverse=bool(superior > 0))
     panels = [
         _panel(image, window, labels, views[name], index, structures, font)
-        for name, indices in _section_indices(labels, views).items()
+        for name, indices in sections.items()
         for index in indices
     ]
     rows = -(-len(panels) // COLUMNS)
@@ -199,8 +203,9 @@ def render_preview(
     height = _TITLE_HEIGHT + rows * (PANEL + _GAP) + _GAP + legend_height
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    draw.text((_GAP + 2, 6), title, fill=_TEXT, font=font)
-    if marker:
+    marker_width = draw.textlength(marker, font=font) + 3 * _GAP if marker else 0
+    draw.text((_GAP + 2, 6), _fitted(draw, title, font, width - 2 * _GAP - marker_width), fill=_TEXT, font=font)
+    if marker:  # never overwritten by a long title
         draw.text((width - _GAP - 2, 6), marker, fill=MARKER_COLOUR, font=font, anchor="ra")
     for i, panel in enumerate(panels):
         row, column = divmod(i, COLUMNS)
@@ -210,8 +215,19 @@ def render_preview(
         row, column = divmod(i, 2)
         x, y = _GAP + 2 + column * (width // 2), top + row * _LEGEND_ROW
         draw.rectangle((x, y + 3, x + 12, y + 15), fill=tuple(structure.colour))
-        draw.text((x + 18, y + 2), f"{structure.name}: {stat.volume_text}", fill=_TEXT, font=font)
+        volume = f": {stat.volume_text}"  # kept whole: a long name is shortened to fit its column
+        name = _fitted(draw, structure.name, font, width // 2 - 24 - draw.textlength(volume, font=font))
+        draw.text((x + 18, y + 2), name + volume, fill=_TEXT, font=font)
     return canvas
+
+
+def _fitted(draw: Any, text: str, font: Any, room: float) -> str:
+    """``text`` shortened with an ellipsis to at most ``room`` pixels wide in ``font``."""
+    if draw.textlength(text, font=font) <= room:
+        return text
+    while text and draw.textlength(text + "...", font=font) > room:
+        text = text[:-1]
+    return text + "..."  # ASCII: the bitmap font has no ellipsis
 
 
 def _panel(
@@ -249,7 +265,7 @@ def _panel(
             draw.line(ring, fill=tuple(structure.colour), width=2)
     size_along = labels.shape[view.normal_axis]
     outline = {"fill": _TEXT, "font": font, "stroke_width": 2, "stroke_fill": (0, 0, 0)}
-    draw.text((4, 4), f"{view.name} {index + 1}/{size_along}", **outline)
+    draw.text((4, PANEL - 4), f"{view.name} {index + 1}/{size_along}", anchor="ld", **outline)  # clear of the edges
     draw.text((4, PANEL // 2), view.edges[0], anchor="lm", **outline)
     draw.text((PANEL // 2, 4), view.edges[1], anchor="ma", **outline)
     return panel

@@ -168,3 +168,48 @@ def test_every_structure_found_is_in_a_panel_and_a_small_one_reads_not_zero() ->
     panels = np.asarray(picture)[: preview._TITLE_HEIGHT + 2 * (preview.PANEL + preview._GAP)].astype(int)
     drawn = np.abs(panels - np.array(DEFAULT_STRUCTURES[1].colour)).max(axis=-1) <= 8
     assert np.count_nonzero(drawn) > 20  # its contour is drawn on a panel
+
+
+def test_axial_panels_run_from_the_head_down_and_long_text_is_shortened_not_overlapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preview reviewer's finds: axial panels followed the series' slice order (the head first in one series,
+    the feet in another); a long model name ran under the marker (and a long structure name over the next legend
+    column)."""
+    drawn: list[tuple[str, int]] = []
+    real_panel = preview._panel
+
+    def recording(image, window, labels, view, index, structures, font):  # type: ignore[no-untyped-def]
+        drawn.append((view.name, index))
+        return real_panel(image, window, labels, view, index, structures, font)
+
+    monkeypatch.setattr(preview, "_panel", recording)
+    for direction, head_first in (("axial", True), ("columns_flipped", False)):  # normal +z, then -z
+        geometry = _geometry(direction)
+        labels = np.ones(geometry.shape, np.uint8)
+        drawn.clear()
+        stats = structure_stats(labels, geometry, [s.name for s in DEFAULT_STRUCTURES])
+        preview.render_preview(
+            np.zeros(geometry.shape), labels, geometry, DEFAULT_STRUCTURES, stats, window=(0, 1), title="t"
+        )
+        axial = [index for name, index in drawn if name == "axial"]
+        assert axial == sorted(axial, reverse=head_first) and len(axial) == preview.AXIAL_PANELS
+    monkeypatch.undo()
+
+    geometry = _geometry("axial")
+    labels = np.zeros(geometry.shape, np.uint8)
+    labels[4:8, 4:8, 4:8] = 1
+    long_names = [replace(s, name=s.name + " with a very long qualifier " * 2) for s in DEFAULT_STRUCTURES]
+    stats = structure_stats(labels, geometry, [s.name for s in long_names])
+    marker = "NOT FOR CLINICAL USE"
+    picture = preview.render_preview(
+        np.zeros(geometry.shape), labels, geometry, long_names, stats, window=(0, 1), title="M" * 64, marker=marker
+    )
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(picture)
+    marker_left = picture.width - preview._GAP - 2 - draw.textlength(marker, font=preview.label_font(13))
+    title_strip = np.asarray(picture)[:20].astype(int)
+    white = np.abs(title_strip - np.array(preview._TEXT)).max(axis=-1) <= 40
+    assert not white[:, int(marker_left) - 4 :].any()  # the title ends before the marker
+    assert preview._fitted(draw, "x" * 200, preview.label_font(13), 100).endswith("...")

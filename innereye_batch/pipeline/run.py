@@ -204,6 +204,10 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
         return jobs, RunReport(results=[_relative(r, root) for r in settled], skipped_files=skipped), plan_fp
 
     if options.dry_run:
+        if options.executor == "local":  # what the run would refuse, the dry run refuses too
+            from innereye_batch.pipeline.devices import run_devices
+
+            run_devices(options.device, options.devices)
         jobs, report, _ = plan()
         report.planned = [{"key": j.item.key, "action": "run", "folder": str(j.folder)} for j in jobs]
         report.planned += [{"key": r.key, "action": r.status, "reason": r.reason} for r in report.results]

@@ -167,6 +167,7 @@ def test_formats_filters_and_dry_run(tmp_path: Path) -> None:
     base = ("--model", str(model), "--input", str(scans), "--output", str(out), "--workers", "0")
     code, output = invoke(*base, "--dry-run")
     assert code == 0 and not out.exists()
+    assert invoke(*base, "--dry-run", "--device", "bogus")[0] == 2  # as the run refuses it
     assert ct.series_instance_uid[:20] in output
     assert invoke(*base, "--formats", "nifti", "--series", ct.series_instance_uid)[0] == 0
     assert sorted(p.name for p in (out / ct.series_instance_uid).iterdir()) == ["done.json", "segmentation.nii.gz"]

@@ -17,6 +17,9 @@ not with the writer's library, so the check is independent of the code that wrot
   pass within 0.35 pixel of a pixel centre, far more than the rounding of coordinates to DICOM decimal strings
   moves them, so the round trip is exact: a lost island or a one-voxel structure left out is caught.
 
+Both must also be in the source's study and frame of reference and name the source series wherever they say
+which series they refer to (``_check_identity``).
+
 Label maps given here lie on the source slices (what DICOM outputs reference), and every slice is placed by its
 own ImagePositionPatient (``SlicePlanes``), so stacks whose slices are not on a regular grid (gantry tilt,
 variable spacing) are placed where the scanner put them. The RT Structure Set's contours are placed with the
@@ -230,6 +233,7 @@ def _read_rtstruct(
     from innereye_batch.writers.contours import rasterise_contours
 
     rt = pydicom.dcmread(path)
+    _check_identity(rt, series, what)
     planes = SlicePlanes.of(series)
     names = {int(roi.ROINumber): str(roi.ROIName) for roi in rt.StructureSetROISequence}
     sums = {name: (0, np.zeros(3)) for name in names.values()}
@@ -310,6 +314,7 @@ def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, nam
     import pydicom
 
     seg = pydicom.dcmread(path)
+    _check_identity(seg, series, what)
     planes = SlicePlanes.of(series)
     frame_slices = _check_seg_references(seg, series, planes, what)
     masks = dict(zip(names, label_masks(labels, len(names)), strict=True))
@@ -318,6 +323,35 @@ def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, nam
     found = _seg_stats(seg, frames, what)
     differing = _seg_differences(seg, frames, frame_slices, masks, planes.shape[0])
     compare_stats(expected, found, series.geometry.spacing, what=what, differing=differing)
+
+
+def _check_identity(ds: Dataset, series: SeriesInfo, what: str) -> None:
+    """The output is in the source's study and frame of reference, and names the source series wherever it says
+    which series it refers to: a SEG's ReferencedSeriesSequence, an RT Structure Set's referenced frame of
+    reference, its RT referenced series and each ROI's frame of reference. A file placed in another space would be
+    overlaid wrongly, or refused, by a viewer, whatever its voxels."""
+    found: list[tuple[str, str, str]] = [
+        ("StudyInstanceUID", str(ds.get("StudyInstanceUID", "")), series.study_instance_uid)
+    ]
+    frame = series.frame_of_reference_uid
+    if frame:
+        if "FrameOfReferenceUID" in ds:
+            found.append(("FrameOfReferenceUID", str(ds.FrameOfReferenceUID), frame))
+        for item in ds.get("ReferencedFrameOfReferenceSequence", []):
+            found.append(("ReferencedFrameOfReferenceSequence", str(item.get("FrameOfReferenceUID", "")), frame))
+            for study in item.get("RTReferencedStudySequence", []):
+                for referenced in study.get("RTReferencedSeriesSequence", []):
+                    uid = str(referenced.get("SeriesInstanceUID", ""))
+                    found.append(("RTReferencedSeriesSequence", uid, series.series_instance_uid))
+        for roi in ds.get("StructureSetROISequence", []):
+            found.append(("ReferencedFrameOfReferenceUID", str(roi.get("ReferencedFrameOfReferenceUID", "")), frame))
+    for referenced in ds.get("ReferencedSeriesSequence", []):
+        found.append(
+            ("ReferencedSeriesSequence", str(referenced.get("SeriesInstanceUID", "")), series.series_instance_uid)
+        )
+    wrong = sorted({name for name, value, expected in found if value != expected})
+    if wrong:
+        raise ReadBackError(f"{what}: {', '.join(wrong)} not the source series' (another study, space or series)")
 
 
 def _check_seg_references(seg: Dataset, series: SeriesInfo, planes: SlicePlanes, what: str) -> list[int]:
@@ -379,6 +413,7 @@ def _check_mosaic_seg(path: Path, what: str, labels: np.ndarray, series: SeriesI
     from innereye_batch.dicom.mosaic import tiles_to_mosaic
 
     seg = pydicom.dcmread(path)
+    _check_identity(seg, series, what)
     frames = seg.pixel_array.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
     expected = tiles_to_mosaic(labels, series)
     numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) != 0}

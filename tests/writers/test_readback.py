@@ -366,3 +366,47 @@ def test_a_seg_passes_for_cosines_written_to_four_decimals_and_spacings_rounded_
         out = tmp_path / f"{generated.series_instance_uid}.dcm"
         dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
         check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+
+
+def _replace_uid(dataset: pydicom.Dataset, keyword: str, value: str) -> None:
+    """Every ``keyword`` element in ``dataset``, its sequences included, set to ``value``."""
+    for element in list(dataset):
+        if element.keyword == keyword:
+            element.value = value
+        elif element.VR == "SQ":
+            for item in element.value:
+                _replace_uid(item, keyword, value)
+
+
+@pytest.mark.parametrize(
+    "keyword", ["FrameOfReferenceUID", "StudyInstanceUID", "SeriesInstanceUID", "ReferencedFrameOfReferenceUID"]
+)
+def test_outputs_in_another_study_space_or_series_are_refused(tmp_path: Path, keyword: str) -> None:
+    """A mutation-testing reviewer's find: a SEG or RT Structure Set whose frame of reference, study or referenced
+    series was another was accepted (its voxels right, but a viewer overlays it in the wrong space, or refuses it).
+    Each such UID, wherever the file names it, must be the source's."""
+    series = _series(tmp_path / "seg")
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "seg" / "model")
+    names = package.segmentation.structure_names
+    seg = tmp_path / "seg.dcm"
+    dicom_seg.write_dicom_seg(seg, labels, series, package, software_version="1")
+    rt, rt_series, masks = _rtstruct(tmp_path)
+    for path, check in (
+        (seg, lambda p: check_seg(p, "seg", labels, series, names)),
+        (rt, lambda p: check_rtstruct(p, "rt", masks, rt_series)),
+    ):
+        check(path)  # as written: accepted
+        dataset = pydicom.dcmread(path)
+        if keyword == "SeriesInstanceUID":  # only where the file names the series it refers to
+            for sequence in ("ReferencedSeriesSequence", "ReferencedFrameOfReferenceSequence"):
+                for item in dataset.get(sequence, []):
+                    _replace_uid(item, keyword, "1.2.3.4")
+        else:
+            _replace_uid(dataset, keyword, "1.2.3.4")
+        changed = tmp_path / f"changed-{path.name}"
+        dataset.save_as(changed)
+        if pydicom.dcmread(changed) == pydicom.dcmread(path):
+            continue  # a SEG names no ReferencedFrameOfReferenceUID
+        with pytest.raises(ReadBackError, match="not the source series'"):
+            check(changed)

@@ -210,6 +210,7 @@ def _add_innereye_routes(app: FastAPI, service: Service) -> None:
                 # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
                 temporary.unlink(missing_ok=True)
                 await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
+                service.metrics.jobs_finished.labels(served.model_id, "failed").inc()  # as a job that ran and failed
                 log.info("job %s (%s): upload refused", job_id, served.model_id)
             else:
                 await run_in_threadpool(_accept, service, temporary, job_id, served.model_id)
@@ -220,6 +221,7 @@ def _add_innereye_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/model/results/{run_id}")
     async def results(run_id: str, wanted: Annotated[str | None, Query(alias="format")] = None) -> Response:
+        from innereye_batch.service.jobs import serves_every_output
         from innereye_batch.service.packaging import all_outputs_zip, innereye_zip
 
         if wanted not in (None, "", "all"):
@@ -231,7 +233,7 @@ def _add_innereye_routes(app: FastAPI, service: Service) -> None:
         extra = ExtraDetails(job.extra_details) if job.extra_details else None
         content: bytes | None = None
         try:
-            if wanted == "all" and output.is_dir():
+            if wanted == "all" and output.is_dir() and serves_every_output(job.http_status, job.reason or ""):
                 content = await run_in_threadpool(all_outputs_zip, output)
             elif job.http_status != 200:
                 raise ApiError(job.http_status or 500, extra, job.reason)

@@ -39,6 +39,17 @@ _INTERNAL_PREFIXES = ("inference:", "writing ")
 """Reasons ``process_item`` gives when the model or a writer failed (the service's fault, not the input's)."""
 
 
+SEVERAL_SERIES = "the upload holds"
+"""How the reason of a job refused for holding several series starts (its every output is still served)."""
+
+
+def serves_every_output(http_status: int | None, reason: str) -> bool:
+    """Whether ``?format=all`` answers a finished job with its output folder: when its InnerEye result is 200,
+    or 400 only because the upload held several series (as docs/serve.md says); any other failure answers its
+    error, so that a 200 never comes with a job that failed."""
+    return http_status == 200 or (http_status == 400 and reason.startswith(SEVERAL_SERIES))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a finished job answers ``GET /v1/model/results/<id>`` (InnerEye's result)."""
@@ -68,14 +79,16 @@ def innereye_outcome(
             "failed",
             400,
             None,
-            f"the upload holds {len(candidates)} series the model takes; InnerEye's result is one structure set: "
+            f"{SEVERAL_SERIES} {len(candidates)} series the model takes; InnerEye's result is one structure set: "
             "send one series per job, or fetch every output with ?format=all",
         )
     if ok:
         return Outcome("succeeded", 200)
     failure = candidates[0]
     internal = failure.reason.startswith(_INTERNAL_PREFIXES)
-    return Outcome("failed", 500 if internal else 400, None, f"{printable(failure.key)}: {printable(failure.reason)}")
+    key = printable(failure.key)
+    reason = printable(failure.reason)  # a series' reason starts with its key already
+    return Outcome("failed", 500 if internal else 400, None, reason if reason.startswith(key) else f"{key}: {reason}")
 
 
 class JobRunner:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from innereye_batch.errors import UsageError
+
 DATABASE = "jobs.sqlite3"
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 STATES = ("queued", "running", *FINISHED_STATES, "expired")
@@ -81,9 +83,16 @@ class JobStore:
         self._connection.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut
-            self._connection.executescript(_SCHEMA)
+            try:
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut
+                self._connection.executescript(_SCHEMA)
+            except sqlite3.DatabaseError as error:
+                self._connection.close()
+                raise UsageError(
+                    f"the job database {state_dir / DATABASE} cannot be read ({error}): restore it, or move it "
+                    "away to start with no jobs"
+                ) from None
 
     def close(self) -> None:
         with self._lock:
@@ -185,13 +194,17 @@ class JobStore:
         with self._lock:
             connection = self._connection
             connection.execute("BEGIN IMMEDIATE")
-            rows = connection.execute(
-                "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND finished < ?", (*FINISHED_STATES, older_than)
-            ).fetchall()
-            connection.executemany(
-                "UPDATE jobs SET state = 'expired', stage = 'expired' WHERE id = ?", [(r["id"],) for r in rows]
-            )
-            connection.execute("COMMIT")
+            try:
+                rows = connection.execute(
+                    "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND finished < ?", (*FINISHED_STATES, older_than)
+                ).fetchall()
+                connection.executemany(
+                    "UPDATE jobs SET state = 'expired', stage = 'expired' WHERE id = ?", [(r["id"],) for r in rows]
+                )
+                connection.execute("COMMIT")
+            except BaseException:  # never leave the shared connection inside a transaction (later jobs in it)
+                connection.execute("ROLLBACK")
+                raise
         return [row["id"] for row in rows]
 
     def position(self, job: Job) -> int:

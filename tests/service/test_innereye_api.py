@@ -11,6 +11,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -213,10 +214,19 @@ def test_several_series_give_every_output_but_no_single_innereye_result(service:
     assert status["state"] == "failed" and [i["status"] for i in status["items"]] == ["ok", "ok"]
 
 
+def _failed_jobs_finished(client: Any) -> float:
+    """innereye_batch_jobs_finished_total of the segmentation model's failed jobs, from /metrics."""
+    prefix = f'innereye_batch_jobs_finished_total{{model_id="{SEGMENTATION_ID}",state="failed"}} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
 def test_random_bytes_are_accepted_then_answered_400_invalid_zip_file(service: ServiceProcess) -> None:
     rng = np.random.default_rng(0)
     with service.client() as client:
+        before = _failed_jobs_finished(client)
         run_id = start_job(client, SEGMENTATION_ID, rng.integers(0, 256, 1024, dtype=np.uint8).tobytes())
+        assert _failed_jobs_finished(client) == before + 1  # a refused upload is a failed job in the metrics too
         body = assert_innereye_error(wait_for_result(client, run_id), 400, "InvalidZipFile")
         assert "not a readable zip" in body["reason"]
         assert_innereye_error(client.get(f"/v1/model/results/{run_id}?format=all"), 400, "InvalidZipFile")
@@ -229,6 +239,8 @@ def test_a_zip_without_dicom_is_400_and_lists_what_it_ignored(service: ServicePr
         run_id = start_job(client, SEGMENTATION_ID, body)
         reason = assert_innereye_error(wait_for_result(client, run_id), 400, "InvalidZipFile")["reason"]
         status = client.get(f"/v1/model/status/{run_id}").json()
+        # every output only where the job succeeded (or held several series): a 200 zip of summaries came back
+        assert_innereye_error(client.get(f"/v1/model/results/{run_id}?format=all"), 400, "InvalidZipFile")
     assert "no DICOM image" in reason and "notes.txt" in reason and str(service.state_dir) not in reason
     assert str(service.state_dir) not in json.dumps(status)  # paths are the upload's, never the service's
     assert sorted(f["path"] for f in status["ignored_files"]) == ["notes.txt", "scan.png"]

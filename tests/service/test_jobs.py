@@ -202,3 +202,24 @@ def test_results_of_a_job_that_expires_while_zipped_are_404_never_a_partial_zip(
     monkeypatch.setattr(packaging, "all_outputs_zip", expiring)
     for query in ("", "?format=all"):
         assert_innereye_error(client.get(f"/v1/model/results/{ID_B}{query}"), 404, "InvalidRunId")
+
+
+def test_an_unreadable_job_database_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    """A corrupt jobs.sqlite3 ended start-up with sqlite3's traceback (after the models had loaded)."""
+    from innereye_batch.errors import UsageError
+
+    (tmp_path / "jobs.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(UsageError, match=r"jobs\.sqlite3 cannot be read"):
+        JobStore(tmp_path)
+
+
+def test_a_failed_series_reason_names_its_key_once() -> None:
+    from innereye_batch.dicom.scan import ScanResult
+    from innereye_batch.results import ItemResult
+    from innereye_batch.service.jobs import innereye_outcome
+
+    key = "1.2.3.4"
+    failed = ItemResult(key, key, "1.2", "CT", "failed", reason=f"{key}: no_readable_images: none can be read")
+    scan = ScanResult(series=(object(),), skipped=())  # type: ignore[arg-type]  # only its truth is read
+    outcome = innereye_outcome("segmentation", [failed], scan, ())
+    assert outcome.reason == f"{key}: no_readable_images: none can be read"

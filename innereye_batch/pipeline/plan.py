@@ -21,6 +21,7 @@ from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.shards import Shard
 from innereye_batch.pipeline.state import (
     clear_stale_result,
+    done_record,
     done_result_fields,
     input_fingerprint,
     is_done,
@@ -144,8 +145,9 @@ def plan_run(
             settled.append(result)
             continue
         fingerprint = item_fingerprint(item)
-        if not overwrite and is_done(folder, fingerprint, model_fp, names):  # its record says what it found
-            settled.append(item_result(item.primary, "skipped", ALREADY_DONE, **done_result_fields(folder)))
+        record = None if overwrite else done_record(folder, fingerprint, model_fp, names)
+        if record is not None:  # the record read once: it says what the series found
+            settled.append(item_result(item.primary, "skipped", ALREADY_DONE, **done_result_fields(folder, record)))
             continue
         jobs.append(Job(item, folder, fingerprint))
     jobs.sort(key=_voxels, reverse=True)  # stable: equal sizes keep the scan's order

@@ -87,20 +87,26 @@ def results_fingerprint(model_fp: str, settings: Any) -> str:
 
 def is_done(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]) -> bool:
     """True when ``folder`` holds a complete result for these fingerprints covering ``formats``."""
+    return done_record(folder, input_fp, model_fp, formats) is not None
+
+
+def done_record(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]) -> dict[str, Any] | None:
+    """``folder``'s done record when it vouches for a complete result for these fingerprints covering
+    ``formats`` (``is_done``); None otherwise, and for a record unreadable or edited by hand (then redone)."""
     try:
-        record = json.loads((folder / DONE_RECORD).read_text())
+        record: dict[str, Any] = json.loads((folder / DONE_RECORD).read_text())
         if record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
-            return False
+            return None
         outputs: dict[str, dict[str, Any]] = record.get("outputs", {})
         if not set(formats) <= set(outputs):
-            return False
+            return None
         for entry in outputs.values():
             target = folder / entry["file"]
             if not target.is_file() or target.stat().st_size != entry["size"]:
-                return False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable or edited by hand: redo it
-        return False
-    return True
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record
 
 
 def mark_not_done(folder: Path) -> None:
@@ -183,12 +189,11 @@ def _findings_record(findings: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-def done_result_fields(folder: Path) -> dict[str, Any]:
-    """What a done series' record says for its result (``ItemResult`` fields): its outputs (paths relative to
-    the output folder) and findings; empty where the record holds none (written by an earlier version) or
-    cannot be read as written."""
+def done_result_fields(folder: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a done series' record (``done_record``) says for its result (``ItemResult`` fields): its outputs
+    (paths relative to the output folder) and findings; only the outputs where it holds no findings (written by
+    an earlier version), nothing where they cannot be read as written."""
     try:
-        record = json.loads((folder / DONE_RECORD).read_text())
         fields: dict[str, Any] = {
             "outputs": {str(fmt): f"{folder.name}/{entry['file']}" for fmt, entry in record["outputs"].items()}
         }
@@ -202,7 +207,7 @@ def done_result_fields(folder: Path) -> dict[str, Any]:
             fields["probabilities"] = {str(k): float(v) for k, v in findings["probabilities"].items()}
         if "labels" in findings:
             fields["labels"] = tuple(str(label) for label in findings["labels"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     return fields
 

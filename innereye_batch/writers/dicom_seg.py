@@ -380,7 +380,7 @@ FILENAME = "segmentation.dcm"
 
 def _write(path: Path, prediction: SegmentationPrediction, context: WriteContext) -> None:
     """Write the SEG, then read it back: a file that disagrees with the label map fails the series."""
-    from innereye_batch.writers.readback import check_seg
+    from innereye_batch.writers.seg_readback import check_seg
 
     labels = prediction.labels_on_source_slices()
     write_dicom_seg(

@@ -143,6 +143,25 @@ def mask_slice(mask: np.ndarray | BoxedMask, slice_index: int, shape: tuple[int,
     return out
 
 
+def overlap_count(mask: np.ndarray | BoxedMask, slice_index: int, found: np.ndarray, corner: tuple[int, int]) -> int:
+    """Voxels of slice ``slice_index`` of a mask (or ``BoxedMask``) also set in ``found``, a (rows, columns)
+    boolean image whose first pixel lies at ``corner`` (row, column) of the slice: only where both boxes meet."""
+    (first, top, left), array = _corner_and_array(mask)
+    if not 0 <= slice_index - first < array.shape[0]:
+        return 0
+    plane = array[slice_index - first]
+    row_start, column_start = max(top, corner[0]), max(left, corner[1])
+    row_stop = min(top + plane.shape[0], corner[0] + found.shape[0])
+    column_stop = min(left + plane.shape[1], corner[1] + found.shape[1])
+    if row_start >= row_stop or column_start >= column_stop:
+        return 0
+    inside_mask = plane[row_start - top : row_stop - top, column_start - left : column_stop - left]
+    inside_found = found[
+        row_start - corner[0] : row_stop - corner[0], column_start - corner[1] : column_stop - corner[1]
+    ]
+    return int(np.count_nonzero(inside_mask & inside_found))
+
+
 def slice_counts(mask: np.ndarray | BoxedMask, slices: int) -> np.ndarray:
     """Voxels of a mask (or ``BoxedMask``) on each of the grid's ``slices``."""
     (first, _, _), array = _corner_and_array(mask)

@@ -330,7 +330,7 @@ def _scanned(folder: Path) -> list[SeriesInfo]:
 def _written_and_checked(tmp_path: Path, series: SeriesInfo, name: str) -> Path:
     """The SEG of ``series`` written, valid for dciodvfy and passing the run's read-back check (its frames on the
     source's slices, each referencing the image at its plane and only it)."""
-    from innereye_batch.writers.readback import check_seg
+    from innereye_batch.writers.seg_readback import check_seg
 
     package = make_package(tmp_path / "model")
     labels = blob_labels(series.geometry.shape, 3)

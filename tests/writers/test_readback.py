@@ -15,9 +15,10 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.tasks.base import WorkItem
 from innereye_batch.tasks.segmentation import SegmentationPrediction, structure_stats
 from innereye_batch.writers import dicom_seg
-from innereye_batch.writers.readback import ReadBackError, check_rtstruct, check_seg, seg_stats
+from innereye_batch.writers.readback import ReadBackError, check_rtstruct
 from innereye_batch.writers.registry import WriteContext, WriterOptions
 from innereye_batch.writers.rtstruct import structure_masks, write_rtstruct
+from innereye_batch.writers.seg_readback import check_seg, seg_stats
 from innereye_batch.writers.slice_planes import BoxedMask, SlicePlanes, label_masks
 from tests.factory import rotation_direction, write_series
 from tests.writers.helpers import blob_labels, dciodvfy_errors, make_package, read_back_labels, series_info_from
@@ -410,3 +411,35 @@ def test_outputs_in_another_study_space_or_series_are_refused(tmp_path: Path, ke
             continue  # a SEG names no ReferencedFrameOfReferenceUID
         with pytest.raises(ReadBackError, match="not the source series'"):
             check(changed)
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+@pytest.mark.parametrize(
+    "destinations",
+    [((1, 10, 3), (3, 29, 36)), ((1, 3, 18), (3, 36, 21)), ((5, 15, 20), (0, 35, 2))],
+    ids=["same-slice", "box-corner", "no-frame"],
+)
+def test_the_seg_check_counts_each_moved_voxel_where_frame_and_mask_boxes_only_partly_meet(
+    tmp_path: Path, seg_type: str, destinations: tuple[tuple[int, int, int], ...]
+) -> None:
+    """Voxels of a structure moved out of its box (within a slice, to a corner of the box, to a slice without its
+    frame): the file's frames are compared within their own boxes, so the count of differing voxels must still
+    be the voxel-by-voxel one."""
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(6, 40, 40), spacing=(2.0, 1.0, 1.0)))
+    package = make_package(tmp_path / "model")
+    names = package.segmentation.structure_names
+    labels = np.zeros(series.geometry.shape, np.uint8)
+    labels[1:4, 10:30, 12:28] = 1
+    labels[2:4, 5:9, 30:36] = 2  # a neighbour, so that a frame of a LABELMAP holds two segments
+    written = labels.copy()
+    for corner, destination in zip([(1, 10, 12), (3, 29, 27)], destinations, strict=True):
+        written[corner] = 0  # the same count, two voxels elsewhere: the centroid moves by far less than tolerance
+        written[destination] = 1
+    seg = tmp_path / "seg.dcm"
+    dicom_seg.write_dicom_seg(seg, written, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
+
+    expected = int(np.count_nonzero((labels == 1) != (written == 1)))
+    assert expected == 4
+    with pytest.raises(ReadBackError, match=rf"'{names[0]}': {expected} voxel\(s\) differ"):
+        check_seg(seg, "segmentation.dcm", labels, series, names)
+    check_seg(seg, "segmentation.dcm", written, series, names)

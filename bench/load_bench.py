@@ -16,6 +16,10 @@ SERIES_SHAPE = (200, 512, 512)
 COMPRESSED_SHAPE = (60, 512, 512)
 TREE_SERIES, TREE_SLICES, TREE_IMAGE = 50, 100, (64, 64)
 REPEATS = 5
+REAL_TREES_VARIABLE = "INNEREYE_BENCH_REAL_TREES"
+"""Folders of real scanner files (``os.pathsep``-separated) whose header scan is compared with the plain loop too:
+the generated tree's headers are a few dozen elements, a scanner's hundreds. Unset: that comparison is left out
+(CI cannot fetch such data; e.g. neurolabusc's dcm_qa_ge and dcm_qa_philips)."""
 
 
 def _median_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -104,11 +108,56 @@ def _compare_load(folder: Path, label: str, repeats: int, *, native: bool) -> tu
 
 
 def _pydicom_header_loop(root: Path) -> None:
+    import warnings
+
     import pydicom
 
-    for folder, _, files in os.walk(root):
-        for name in files:
-            pydicom.dcmread(Path(folder) / name, stop_before_pixels=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for folder, _, files in os.walk(root):
+            for name in files:
+                try:  # a real corpus holds files pydicom cannot read; the scan skips them with a reason
+                    pydicom.dcmread(Path(folder) / name, stop_before_pixels=True)
+                except Exception:
+                    continue
+
+
+def _real_trees(repeats: int) -> list[str]:
+    """Per folder of ``REAL_TREES_VARIABLE``: the automatic scan, the scan in one process and the plain loop, in
+    turn, medians and ranges; no lines when it is unset."""
+    from innereye_batch.dicom.scan import scan_tree
+
+    lines = []
+    for folder in filter(None, os.environ.get(REAL_TREES_VARIABLE, "").split(os.pathsep)):
+        root = Path(folder)
+        files = sum(len(names) for _, _, names in os.walk(root))
+        series = len(scan_tree(root).series)
+        times = _interleaved_times(
+            {
+                "scan": lambda root=root: scan_tree(root),
+                "one": lambda root=root: scan_tree(root, workers=1),
+                "loop": lambda root=root: _pydicom_header_loop(root),
+            },
+            repeats,
+        )
+        scan, one, loop = (statistics.median(times[k]) for k in ("scan", "one", "loop"))
+        lines.append(
+            f"| {root.name} | {files:,} | {series} | {scan / files * 1e6:.0f} ({_range(times['scan'])}) | "
+            f"{one / files * 1e6:.0f} ({_range(times['one'])}) | {loop / files * 1e6:.0f} ({_range(times['loop'])}) "
+            f"| **{scan / loop:.2f}x** | {one / loop:.2f}x |"
+        )
+    if not lines:
+        return []
+    return [
+        f"Real scanner files ({REAL_TREES_VARIABLE}), medians of {repeats} interleaved runs, µs per file (range of "
+        "the whole tree's seconds); ratios are of the plain loop's time:",
+        "",
+        "| tree | files | series | scan, automatic | scan, one process | plain loop | automatic / loop | "
+        "one process / loop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *lines,
+        "",
+    ]
 
 
 def run(repeats: int = REPEATS) -> str:
@@ -165,6 +214,7 @@ def run(repeats: int = REPEATS) -> str:
             statistics.median(tree_times[k]) for k in ("scan", "scan_one", "loop", "scan_latin", "loop_latin")
         )
         processes = _process_count(files, None)
+    real = _real_trees(max(3, repeats // 2))
 
     cores = os.cpu_count()
     return "\n".join(
@@ -217,5 +267,6 @@ def run(repeats: int = REPEATS) -> str:
             f"**{latin_seconds / latin_loop_seconds:.2f}x** (ranges: scan {_range(tree_times['scan_latin'])}, "
             f"loop {_range(tree_times['loop_latin'])}).",
             "",
+            *real,
         ]
     )

@@ -272,6 +272,14 @@ def _read_dataset(fp: BinaryIO, *, force: bool) -> FileDataset:
     return read_partial(fp, _at_pixel_data, defer_size=None, force=force, specific_tags=_HEADER_NUMBERS)
 
 
+def read_tags(path: Path, tags: list[int]) -> FileDataset:
+    """``pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)`` as the scan reads a header: the tags
+    as ints, which pydicom tests by membership in C (dcmread makes each a BaseTag, compared in Python), and the
+    other elements' values skipped, not read (on a scanner's header of hundreds of elements, much the faster)."""
+    with open(path, "rb") as fp:
+        return read_partial(fp, _at_pixel_data, defer_size=None, force=False, specific_tags=tags)
+
+
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
     """pydicom's ``stop_before_pixels`` condition."""
     return tag in _PIXEL_DATA_NUMBERS

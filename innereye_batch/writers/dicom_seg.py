@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
 from innereye_batch.dicom.mosaic import tiles_to_mosaic
@@ -200,7 +201,7 @@ def _source_images_and_frames(
         return [_source_header(series.files[0], series)], tiles_to_mosaic(labels, series)[None], None
     multi_frame = [s for s in series.slices if s.frame is not None]
     if not multi_frame:
-        sources = [_source_header(p, series) for p in series.files]
+        sources = [_source_header(p, series, whole=index == 0) for index, p in enumerate(series.files)]
         for keyword in ("ImageOrientationPatient", "PixelSpacing"):  # as the scan read them: one of each
             if keyword in sources[0]:
                 for source in sources[1:]:
@@ -231,18 +232,59 @@ def _source_images_and_frames(
     return [source], labels, [f + 1 for f in frames]
 
 
-def _source_header(path: Path, series: SeriesInfo) -> Dataset:
+def _source_header(path: Path, series: SeriesInfo, *, whole: bool = True) -> Dataset:
     """A source image's header (no pixel data) with the attributes highdicom reads present: patient and study
     (``with_type2_patient_and_study``) and, in a single-frame image, SliceThickness (Image Plane, type 2), which
     anonymising exports delete too (every such series failed its SEG). The SEG's pixel measures need a thickness
-    (type 1C), so a missing one becomes the series' spacing between slices, as its frames tile the stack."""
+    (type 1C), so a missing one becomes the series' spacing between slices, as its frames tile the stack.
+
+    ``whole``: every element; else only ``SOURCE_TAGS``, what highdicom reads from a series' other images (the
+    first one's header gives the SEG its patient, study and equipment)."""
     import pydicom
 
-    source = with_type2_patient_and_study(pydicom.dcmread(path, stop_before_pixels=True))
+    from innereye_batch.dicom.file_header import read_tags
+
+    header = pydicom.dcmread(path, stop_before_pixels=True) if whole else read_tags(path, SOURCE_TAGS)
+    source = with_type2_patient_and_study(header)
     if not source.get("SliceThickness") and "PerFrameFunctionalGroupsSequence" not in source:
         source.SliceThickness = format_number_as_ds(float(series.geometry.spacing[0]))
     return source
 
+
+SOURCE_TAGS = [
+    int(Tag(keyword))
+    for keyword in (
+        *TYPE2_PATIENT_AND_STUDY,
+        "SpecificCharacterSet",
+        "ImageType",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "InstanceNumber",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "PatientOrientation",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "SpacingBetweenSlices",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+        "BitsAllocated",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+    )
+]
+"""What a DICOM-SEG reads from a single-frame series' images after the first: identity, plane geometry, the image
+pixel description, and the patient and study attributes every source gets (the written file is the same as from
+whole headers: ``tests/writers/test_dicom_seg.py``)."""
 
 _SHARED_FOR_HIGHDICOM = ("PlaneOrientationSequence", "PixelMeasuresSequence")
 """Functional group macros highdicom reads from a multi-frame source's shared groups only."""

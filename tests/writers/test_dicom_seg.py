@@ -456,3 +456,63 @@ def test_a_multi_frame_source_without_functional_groups_is_refused_clearly(tmp_p
             make_package(tmp_path / "model"),
             software_version=SOFTWARE_VERSION,
         )
+
+
+_WRITTEN_PER_FILE = (
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "ContentDate",
+    "ContentTime",
+    "SeriesDate",
+    "SeriesTime",
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+)
+"""Top-level elements each writing gives a new value (UIDs and the time of writing)."""
+_NESTED_PER_FILE = frozenset({"ContributionDateTime", "DimensionOrganizationUID"})
+
+
+def _without_values_of_the_writing(ds: pydicom.Dataset, top: bool = True) -> pydicom.Dataset:
+    """``ds`` with the UIDs and times each writing makes emptied (in place), references to the sources kept."""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                _without_values_of_the_writing(item, top=False)
+        elif element.keyword in _NESTED_PER_FILE or (top and element.keyword in _WRITTEN_PER_FILE):
+            element.value = ""
+    return ds
+
+
+def _lossy(index: int, ds: pydicom.Dataset) -> None:
+    ds.LossyImageCompression, ds.LossyImageCompressionRatio, ds.LossyImageCompressionMethod = "01", "8", "ISO_10918_1"
+
+
+def _latin_names(index: int, ds: pydicom.Dataset) -> None:
+    ds.SpecificCharacterSet, ds.PatientName, ds.StudyDescription = "ISO_IR 100", "Müller^Jörg", "Thorax"
+    del ds.SliceThickness
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [GRIDS["oblique"], GRIDS["mr_jpeg_ls_source"], {"edit": _lossy}, {"edit": _latin_names}],
+    ids=["oblique", "mr-jpeg-ls", "lossy", "latin1-no-thickness"],
+)
+def test_a_seg_from_the_other_images_tags_alone_equals_the_seg_from_their_whole_headers(
+    tmp_path: Path, variant: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The images after a series' first are read for ``SOURCE_TAGS`` only (a scanner's header has hundreds of
+    elements): every element of the SEG, frames and references included, equals what their whole headers give."""
+    from innereye_batch.writers import dicom_seg
+
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(5, 12, 10), **variant))  # type: ignore[arg-type]
+    package = make_package(tmp_path / "model")
+    labels = blob_labels(series.geometry.shape, 3)
+    tags_alone, whole = tmp_path / "tags.dcm", tmp_path / "whole.dcm"
+    write_dicom_seg(tags_alone, labels, series, package, software_version=SOFTWARE_VERSION)
+    read_whole = dicom_seg._source_header
+    monkeypatch.setattr(dicom_seg, "_source_header", lambda path, series, whole=True: read_whole(path, series))
+    write_dicom_seg(whole, labels, series, package, software_version=SOFTWARE_VERSION)
+
+    written = [_without_values_of_the_writing(pydicom.dcmread(path)) for path in (tags_alone, whole)]
+    assert len(written[1].PerFrameFunctionalGroupsSequence) > 1
+    assert written[0] == written[1]

@@ -74,13 +74,14 @@ def check_seg(path: Path, what: str, labels: np.ndarray, series: SeriesInfo, nam
 
 
 def seg_frames(seg: Dataset) -> list[SegFrame]:
-    """Every frame's functional groups, read once (a macro missing from a frame's groups is the shared one)."""
+    """Every frame's functional groups, read once: a frame's own macro, else the shared one."""
     shared = seg.SharedFunctionalGroupsSequence[0]
     labelmap = _is_labelmap(seg)
     shared_axes = _axes(shared) if "PlaneOrientationSequence" in shared and "PixelMeasuresSequence" in shared else None
     frames = []
     for groups in seg.PerFrameFunctionalGroupsSequence:
-        column_step, row_step = shared_axes or _axes(groups, shared)
+        own = "PlaneOrientationSequence" in groups or "PixelMeasuresSequence" in groups
+        column_step, row_step = _axes(groups, shared) if own or shared_axes is None else shared_axes
         position = groups if "PlanePositionSequence" in groups else shared
         frames.append(
             SegFrame(

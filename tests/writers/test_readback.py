@@ -337,6 +337,25 @@ def test_a_seg_frame_on_another_pixel_grid_than_its_source_slice_is_refused(tmp_
         check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
 
 
+def test_a_frame_s_own_pixel_measures_come_before_the_shared_ones(tmp_path: Path) -> None:
+    """One frame that carries pixel measures of its own, other than the shared ones: the frame's are the ones
+    that place it (the read-back reads the shared groups once for every frame that has none of its own)."""
+    series = _series(tmp_path)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    out = tmp_path / "seg.dcm"
+    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1")
+    seg = pydicom.dcmread(out)
+    shared = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    own = pydicom.Dataset()
+    own.PixelSpacing = [float(v) * 1.1 for v in shared.PixelSpacing]
+    own.SliceThickness = shared.SliceThickness
+    seg.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence = [own]
+    seg.save_as(out)
+    with pytest.raises(ReadBackError, match=r"frame 3 has other pixel directions or spacing than the source series'"):
+        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+
+
 @pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
 def test_a_seg_passes_for_cosines_written_to_four_decimals_and_spacings_rounded_per_slice(
     tmp_path: Path, seg_type: str

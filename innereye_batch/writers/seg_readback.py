@@ -184,6 +184,10 @@ def _compare_frames(
     and with ``against``, per structure of its masks the voxels in which the frames, each on its slice, differ
     from the mask: a slice of the mask that no frame of its segment covers counts all its voxels, a second frame
     of a segment on one slice all of its own."""
+    if len(frames) != pixels.shape[0]:  # a frame without its groups lies nowhere: its voxels would go uncounted
+        raise ReadBackError(
+            f"{what}: {pixels.shape[0]} frame(s) of pixels but {len(frames)} per-frame functional group item(s)"
+        )
     labels = _segment_labels(seg)
     labelmap = _is_labelmap(seg)
     counts = dict.fromkeys(labels, 0)

@@ -337,6 +337,34 @@ def test_a_seg_frame_on_another_pixel_grid_than_its_source_slice_is_refused(tmp_
         check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
 
 
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+@pytest.mark.parametrize("change", [1, -1], ids=["a-frame-more", "a-frame-fewer"])
+def test_a_seg_whose_pixel_frames_and_per_frame_groups_differ_in_number_is_refused(
+    tmp_path: Path, seg_type: str, change: int
+) -> None:
+    """Pixel data with one frame more than the per-frame groups describe (NumberOfFrames raised to match: a frame
+    full of foreground that lies on no slice), or one fewer: the file is refused, saying so (a reviewer's find:
+    the frame more was accepted, its voxels counted nowhere)."""
+    from pydicom.pixels.utils import pack_bits
+
+    series = _series(tmp_path)
+    labels = _labels(series.geometry.shape)
+    package = make_package(tmp_path / "model")
+    out = tmp_path / "seg.dcm"
+    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
+    seg = pydicom.dcmread(out)
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    frames = np.concatenate([frames, np.ones_like(frames[:1])]) if change > 0 else frames[:-1]
+    seg.NumberOfFrames = frames.shape[0]
+    seg.PixelData = pack_bits(frames.ravel()) if seg_type == "BINARY" else frames.astype(np.uint8).tobytes()
+    seg.save_as(out)
+
+    items = len(seg.PerFrameFunctionalGroupsSequence)
+    message = rf"{items + change} frame\(s\) of pixels but {items} per-frame functional group item\(s\)"
+    with pytest.raises(ReadBackError, match=message):
+        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+
+
 def test_a_frame_s_own_pixel_measures_come_before_the_shared_ones(tmp_path: Path) -> None:
     """One frame that carries pixel measures of its own, other than the shared ones: the frame's are the ones
     that place it (the read-back reads the shared groups once for every frame that has none of its own)."""

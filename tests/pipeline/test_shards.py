@@ -210,10 +210,13 @@ def test_summarize_refuses_shards_that_saw_a_series_in_other_states(tmp_path: Pa
     series. Each shard's plan fingerprint now covers the series' files as it scanned them."""
     from innereye_batch.pipeline.run import RunOptions
     from tests.factory import write_series
-    from tests.pipeline.cohort import model_folder
+    from tests.pipeline.cohort import model_folder, uid_in_shard
 
     model, scans, out = model_folder(tmp_path / "model", members=1), tmp_path / "scans", tmp_path / "out"
-    written = [write_series(scans / f"s{i}", shape=(8, 12, 12), seed=20 + i) for i in range(6)]
+    written = [
+        write_series(scans / f"s{i}", shape=(8, 12, 12), seed=20 + i, series_instance_uid=uid_in_shard(i % 2, 2))
+        for i in range(6)
+    ]
     options = RunOptions(model=model, input=scans, output=out, device="cpu", workers=0, formats=("nifti",))
     for k in range(2):
         run_batch(replace(options, shard=Shard(k, 2)))

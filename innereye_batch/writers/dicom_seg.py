@@ -105,12 +105,27 @@ def write_dicom_seg(
     )
     if frame_numbers is not None:
         _refer_to_source_frames(segmentation, frame_numbers)
+    _carry_lossy_compression(segmentation, source_images)
     set_character_set(segmentation, _our_texts(segmentation), source_images[0])
     if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
         # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote
         # no plane geometry; General Image then needs PatientOrientation (type 2C): the source's, else empty.
         segmentation.PatientOrientation = source_images[0].get("PatientOrientation", "")
     segmentation.save_as(path, enforce_file_format=True)
+
+
+def _carry_lossy_compression(segmentation: Dataset, sources: list[Dataset]) -> None:
+    """A SEG derived from images of which any had lossy compression says so, with that image's ratio and method:
+    highdicom copies LossyImageCompression from the first image alone, and "01" may never be reset."""
+    if str(segmentation.get("LossyImageCompression", "")) == "01":
+        return
+    lossy = next((s for s in sources if str(s.get("LossyImageCompression", "")).strip() == "01"), None)
+    if lossy is None:
+        return
+    segmentation.LossyImageCompression = "01"
+    for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if keyword in lossy:
+            setattr(segmentation, keyword, lossy[keyword].value)
 
 
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})

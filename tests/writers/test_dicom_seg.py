@@ -516,3 +516,20 @@ def test_a_seg_from_the_other_images_tags_alone_equals_the_seg_from_their_whole_
     written = [_without_values_of_the_writing(pydicom.dcmread(path)) for path in (tags_alone, whole)]
     assert len(written[1].PerFrameFunctionalGroupsSequence) > 1
     assert written[0] == written[1]
+
+
+def test_a_seg_says_lossy_when_an_image_after_the_first_was_lossy_compressed(tmp_path: Path) -> None:
+    """LossyImageCompression "01" may never be reset: highdicom copied it from the first image alone, so a series
+    whose later images had been lossy compressed gave a SEG that said "00" (a reviewer's observation)."""
+
+    def later_lossy(index: int, ds: pydicom.Dataset) -> None:
+        if index > 0:
+            _lossy(index, ds)
+
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(4, 8, 8), edit=later_lossy))
+    assert "LossyImageCompression" not in pydicom.dcmread(series.files[0])
+
+    seg = pydicom.dcmread(_written_and_checked(tmp_path, series, "segmentation"))
+
+    assert seg.LossyImageCompression == "01"
+    assert (seg.LossyImageCompressionRatio, seg.LossyImageCompressionMethod) == (8, "ISO_10918_1")

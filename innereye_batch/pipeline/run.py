@@ -239,13 +239,15 @@ def _execute(
     holds: Callable[[ItemResult], bool] | None = None,
 ) -> RunReport:
     from innereye_batch.pipeline.executors import RunContext
-    from innereye_batch.pipeline.state import remove_stale_temporaries
+    from innereye_batch.pipeline.state import remove_stale_temporaries, safe_folder_name
 
     started = datetime.datetime.now(datetime.timezone.utc)
     wall = time.perf_counter()
     shard = options.shard
-    # a shard cleans only its own series' folders: the other shards may be writing theirs right now
-    removed = remove_stale_temporaries(options.output, [j.folder for j in jobs] if shard else None)
+    # a shard cleans only its own series' folders, done ones too (a run killed after a series' done record, before
+    # its temporary label map went): the other shards may be writing theirs right now
+    owned = [j.folder for j in jobs] + [options.output / safe_folder_name(r.key) for r in report.results]
+    removed = remove_stale_temporaries(options.output, owned if shard else None)
     if removed:
         progress.event("cleanup", message=f"removed {removed} temporary file(s) left by an interrupted run")
 

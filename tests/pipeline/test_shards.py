@@ -98,6 +98,27 @@ def test_three_shards_one_after_another_equal_a_single_run(case: ScaleCase, tmp_
         )
 
 
+def test_a_shard_rerun_removes_a_temporary_left_in_a_done_series_folder(case: ScaleCase, tmp_path: Path) -> None:
+    """A run killed after a series' done record and before its temporary label map went (``fan_out``) leaves
+    the temporary in a done folder: a shard's rerun skips the series and must still remove it (only an unsharded
+    run did), and never touch another shard's folders."""
+    out = tmp_path / "out"
+    for k in range(2):
+        run_batch(case.options(out, shard=Shard(k, 2)))
+    done = [r["key"] for r in summary(out)["series"] if r["status"] == "ok"]
+    mine = next(key for key in done if Shard(0, 2).owns(key))
+    theirs = next(key for key in done if Shard(1, 2).owns(key))
+    left = [out / key / ".tmp-4242-0a1b-labels.npy" for key in (mine, theirs)]
+    for path in left:
+        path.write_bytes(b"\x93NUMPY")
+
+    again = run_batch(case.options(out, shard=Shard(0, 2)))
+
+    assert statuses(out)[mine] == ("skipped", "already done with this model and input") and again.merged
+    assert not left[0].exists()
+    assert left[1].exists()  # shard 1's folder: shard 1 may be writing it
+
+
 def test_three_shards_at_once_equal_a_single_run(case: ScaleCase, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--model", str(case.model), "--input", str(case.cohort.root), "--output", str(out), "--device", "cpu"]

@@ -130,9 +130,8 @@ def _check_references(frames: list[SegFrame], series: SeriesInfo, planes: SliceP
     references that slice's image, and only it (with its frame number for a multi-frame source); each frame's
     slice index."""
     slices = []
-    origins = np.asarray([frame.origin for frame in frames]).reshape(-1, 3)
     for index, frame in enumerate(frames):
-        located = planes.locate(origins[index : index + 1])
+        located = planes.locate(frame.origin[None])
         if located is None or max(abs(float(located[1][0])), abs(float(located[2][0]))) > _FIRST_PIXEL_TOLERANCE:
             raise ReadBackError(
                 f"{what}: frame {index + 1} at {mm_text(frame.origin.tolist())} is not on a slice of the source series"

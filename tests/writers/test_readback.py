@@ -323,18 +323,26 @@ def test_an_rtstruct_without_a_one_voxel_structure_or_a_small_island_is_refused(
         check_rtstruct(tmp_path / "no_island.dcm", "rtstruct.dcm", masks, series)
 
 
-def test_a_seg_frame_on_another_pixel_grid_than_its_source_slice_is_refused(tmp_path: Path) -> None:
+def _seg_to_damage(
+    tmp_path: Path, seg_type: str = "BINARY"
+) -> tuple[SeriesInfo, np.ndarray, list[str], Path, pydicom.Dataset]:
+    """A series, its label map and structure names, and the SEG written of them: its path and its dataset read
+    back, for a test to damage and save over it."""
     series = _series(tmp_path)
     labels = _labels(series.geometry.shape)
     package = make_package(tmp_path / "model")
     out = tmp_path / "seg.dcm"
-    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1")
-    seg = pydicom.dcmread(out)
+    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
+    return series, labels, list(package.segmentation.structure_names), out, pydicom.dcmread(out)
+
+
+def test_a_seg_frame_on_another_pixel_grid_than_its_source_slice_is_refused(tmp_path: Path) -> None:
+    series, labels, names, out, seg = _seg_to_damage(tmp_path)
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     measures.PixelSpacing = [float(v) * 1.1 for v in measures.PixelSpacing]
     seg.save_as(out)
     with pytest.raises(ReadBackError, match=r"frame 1 has other pixel directions or spacing than the source series'"):
-        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+        check_seg(out, "segmentation.dcm", labels, series, names)
 
 
 @pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
@@ -347,12 +355,7 @@ def test_a_seg_whose_pixel_frames_and_per_frame_groups_differ_in_number_is_refus
     the frame more was accepted, its voxels counted nowhere)."""
     from pydicom.pixels.utils import pack_bits
 
-    series = _series(tmp_path)
-    labels = _labels(series.geometry.shape)
-    package = make_package(tmp_path / "model")
-    out = tmp_path / "seg.dcm"
-    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1", segmentation_type=seg_type)  # type: ignore[arg-type]
-    seg = pydicom.dcmread(out)
+    series, labels, names, out, seg = _seg_to_damage(tmp_path, seg_type)
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
     frames = np.concatenate([frames, np.ones_like(frames[:1])]) if change > 0 else frames[:-1]
     seg.NumberOfFrames = frames.shape[0]
@@ -362,18 +365,13 @@ def test_a_seg_whose_pixel_frames_and_per_frame_groups_differ_in_number_is_refus
     items = len(seg.PerFrameFunctionalGroupsSequence)
     message = rf"{items + change} frame\(s\) of pixels but {items} per-frame functional group item\(s\)"
     with pytest.raises(ReadBackError, match=message):
-        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+        check_seg(out, "segmentation.dcm", labels, series, names)
 
 
 def test_a_frame_s_own_pixel_measures_come_before_the_shared_ones(tmp_path: Path) -> None:
     """One frame that carries pixel measures of its own, other than the shared ones: the frame's are the ones
     that place it (the read-back reads the shared groups once for every frame that has none of its own)."""
-    series = _series(tmp_path)
-    labels = _labels(series.geometry.shape)
-    package = make_package(tmp_path / "model")
-    out = tmp_path / "seg.dcm"
-    dicom_seg.write_dicom_seg(out, labels, series, package, software_version="1")
-    seg = pydicom.dcmread(out)
+    series, labels, names, out, seg = _seg_to_damage(tmp_path)
     shared = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     own = pydicom.Dataset()
     own.PixelSpacing = [float(v) * 1.1 for v in shared.PixelSpacing]
@@ -381,7 +379,7 @@ def test_a_frame_s_own_pixel_measures_come_before_the_shared_ones(tmp_path: Path
     seg.PerFrameFunctionalGroupsSequence[2].PixelMeasuresSequence = [own]
     seg.save_as(out)
     with pytest.raises(ReadBackError, match=r"frame 3 has other pixel directions or spacing than the source series'"):
-        check_seg(out, "segmentation.dcm", labels, series, package.segmentation.structure_names)
+        check_seg(out, "segmentation.dcm", labels, series, names)
 
 
 @pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])

@@ -103,12 +103,17 @@ def test_a_consumer_that_stops_early_leaves_no_hung_worker(tmp_path: Path) -> No
     import multiprocessing
 
     decoder = _decoder_hanging("1.2", tmp_path / "starts", ignore_sigterm=True)
-    loader = load_items(_items(6), decoder, workers=2, pin_memory=False, timeout=600)  # type: ignore[arg-type]
-    first = next(loader)
-    assert first.index == 0 and first.decoded is not None
-    while not (tmp_path / "starts").exists():  # the hung item has started in its worker
-        time.sleep(0.05)
-    loader.close()
+    loader = load_items(_items(6), decoder, workers=2, pin_memory=False, timeout=120)  # type: ignore[arg-type]
+    try:
+        first = next(loader)
+        assert first.index == 0 and first.decoded is not None, first.error
+        deadline = time.monotonic() + 60  # the worker of items 0 and 2 starts item 2 at once: never wait for ever
+        while not (tmp_path / "starts").exists():  # the hung item has started in its worker
+            workers = [(child.pid, child.is_alive(), child.exitcode) for child in multiprocessing.active_children()]
+            assert time.monotonic() < deadline, f"the hung item never started; workers (pid, alive, exit): {workers}"
+            time.sleep(0.05)
+    finally:
+        loader.close()
     assert not [child for child in multiprocessing.active_children() if child.is_alive()]
 
 

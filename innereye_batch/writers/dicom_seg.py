@@ -116,16 +116,40 @@ def write_dicom_seg(
 
 def _carry_lossy_compression(segmentation: Dataset, sources: list[Dataset]) -> None:
     """A SEG derived from images of which any had lossy compression says so, with that image's ratio and method:
-    highdicom copies LossyImageCompression from the first image alone, and "01" may never be reset."""
+    highdicom copies LossyImageCompression from the first image alone, and "01" may never be reset. An image
+    stored in a lossy transfer syntax was lossy compressed whatever its attributes say (or lack)."""
     if str(segmentation.get("LossyImageCompression", "")) == "01":
         return
-    lossy = next((s for s in sources if str(s.get("LossyImageCompression", "")).strip() == "01"), None)
-    if lossy is None:
+    found = next(((s, method) for s in sources if (method := _lossy_method(s)) is not None), None)
+    if found is None:
         return
+    lossy, method = found
     segmentation.LossyImageCompression = "01"
     for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
         if keyword in lossy:
             setattr(segmentation, keyword, lossy[keyword].value)
+    if method and "LossyImageCompressionMethod" not in segmentation:
+        segmentation.LossyImageCompressionMethod = method
+
+
+def _lossy_method(source: Dataset) -> str | None:
+    """How ``source`` was lossy compressed ("" where it says it was and not how), or None where it was not."""
+    syntax = str(getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", ""))
+    method = _LOSSY_SYNTAX_METHODS.get(syntax)
+    if method is not None:
+        return method
+    return "" if str(source.get("LossyImageCompression", "")).strip() == "01" else None
+
+
+_LOSSY_SYNTAX_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
+    **dict.fromkeys(("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101"), "ISO_13818_2"),  # MPEG2
+    **dict.fromkeys((f"1.2.840.10008.1.2.4.{n}" for n in range(102, 107)), "ISO_14496_10"),  # MPEG-4 AVC
+    **dict.fromkeys(("1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108"), "ISO_23008_2"),  # HEVC
+}
+"""Transfer syntaxes that are lossy by definition (PS3.5 8.2, 8.4), with their LossyImageCompressionMethod
+(PS3.3 C.7.6.1.1.5.1). JPEG-LS near-lossless and JPEG 2000 may be either: there LossyImageCompression says."""
 
 
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC"})

@@ -533,3 +533,39 @@ def test_a_seg_says_lossy_when_an_image_after_the_first_was_lossy_compressed(tmp
 
     assert seg.LossyImageCompression == "01"
     assert (seg.LossyImageCompressionRatio, seg.LossyImageCompressionMethod) == (8, "ISO_10918_1")
+
+
+def _as_jpeg_baseline(path: Path) -> None:
+    """``path`` stored again as JPEG Baseline (8-bit, lossy by definition) the way an old PACS export stores it:
+    with no LossyImageCompression attribute."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array.astype(np.float64)
+    eight_bit = np.round(255 * (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1.0)).astype(np.uint8)
+    stream = io.BytesIO()
+    Image.fromarray(eight_bit).save(stream, format="JPEG", quality=80)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([stream.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_seg_says_lossy_when_its_images_lie_in_a_lossy_transfer_syntax_without_saying_so(tmp_path: Path) -> None:
+    """JPEG Baseline is lossy by definition (PS3.5 8.2.1): images stored in it are lossy compressed even where
+    they lack LossyImageCompression, and a SEG derived from them must say "01" (it said "00")."""
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(4, 8, 8)))
+    for path in series.files[1:]:
+        _as_jpeg_baseline(path)
+    later = pydicom.dcmread(series.files[1])
+    assert "LossyImageCompression" not in later and later.pixel_array.dtype == np.uint8  # a decodable JPEG
+
+    seg = pydicom.dcmread(_written_and_checked(tmp_path, series, "segmentation"))
+
+    assert seg.LossyImageCompression == "01"
+    assert seg.LossyImageCompressionMethod == "ISO_10918_1" and "LossyImageCompressionRatio" not in seg

@@ -20,7 +20,7 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -124,13 +124,18 @@ def make_loader(
 def _keep_worker_deaths_synchronous() -> None:
     """Stop PyTorch from installing its SIGCHLD handler, which raises a worker's death as an exception wherever
     the main thread happens to be (inside inference of another item, or in a writer). Without it the loader
-    itself notices a dead worker within ``MP_STATUS_CHECK_INTERVAL`` (5 s) and raises from ``next()``, where
-    ``load_items`` handles it. (A private flag of ``torch.utils.data``; tests/pipeline/test_loader.py checks it.)
+    itself notices a dead worker within ``POLL_SECONDS`` (5 s) and raises from ``next()``, where ``load_items``
+    handles it. (A private flag of ``torch.utils.data``; tests/pipeline/test_loader.py checks it.)
     """
     from torch.utils.data._utils import signal_handling
 
     signal_handling._SIGCHLD_handler_set = True
 
+
+POLL_SECONDS = 5.0
+"""The longest single wait on the loader: torch looks for dead workers only when a wait of its ends empty (its
+own check interval with no timeout, else the whole timeout), so a decode timeout is waited out in these steps and
+a worker's death is noticed within one, not after the whole timeout (30 minutes by default) per death."""
 
 MAX_DECODE_TIMEOUT = 1_000_000.0
 """The longest decode timeout in seconds (about 11 days); larger values, and infinity, mean no limit (torch waits
@@ -149,14 +154,14 @@ def load_items(
     """One LoadedItem per work item, in order, decoded ahead by ``workers`` processes; survives dying and hung
     workers.
 
-    After a worker death (any error the loader itself raises: decoding errors come back as data) the items not
-    yet delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a
-    fresh single-worker loader: an item whose worker dies again is returned failed with the reason; then the
-    remaining items go through a new loader of ``workers`` workers. After a wait of more than ``timeout`` seconds
-    for the next item (a codec that never returns; 0: no limit), that item fails at once (the loader waits for
-    the items in order: it is the one whose worker hangs) and the others in flight are decoded one at a time.
-    The loader's workers are killed before it is dropped, so that a hung one cannot outlive the run. Inline
-    decoding (``workers`` 0) has no limit.
+    After a worker death (any error the loader itself raises: decoding errors come back as data) the items not yet
+    delivered that may have been in flight (``workers * prefetch``) are decoded one at a time, each in a fresh
+    single-worker loader: an item whose worker dies again is returned failed with the reason; then the remaining
+    items go through a new loader of ``workers`` workers. After a wait of more than ``timeout`` seconds for the next
+    item (a codec that never returns; 0: no limit), that item fails at once (the loader waits for the items in
+    order: it is the one whose worker hangs) and the others in flight are decoded one at a time. A worker's death is
+    noticed within ``POLL_SECONDS`` whatever the timeout. The loader's workers are killed before it is dropped, so
+    that a hung one cannot outlive the run. Inline decoding (``workers`` 0) has no limit.
     """
     if workers > 0:
         _keep_worker_deaths_synchronous()
@@ -170,12 +175,12 @@ def load_items(
             suspects -= 1
             continue
         loader = make_loader(
-            items[position:], decoder, workers=workers, pin_memory=pin_memory, prefetch=prefetch, timeout=timeout
+            items[position:], decoder, workers=workers, pin_memory=pin_memory, prefetch=prefetch, timeout=_poll(timeout)
         )
         iterator = iter(loader)
         offset = position
         try:
-            for loaded in iterator:
+            while (loaded := _next_within(iterator, timeout)) is not None:
                 yield replace(loaded, index=offset + loaded.index)
                 position = offset + loaded.index + 1
         except Exception as error:
@@ -212,9 +217,10 @@ def _isolated(
     """Decode one item in a worker process of its own; a worker death, or no answer within ``timeout`` seconds
     (0: no limit), becomes this item's failure."""
     start = time.perf_counter()
-    iterator = iter(make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1, timeout=timeout))
+    iterator = iter(make_loader([item], decoder, workers=1, pin_memory=pin_memory, prefetch=1, timeout=_poll(timeout)))
     try:
-        for loaded in iterator:
+        loaded = _next_within(iterator, timeout)
+        if loaded is not None:
             return replace(loaded, index=index)
     except Exception as error:
         if timeout and _timed_out(error):
@@ -229,6 +235,23 @@ def _isolated(
         _stop_workers(iterator)
         del iterator
     return LoadedItem(index, None, time.perf_counter() - start, "the decoding worker returned nothing")
+
+
+def _poll(timeout: float) -> float:
+    """torch's timeout for a decode timeout of ``timeout`` seconds (0: none, and torch's own dead-worker checks)."""
+    return min(timeout, POLL_SECONDS) if timeout else 0
+
+
+def _next_within(iterator: Iterator[LoadedItem], timeout: float) -> LoadedItem | None:
+    """The loader's next item (None at its end), waiting at most ``timeout`` seconds (0: no limit) in torch waits
+    of ``_poll(timeout)``: a dead worker raises from the first wait that ends after its death."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return next(iterator, None)
+        except RuntimeError as error:
+            if not (timeout and _timed_out(error)) or time.monotonic() >= deadline - 0.05:  # a wait may end early
+                raise
 
 
 def _timeout_reason(timeout: float) -> str:

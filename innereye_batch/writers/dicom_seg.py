@@ -105,7 +105,7 @@ def write_dicom_seg(
     )
     if frame_numbers is not None:
         _refer_to_source_frames(segmentation, frame_numbers)
-    _carry_lossy_compression(segmentation, source_images)
+    carry_lossy_compression(segmentation, source_images)
     set_character_set(segmentation, _our_texts(segmentation), source_images[0])
     if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
         # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote
@@ -114,22 +114,23 @@ def write_dicom_seg(
     segmentation.save_as(path, enforce_file_format=True)
 
 
-def _carry_lossy_compression(segmentation: Dataset, sources: list[Dataset]) -> None:
-    """A SEG derived from images of which any had lossy compression says so, with that image's ratio and method:
-    highdicom copies LossyImageCompression from the first image alone, and "01" may never be reset. An image
-    stored in a lossy transfer syntax was lossy compressed whatever its attributes say (or lack)."""
-    if str(segmentation.get("LossyImageCompression", "")) == "01":
+def carry_lossy_compression(derived: Dataset, sources: list[Dataset]) -> None:
+    """An image derived from images of which any had lossy compression says so, with that image's ratio and
+    method: highdicom copies LossyImageCompression from the first image alone (a SEG) or not at all (a Secondary
+    Capture), and "01" may never be reset. An image stored in a lossy transfer syntax was lossy compressed
+    whatever its attributes say (or lack)."""
+    if str(derived.get("LossyImageCompression", "")) == "01":
         return
     found = next(((s, method) for s in sources if (method := _lossy_method(s)) is not None), None)
     if found is None:
         return
     lossy, method = found
-    segmentation.LossyImageCompression = "01"
+    derived.LossyImageCompression = "01"
     for keyword in ("LossyImageCompressionRatio", "LossyImageCompressionMethod"):
         if keyword in lossy:
-            setattr(segmentation, keyword, lossy[keyword].value)
-    if method and "LossyImageCompressionMethod" not in segmentation:
-        segmentation.LossyImageCompressionMethod = method
+            setattr(derived, keyword, lossy[keyword].value)
+    if method and "LossyImageCompressionMethod" not in derived:
+        derived.LossyImageCompressionMethod = method
 
 
 def _lossy_method(source: Dataset) -> str | None:

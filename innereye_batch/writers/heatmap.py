@@ -116,7 +116,7 @@ def write_heatmap_secondary_capture(
     # magnification; written as Pixel Spacing, distances measured on the overlay would be too long
     spacing = source.get("PixelSpacing")
     pixel_spacing = (float(spacing[0]), float(spacing[1])) if spacing and min(map(float, spacing)) > 0 else None
-    from innereye_batch.writers.dicom_seg import with_marker
+    from innereye_batch.writers.dicom_seg import carry_lossy_compression, with_marker
 
     text = f"{model_name} {description}".strip()
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -152,5 +152,6 @@ def write_heatmap_secondary_capture(
     if frame_index is not None and int(source.get("NumberOfFrames", 1) or 1) > 1:
         reference.ReferencedFrameNumber = frame_index + 1
     sc.SourceImageSequence = [reference]
+    carry_lossy_compression(sc, [source])  # its pixels are the source's, lossy where they were
     sc.save_as(Path(path), enforce_file_format=True)
     return sc

@@ -155,3 +155,27 @@ def test_secondary_capture_descriptions_end_with_the_clinical_marker(tmp_path: P
     sc = pydicom.dcmread(tmp_path / "sc.dcm")
     assert sc.SeriesDescription.endswith(marker) and len(sc.SeriesDescription) <= 64
     assert sc.DerivationDescription.endswith(marker)
+
+
+def test_secondary_capture_of_a_lossy_compressed_source_says_lossy(tmp_path: Path, image, heatmap) -> None:
+    """The overlay's pixels are the source's: lossy where they were (LossyImageCompression "01" may never be
+    reset), whether the source says so or lies in JPEG Baseline, lossy by definition (highdicom's SCImage carries
+    neither: the overlay of a JPEG-exported chest X-ray said nothing)."""
+    plain = pydicom.dcmread(source_file(tmp_path), stop_before_pixels=True)
+    write_heatmap_secondary_capture(tmp_path / "plain.dcm", image, heatmap, plain)
+    assert pydicom.dcmread(tmp_path / "plain.dcm").get("LossyImageCompression", "00") == "00"
+
+    said = pydicom.dcmread(source_file(tmp_path), stop_before_pixels=True)
+    said.LossyImageCompression, said.LossyImageCompressionRatio = "01", "12.5"
+    said.LossyImageCompressionMethod = "ISO_15444_1"
+    write_heatmap_secondary_capture(tmp_path / "said.dcm", image, heatmap, said)
+    sc = pydicom.dcmread(tmp_path / "said.dcm")
+    assert (sc.LossyImageCompression, float(sc.LossyImageCompressionRatio)) == ("01", 12.5)
+    assert sc.LossyImageCompressionMethod == "ISO_15444_1"
+    assert [line for line in dciodvfy_report(tmp_path / "said.dcm").splitlines() if line.startswith("Error")] == []
+
+    jpeg = pydicom.dcmread(source_file(tmp_path), stop_before_pixels=True)
+    jpeg.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    write_heatmap_secondary_capture(tmp_path / "jpeg.dcm", image, heatmap, jpeg)
+    sc = pydicom.dcmread(tmp_path / "jpeg.dcm")
+    assert (sc.LossyImageCompression, sc.LossyImageCompressionMethod) == ("01", "ISO_10918_1")

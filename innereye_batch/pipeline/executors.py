@@ -184,17 +184,19 @@ def _threaded(context: RunContext, jobs: Sequence[Job], loader: Any, replicas: S
     errors: list[BaseException] = []
 
     def serve(replica: Replica) -> None:
+        stopped = False  # this thread's _STOP taken: the one left in the queue is another thread's
         try:
             with on_device(replica.device):
                 while (entry := handoff.get()) is not _STOP:
                     if not context.stopping:
                         replica.add(*entry)
+                stopped = True
                 if not context.stopping:
                     replica.flush()
         except BaseException as error:  # a replica that breaks (not one item: those fail alone) stops the run
             errors.append(error)
             context.interrupted.set()
-            while handoff.get() is not _STOP:  # keep draining, so the loader thread never blocks on it
+            while not stopped and handoff.get() is not _STOP:  # keep draining, so the loader never blocks on it
                 pass
 
     threads = [

@@ -118,3 +118,48 @@ def test_fail_fast_after_a_failure_at_planning_runs_nothing(tmp_path: Path) -> N
     statuses = {r.series_instance_uid: r.status for r in run_batch(options).results}
     assert statuses[broken.series_instance_uid] == "failed"
     assert [statuses[g.series_instance_uid] for g in good] == ["not_run", "not_run"]
+
+
+def test_a_replica_whose_last_flush_fails_stops_the_run_with_its_error(tmp_path: Path) -> None:
+    """A replica whose final flush raised (a full disk) had taken its stop signal already, then waited for another
+    that never came: the run hung for ever in join, its error never told (a reviewer's probe)."""
+    from innereye_batch.pipeline import executors
+
+    class Context:
+        interrupted = threading.Event()
+
+        @property
+        def stopping(self) -> bool:
+            return self.interrupted.is_set()
+
+    class Replica:
+        def __init__(self, fails: bool) -> None:
+            self.device, self.fails, self.added = torch.device("cpu"), fails, 0
+
+        def add(self, job: Any, loaded: Any) -> None:
+            self.added += 1
+
+        def flush(self) -> None:
+            if self.fails:
+                raise OSError("no space left on device")
+
+    class Loaded:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+    replicas = [Replica(True), Replica(False)]
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            executors._threaded(Context(), [0, 1, 2], iter([Loaded(i) for i in range(3)]), replicas)  # type: ignore[arg-type]
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the run hung after a replica's last flush failed"
+    assert isinstance(outcome[0], OSError) and "no space" in str(outcome[0])
+    assert sum(r.added for r in replicas) == 3

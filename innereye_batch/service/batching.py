@@ -9,6 +9,7 @@ predictor (a model, with or without explanations).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 from innereye_batch.service.device import PREDICT, DeviceQueue
 from innereye_batch.tasks.base import Decoded, Prediction, Predictor, WorkItem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,16 +98,26 @@ class DynamicBatcher:
             if first is None:
                 return
             batch, stop = self._collect(first)
+            # A request cancelled meanwhile (its handler was) is dropped; the others can no longer be cancelled,
+            # so answering them never raises in this thread: one that died would leave every later request
+            # of this model waiting for ever.
+            batch = [pending for pending in batch if pending.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             started = time.perf_counter()
             try:
                 predictions = self._predict(batch)
+                outcomes = list(zip(batch, predictions, strict=True))
             except BaseException as error:  # the device thread itself failed: every request hears of it
                 for pending in batch:
                     pending.future.set_exception(error)
                 continue
             if self._on_batch is not None:
-                self._on_batch(len(batch))
-            for pending, outcome in zip(batch, predictions, strict=True):
+                try:
+                    self._on_batch(len(batch))
+                except Exception:  # the metrics must not take the answers down
+                    log.exception("recording a batch of %d failed", len(batch))
+            for pending, outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     pending.future.set_exception(outcome)
                 else:

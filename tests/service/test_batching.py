@@ -95,3 +95,23 @@ def test_the_device_runs_predict_batches_before_job_work(tmp_path: Path) -> None
         failing.run(lambda: 1 / 0, PREDICT, "predict")
     assert failing.run(lambda: 42, PREDICT, "predict") == 42  # an error never stops the device thread
     failing.close()
+
+
+def test_a_cancelled_request_is_dropped_and_the_batcher_goes_on(
+    loaded: tuple[Predictor, list[WorkItem], list[Decoded]],
+) -> None:
+    """A request whose handler was cancelled (its future with it) made answering it raise in the batcher's
+    thread, which died: the rest of its batch, and every later request of that model, waited for ever."""
+    predictor, items, decoded = loaded
+    device, seen = DeviceQueue(), []
+    batcher = DynamicBatcher(predictor, device, max_batch=3, max_wait_s=2.0, on_batch=seen.append)
+    try:
+        cancelled = batcher.submit(items[0], decoded[0])
+        assert cancelled.cancel()
+        outcomes = _run(batcher, items[1:3], decoded[1:3])  # the batch of three closes, the cancelled one in it
+        later = _run(batcher, items[:1], decoded[:1])  # a batch of its own, closed by the 2 s wait
+    finally:
+        batcher.close()
+        device.close()
+    assert all(isinstance(o.prediction, ClassificationPrediction) for o in [*outcomes, *later])  # type: ignore[attr-defined]
+    assert seen == [2, 1]

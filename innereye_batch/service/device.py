@@ -9,6 +9,7 @@ the device's work. ``OnDevice`` wraps a task's predictor so that the pipeline's 
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from innereye_batch.tasks.base import Decoded, Prediction, Predictor, WorkItem
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PREDICT = 0
@@ -71,7 +74,10 @@ class DeviceQueue:
             else:
                 future.set_result(result)
             if self.on_run is not None:
-                self.on_run(kind, time.perf_counter() - start)
+                try:
+                    self.on_run(kind, time.perf_counter() - start)
+                except Exception:  # the metrics must not kill the thread every later call waits on
+                    log.exception("recording a %s call failed", kind)
 
 
 def finish(prediction: Prediction) -> Prediction:

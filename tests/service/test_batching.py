@@ -115,3 +115,19 @@ def test_a_cancelled_request_is_dropped_and_the_batcher_goes_on(
         device.close()
     assert all(isinstance(o.prediction, ClassificationPrediction) for o in [*outcomes, *later])  # type: ignore[attr-defined]
     assert seen == [2, 1]
+
+
+def test_a_failing_metrics_call_leaves_the_device_thread_serving() -> None:
+    """The device thread records each call's time; a recorder that raised killed it, and every later call (every
+    job and predict request of the service) waited for ever."""
+    device = DeviceQueue()
+
+    def broken_metrics(kind: str, seconds: float) -> None:
+        raise ValueError("metrics backend gone")
+
+    device.on_run = broken_metrics
+    try:
+        assert device.submit(lambda: 1, PREDICT, "predict").result(timeout=30) == 1
+        assert device.submit(lambda: 2, JOB, "job").result(timeout=30) == 2
+    finally:
+        device.close()

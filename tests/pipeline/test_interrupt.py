@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,21 @@ def run_args(model: Path, scans: Path, out: Path) -> list[str]:
     return ["run", "--model", str(model), "--input", str(scans), "--output", str(out), "--quiet"]
 
 
+@contextlib.contextmanager
+def running(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``innereye-batch *args`` in a process group of its own, killed with its workers when the test leaves
+    (a failed assertion would leave a run going, decoding and holding its folder's lock)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "innereye_batch", *args], start_new_session=True, cwd=Path(__file__).resolve().parents[2]
+    )
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     uids = [write_series(scans / f"s{i}", shape=(16, 40, 40), seed=i).series_instance_uid for i in range(SERIES)]
@@ -33,16 +50,12 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert CliRunner().invoke(app, [*run_args(model, scans, reference), "--workers", "0"]).exit_code == 0
 
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "innereye_batch", *run_args(model, scans, out), "--workers", "1"],
-        start_new_session=True,  # its own process group: the kill takes the DataLoader workers too
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    deadline = time.monotonic() + 180
-    while not list(out.glob("*/done.json")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    with running([*run_args(model, scans, out), "--workers", "1"]) as process:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("*/done.json")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)  # its process group: the kill takes the DataLoader workers too
+        process.wait()
     done_before = {p.parent.name for p in out.glob("*/done.json")}
     assert 0 < len(done_before) < SERIES, "the kill must land part-way through the run"
     assert not (out / "summary.json").exists()  # the killed run never got to its summary
@@ -68,15 +81,12 @@ def test_sigterm_finishes_writes_in_flight_and_accounts_for_every_series(tmp_pat
     uids = [write_series(scans / f"s{i}", shape=(16, 40, 40), seed=i).series_instance_uid for i in range(SERIES)]
     model = model_folder(tmp_path / "model", members=2)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "innereye_batch", *run_args(model, scans, out), "--workers", "1"],
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    deadline = time.monotonic() + 180
-    while not list(out.glob("*/done.json")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)  # what cron's `timeout` or systemd sends
-    assert process.wait(timeout=120) != 0
+    with running([*run_args(model, scans, out), "--workers", "1"]) as process:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("*/done.json")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)  # what cron's `timeout` or systemd sends (to the main process)
+        assert process.wait(timeout=120) != 0
 
     summary = json.loads((out / "summary.json").read_text())
     statuses = {record["series_instance_uid"]: record for record in summary["series"]}
@@ -115,21 +125,18 @@ def test_sigkill_of_the_main_process_alone_leaves_no_worker_holding_the_lock(tmp
         write_series(scans / f"s{i}", shape=(16, 40, 40), seed=i)
     model = model_folder(tmp_path / "model", members=2)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "innereye_batch", *run_args(model, scans, out), "--workers", "2"],
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    deadline = time.monotonic() + 180
-    while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    workers = _children(process.pid)
-    assert workers, "the run must have started its decoding workers"
-    process.send_signal(signal.SIGKILL)  # the main process only, as a crash or the OOM killer would
-    process.wait()
-    deadline = time.monotonic() + 30
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(w) for w in workers), "decoding workers must die with their run"
+    with running([*run_args(model, scans, out), "--workers", "2"]) as process:
+        deadline = time.monotonic() + 180
+        while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        workers = _children(process.pid)
+        assert workers, "the run must have started its decoding workers"
+        process.send_signal(signal.SIGKILL)  # the main process only, as a crash or the OOM killer would
+        process.wait()
+        deadline = time.monotonic() + 30  # before leaving the block, whose kill of the group would take them
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "decoding workers must die with their run"
     import fcntl
 
     with open(out / LOCK_FILE, "a+") as handle:  # a new run can take the folder at once

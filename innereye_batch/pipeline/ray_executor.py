@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 IN_FLIGHT_PER_ACTOR = 2
 OBJECT_STORE_BYTES = 100 * 2**20
 """A local instance's object store: jobs and results are small (headers, paths, numbers), never images."""
+ACTOR_READY_SECONDS = 900.0
+"""How long the actors may take to be placed on the cluster and to load the model: those not ready by then are
+killed and the run goes on with the others (a cluster busy with other work, --ray-actors more than it holds)."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +179,9 @@ def run_ray(context: RunContext, jobs: Sequence[Job], options: RunOptions, progr
         )
         shared = _Shared(tuple(context.formats), context.model_fp, context.writer_options, context.predictor_options)
         actors = [remote.remote(options, shared) for _ in range(count)]
-        live, devices = _await_actors(ray, actors)
-        progress.event("ray", message=f"{len(live)} Ray actor(s) ready: {', '.join(devices)}")
+        live, devices, unplaced = _await_actors(ray, actors)
+        late = f"; {unplaced} not ready within {ACTOR_READY_SECONDS:g} s, stopped" if unplaced else ""
+        progress.event("ray", message=f"{len(live)} Ray actor(s) ready: {', '.join(devices)}{late}")
         progress.start(len(jobs))
         driver = _Driver(ray, context, options, progress, live)
         driver.run(jobs)
@@ -191,18 +195,33 @@ def run_ray(context: RunContext, jobs: Sequence[Job], options: RunOptions, progr
             ray.shutdown()
 
 
-def _await_actors(ray: Any, actors: list[Any]) -> tuple[list[Any], list[str]]:
-    """The actors whose model loaded, and their devices; InnerEyeBatchError with the reason when none did."""
-    live, devices, errors = [], [], []
-    for actor in actors:
+def _await_actors(ray: Any, actors: list[Any]) -> tuple[list[Any], list[str], int]:
+    """The actors whose model loaded within ``ACTOR_READY_SECONDS``, their devices, and how many were not ready
+    by then (killed: the cluster had no room for them); InnerEyeBatchError with the reason when none was ready."""
+    refs = [actor.ready.remote() for actor in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ACTOR_READY_SECONDS)
+    live, devices, errors, unplaced = [], [], [], 0
+    for actor, ref in zip(actors, refs, strict=True):
+        if ref not in ready:
+            ray.kill(actor, no_restart=True)
+            unplaced += 1
+            continue
         try:
-            devices.append(ray.get(actor.ready.remote()))
+            devices.append(ray.get(ref))
             live.append(actor)
         except ray.exceptions.RayError as error:
             errors.append(_cause(error))
     if not live:
-        raise InnerEyeBatchError(f"no Ray actor could load the model: {errors[0] if errors else 'unknown reason'}")
-    return live, devices
+        reason = (
+            errors[0]
+            if errors
+            else (
+                f"none was ready within {ACTOR_READY_SECONDS:g} s: the cluster has no free resources for "
+                "--ray-actors actors of --ray-cpus-per-actor CPUs each"
+            )
+        )
+        raise InnerEyeBatchError(f"no Ray actor could load the model: {reason}")
+    return live, devices, unplaced
 
 
 def _cause(error: BaseException) -> str:

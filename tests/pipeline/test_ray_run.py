@@ -88,3 +88,25 @@ def test_a_killed_actor_still_gives_a_complete_correct_folder(case: ScaleCase, t
     assert isinstance(report, RunReport), report
     assert "actor death" in summary(out)["run"]["device"]
     assert_same_as_reference(case, out)
+
+
+def test_actors_the_cluster_has_no_room_for_are_stopped_and_the_run_goes_on(
+    case: ScaleCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ray-actors 2 on a cluster with one free CPU: the second actor was never placed, and the run waited for
+    it for ever before its first item. Now those not ready within ACTOR_READY_SECONDS are stopped and the
+    others run every item."""
+    import ray
+
+    from innereye_batch.pipeline import ray_executor
+
+    monkeypatch.setattr(ray_executor, "ACTOR_READY_SECONDS", 45.0)  # the one placed loads the model in seconds
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        out = tmp_path / "out"
+        report = run_batch(case.options(out, executor="ray", ray=TWO_ACTORS))
+    finally:
+        ray.shutdown()
+    assert report.exit_code == 1  # the case's broken series, as in a plain run
+    assert_same_as_reference(case, out)
+    assert summary(out)["run"]["device"] == "ray: 1 actor(s) on cpu"

@@ -106,6 +106,9 @@ def write_dicom_seg(
     if frame_numbers is not None:
         _refer_to_source_frames(segmentation, frame_numbers)
     carry_lossy_compression(segmentation, source_images)
+    shared = segmentation.SharedFunctionalGroupsSequence[0]
+    if labels.shape[0] == 1 and "PixelMeasuresSequence" in shared:  # one plane: no spacing between slices to
+        shared.PixelMeasuresSequence[0].pop("SpacingBetweenSlices", None)  # state (highdicom wrote 1 mm)
     set_character_set(segmentation, _our_texts(segmentation), source_images[0])
     if "PlaneOrientationSequence" not in segmentation.SharedFunctionalGroupsSequence[0]:
         # A source without a top-level position (a UIH grid: its tiles' positions are private), so highdicom wrote

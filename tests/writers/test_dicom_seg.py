@@ -569,3 +569,12 @@ def test_a_seg_says_lossy_when_its_images_lie_in_a_lossy_transfer_syntax_without
 
     assert seg.LossyImageCompression == "01"
     assert seg.LossyImageCompressionMethod == "ISO_10918_1" and "LossyImageCompressionRatio" not in seg
+
+
+def test_a_seg_of_one_slice_states_no_spacing_between_slices(tmp_path: Path) -> None:
+    """highdicom wrote SpacingBetweenSlices 1 mm for a single plane whatever the slice (3 mm thick here), against
+    the NIfTI's and predictions.json's 3 mm (a reviewer's probe): one plane has no spacing to state."""
+    series = series_info_from(write_series(tmp_path / "dicom", shape=(1, 12, 10), spacing=(3.0, 0.8, 0.7)))
+    seg = pydicom.dcmread(_written_and_checked(tmp_path, series, "segmentation"))
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == 3.0 and "SpacingBetweenSlices" not in measures

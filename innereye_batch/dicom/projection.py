@@ -17,8 +17,9 @@ A classification model trained on 16-bit grey PNGs (PadChest's format) must see 
    - without a VOI (none in the file, or ``apply_voi=False``): the range the modality LUT can produce from the
      Bits Stored range, computed the same way (so a 12-bit image spans 0..4095 -> 0..1 whatever it holds).
 
-   ``scaling="min_max"`` maps the image's own minimum and maximum (after steps 1-2) to 0 and 1 instead (a
-   constant image gives 0 everywhere). Values are clipped to [0, 1].
+   ``scaling="min_max"`` maps the image's own minimum and maximum (after steps 1-2) to 0 and 1 instead.
+   Values are clipped to [0, 1]. A VOI LUT whose entries use fewer bits than its descriptor says (16 for 12-bit
+   entries, as some CRs write) is scaled by the bits its entries use.
 4. **MONOCHROME1 inverted**: ``1 - value``, so that bright means dense (bone white), as in MONOCHROME2.
 5. **To uint16**: ``round(value * 65535)``: the full 16-bit range [0, 65535].
 
@@ -26,8 +27,10 @@ Refused with ``DicomError`` naming the file and the cause: colour or other non-g
 interpretations, DX/MG/IO images "FOR PROCESSING" (raw detector data, not what a PNG was made from), a
 Presentation LUT Sequence, a Presentation LUT Shape that contradicts the photometric interpretation (INVERSE with
 MONOCHROME2, IDENTITY with MONOCHROME1: the DX module pairs them the other way), multi-frame files whose
-functional groups carry per-frame rescale or VOI (their frames could need different mappings), and LUTs whose
-descriptor and data disagree (entry bits other than 8 or 10-16, fewer entries than announced).
+functional groups carry per-frame rescale or VOI (their frames could need different mappings), LUTs whose
+descriptor and data disagree (entry bits other than 8 or 10-16, fewer entries than announced), decoded values
+outside the range Bits Stored allows (a JPEG 2000 stream of 16-bit values under BitsStored 12), and an image
+that is one value throughout once mapped (blank, or a window or LUT that every value falls outside of).
 """
 
 from __future__ import annotations
@@ -122,14 +125,18 @@ def _rescale(ds: Dataset) -> tuple[float, float] | None:
     return (float(slope), float(intercept)) if slope is not None and intercept is not None else None
 
 
-def lut_entries(item: Dataset, ds: Dataset, what: str) -> tuple[np.ndarray, int, int]:
+def lut_entries(item: Dataset, ds: Dataset, what: str, *, signed_input: bool = False) -> tuple[np.ndarray, int, int]:
     """A LUT item's (entries as int64, first value mapped, bits per entry), checked against its descriptor:
     ``DicomError`` when the entry bits are not 8 or 10-16 or the data holds fewer entries than announced.
-    OW data holds one entry per 16-bit word, or 8-bit entries packed one per byte."""
+    OW data holds one entry per 16-bit word, or 8-bit entries packed one per byte. ``signed_input``: the values
+    looked up can be negative, so the first value mapped is SS (PS3.3 C.11.2.1.1), even where a file wrote it
+    as US (63488 for -2048: every value would fall below the table)."""
     descriptor = [int(v) for v in item.LUTDescriptor]
     if len(descriptor) != 3:
         raise DicomError(f"{what}: LUT Descriptor has {len(descriptor)} values, not 3")
     count, first, bits = descriptor[0] or 2**16, descriptor[1], descriptor[2]
+    if signed_input and first >= 2**15:
+        first -= 2**16
     if bits != 8 and not 10 <= bits <= 16:
         raise DicomError(f"{what}: LUT Descriptor gives {bits} bits per entry (8 or 10-16 allowed)")
     data = item.LUTData
@@ -180,18 +187,29 @@ def png_convention(
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"photometric interpretation {photometric or '(missing)'} is not grey (MONOCHROME1/2)")
+    stored_low, stored_high = stored_value_range(ds)
+    if stored.size and (int(stored.min()) < stored_low or int(stored.max()) > stored_high):
+        raise DicomError(
+            f"decoded values {int(stored.min())}..{int(stored.max())} lie outside the {stored_low}..{stored_high} "
+            f"that BitsStored {int(ds.BitsStored)} allows: the pixel data and its header disagree"
+        )
     modality_lut = ds.get("ModalityLUTSequence")
     if modality_lut:
-        entries, first, _ = lut_entries(modality_lut[0], ds, "Modality LUT Sequence")
+        entries, first, _ = lut_entries(modality_lut[0], ds, "Modality LUT Sequence", signed_input=stored_low < 0)
         values = _look_up(np.asarray(stored), entries, first)
     else:
         values = apply_modality_lut(np.asarray(stored), ds)
     kind = _voi_kind(ds) if apply_voi else None
     if kind == "lut":
-        entries, first, bits = lut_entries(ds.VOILUTSequence[0], ds, "VOI LUT Sequence")
+        signed = modality_output_range(ds)[0] < 0
+        entries, first, bits = lut_entries(ds.VOILUTSequence[0], ds, "VOI LUT Sequence", signed_input=signed)
         values = _look_up(values, entries, first)
-        low, high = 0.0, float(2**bits - 1)
         voi = "VOI LUT Sequence"
+        used = max(int(entries.max(initial=0)).bit_length(), 8)
+        if used < bits:  # a descriptor claiming more bits than its entries use (16 for 12-bit entries: Agfa CRs)
+            voi += f" (entries of {used} bits, though its descriptor says {bits})"
+            bits = used
+        low, high = 0.0, float(2**bits - 1)
     elif kind == "window":
         values = apply_windowing(values, _windowing_dataset(ds), index=0)
         low, high = modality_output_range(ds)
@@ -221,7 +239,13 @@ def png_convention(
         np.subtract(1.0, unit, out=unit)
     unit *= UINT16_MAX
     np.rint(unit, out=unit)
-    return MappedPixels(unit.astype(np.uint16), inverted, voi)
+    pixels = unit.astype(np.uint16)
+    if pixels.size and pixels.min() == pixels.max():
+        raise DicomError(
+            f"every pixel is {int(pixels[0, 0])} of 65535 after the modality and VOI transforms ({voi}): the model "
+            "would see a blank image"
+        )
+    return MappedPixels(pixels, inverted, voi)
 
 
 def _windowing_dataset(ds: Dataset) -> Dataset:

@@ -442,3 +442,53 @@ def test_each_frame_maps_as_the_same_image_in_a_single_frame_file(tmp_path: Path
         alone = projection_images(projection_dataset(frames[k], modality="DX", **header))[0]
         np.testing.assert_array_equal(image.pixels, alone.pixels)
         assert (image.voi, image.inverted) == ("VOI LUT Sequence", True)
+
+
+def test_decoded_values_outside_bits_stored_are_refused() -> None:
+    """A JPEG 2000 stream of 16-bit values under BitsStored 12: pydicom returns them unmasked, and the 12-bit
+    range pushed the image to white, classified (a reviewer's probe). The header and the data disagree: refused."""
+    stored = chest_values(12).astype(np.uint16)
+    ds = projection_dataset(stored, bits_stored=12)
+    too_wide = stored.copy()
+    too_wide[10, 10] = 50464
+    with pytest.raises(DicomError, match=r"0?\.\.50464 lie outside the 0\.\.4095 that BitsStored 12 allows"):
+        png_convention(too_wide, ds)
+    png_convention(stored, ds)  # the values the header allows pass
+
+
+@pytest.mark.parametrize("case", ["constant", "window outside the values", "lut below every value"])
+def test_an_image_that_maps_to_one_value_is_refused(case: str) -> None:
+    """The model would see a blank image, and classified it all the same (normal at 0.6)."""
+    stored = chest_values(12)
+    if case == "constant":
+        ds = projection_dataset(np.full_like(stored, 1000))
+    elif case == "window outside the values":
+        ds = projection_dataset(stored, window=(40000.0, 400.0))
+    else:
+        ds = projection_dataset(stored, voi_lut=(5000, 16, np.arange(100, dtype=np.uint16) * 600))
+    with pytest.raises(DicomError, match="would see a blank image"):
+        projection_images(ds)
+
+
+def test_a_signed_first_value_written_as_us_is_read_as_ss() -> None:
+    """-1500 written as US (64036) for signed values: read as +64036, every value fell below the table and the
+    image came out black, classified (a reviewer's probe; pydicom's own apply_voi_lut overflows on it)."""
+    stored = chest_values(12).astype(np.int16) - 2048
+    data = np.rint(np.linspace(0, 65535, 3000)).astype(np.uint16)
+    expected = reference(stored, bits=12, signed=True, voi_lut=(-1500, 16, data))
+    as_us = projection_dataset(stored, bits_stored=12, signed=True, voi_lut=(-1500, 16, data))
+    descriptor = as_us.VOILUTSequence[0]["LUTDescriptor"]
+    descriptor.VR, descriptor.value = "US", [len(data), 64036, 16]
+    np.testing.assert_array_equal(projection_images(as_us)[0].pixels, expected)
+
+
+def test_a_voi_lut_whose_descriptor_claims_16_bits_for_12_bit_entries_is_scaled_by_its_entries() -> None:
+    """Some CRs (Agfa's) write LUT Descriptor [4096, 0, 16] over entries 0..4095: scaled to 16 bits, the image
+    spanned 0..3154 of 65535 and was classified nearly black (a reviewer's probe)."""
+    stored = chest_values(12)
+    first, _, data = identity_voi_lut(12, lut_bits=12)
+    claimed = projection_images(projection_dataset(stored, voi_lut=(first, 16, data)))[0]
+    true = projection_images(projection_dataset(stored, voi_lut=(first, 12, data)))[0]
+    np.testing.assert_array_equal(claimed.pixels, true.pixels)
+    assert claimed.voi == "VOI LUT Sequence (entries of 12 bits, though its descriptor says 16)"
+    assert true.voi == "VOI LUT Sequence" and true.pixels.max() > 50000  # not the 3154 of the 16-bit scaling

@@ -151,6 +151,24 @@ def _check_finite(series: SeriesInfo, output: np.ndarray) -> None:
     )
 
 
+def _check_stored_range(uid: str, path: Path, header: _Header, frames: np.ndarray) -> None:
+    """SeriesError when decoded values lie outside what Bits Stored and Pixel Representation allow: a JPEG 2000
+    stream of 16-bit values under BitsStored 12 decodes to values the rescale was never meant for."""
+    bits = header.get("BitsStored")
+    if not bits or not frames.size:
+        return
+    bits = int(bits)
+    signed = header.get("PixelRepresentation") == 1
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    found = int(frames.min()), int(frames.max())
+    if found[0] < low or found[1] > high:
+        raise SeriesError(
+            uid,
+            f"{path}: decoded values {found[0]}..{found[1]} lie outside the {low}..{high} that BitsStored {bits} "
+            "allows: the pixel data and its header disagree",
+        )
+
+
 def _stack_label(series: SeriesInfo) -> str:
     return f"stack {series.stack} " if series.stack else ""
 
@@ -172,6 +190,8 @@ def _decode_file(
         header, frames = found if found is not None else _read_pixels(path, deflated)
         header, frames = tiles_as_frames(series, slots[0][1], header, frames)  # mosaic hook: tiles become frames
         _check_unchanged(series, path, slots, header)
+        if not native:  # a codec returns what its stream holds; native values are masked to Bits Stored
+            _check_stored_range(uid, path, header, frames)
     except SeriesError:
         raise
     except Exception as error:

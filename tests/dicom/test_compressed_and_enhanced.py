@@ -84,3 +84,21 @@ def test_enhanced_multiframe_with_shared_rescale_and_normal_to_feet(tmp_path: Pa
     series = only_series(tmp_path)
     assert series.geometry.is_close(truth.geometry)
     np.testing.assert_array_equal(load_volume(series).array, truth.voxels)
+
+
+def test_a_jpeg_2000_stream_of_values_beyond_bits_stored_fails_its_series(tmp_path: Path) -> None:
+    """A JPEG 2000 stream of 16-bit values under a header that says BitsStored 12: the codec returns the stream's
+    values (up to 5024 here: metal at 4000 HU), which the 12-bit header never allows; the volume would hold them
+    as if they were right. The series fails, saying why."""
+    from innereye_batch.errors import SeriesError
+
+    voxels = np.full((3, 36, 34), 40.0, dtype=np.float32)
+    voxels[1, 5:8, 3:6] = 4000.0
+    truth = write_series(tmp_path, voxels=voxels)
+    for path in truth.paths:
+        recode_file(path, JPEG2000Lossless)
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit = 12, 11  # the header alone: the codestream keeps its 16-bit values
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(SeriesError, match=r"decoded values 1064\.\.5024 lie outside the 0\.\.4095 that BitsStored 12"):
+        load_volume(only_series(tmp_path))

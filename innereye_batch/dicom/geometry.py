@@ -47,6 +47,16 @@ class Geometry:
         """The 3x3 direction matrix (columns: LPS unit vectors of the x, y, z index axes)."""
         return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
+    def axis_codes(self) -> str:
+        """Where the index axes (x, y, z) = (column, row, slice) point in the patient, one letter each, from the
+        nearest patient axis: ``"LPS"`` for the usual head-first supine axial stack (columns to the patient's left,
+        rows to posterior, slices to superior), ``"RPI"`` for a feet-first one."""
+        codes = []
+        for column in self.direction_matrix.T:
+            axis = int(np.argmax(np.abs(column)))
+            codes.append(("LR", "PA", "SI")[axis][0 if column[axis] > 0 else 1])
+        return "".join(codes)
+
     def lps_affine(self) -> np.ndarray:
         """4x4 matrix mapping a voxel index (x, y, z, 1) to its LPS position in mm."""
         affine = np.eye(4)

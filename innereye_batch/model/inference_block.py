@@ -26,13 +26,14 @@ from innereye_batch.model.spec import (
     Structure,
     SummedProbabilityRule,
     is_finite_number,
+    orientation_codes_valid,
     structure_names_problem,
 )
 
 BLOCK_VERSION = 1
 BLOCK_FIELDS = (
     "version", "task", "structures", "architecture", "channels", "normalisation", "target_spacing",
-    "patch_size", "stride", "stitching", "size_multiple", "postprocessing",
+    "patch_size", "stride", "stitching", "size_multiple", "postprocessing", "orientation",
 )  # fmt: skip
 EXAMPLES = {
     "version": '"version": 1',
@@ -47,6 +48,8 @@ EXAMPLES = {
     "stride": '"stride": [64, 256, 256]',
     "stitching": '"stitching": "average"   ("gaussian" or "average"; "average" reproduces InnerEye)',
     "size_multiple": '"size_multiple": 16',
+    "orientation": '"orientation": "LPS"   (x, y, z of the training stacks: columns to the left, rows to posterior, '
+    "slices to superior; null takes any)",
     "postprocessing": '"postprocessing": {"posterior_smoothing_mm": [2.0, 2.0, 3.0], '
     '"largest_component": "all", "fill_holes": ["bladder"]}',
     "model_name": '{"model_name": "Lung", "checkpoint_paths": ["checkpoints/last.ckpt"]}',
@@ -404,8 +407,17 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
         else _triple(fields, "target_spacing", spacing, integer=False, minimum=1e-6),
         inference=_inference(fields, block, architecture),
         postprocessing=_postprocessing(fields, block.get("postprocessing"), structures),
+        orientation=_orientation(fields, block.get("orientation")),
     )
     return {"task_spec": task_spec, "architecture": architecture, "channels": channels}
+
+
+def _orientation(fields: Fields, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not orientation_codes_valid(value.upper()):
+        raise fields.error("orientation", f"must be three letters, one of L/R, P/A and S/I each, got {value!r}")
+    return value.upper()
 
 
 def _classification_settings(block: dict[str, Any], file: Path, prefix: str) -> dict[str, Any]:

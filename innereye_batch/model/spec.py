@@ -216,6 +216,12 @@ def _as_read(label: str) -> str:
     return visible.strip().casefold()
 
 
+def orientation_codes_valid(codes: str) -> bool:
+    """Whether ``codes`` names three patient axes, one letter of each pair (``"LPS"``, ``"RPI"``, ``"PSL"``...)."""
+    axes = [next((i for i, pair in enumerate(("LR", "PA", "SI")) if c in pair), -1) for c in codes]
+    return sorted(axes) == [0, 1, 2]
+
+
 @dataclass(frozen=True)
 class SegmentationSpec:
     """The segmentation-specific part of a model: structures, how volumes are fed, how posteriors become labels.
@@ -230,6 +236,10 @@ class SegmentationSpec:
     target_spacing: tuple[float, float, float] | None = None
     inference: InferenceSpec = InferenceSpec()
     postprocessing: PostProcessing = PostProcessing()
+    orientation: str | None = None
+    """Where the training stacks' index axes (x, y, z) pointed, as ``Geometry.axis_codes`` writes it (``"LPS"``:
+    head-first supine axial); a series whose axes point elsewhere is refused. None: any, fed as stored (as
+    InnerEye does: a feet-first series is then seen mirrored)."""
     activation: Literal["softmax"] = "softmax"
     """Applied to the network's logits per patch before stitching and averaging (InnerEye's posteriors)."""
 
@@ -242,6 +252,8 @@ class SegmentationSpec:
         problem = structure_names_problem(names)
         if problem:
             raise ValueError(f"{problem[0]}: {problem[1]}")
+        if self.orientation is not None and not orientation_codes_valid(self.orientation):
+            raise ValueError(f"orientation {self.orientation!r} must be three letters, one of L/R, P/A and S/I each")
         for rule, listed in self.postprocessing.named_structures().items():
             unknown = [n for n in listed if n not in names]
             if unknown:
@@ -322,6 +334,8 @@ class ModelPackage:
         for key in ("summed_probability_rules", "slice_exclusion_rules"):  # added later: when unset, a package
             if not post.get(key):  # keeps the fingerprint it had before (its outputs are the same)
                 post.pop(key, None)
+        if settings["task_spec"].get("orientation", 0) is None:  # added later, as those
+            settings["task_spec"].pop("orientation")
         inference = settings["task_spec"].get("inference") or {}
         multiple = inference.get("size_multiple")
         if multiple is not None and len(set(multiple)) == 1:  # one number before per-axis multiples: kept so

@@ -90,11 +90,31 @@ def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[s
     return reasons
 
 
+def _turned(item: WorkItem, package: ModelPackage) -> list[str]:
+    """The primary series, when its axes point elsewhere than the training stacks' (the model's ``orientation``):
+    fed as stored, it would be seen mirrored or turned (a feet-first stack: left and right swapped)."""
+    wanted = package.segmentation.orientation if package.task == "segmentation" else None
+    codes = item.primary.geometry.axis_codes()
+    if wanted is None or codes == wanted:
+        return []
+    return [
+        f"{item.primary.key}: its columns, rows and slices run towards {_directions(codes)} ({codes}); the model "
+        f"was trained on stacks running towards {_directions(wanted)} ({wanted}) and would see this one mirrored "
+        "or turned"
+    ]
+
+
+def _directions(codes: str) -> str:
+    names = {"L": "left", "R": "right", "P": "posterior", "A": "anterior", "S": "superior", "I": "inferior"}
+    return ", ".join(names[c] for c in codes)
+
+
 def _unfit(item: WorkItem, formats: Sequence[OutputFormat], package: ModelPackage, max_voxels: int) -> list[str]:
     """Why the item cannot run: fatal scan problems of its series, grids over the voxel limit, and outputs its
     primary series cannot get."""
     reasons = [f"{s.key}: {p}" for s in item.inputs for p in s.fatal_problems]
     reasons += _too_large(item, package, max_voxels)
+    reasons += _turned(item, package)
     for output in formats:
         why = output.needs(item.primary) if output.needs is not None else None
         if why:

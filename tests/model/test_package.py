@@ -125,6 +125,9 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"architecture": {**TINY_ARCHITECTURE, "num_downsampling_paths": "2"}}, "do not build the network"),
         ({"architecture": {**TINY_ARCHITECTURE, "initial_feature_channels": 4.0}}, "do not build the network"),
         ({"architecture": {**TINY_ARCHITECTURE, "padding_mode": "no_padding"}}, "'no_padding' cannot run"),
+        ({"orientation": "LPQ"}, "'inference.orientation': must be three letters, one of L/R, P/A and S/I each"),
+        ({"orientation": "LRS"}, "one of L/R, P/A and S/I each"),
+        ({"orientation": ["L", "P", "S"]}, "one of L/R, P/A and S/I each"),
     ],
 )
 def test_invalid_values_are_reported(tmp_path: Path, block: dict[str, Any], change: dict, expected: str) -> None:

@@ -189,6 +189,7 @@ def _as_before(package: Any, *, rules: bool) -> str:
     """The fingerprint as the version before 2026-11-27 computed it: one size multiple, no revised results."""
     settings = asdict(package)
     settings.pop("folder")
+    assert settings["task_spec"].pop("orientation") is None  # no such field then
     if not rules:
         for key in ("summed_probability_rules", "slice_exclusion_rules"):
             del settings["task_spec"]["postprocessing"][key]

@@ -19,6 +19,8 @@ import numpy as np
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
+_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+"""The ways to give the patient axes (L, P, S) to the index axes (x, y, z)."""
 # Flip of the first two axes: LPS <-> RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -48,14 +50,25 @@ class Geometry:
         return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
     def axis_codes(self) -> str:
-        """Where the index axes (x, y, z) = (column, row, slice) point in the patient, one letter each, from the
-        nearest patient axis: ``"LPS"`` for the usual head-first supine axial stack (columns to the patient's left,
-        rows to posterior, slices to superior), ``"RPI"`` for a feet-first one."""
-        codes = []
-        for column in self.direction_matrix.T:
-            axis = int(np.argmax(np.abs(column)))
-            codes.append(("LR", "PA", "SI")[axis][0 if column[axis] > 0 else 1])
-        return "".join(codes)
+        """Where the index axes (x, y, z) = (column, row, slice) point in the patient, one letter each: ``"LPS"``
+        for the usual head-first supine axial stack (columns to the patient's left, rows to posterior, slices to
+        superior), ``"RPI"`` for a feet-first one. The patient axes are given to the index axes together (the
+        assignment closest to the directions), so the three letters name three different axes."""
+        codes = ""
+        for axis, component in zip(self._nearest_axes(), self.direction_matrix.T, strict=True):
+            codes += ("LR", "PA", "SI")[axis][0 if component[axis] > 0 else 1]
+        return codes
+
+    def axes_ambiguous(self, margin: float = 0.1) -> bool:
+        """Whether an index axis lies about as close to another patient axis as to its own (an oblique stack near
+        45 degrees): within ``margin`` of cosine, a rounding in its header could change ``axis_codes``."""
+        matrix = np.abs(self.direction_matrix)
+        scores = sorted(sum(matrix[row, column] for column, row in enumerate(p)) for p in _PERMUTATIONS)
+        return bool(scores[-1] - scores[-2] < margin)
+
+    def _nearest_axes(self) -> tuple[int, ...]:
+        matrix = np.abs(self.direction_matrix)
+        return max(_PERMUTATIONS, key=lambda p: sum(matrix[row, column] for column, row in enumerate(p)))
 
     def lps_affine(self) -> np.ndarray:
         """4x4 matrix mapping a voxel index (x, y, z, 1) to its LPS position in mm."""

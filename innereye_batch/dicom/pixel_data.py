@@ -330,3 +330,12 @@ def _expected_bytes(fields: Mapping[Any, Any]) -> int | None:
     if samples != 1 or bits % 8 or min(rows, columns, frames, bits) < 1:  # the scan names a size that is none
         return None
     return rows * columns * frames * bits // 8
+
+
+def outside_bits_stored(found_min: int, found_max: int, low: int, high: int) -> bool:
+    """Whether decoded values ``found_min..found_max`` are more than the range ``low..high`` Bits Stored allows
+    can hold: beyond it by over a sixteenth of its span (values of a wider stream: 16-bit values under BitsStored
+    12). A lossy JPEG 2000 stream coded at a higher precision overshoots the range by a little where it rings
+    (4107 under 12 bits): those values are kept, and clipped where a range is mapped."""
+    margin = (high - low + 1) // 16
+    return found_min < low - margin or found_max > high + margin

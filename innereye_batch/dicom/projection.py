@@ -18,8 +18,8 @@ A classification model trained on 16-bit grey PNGs (PadChest's format) must see 
      Bits Stored range, computed the same way (so a 12-bit image spans 0..4095 -> 0..1 whatever it holds).
 
    ``scaling="min_max"`` maps the image's own minimum and maximum (after steps 1-2) to 0 and 1 instead.
-   Values are clipped to [0, 1]. A VOI LUT whose entries use fewer bits than its descriptor says (16 for 12-bit
-   entries, as some CRs write) is scaled by the bits its entries use.
+   Values are clipped to [0, 1]. A VOI LUT whose descriptor says 16 bits for entries of 12 bits or fewer (as some
+   CRs write) is scaled by the bits its entries use.
 4. **MONOCHROME1 inverted**: ``1 - value``, so that bright means dense (bone white), as in MONOCHROME2.
 5. **To uint16**: ``round(value * 65535)``: the full 16-bit range [0, 65535].
 
@@ -29,7 +29,7 @@ Presentation LUT Sequence, a Presentation LUT Shape that contradicts the photome
 MONOCHROME2, IDENTITY with MONOCHROME1: the DX module pairs them the other way), multi-frame files whose
 functional groups carry per-frame rescale or VOI (their frames could need different mappings), LUTs whose
 descriptor and data disagree (entry bits other than 8 or 10-16, fewer entries than announced), decoded values
-outside the range Bits Stored allows (a JPEG 2000 stream of 16-bit values under BitsStored 12), and an image
+well outside the range Bits Stored allows (a JPEG 2000 stream of 16-bit values under BitsStored 12), and an image
 that is one value throughout once mapped (blank, or a window or LUT that every value falls outside of).
 """
 
@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from pydicom.dataset import Dataset
 
+from innereye_batch.dicom.pixel_data import outside_bits_stored
 from innereye_batch.errors import DicomError
 
 Scaling = Literal["full_range", "min_max"]
@@ -188,7 +189,7 @@ def png_convention(
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"photometric interpretation {photometric or '(missing)'} is not grey (MONOCHROME1/2)")
     stored_low, stored_high = stored_value_range(ds)
-    if stored.size and (int(stored.min()) < stored_low or int(stored.max()) > stored_high):
+    if stored.size and outside_bits_stored(int(stored.min()), int(stored.max()), stored_low, stored_high):
         raise DicomError(
             f"decoded values {int(stored.min())}..{int(stored.max())} lie outside the {stored_low}..{stored_high} "
             f"that BitsStored {int(ds.BitsStored)} allows: the pixel data and its header disagree"
@@ -206,7 +207,7 @@ def png_convention(
         values = _look_up(values, entries, first)
         voi = "VOI LUT Sequence"
         used = max(int(entries.max(initial=0)).bit_length(), 8)
-        if used < bits:  # a descriptor claiming more bits than its entries use (16 for 12-bit entries: Agfa CRs)
+        if bits == 16 and used <= 12:  # a descriptor claiming 16 bits for 12-bit entries (Agfa CRs write it)
             voi += f" (entries of {used} bits, though its descriptor says {bits})"
             bits = used
         low, high = 0.0, float(2**bits - 1)

@@ -94,8 +94,16 @@ def _turned(item: WorkItem, package: ModelPackage) -> list[str]:
     """The primary series, when its axes point elsewhere than the training stacks' (the model's ``orientation``):
     fed as stored, it would be seen mirrored or turned (a feet-first stack: left and right swapped)."""
     wanted = package.segmentation.orientation if package.task == "segmentation" else None
-    codes = item.primary.geometry.axis_codes()
-    if wanted is None or codes == wanted:
+    if wanted is None:
+        return []
+    geometry = item.primary.geometry
+    if geometry.axes_ambiguous():
+        return [
+            f"{item.primary.key}: its axes lie about 45 degrees between the patient's, so which way it runs cannot be "
+            f"told against the model's training stacks ({wanted})"
+        ]
+    codes = geometry.axis_codes()
+    if codes == wanted:
         return []
     return [
         f"{item.primary.key}: its columns, rows and slices run towards {_directions(codes)} ({codes}); the model "

@@ -146,8 +146,10 @@ def _lossy_method(source: Dataset) -> str | None:
 
 
 _LOSSY_SYNTAX_METHODS = {
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended
+    **dict.fromkeys(  # JPEG Baseline, Extended, and the retired lossy processes (spectral, progressive, hierarchical)
+        (f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 52, 53, 54, 55, 56, 59, 60, 61, 62, 63, 64)), "ISO_10918_1"
+    ),
+    "1.2.840.10008.1.2.4.111": "ISO_10918_1",  # JPEG XL recompression of a (lossy) JPEG
     **dict.fromkeys(("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101"), "ISO_13818_2"),  # MPEG2
     **dict.fromkeys((f"1.2.840.10008.1.2.4.{n}" for n in range(102, 107)), "ISO_14496_10"),  # MPEG-4 AVC
     **dict.fromkeys(("1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108"), "ISO_23008_2"),  # HEVC

@@ -492,3 +492,27 @@ def test_a_voi_lut_whose_descriptor_claims_16_bits_for_12_bit_entries_is_scaled_
     np.testing.assert_array_equal(claimed.pixels, true.pixels)
     assert claimed.voi == "VOI LUT Sequence (entries of 12 bits, though its descriptor says 16)"
     assert true.voi == "VOI LUT Sequence" and true.pixels.max() > 50000  # not the 3154 of the 16-bit scaling
+
+
+def test_a_lossy_stream_that_overshoots_bits_stored_a_little_is_kept() -> None:
+    """A lossy JPEG 2000 stream coded at a higher precision than BitsStored rings past the range's end (4107 under
+    12 bits, a reviewer's probe at 40:1): kept and clipped by the mapping, not refused as a wider stream is."""
+    stored = chest_values(12).astype(np.uint16)
+    ds = projection_dataset(stored, bits_stored=12)
+    ringing = stored.copy()
+    ringing[10, 10] = 4107
+    mapped = png_convention(ringing, ds).pixels
+    assert mapped[10, 10] == 65535
+    np.testing.assert_array_equal(
+        np.delete(mapped.ravel(), 10 * 48 + 10), np.delete(png_convention(stored, ds).pixels.ravel(), 10 * 48 + 10)
+    )
+
+
+def test_a_16_bit_voi_lut_that_does_not_reach_its_top_keeps_its_16_bits() -> None:
+    """Only the known quirk (16 bits claimed for entries of 12 bits or fewer) is scaled by its entries: a 16-bit
+    table whose top entry is 30000 is a conforming LUT, scaled as its descriptor says."""
+    stored = chest_values(12)
+    data = np.rint(np.arange(4096) * 30000 / 4095).astype(np.uint16)
+    image = projection_images(projection_dataset(stored, voi_lut=(0, 16, data)))[0]
+    np.testing.assert_array_equal(image.pixels, reference(stored, bits=12, voi_lut=(0, 16, data)))
+    assert image.voi == "VOI LUT Sequence"

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner
 
 from innereye_batch.cli import app
@@ -88,3 +89,35 @@ def test_a_model_without_an_orientation_takes_every_stack_as_stored(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert {row["status"] for row in _statuses(out).values()} == {"ok"}
     assert set(_statuses(out)) == set(uids.values())
+
+
+def test_a_stack_at_45_degrees_gets_three_different_axes_and_is_ambiguous() -> None:
+    """Each axis coded on its own gave "LIL" for columns at 45 degrees between left and anterior (a reviewer's
+    probe), and a rounding of the header flipped the codes: now the axes are given together, and such a stack is
+    ambiguous (a model stating an orientation refuses it)."""
+    from innereye_batch.dicom.geometry import Geometry
+
+    c = float(np.sqrt(0.5))
+    row, column = np.array([c, -c, 0.0]), np.array([0.0, 0.0, -1.0])
+    direction = np.stack([row, column, np.cross(row, column)], axis=1)
+    at_45 = Geometry((4, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(direction.ravel()))
+    codes = at_45.axis_codes()
+    assert sorted(next(i for i, pair in enumerate(("LR", "PA", "SI")) if ch in pair) for ch in codes) == [0, 1, 2]
+    assert at_45.axes_ambiguous()
+    axial = Geometry((4, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    assert axial.axis_codes() == "LPS" and not axial.axes_ambiguous()
+
+
+def test_a_model_with_an_orientation_refuses_a_stack_at_45_degrees(tmp_path: Path) -> None:
+    c = float(np.sqrt(0.5))
+    uid = write_series(
+        tmp_path / "scans" / "oblique", shape=(6, 24, 20), row_direction=(c, c, 0.0), column_direction=(-c, c, 0.0)
+    ).series_instance_uid
+    model = _model(tmp_path / "model", "LPS")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["run", "--model", str(model), "--input", str(tmp_path / "scans"), "--output", str(out), "--workers", "0"]
+    )
+    assert result.exit_code == 1, result.output
+    row = _statuses(out)[uid]
+    assert row["status"] == "failed" and "about 45 degrees between the patient's" in row["reason"]

@@ -100,7 +100,7 @@ def test_actors_the_cluster_has_no_room_for_are_stopped_and_the_run_goes_on(
 
     from innereye_batch.pipeline import ray_executor
 
-    monkeypatch.setattr(ray_executor, "ACTOR_READY_SECONDS", 45.0)  # the one placed loads the model in seconds
+    monkeypatch.setattr(ray_executor, "ACTOR_READY_SECONDS", 120.0)  # the one placed is ready in seconds
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         out = tmp_path / "out"

@@ -578,3 +578,20 @@ def test_a_seg_of_one_slice_states_no_spacing_between_slices(tmp_path: Path) -> 
     seg = pydicom.dcmread(_written_and_checked(tmp_path, series, "segmentation"))
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SliceThickness) == 3.0 and "SpacingBetweenSlices" not in measures
+
+
+@pytest.mark.parametrize(
+    ("syntax", "lossy"),
+    [("1.2.840.10008.1.2.4.55", True), ("1.2.840.10008.1.2.4.111", True), ("1.2.840.10008.1.2.4.57", False)],
+    ids=["jpeg-progressive", "jpeg-xl-recompression", "jpeg-lossless"],
+)
+def test_retired_lossy_jpeg_processes_and_jpeg_xl_recompression_are_lossy(syntax: str, lossy: bool) -> None:
+    from pydicom.dataset import FileMetaDataset
+
+    from innereye_batch.writers.dicom_seg import carry_lossy_compression
+
+    source, derived = pydicom.Dataset(), pydicom.Dataset()
+    source.file_meta = FileMetaDataset()
+    source.file_meta.TransferSyntaxUID = syntax
+    carry_lossy_compression(derived, [source])
+    assert derived.get("LossyImageCompression") == ("01" if lossy else None)

@@ -62,13 +62,17 @@ class Geometry:
     def axes_ambiguous(self, margin: float = 0.1) -> bool:
         """Whether an index axis lies about as close to another patient axis as to its own (an oblique stack near
         45 degrees): within ``margin`` of cosine, a rounding in its header could change ``axis_codes``."""
-        matrix = np.abs(self.direction_matrix)
-        scores = sorted(sum(matrix[row, column] for column, row in enumerate(p)) for p in _PERMUTATIONS)
-        return bool(scores[-1] - scores[-2] < margin)
+        (best, _), (second, _) = self._ranked_assignments()[:2]
+        return bool(best - second < margin)
 
     def _nearest_axes(self) -> tuple[int, ...]:
+        return self._ranked_assignments()[0][1]
+
+    def _ranked_assignments(self) -> list[tuple[float, tuple[int, ...]]]:
+        """Each way of giving the patient axes to the index axes, with the sum of the cosines it keeps, best first."""
         matrix = np.abs(self.direction_matrix)
-        return max(_PERMUTATIONS, key=lambda p: sum(matrix[row, column] for column, row in enumerate(p)))
+        scored = [(float(sum(matrix[row, column] for column, row in enumerate(p))), p) for p in _PERMUTATIONS]
+        return sorted(scored, reverse=True)
 
     def lps_affine(self) -> np.ndarray:
         """4x4 matrix mapping a voxel index (x, y, z, 1) to its LPS position in mm."""

@@ -332,10 +332,21 @@ def _expected_bytes(fields: Mapping[Any, Any]) -> int | None:
     return rows * columns * frames * bits // 8
 
 
-def outside_bits_stored(found_min: int, found_max: int, low: int, high: int) -> bool:
-    """Whether decoded values ``found_min..found_max`` are more than the range ``low..high`` Bits Stored allows
-    can hold: beyond it by over a sixteenth of its span (values of a wider stream: 16-bit values under BitsStored
-    12). A lossy JPEG 2000 stream coded at a higher precision overshoots the range by a little where it rings
-    (4107 under 12 bits): those values are kept, and clipped where a range is mapped."""
+def bits_stored_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The range of stored values that Bits Stored and Pixel Representation allow."""
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def stored_range_problem(found_min: int, found_max: int, bits: int, signed: bool) -> str | None:
+    """Why decoded values ``found_min..found_max`` cannot be what Bits Stored says, or None: they lie beyond its
+    range by over a sixteenth of its span (values of a wider stream: 16-bit values under BitsStored 12). A lossy
+    JPEG 2000 stream coded at a higher precision overshoots the range by a little where it rings (4107 under 12
+    bits): those values are kept, and clipped where a range is mapped."""
+    low, high = bits_stored_range(bits, signed)
     margin = (high - low + 1) // 16
-    return found_min < low - margin or found_max > high + margin
+    if low - margin <= found_min and found_max <= high + margin:
+        return None
+    return (
+        f"decoded values {found_min}..{found_max} lie outside the {low}..{high} that BitsStored {bits} allows: "
+        "the pixel data and its header disagree"
+    )

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from pydicom.dataset import Dataset
 
-from innereye_batch.dicom.pixel_data import outside_bits_stored
+from innereye_batch.dicom.pixel_data import bits_stored_range, stored_range_problem
 from innereye_batch.errors import DicomError
 
 Scaling = Literal["full_range", "min_max"]
@@ -99,10 +99,7 @@ class ProjectionImage:
 
 def stored_value_range(ds: Dataset) -> tuple[int, int]:
     """The range of stored values that Bits Stored and Pixel Representation allow."""
-    bits = int(ds.BitsStored)
-    if int(ds.get("PixelRepresentation", 0)) == 1:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
+    return bits_stored_range(int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1)
 
 
 def modality_output_range(ds: Dataset) -> tuple[float, float]:
@@ -188,15 +185,14 @@ def png_convention(
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"photometric interpretation {photometric or '(missing)'} is not grey (MONOCHROME1/2)")
-    stored_low, stored_high = stored_value_range(ds)
-    if stored.size and outside_bits_stored(int(stored.min()), int(stored.max()), stored_low, stored_high):
-        raise DicomError(
-            f"decoded values {int(stored.min())}..{int(stored.max())} lie outside the {stored_low}..{stored_high} "
-            f"that BitsStored {int(ds.BitsStored)} allows: the pixel data and its header disagree"
-        )
+    signed_stored = stored_value_range(ds)[0] < 0
+    if stored.size:
+        problem = stored_range_problem(int(stored.min()), int(stored.max()), int(ds.BitsStored), signed_stored)
+        if problem:
+            raise DicomError(problem)
     modality_lut = ds.get("ModalityLUTSequence")
     if modality_lut:
-        entries, first, _ = lut_entries(modality_lut[0], ds, "Modality LUT Sequence", signed_input=stored_low < 0)
+        entries, first, _ = lut_entries(modality_lut[0], ds, "Modality LUT Sequence", signed_input=signed_stored)
         values = _look_up(np.asarray(stored), entries, first)
     else:
         values = apply_modality_lut(np.asarray(stored), ds)

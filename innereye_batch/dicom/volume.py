@@ -33,7 +33,7 @@ from innereye_batch.dicom.codecs import register_decoders
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.mosaic import tiles_as_frames
 from innereye_batch.dicom.photometric import PROJECTION_MODALITIES, invert_stored
-from innereye_batch.dicom.pixel_data import outside_bits_stored, transfer_syntax_of
+from innereye_batch.dicom.pixel_data import stored_range_problem, transfer_syntax_of
 from innereye_batch.dicom.regrid import Regridding
 from innereye_batch.dicom.series import SeriesInfo, SliceRef
 from innereye_batch.dicom.stacks import ORIENTATION_TOLERANCE
@@ -152,22 +152,14 @@ def _check_finite(series: SeriesInfo, output: np.ndarray) -> None:
 
 
 def _check_stored_range(uid: str, path: Path, header: _Header, frames: np.ndarray) -> None:
-    """SeriesError when decoded values lie well outside what Bits Stored and Pixel Representation allow
-    (``outside_bits_stored``): a JPEG 2000 stream of 16-bit values under BitsStored 12 decodes to values the
-    rescale was never meant for."""
+    """SeriesError when decoded values lie well outside what Bits Stored allows (``stored_range_problem``): a JPEG
+    2000 stream of 16-bit values under BitsStored 12 decodes to values the rescale was never meant for."""
     bits = header.get("BitsStored")
-    if not bits or not frames.size:
-        return
-    bits = int(bits)
-    signed = header.get("PixelRepresentation") == 1
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    found = int(frames.min()), int(frames.max())
-    if outside_bits_stored(*found, low, high):
-        raise SeriesError(
-            uid,
-            f"{path}: decoded values {found[0]}..{found[1]} lie outside the {low}..{high} that BitsStored {bits} "
-            "allows: the pixel data and its header disagree",
-        )
+    if bits and frames.size:
+        signed = header.get("PixelRepresentation") == 1
+        problem = stored_range_problem(int(frames.min()), int(frames.max()), int(bits), signed)
+        if problem:
+            raise SeriesError(uid, f"{path}: {problem}")
 
 
 def _stack_label(series: SeriesInfo) -> str:

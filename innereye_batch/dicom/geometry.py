@@ -18,6 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
+    import torch
 
 _PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 """The ways to give the patient axes (L, P, S) to the index axes (x, y, z)."""
@@ -64,6 +65,16 @@ class Geometry:
         45 degrees): within ``margin`` of cosine, a rounding in its header could change ``axis_codes``."""
         (best, _), (second, _) = self._ranked_assignments()[:2]
         return bool(best - second < margin)
+
+    def reorientation(self, codes: str) -> Reorientation:
+        """How to turn this grid's array so that its index axes (x, y, z) point as ``codes`` says (``"LPS"``): which
+        axes to swap and which to reverse, each to the nearest patient axis (``axis_codes``); no voxel moves in the
+        patient, none is interpolated."""
+        own = self.axis_codes()
+        patient_axis = {c: i for i, pair in enumerate(("LR", "PA", "SI")) for c in pair}
+        sources = tuple(next(i for i, c in enumerate(own) if patient_axis[c] == patient_axis[w]) for w in codes)
+        reversed_xyz = tuple(own[s] != w for s, w in zip(sources, codes, strict=True))
+        return Reorientation(source_axes_xyz=sources, reversed_xyz=reversed_xyz)
 
     def _nearest_axes(self) -> tuple[int, ...]:
         return self._ranked_assignments()[0][1]
@@ -140,3 +151,63 @@ class Geometry:
             "origin_mm": [round(float(o), 6) for o in self.origin],
             "direction": [round(float(d), 8) for d in self.direction],
         }
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """A swap and reversal of a grid's index axes: new index axis j (x, y, z) is source axis ``source_axes_xyz[j]``,
+    run backwards where ``reversed_xyz[j]``. Arrays are (z, y, x), with leading axes (channels) left alone."""
+
+    source_axes_xyz: tuple[int, ...]
+    reversed_xyz: tuple[bool, ...]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.source_axes_xyz == (0, 1, 2) and not any(self.reversed_xyz)
+
+    @property
+    def _permutation_zyx(self) -> tuple[int, ...]:
+        """For each new (z, y, x) array axis, the source array axis it is."""
+        return tuple(2 - self.source_axes_xyz[2 - a] for a in range(3))
+
+    @property
+    def _reversed_zyx(self) -> tuple[int, ...]:
+        """The new (z, y, x) array axes that run backwards."""
+        return tuple(2 - j for j in range(3) if self.reversed_xyz[j])
+
+    def shape(self, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The (z, y, x) shape (or spacing) of the turned grid."""
+        return tuple(shape_zyx[a] for a in self._permutation_zyx)  # type: ignore[return-value]
+
+    def geometry(self, source: Geometry) -> Geometry:
+        """The turned grid: every voxel keeps its position in the patient."""
+        matrix = source.direction_matrix
+        size_xyz = source.shape[::-1]
+        columns = []
+        first = [0.0, 0.0, 0.0]  # the source index (x, y, z) of the turned grid's voxel 0
+        for s, r in zip(self.source_axes_xyz, self.reversed_xyz, strict=True):
+            columns.append(-matrix[:, s] if r else matrix[:, s])
+            first[s] = size_xyz[s] - 1.0 if r else 0.0
+        origin = source.index_to_lps((first[2], first[1], first[0]))
+        return Geometry(
+            shape=self.shape(source.shape),
+            spacing=self.shape(source.spacing),  # type: ignore[arg-type]
+            origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in np.stack(columns, axis=1).ravel()),
+        )
+
+    def turn(self, array: torch.Tensor) -> torch.Tensor:
+        """A (..., z, y, x) tensor on the source grid, on the turned grid (a copy where anything moves)."""
+        if self.is_identity:
+            return array
+        lead = array.dim() - 3
+        turned = array.permute(*range(lead), *(lead + a for a in self._permutation_zyx))
+        reversed_axes = [lead + a for a in self._reversed_zyx]
+        return (turned.flip(reversed_axes) if reversed_axes else turned).contiguous()
+
+    def turn_back(self, array: np.ndarray) -> np.ndarray:
+        """A (z, y, x) array on the turned grid (a label map), back on the source grid, C-contiguous."""
+        if self.is_identity:
+            return array
+        unreversed = np.flip(array, self._reversed_zyx) if self._reversed_zyx else array
+        return np.ascontiguousarray(np.transpose(unreversed, np.argsort(self._permutation_zyx)))

@@ -34,6 +34,7 @@ BLOCK_VERSION = 1
 BLOCK_FIELDS = (
     "version", "task", "structures", "architecture", "channels", "normalisation", "target_spacing",
     "patch_size", "stride", "stitching", "size_multiple", "postprocessing", "orientation",
+    "reorient",
 )  # fmt: skip
 EXAMPLES = {
     "version": '"version": 1',
@@ -50,6 +51,8 @@ EXAMPLES = {
     "size_multiple": '"size_multiple": 16',
     "orientation": '"orientation": "LPS"   (x, y, z of the training stacks: columns to the left, rows to posterior, '
     "slices to superior; null takes any)",
+    "reorient": '"reorient": false   (with an orientation: refuse series whose axes run elsewhere; true, the default, '
+    "turns them to it)",
     "postprocessing": '"postprocessing": {"posterior_smoothing_mm": [2.0, 2.0, 3.0], '
     '"largest_component": "all", "fill_holes": ["bladder"]}',
     "model_name": '{"model_name": "Lung", "checkpoint_paths": ["checkpoints/last.ckpt"]}',
@@ -408,6 +411,7 @@ def parse_inference_block(block: Any, file: Path, *, prefix: str = "") -> dict[s
         inference=_inference(fields, block, architecture),
         postprocessing=_postprocessing(fields, block.get("postprocessing"), structures),
         orientation=_orientation(fields, block.get("orientation")),
+        reorient=_reorient(fields, block),
     )
     return {"task_spec": task_spec, "architecture": architecture, "channels": channels}
 
@@ -418,6 +422,19 @@ def _orientation(fields: Fields, value: Any) -> str | None:
     if not isinstance(value, str) or not orientation_codes_valid(value.upper()):
         raise fields.error("orientation", f"must be three letters, one of L/R, P/A and S/I each, got {value!r}")
     return value.upper()
+
+
+def _reorient(fields: Fields, block: dict[str, Any]) -> bool:
+    value = block.get("reorient", True)
+    if not isinstance(value, bool):
+        raise fields.error("reorient", f"must be true or false, got {value!r}")
+    if "reorient" in block and block.get("orientation") is None:
+        raise fields.error(
+            "reorient",
+            "says what to do with series in another orientation than the model's, but "
+            'the block states none ("orientation")',
+        )
+    return value
 
 
 def _classification_settings(block: dict[str, Any], file: Path, prefix: str) -> dict[str, Any]:

@@ -44,6 +44,8 @@ def _describe_segmentation(spec: SegmentationSpec) -> dict[str, Any]:
             "stride": list(inference.stride) if inference.stride else None,
             "stitching": inference.stitching,
             "size_multiple": list(inference.size_multiple),
+            "orientation": spec.orientation,
+            "other_orientations": None if spec.orientation is None else ("reoriented" if spec.reorient else "refused"),
         },
         "postprocessing": {
             "activation": spec.activation,
@@ -193,6 +195,11 @@ def _render_segmentation(report: dict[str, Any], console: Console) -> None:
         f"stitching: {expected['stitching']}   "
         f"size multiple: {expected['size_multiple']}"
     )
+    if expected["orientation"]:
+        console.print(
+            f"orientation: {expected['orientation']} (series whose axes run elsewhere are "
+            f"{expected['other_orientations']})"
+        )
     post = report["postprocessing"]
     console.print(
         f"post-processing: smoothing {post['posterior_smoothing_mm'] or 'none'} mm; largest component "

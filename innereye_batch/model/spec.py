@@ -238,8 +238,11 @@ class SegmentationSpec:
     postprocessing: PostProcessing = PostProcessing()
     orientation: str | None = None
     """Where the training stacks' index axes (x, y, z) pointed, as ``Geometry.axis_codes`` writes it (``"LPS"``:
-    head-first supine axial); a series whose axes point elsewhere is refused. None: any, fed as stored (as
-    InnerEye does: a feet-first series is then seen mirrored)."""
+    head-first supine axial); a series whose axes point elsewhere is turned to it (``reorient``) or refused. None:
+    any, fed as stored (as InnerEye does: a feet-first series is then seen mirrored)."""
+    reorient: bool = True
+    """With an ``orientation``: swap and reverse a series' axes to it before inference and turn the label map back
+    (no interpolation); False refuses such a series."""
     activation: Literal["softmax"] = "softmax"
     """Applied to the network's logits per patch before stitching and averaging (InnerEye's posteriors)."""
 
@@ -336,6 +339,7 @@ class ModelPackage:
                 post.pop(key, None)
         if settings["task_spec"].get("orientation", 0) is None:  # added later, as those
             settings["task_spec"].pop("orientation")
+            settings["task_spec"].pop("reorient")
         inference = settings["task_spec"].get("inference") or {}
         multiple = inference.get("size_multiple")
         if multiple is not None and len(set(multiple)) == 1:  # one number before per-axis multiples: kept so

@@ -91,8 +91,9 @@ def _too_large(item: WorkItem, package: ModelPackage, max_voxels: int) -> list[s
 
 
 def _turned(item: WorkItem, package: ModelPackage) -> list[str]:
-    """The primary series, when its axes point elsewhere than the training stacks' (the model's ``orientation``):
-    fed as stored, it would be seen mirrored or turned (a feet-first stack: left and right swapped)."""
+    """The primary series, when which way its axes run cannot be told (about 45 degrees between the patient's) and
+    the model states an ``orientation``; or when they run elsewhere and the model refuses to turn them: fed as
+    stored, it would be seen mirrored or turned (a feet-first stack: left and right swapped)."""
     wanted = package.segmentation.orientation if package.task == "segmentation" else None
     if wanted is None:
         return []
@@ -103,12 +104,12 @@ def _turned(item: WorkItem, package: ModelPackage) -> list[str]:
             f"told against the model's training stacks ({wanted})"
         ]
     codes = geometry.axis_codes()
-    if codes == wanted:
+    if codes == wanted or package.segmentation.reorient:
         return []
     return [
         f"{item.primary.key}: its columns, rows and slices run towards {_directions(codes)} ({codes}); the model "
         f"was trained on stacks running towards {_directions(wanted)} ({wanted}) and would see this one mirrored "
-        "or turned"
+        'or turned ("reorient": false)'
     ]
 
 

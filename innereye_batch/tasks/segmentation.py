@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from innereye_batch.boxes import nonzero_box
-from innereye_batch.dicom.geometry import Geometry
+from innereye_batch.dicom.geometry import Geometry, Reorientation
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import InnerEyeBatchError
 from innereye_batch.model.spec import ModelPackage, PostProcessing
@@ -170,6 +170,9 @@ class SegmentationPrediction:
     """Where the networks ran (``cpu``, ``cuda:0``); empty when not known."""
     precision: str = ""
     """What they computed in (``engine.sliding_window.precision_of``); empty when not known."""
+    reoriented_to: str = ""
+    """The model's orientation the image was turned to for inference (``labels`` are back on ``geometry``); empty
+    when it was fed as stored."""
 
     task: ClassVar[str] = "segmentation"
 
@@ -269,6 +272,7 @@ class SegmentationPredictor:
             peak_memory_gib=peak.gib,
             device=str(self.device),
             precision=precision_of(self.device, self.amp),
+            reoriented_to=(spec.orientation or "") if self.reorientation(volume.geometry) is not None else "",
         )
 
     def label_map(self, image: torch.Tensor, geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
@@ -281,9 +285,14 @@ class SegmentationPredictor:
         from innereye_batch.engine.preprocess import normalise, resample
 
         spec = self.package.segmentation
+        turn = self.reorientation(geometry)
+        if turn is not None:  # predicted on the model's axes, the label map turned back at the end
+            geometry = turn.geometry(geometry)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         image = image.to(self.device, non_blocking=True).float()
+        if turn is not None:
+            image = turn.turn(image)
         channels = [normalise(image[c], norm, channel_index=c) for c, norm in enumerate(spec.normalisation)]
         prepared = torch.stack(channels)
         if spec.target_spacing is not None:
@@ -320,8 +329,26 @@ class SegmentationPredictor:
             )
         else:
             labels = posterior_labels(posteriors, geometry.spacing, spec.postprocessing, spec.structure_names)
+        if turn is not None:
+            labels = turn.turn_back(labels)
         timings["postprocess"] = time.perf_counter() - start
         return labels, timings
+
+    def reorientation(self, geometry: Geometry) -> Reorientation | None:
+        """How a series on ``geometry`` is turned to the model's ``orientation`` before inference; None when it
+        is fed as stored (no orientation stated, or already the model's). Raises InnerEyeBatchError for a stack the
+        plan refuses (axes about 45 degrees between the patient's, or turned when the model does not reorient)."""
+        spec = self.package.segmentation
+        if spec.orientation is None:
+            return None
+        if geometry.axes_ambiguous():
+            raise InnerEyeBatchError(f"its axes lie about 45 degrees between the patient's ({spec.orientation} wanted)")
+        turn = geometry.reorientation(spec.orientation)
+        if turn.is_identity:
+            return None
+        if not spec.reorient:
+            raise InnerEyeBatchError(f"its axes run {geometry.axis_codes()}, the model's {spec.orientation}")
+        return turn
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

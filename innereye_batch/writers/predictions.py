@@ -19,8 +19,9 @@ from innereye_batch.tasks.segmentation import SegmentationPrediction
 from innereye_batch.text import printable
 from innereye_batch.writers.registry import OutputFormat, WriteContext
 
-SCHEMA_VERSION = "1.2"
-"""1.1: ``inference`` (the device and the precision the networks ran in) added."""
+SCHEMA_VERSION = "1.3"
+"""1.1: ``inference`` (the device and the precision the networks ran in) added. 1.3: ``input.axis_codes`` and
+``inference.reoriented`` (segmentation)."""
 SCHEMA_RESOURCE = "predictions.schema.json"
 CLASSIFICATION_SCHEMA_RESOURCE = "predictions.classification.schema.json"
 TOOL_NAME = "innereye-batch"
@@ -70,11 +71,13 @@ def build_predictions(
     device: str = "",
     precision: str = "",
     channels: Sequence[SeriesInfo] = (),
+    reoriented_to: str = "",
 ) -> dict[str, Any]:
     """The predictions document for one series; it validates against ``load_predictions_schema()``.
 
     ``geometry`` is the grid of the outputs (the source series' grid); ``channels``: every input series of a
-    multi-channel model, in channel order (``series`` first). Patient name and ID are never included.
+    multi-channel model, in channel order (``series`` first); ``reoriented_to``: the model's orientation the image
+    was turned to for inference. Patient name and ID are never included.
     """
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -87,6 +90,7 @@ def build_predictions(
             "pixel_spacing_source": series.pixel_spacing_source,
             "resampled_onto_regular_grid": resampled,
             **geometry.to_json(),
+            "axis_codes": geometry.axis_codes(),
         },
         "structures": [
             {
@@ -102,6 +106,8 @@ def build_predictions(
         "peak_memory_gib": {name: float(gib) for name, gib in (peak_memory_gib or {}).items()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if reoriented_to:
+        document["inference"]["reoriented"] = {"from": geometry.axis_codes(), "to": reoriented_to}
     if len(channels) > 1:  # every series the model read, in its channels' order
         document["input"]["channels"] = [
             {"name": channel.name, **_series_record(source)}
@@ -208,6 +214,7 @@ def _write(path: Path, prediction: SegmentationPrediction | ClassificationPredic
         device=prediction.device,
         precision=prediction.precision,
         channels=prediction.item.inputs,
+        reoriented_to=prediction.reoriented_to,
     )
     write_json(path, document)
 

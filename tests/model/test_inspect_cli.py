@@ -84,3 +84,21 @@ def test_inspect_shows_the_postprocessing_rules(tmp_path: Path, block: dict[str,
     text = CliRunner().invoke(app, ["inspect", "--model", str(folder)], env={"COLUMNS": "200"}).stdout
     assert "summed probability: liver + spleen against spleen" in text
     assert "slice exclusion: liver above spleen (liver dominates)" in text
+
+
+def test_inspect_shows_the_training_orientation_and_what_happens_to_others(
+    tmp_path: Path, block: dict[str, Any]
+) -> None:
+    plain = json.loads(
+        CliRunner().invoke(app, ["inspect", "--model", str(_folder(tmp_path / "a", block)), "--json"]).stdout
+    )
+    assert (plain["expected_input"]["orientation"], plain["expected_input"]["other_orientations"]) == (None, None)
+    for reorient, shown in ((True, "reoriented"), (False, "refused")):
+        folder = _folder(tmp_path / shown, {**block, "orientation": "RPI", "reorient": reorient})
+        report = json.loads(CliRunner().invoke(app, ["inspect", "--model", str(folder), "--json"]).stdout)
+        assert (report["expected_input"]["orientation"], report["expected_input"]["other_orientations"]) == (
+            "RPI",
+            shown,
+        )
+        text = CliRunner().invoke(app, ["inspect", "--model", str(folder)], env={"COLUMNS": "200"}).stdout
+        assert f"orientation: RPI (series whose axes run elsewhere are {shown})" in text

@@ -128,6 +128,8 @@ def test_missing_required_field_is_named_with_an_example(tmp_path: Path, block: 
         ({"orientation": "LPQ"}, "'inference.orientation': must be three letters, one of L/R, P/A and S/I each"),
         ({"orientation": "LRS"}, "one of L/R, P/A and S/I each"),
         ({"orientation": ["L", "P", "S"]}, "one of L/R, P/A and S/I each"),
+        ({"orientation": "LPS", "reorient": "no"}, "'inference.reorient': must be true or false, got 'no'"),
+        ({"reorient": False}, "'inference.reorient': says what to do with series in another orientation"),
     ],
 )
 def test_invalid_values_are_reported(tmp_path: Path, block: dict[str, Any], change: dict, expected: str) -> None:

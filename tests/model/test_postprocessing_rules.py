@@ -190,6 +190,7 @@ def _as_before(package: Any, *, rules: bool) -> str:
     settings = asdict(package)
     settings.pop("folder")
     assert settings["task_spec"].pop("orientation") is None  # no such field then
+    assert settings["task_spec"].pop("reorient") is True  # nor this one
     if not rules:
         for key in ("summed_probability_rules", "slice_exclusion_rules"):
             del settings["task_spec"]["postprocessing"][key]

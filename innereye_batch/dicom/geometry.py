@@ -60,11 +60,17 @@ class Geometry:
             codes += ("LR", "PA", "SI")[axis][0 if component[axis] > 0 else 1]
         return codes
 
-    def axes_ambiguous(self, margin: float = 0.1) -> bool:
-        """Whether an index axis lies about as close to another patient axis as to its own (an oblique stack near
-        45 degrees): within ``margin`` of cosine, a rounding in its header could change ``axis_codes``."""
-        (best, _), (second, _) = self._ranked_assignments()[:2]
-        return bool(best - second < margin)
+    def axes_ambiguous(self, margin: float = 0.05) -> bool:
+        """Whether an index axis lies about as close to another patient axis as to the one ``axis_codes`` gives it
+        (within ``margin`` of cosine: an oblique stack within about 2 degrees of 45 between two patient axes, or
+        tilted two ways so that one axis is nearer another patient axis): a rounding in its header could change
+        its codes, or its codes misname it."""
+        matrix = np.abs(self.direction_matrix)
+        for column, row in enumerate(self._nearest_axes()):
+            others = max(matrix[other, column] for other in range(3) if other != row)
+            if matrix[row, column] - others < margin:
+                return True
+        return False
 
     def reorientation(self, codes: str) -> Reorientation:
         """How to turn this grid's array so that its index axes (x, y, z) point as ``codes`` says (``"LPS"``): which
@@ -77,13 +83,7 @@ class Geometry:
         return Reorientation(source_axes_xyz=sources, reversed_xyz=reversed_xyz)
 
     def _nearest_axes(self) -> tuple[int, ...]:
-        return self._ranked_assignments()[0][1]
-
-    def _ranked_assignments(self) -> list[tuple[float, tuple[int, ...]]]:
-        """Each way of giving the patient axes to the index axes, with the sum of the cosines it keeps, best first."""
-        matrix = np.abs(self.direction_matrix)
-        scored = [(float(sum(matrix[row, column] for column, row in enumerate(p))), p) for p in _PERMUTATIONS]
-        return sorted(scored, reverse=True)
+        return nearest_patient_axes(self.direction_matrix)
 
     def lps_affine(self) -> np.ndarray:
         """4x4 matrix mapping a voxel index (x, y, z, 1) to its LPS position in mm."""
@@ -151,6 +151,14 @@ class Geometry:
             "origin_mm": [round(float(o), 6) for o in self.origin],
             "direction": [round(float(d), 8) for d in self.direction],
         }
+
+
+def nearest_patient_axes(direction: np.ndarray) -> tuple[int, ...]:
+    """For each index axis (x, y, z: the columns of a 3x3 direction matrix, LPS), the patient axis (0 L-R, 1 P-A,
+    2 S-I) it is given: the patient axes are given to the index axes together, the way that keeps the largest sum
+    of the cosines, so that the three index axes get three different patient axes."""
+    matrix = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
+    return max(_PERMUTATIONS, key=lambda p: sum(matrix[row, column] for column, row in enumerate(p)))
 
 
 @dataclass(frozen=True)

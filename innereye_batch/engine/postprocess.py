@@ -123,18 +123,20 @@ def apply_slice_exclusion_rules(labels: np.ndarray, rules: Sequence[tuple[int, i
 
 
 def feet_to_head(labels: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """A view of a (z, y, x) label map whose axis 0 runs from the feet to the head: the array axis whose direction
-    (a column of ``direction``, LPS) is nearest the head-foot axis, reversed when its index grows towards the feet.
+    """A view of a (z, y, x) label map whose axis 0 runs from the feet to the head: the array axis given the
+    head-foot axis (``geometry.nearest_patient_axes``, as ``Geometry.axis_codes`` names it and a model stating an
+    orientation is turned by), reversed when its index grows towards the feet.
 
     InnerEye's slice-exclusion rules assume axis 0 grows towards the head; a series scanned or stored feet first
     has it the other way (its slices sorted along a normal pointing to the feet), and a sagittal or coronal one
     has its slices across another axis."""
     import numpy as np
 
-    superior = [float(direction[2, 2 - axis]) for axis in range(3)]  # LPS: +z is superior; columns are x, y, z
-    axis = int(np.argmax(np.abs(superior)))
-    view = np.moveaxis(labels, axis, 0)
-    return view if superior[axis] > 0 else view[::-1]
+    from innereye_batch.dicom.geometry import nearest_patient_axes
+
+    index_axis = nearest_patient_axes(direction).index(2)  # the index axis (x, y, z) given S-I
+    view = np.moveaxis(labels, 2 - index_axis, 0)
+    return view if float(np.asarray(direction)[2, index_axis]) > 0 else view[::-1]  # LPS: +z is superior
 
 
 def resampled_labels(

@@ -339,7 +339,8 @@ class ModelPackage:
                 post.pop(key, None)
         if settings["task_spec"].get("orientation", 0) is None:  # added later, as those
             settings["task_spec"].pop("orientation")
-            settings["task_spec"].pop("reorient")
+        if settings["task_spec"].get("reorient") is True:  # the default: a model keeps the fingerprint it had (its
+            settings["task_spec"].pop("reorient")  # series in the training orientation give the same outputs)
         inference = settings["task_spec"].get("inference") or {}
         multiple = inference.get("size_multiple")
         if multiple is not None and len(set(multiple)) == 1:  # one number before per-axis multiples: kept so

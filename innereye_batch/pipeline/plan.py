@@ -100,8 +100,9 @@ def _turned(item: WorkItem, package: ModelPackage) -> list[str]:
     geometry = item.primary.geometry
     if geometry.axes_ambiguous():
         return [
-            f"{item.primary.key}: its axes lie about 45 degrees between the patient's, so which way it runs cannot be "
-            f"told against the model's training stacks ({wanted})"
+            f"{item.primary.key}: one of its axes lies about 45 degrees between two of the patient's (or nearer "
+            "another patient axis than the one it would be taken for), so which way it runs cannot be told against "
+            f"the model's training stacks ({wanted})"
         ]
     codes = geometry.axis_codes()
     if codes == wanted or package.segmentation.reorient:

@@ -342,7 +342,9 @@ class SegmentationPredictor:
         if spec.orientation is None:
             return None
         if geometry.axes_ambiguous():
-            raise InnerEyeBatchError(f"its axes lie about 45 degrees between the patient's ({spec.orientation} wanted)")
+            raise InnerEyeBatchError(
+                f"one of its axes lies about 45 degrees between two of the patient's ({spec.orientation} wanted)"
+            )
         turn = geometry.reorientation(spec.orientation)
         if turn.is_identity:
             return None

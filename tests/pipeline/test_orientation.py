@@ -218,4 +218,14 @@ def test_a_model_with_an_orientation_refuses_a_stack_at_45_degrees(tmp_path: Pat
     )
     assert result.exit_code == 1, result.output
     row = _statuses(out)[uid]
-    assert row["status"] == "failed" and "about 45 degrees between the patient's" in row["reason"]
+    assert row["status"] == "failed" and "about 45 degrees between two of the patient's" in row["reason"]
+
+
+def test_refusing_instead_of_turning_is_another_fingerprint_and_turning_keeps_the_one_it_had(tmp_path: Path) -> None:
+    """Turning is the default: a model stating an orientation keeps the fingerprint it had before ``reorient``
+    existed (its series in that orientation give the same outputs); refusing changes what a rerun must redo."""
+    stated = load_model_package(_model(tmp_path / "stated", "LPS")).fingerprint()
+    turning = load_model_package(_model(tmp_path / "turning", "LPS", reorient=True)).fingerprint()
+    refusing = load_model_package(_model(tmp_path / "refusing", "LPS", reorient=False)).fingerprint()
+    plain = load_model_package(SAMPLE_MODEL).fingerprint()
+    assert stated == turning and len({turning, refusing, plain}) == 3

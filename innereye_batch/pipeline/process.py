@@ -191,16 +191,24 @@ def process_item(
     options: WriterOptions = WriterOptions(),
     *,
     inference_lock: contextlib.AbstractContextManager[Any] | None = None,
+    decode_timeout: float | None = None,
 ) -> ItemResult:
     """Decode, predict and write one planned item in this thread; failures become a failed ItemResult.
 
     ``inference_lock``: held around the prediction only, so that threads sharing one predictor (a Ray actor)
-    decode and write in parallel while the model runs one item at a time.
+    decode and write in parallel while the model runs one item at a time. ``decode_timeout``: None decodes in this
+    thread; a number of seconds decodes in a worker process of its own (``loader.load_items``), killed after that
+    long (0: no limit) or failing only this item when it dies.
     """
-    from innereye_batch.pipeline.loader import decode_safely
+    from innereye_batch.pipeline.loader import decode_safely, load_items
     from innereye_batch.pipeline.state import clear_stale_result, with_problem
 
-    loaded = decode_safely(predictor.decoder, job.item, 0)
+    if decode_timeout is None:
+        loaded = decode_safely(predictor.decoder, job.item, 0)
+    else:
+        decoding = load_items([job.item], predictor.decoder, workers=1, pin_memory=False, timeout=decode_timeout)
+        with contextlib.closing(decoding):  # its worker is killed when done, also on an error here
+            loaded = next(decoding)
     if loaded.decoded is None:
         result = item_result(job.item.primary, "failed", loaded.error, timings={"load": loaded.load_seconds})
         return with_problem(result, clear_stale_result(job.folder, job.input_fp, model_fp))

@@ -7,9 +7,11 @@ actor: a threaded actor decodes and writes one item while the model runs the oth
 ``process_item``, so its outputs go straight into the shared output folder with the same atomic writes and done
 records as a local run; the driver records results, progress and the summary.
 
-A killed actor (its process killed, its node lost) costs only time: its items in flight go back to the queue and
-run again on a live actor (alone, so that an item that kills its worker cannot take others down with it); Ray
-restarts the actor; an item in flight during two deaths fails with that reason. A rerun skips what is done.
+Each series is decoded in a worker process of the actor (``--decode-timeout``: killed after that long, the series
+failed; a decoder that dies takes only its series). A killed actor (its process killed, its node lost) costs only
+time: its items in flight go back to the queue and run again on a live actor (alone, so that an item that kills
+its worker cannot take others down with it); Ray restarts the actor; an item in flight during two deaths fails
+with that reason. A rerun skips what is done.
 Without ``--ray-address`` a local Ray instance is started (no dashboard, only the CPUs and GPUs the actors need)
 and shut down at the end. The output folder and the input must be on a file system every node sees at the same
 path (the documented assumption).
@@ -106,6 +108,7 @@ class InferenceActor:
         self.formats = shared.formats
         self.model_fp = shared.model_fp
         self.writer_options = shared.writer_options
+        self.decode_timeout = options.decode_timeout_s
         self.inference = threading.Lock()
 
     def ready(self) -> str:
@@ -123,6 +126,7 @@ class InferenceActor:
             self.model_fp,
             self.writer_options,
             inference_lock=self.inference,
+            decode_timeout=self.decode_timeout,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from innereye_batch.pipeline.ray_executor import RayOptions
 from innereye_batch.pipeline.run import RunReport, run_batch
-from tests.pipeline.scale_helpers import ScaleCase, assert_same_as_reference, make_case, summary
+from tests.pipeline.scale_helpers import ScaleCase, assert_same_as_reference, make_case, statuses, summary
 
 pytest.importorskip("ray")
 TWO_ACTORS = RayOptions(actors=2, cpus_per_actor=1)
@@ -110,3 +111,48 @@ def test_actors_the_cluster_has_no_room_for_are_stopped_and_the_run_goes_on(
     assert report.exit_code == 1  # the case's broken series, as in a plain run
     assert_same_as_reference(case, out)
     assert summary(out)["run"]["device"] == "ray: 1 actor(s) on cpu"
+
+
+HANG_HOOK = """
+import os
+
+_series = os.environ.get("INNEREYE_TEST_HANG_SERIES")
+if _series:  # this test's hook, in the Ray worker processes only: the series' decoder never returns
+    import time
+
+    import innereye_batch.tasks.segmentation as _segmentation
+
+    _decode = _segmentation.decode_volumes
+
+    def _hanging(item):
+        while item.primary.series_instance_uid == _series:
+            time.sleep(1)
+        return _decode(item)
+
+    _segmentation.decode_volumes = _hanging
+"""
+
+
+@pytest.mark.timeout(420)
+def test_a_series_whose_decoding_never_returns_fails_alone_after_the_decode_timeout(
+    case: ScaleCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An actor decoded in its own thread with no limit: a codec that never returned held the run for ever. Now
+    each series is decoded in a worker process of the actor, stopped after --decode-timeout."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(HANG_HOOK)  # Python imports it at start, in each Ray worker
+    stuck = case.cohort.good[0].series_instance_uid
+    monkeypatch.setenv("INNEREYE_TEST_HANG_SERIES", stuck)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), *sys.path]))
+    out = tmp_path / "out"
+    report = run_batch(case.options(out, executor="ray", ray=TWO_ACTORS, decode_timeout_s=15))
+    assert report.exit_code == 1
+    reference, found = statuses(case.reference), statuses(out)
+    assert found.keys() == reference.keys()
+    for key, (status, reason) in found.items():
+        if key == stuck:
+            assert status == "failed" and "took longer than 15 s (--decode-timeout)" in reason, reason
+            assert not (out / key / "done.json").exists()
+        else:
+            assert (status, reason) == reference[key]

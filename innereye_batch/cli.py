@@ -370,6 +370,9 @@ def serve(
     max_zip_ratio: Annotated[
         float, typer.Option(help="Largest compression ratio of a zip, or of a member over 1 MiB.")
     ] = 200.0,
+    max_queued_jobs: Annotated[
+        int, typer.Option(min=1, help="Most jobs waiting to run; a further upload is answered 503 with Retry-After.")
+    ] = 100,
     max_voxels: Annotated[
         int,
         typer.Option(
@@ -420,6 +423,7 @@ def serve(
         limits=limits,
         max_voxels=max_voxels,
         writer_options=_writer_options("binary", clinical_marker),
+        max_queued_jobs=max_queued_jobs,
     )
     run_service(options)
 

@@ -1,11 +1,14 @@
 """The FastAPI app: InnerEye's inference API (same paths, codes and bodies) and ours beside it.
 
-InnerEye's: ``GET /`` (health, no auth), ``GET /v1/ping``, ``POST /v1/model/start/{model_id}`` (a zip of DICOM
-files -> 201 and the run id as text/plain), ``GET /v1/model/results/{run_id}`` (202 while queued or running,
-then 200 and a zip holding ``segmentation.dcm``, or InnerEye's error body). Ours: ``?format=all`` (every output),
-``GET /v1/model/status/{run_id}`` (JSON progress), ``GET /v1/models``, ``POST /v1/model/predict/{model_id}`` (one
-DICOM image -> its predictions.json, batched with concurrent requests) and ``GET /metrics`` (Prometheus).
-Every path but ``/`` needs the ``API_AUTH_SECRET`` header when the service has a secret.
+InnerEye's: ``GET /`` (health, no auth), ``GET /v1/ping`` (both answer ``HEAD`` too, for load balancers),
+``POST /v1/model/start/{model_id}`` (a zip of DICOM files -> 201 and the run id as text/plain),
+``GET /v1/model/results/{run_id}`` (202 while queued or running, then 200 and a zip holding ``segmentation.dcm``, or
+InnerEye's error body). Ours: ``?format=all`` (every output), ``GET /v1/model/status/{run_id}`` (JSON progress),
+``GET /v1/models``, ``POST /v1/model/predict/{model_id}`` (one DICOM image -> its predictions.json, batched with
+concurrent requests) and ``GET /metrics`` (Prometheus).
+Every path but ``/`` needs the ``API_AUTH_SECRET`` header when the service has a secret. An upload is refused with
+503 and ``Retry-After``, before its body is read, while ``--max-queued-jobs`` jobs wait or while the state dir's disk
+lacks room for it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import datetime
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from innereye_batch.files import TEMP_PREFIX, remove_tree
 from innereye_batch.service import auth
@@ -43,6 +48,12 @@ from innereye_batch.service.uploads import UploadRefused, check_zip, save_body
 
 log = logging.getLogger("innereye_batch.service")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+CLIENT_CLOSED = 499
+"""The status recorded (nginx's "client closed request") when the client disconnected before its answer."""
+RETRY_AFTER_S = 60
+"""What ``Retry-After`` says when an upload is refused for a full queue or a full disk."""
+DISK_MARGIN_BYTES = 256 * 2**20
+"""Free space the state dir keeps beyond an upload's declared length (the store, extraction, outputs)."""
 
 
 @dataclass
@@ -57,6 +68,8 @@ class Service:
     device_queue: DeviceQueue
     batchers: Batchers
     metrics: ServiceMetrics
+    receiving: int = 0
+    """Uploads to /v1/model/start being received now (counted with the queued jobs against the limit)."""
 
 
 def _empty(status: int) -> Response:
@@ -136,6 +149,9 @@ def _add_handlers(app: FastAPI, service: Service) -> None:
         else:
             try:
                 response = await call_next(request)
+            except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing went wrong here
+                log.info("%s %s: the client disconnected before its answer", request.method, request.url.path)
+                response = _empty(CLIENT_CLOSED)
             except Exception:  # never a traceback to the client
                 log.exception("unhandled error on %s", request.url.path)
                 response = _error(500)
@@ -146,7 +162,7 @@ def _add_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -182,41 +198,58 @@ def _declared_length(request: Request) -> int | None:
     return int(value) if value and value.isascii() and value.isdigit() else None
 
 
+async def _receive_job(
+    service: Service, served: ServedModel, request: Request, temporary: Path, job_id: str, declared: int | None
+) -> None:
+    """Save the body of a /v1/model/start, check it, and queue its job (or record it refused)."""
+    limits = service.options.limits
+    try:
+        await save_body(request.stream(), temporary, limits.max_upload_bytes, declared)
+    except UploadRefused as refused:
+        raise ApiError(400, None, refused.reason) from None
+    try:
+        try:
+            await run_in_threadpool(check_zip, temporary, limits)
+        except UploadRefused as refused:
+            # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
+            temporary.unlink(missing_ok=True)
+            await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
+            service.metrics.jobs_finished.labels(served.model_id, "failed").inc()  # as a job that ran and failed
+            log.info("job %s (%s): upload refused", job_id, served.model_id)
+        else:
+            await run_in_threadpool(_accept, service, temporary, job_id, served)
+            log.info("job %s (%s): queued", job_id, served.model_id)
+    finally:
+        temporary.unlink(missing_ok=True)  # whatever failed, never left to fill the disk (accepted: moved)
+
+
 def _add_innereye_routes(app: FastAPI, service: Service) -> None:
     options = service.options
     uploads = options.state_dir / "uploads"
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def health() -> Response:
         return _empty(200)
 
-    @app.get("/v1/ping")
+    @app.api_route("/v1/ping", methods=["GET", "HEAD"])
     async def ping() -> Response:
         return _empty(200)
 
     @app.post("/v1/model/start/{model_id}")
     async def start(model_id: str, request: Request) -> Response:
         served = _served(service, model_id)
+        declared = _declared_length(request)
+        queued = service.store.counts()["queued"] + service.receiving
+        if queued >= options.max_queued_jobs:
+            raise _busy(f"{queued} jobs are waiting to run, the most this service queues (--max-queued-jobs)")
+        _check_free_space(options.state_dir, declared)
         job_id = uuid.uuid4().hex
         temporary = uploads / f"{TEMP_PREFIX}{job_id}.zip"
+        service.receiving += 1  # counted from now: concurrent uploads never overshoot the limit together
         try:
-            await save_body(request.stream(), temporary, options.limits.max_upload_bytes, _declared_length(request))
-        except UploadRefused as refused:
-            raise ApiError(400, None, refused.reason) from None
-        try:
-            try:
-                await run_in_threadpool(check_zip, temporary, options.limits)
-            except UploadRefused as refused:
-                # InnerEye answers a bad zip at the result: 201 now, then 400 InvalidZipFile; the upload is gone now
-                temporary.unlink(missing_ok=True)
-                await run_in_threadpool(service.store.add, job_id, served.model_id, refused=refused.reason)
-                service.metrics.jobs_finished.labels(served.model_id, "failed").inc()  # as a job that ran and failed
-                log.info("job %s (%s): upload refused", job_id, served.model_id)
-            else:
-                await run_in_threadpool(_accept, service, temporary, job_id, served.model_id)
-                log.info("job %s (%s): queued", job_id, served.model_id)
+            await _receive_job(service, served, request, temporary, job_id, declared)
         finally:
-            temporary.unlink(missing_ok=True)  # whatever failed, never left to fill the disk (accepted: moved)
+            service.receiving -= 1
         return Response(job_id.encode("ascii"), status_code=201, headers={"content-type": "text/plain"})
 
     @app.get("/v1/model/results/{run_id}")
@@ -282,6 +315,7 @@ def _add_our_routes(app: FastAPI, service: Service) -> None:
         if served.task != "classification":
             raise ApiError(400, None, f"{model_id} is a {served.task} model: post a zip to /v1/model/start instead")
         methods = explain_methods(explain)
+        _check_free_space(options.state_dir, _declared_length(request))
         predictor = served.predictor(methods)
         predict_dir = options.state_dir / "predict"
         folder = new_request_folder(predict_dir)
@@ -323,6 +357,7 @@ def _status_document(service: Service, job: Job) -> dict[str, Any]:
         "expires": _iso(job.finished + keep) if job.finished is not None else None,
         "items_total": job.items_total,
         "items_done": job.items_done,
+        "items_failed": 0,
     }
     if job.state == "queued":
         document["queue_position"] = service.store.position(job)
@@ -330,17 +365,35 @@ def _status_document(service: Service, job: Job) -> dict[str, Any]:
         document["result"] = {"status": job.http_status, "extra_details": job.extra_details, "reason": job.reason}
     if job.report is not None:
         document["items"] = job.report.get("items", [])
+        document["items_failed"] = sum(1 for item in document["items"] if item.get("status") == "failed")
         document["ignored_files"] = job.report.get("ignored_files", [])
     return document
 
 
-def _accept(service: Service, upload: Path, job_id: str, model_id: str) -> None:
-    """The upload renamed into place (durably), then the job committed: only then does the client hear of it."""
+def _accept(service: Service, upload: Path, job_id: str, served: ServedModel) -> None:
+    """The upload renamed into place (durably), then the job committed, with the fingerprint of the model that
+    accepted it: only then does the client hear of it."""
     final = service.runner.upload_path(job_id)
     os.replace(upload, final)
     _sync_folder(final.parent)
-    service.store.add(job_id, model_id)
+    service.store.add(job_id, served.model_id, results_fp=served.results_fp)
     service.runner.wake()
+
+
+def _busy(reason: str) -> ApiError:
+    return ApiError(503, None, f"{reason}; try again later", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _check_free_space(state_dir: Path, declared: int | None) -> None:
+    """ApiError 503 when the state dir's disk lacks room for a body of ``declared`` bytes (0 when not declared)
+    and ``DISK_MARGIN_BYTES`` more."""
+    free = _free_bytes(state_dir)
+    if free < (declared or 0) + DISK_MARGIN_BYTES:
+        raise _busy(f"the service's disk has {free / 2**20:,.0f} MB free, too little to take this upload now")
 
 
 def _remove(folder: Path) -> None:

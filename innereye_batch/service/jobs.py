@@ -217,6 +217,12 @@ class JobRunner:
         if served is None:
             reason = f"model {job.model_id} is not served any more (the service was restarted without it)"
             return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, reason), None
+        if job.results_fp is not None and job.results_fp != served.results_fp:
+            reason = (
+                f"model {job.model_id} changed since the job was accepted (results fingerprint "
+                f"{job.results_fp[:16]} then, {served.results_fp[:16]} now): post the upload again to run the new one"
+            )
+            return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, reason), None
         if not self.upload_path(job.id).is_file():
             return Outcome("cancelled", 500, ExtraDetails.RUN_CANCELLED, "the upload of this job is gone"), None
         folder = self.job_dir(job.id)
@@ -254,11 +260,12 @@ class JobRunner:
             model_fp=served.results_fp,
             max_voxels=self.options.max_voxels,
         )
-        self.store.progress(job.id, "running", items_total=len(planned), items_done=0)
+        # every item of the report counts, those settled at planning (refused, skipped) done from the start
+        self.store.progress(job.id, "running", items_total=len(planned) + len(settled), items_done=len(settled))
         predictor = OnDevice(served.predictor(), self.device_queue)
         results = list(settled)
         package, formats, writer_options = served.package, served.formats, self.options.writer_options
-        for done, planned_job in enumerate(planned, start=1):
+        for done, planned_job in enumerate(planned, start=len(settled) + 1):
             results.append(process_item(planned_job, predictor, formats, package, served.results_fp, writer_options))
             self.store.progress(job.id, "running", items_done=done)
         results = [r if not r.reason else _with_reason(r, relative_paths(r.reason, input_dir)) for r in results]

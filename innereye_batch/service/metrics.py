@@ -2,7 +2,9 @@
 
 - ``innereye_batch_http_requests_total{method, route, status}`` and
   ``innereye_batch_http_request_duration_seconds{method, route}``: every answered request, by route template
-  (``/v1/model/results/{run_id}``), so run ids never become labels.
+  (``/v1/model/results/{run_id}``), so run ids never become labels; a method not in ``METHODS`` is ``other`` (a
+  client may send any token as its method, refused or not), so no label holds text a client chose. Status 499: the
+  client disconnected before its answer.
 - ``innereye_batch_queue_depth{queue}``: jobs queued, predict images waiting for a batch, calls waiting for the
   device; ``innereye_batch_jobs{state}``: jobs in the store per state.
 - ``innereye_batch_device_call_duration_seconds{kind}``: time on the device per call (``predict`` batch, ``job``);
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
+"""HTTP methods that are labels of their own; any other is counted as ``other``."""
 
 
 class _Snapshot:
@@ -105,6 +109,7 @@ class ServiceMetrics:
         self.registry.register(_Snapshot(queue_depths, job_counts, device))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 

@@ -85,6 +85,8 @@ class ServeOptions:
     writer_options: WriterOptions = field(default_factory=WriterOptions)
     max_attempts: int = 3
     """A job interrupted this many times (the service killed while running it) is cancelled, not retried."""
+    max_queued_jobs: int = 100
+    """Jobs waiting to run (uploads being received included); a further upload is answered 503 with Retry-After."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -95,6 +97,8 @@ class ServeOptions:
             raise UsageError(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
         if self.keep_results_hours <= 0:
             raise UsageError(f"--keep-results must be a positive number of hours, got {self.keep_results_hours}")
+        if self.max_queued_jobs < 1:
+            raise UsageError(f"--max-queued-jobs must be at least 1, got {self.max_queued_jobs}")
         if self.limits.max_upload_bytes < 1:
             raise UsageError("--max-upload-mb must be positive")
         if not 0 < self.port < 65536:

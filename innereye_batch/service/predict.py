@@ -62,7 +62,10 @@ def prepare_image(folder: Path, served: ServedModel, predictor: Predictor, max_v
                 "request: post multi-frame files to /v1/model/start",
             )
         if not planned:
-            reasons = [f"{r.key}: {r.reason}" for r in settled] + [f"{f.reason}" for f in scan.skipped]
+            # a series' reason may start with its key already, and quote the skipped file's reason: each once
+            reasons = [r.reason if r.reason.startswith(r.key) else f"{r.key}: {r.reason}" for r in settled]
+            reasons += [f.reason for f in scan.skipped if not any(f.reason in known for known in reasons)]
+            reasons = list(dict.fromkeys(reasons))
             raise ApiError(400, reason=relative_paths("; ".join(reasons) or "no image found in the body", folder))
         loaded = decode_safely(predictor.decoder, planned[0].item, 0)
         if loaded.decoded is None:

@@ -44,11 +44,16 @@ _ERRORS: dict[int, tuple[str, str, str]] = {
         "InternalError",
         "The server encountered an internal error. Please retry the request.",
     ),
+    503: (  # not one of InnerEye's: the queue or the disk is full, Retry-After says when to try again
+        "SERVICE_UNAVAILABLE",
+        "ServerBusy",
+        "The server is currently unable to receive requests. Please retry your request.",
+    ),
 }
 
 
 def error_body(status: int, extra_details: ExtraDetails | None = None, reason: str = "") -> dict[str, Any]:
-    """The JSON body of an error answer with ``status`` (one of 400, 401, 403, 404, 405, 500)."""
+    """The JSON body of an error answer with ``status`` (one of 400, 401, 403, 404, 405, 500, 503)."""
     code, title, detail = _ERRORS[status]
     body: dict[str, Any] = {"code": code, "detail": detail, "status": status, "title": title}
     if extra_details is not None:
@@ -61,11 +66,19 @@ def error_body(status: int, extra_details: ExtraDetails | None = None, reason: s
 class ApiError(Exception):
     """Raised by a handler to answer with InnerEye's error body."""
 
-    def __init__(self, status: int, extra_details: ExtraDetails | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        extra_details: ExtraDetails | None = None,
+        reason: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.extra_details = extra_details
         self.reason = reason
+        self.headers = headers
+        """Headers of the answer (``Retry-After``)."""
 
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.extra_details, self.reason)

@@ -3,8 +3,10 @@
 A job is ``queued`` when its upload is on disk and its row committed (only then does the client get its run
 id), ``running`` while the worker has it, then ``succeeded`` (the pipeline ran; per-item outcomes are in its
 report), ``failed`` (the upload was refused or the job could not run), ``cancelled`` (its model is no longer
-served, or it was interrupted too often) and finally ``expired`` (its outputs deleted after ``--keep-results``).
-A job found ``running`` at start-up was interrupted (the service was killed): it is queued again.
+served or has changed, or it was interrupted too often) and finally ``expired`` (its outputs deleted after
+``--keep-results``). A job found ``running`` at start-up was interrupted (the service was killed): it is queued
+again. A job keeps the results fingerprint of the model that accepted it (``results_fp``; NULL in rows of earlier
+versions), so that a different model served under the same id after a restart never runs it.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     http_status INTEGER,
     extra_details TEXT,
     reason TEXT NOT NULL DEFAULT '',
-    report TEXT
+    report TEXT,
+    results_fp TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created);
 """
+_ADDED_COLUMNS = {"results_fp": "TEXT"}
+"""Columns added since the first schema: a database of an earlier version gets them (NULL in its rows)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Job:
     reason: str
     report: dict[str, Any] | None
     """Per item: status, reason, findings; the files not used; written when the job finishes."""
+    results_fp: str | None = None
+    """The results fingerprint of the model that accepted the job (None: accepted by an earlier version)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -87,12 +94,19 @@ class JobStore:
                 self._connection.execute("PRAGMA journal_mode=WAL")
                 self._connection.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut
                 self._connection.executescript(_SCHEMA)
+                self._add_missing_columns()
             except sqlite3.DatabaseError as error:
                 self._connection.close()
                 raise UsageError(
                     f"the job database {state_dir / DATABASE} cannot be read ({error}): restore it, or move it "
                     "away to start with no jobs"
                 ) from None
+
+    def _add_missing_columns(self) -> None:
+        columns = {row["name"] for row in self._connection.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in columns:
+                self._connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -102,8 +116,17 @@ class JobStore:
         with self._lock:
             return self._connection.execute(sql, parameters).fetchall()
 
-    def add(self, job_id: str, model_id: str, *, refused: str = "", http_status: int | None = None) -> None:
-        """A new job, queued; or, with ``refused``, one that failed at once with that reason."""
+    def add(
+        self,
+        job_id: str,
+        model_id: str,
+        *,
+        refused: str = "",
+        http_status: int | None = None,
+        results_fp: str | None = None,
+    ) -> None:
+        """A new job, queued (for the model of fingerprint ``results_fp``); or, with ``refused``, one that failed at
+        once with that reason."""
         now = time.time()
         if refused:
             self._execute(
@@ -113,8 +136,9 @@ class JobStore:
             )
         else:
             self._execute(
-                "INSERT INTO jobs (id, model_id, state, created, stage) VALUES (?, ?, 'queued', ?, 'queued')",
-                (job_id, model_id, now),
+                "INSERT INTO jobs (id, model_id, state, created, stage, results_fp)"
+                " VALUES (?, ?, 'queued', ?, 'queued', ?)",
+                (job_id, model_id, now, results_fp),
             )
 
     def get(self, job_id: str) -> Job | None:

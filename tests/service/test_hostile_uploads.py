@@ -128,3 +128,21 @@ def test_a_content_length_that_is_not_ascii_digits_is_no_declared_length(declare
 
     assert _declared_length(SimpleNamespace(headers={"content-length": declared})) is None  # type: ignore[arg-type]
     assert _declared_length(SimpleNamespace(headers={"content-length": "1024"})) == 1024  # type: ignore[arg-type]
+
+
+def test_a_predict_reason_says_each_thing_once(service: ServiceProcess) -> None:
+    """The series key and the file's reason were each given twice ("<uid>: <uid>: no_readable_images: ... (why);
+    why")."""
+    import io
+
+    import pydicom
+
+    image = pydicom.dcmread(CXR_SCANS / "cr_mono2_normal.dcm")
+    image.BitsStored = 40
+    buffer = io.BytesIO()
+    image.save_as(buffer)
+    with service.client() as client:
+        response = client.post(f"/v1/model/predict/{CLASSIFICATION_ID}", content=buffer.getvalue())
+    reason = assert_innereye_error(response, 400)["reason"]
+    assert reason.count(str(image.SeriesInstanceUID)) == 1 and reason.count("BitsStored 40") == 1, reason
+    assert "no_readable_images" in reason

@@ -294,3 +294,40 @@ def test_no_series_the_model_takes_and_a_broken_series_are_400_with_the_reason(s
     )
     assert "missing" in gap_body["reason"] and gap_body["title"] == "InvalidInput"
     assert [item["status"] for item in gap_items] == ["failed"]
+
+
+def test_an_accepted_job_keeps_the_fingerprint_its_run_records(
+    service: ServiceProcess, finished_job: FinishedJob
+) -> None:
+    """The fingerprint of the model that accepted the job is committed with it (a restart on another model under
+    the same id cancels the job, test_jobs)."""
+    import sqlite3
+
+    database = sqlite3.connect(f"file:{service.state_dir / 'jobs.sqlite3'}?mode=ro", uri=True)
+    try:
+        (kept,) = database.execute("SELECT results_fp FROM jobs WHERE id = ?", (finished_job.run_id,)).fetchone()
+    finally:
+        database.close()
+    summary = json.loads(zipfile.ZipFile(io.BytesIO(finished_job.everything)).read("summary.json"))
+    assert kept == summary["run"]["results_fingerprint"]
+
+
+def test_a_classification_job_with_a_failed_image_counts_it_at_the_top_of_its_status(service: ServiceProcess) -> None:
+    """One good image and one broken one answer 200 (InnerEye's code, unchanged) and ``succeeded``: the failure was
+    only inside the items list."""
+    from tests.service.harness import CLASSIFICATION_ID, CXR_SCANS
+
+    good, other = sorted(CXR_SCANS.glob("*.dcm"))[:2]
+    broken = pydicom.dcmread(other)
+    broken.BitsStored = 40  # no pixel of it can be read
+    buffer = io.BytesIO()
+    broken.save_as(buffer)
+    with service.client() as client:
+        run_id = start_job(
+            client, CLASSIFICATION_ID, zip_members([("good.dcm", good.read_bytes()), ("broken.dcm", buffer.getvalue())])
+        )
+        assert wait_for_result(client, run_id).status_code == 200
+        status = client.get(f"/v1/model/status/{run_id}").json()
+    assert status["state"] == "succeeded" and status["result"]["status"] == 200
+    assert sorted(item["status"] for item in status["items"]) == ["failed", "ok"]
+    assert (status["items_total"], status["items_done"], status["items_failed"]) == (2, 2, 1)

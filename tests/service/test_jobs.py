@@ -223,3 +223,80 @@ def test_a_failed_series_reason_names_its_key_once() -> None:
     scan = ScanResult(series=(object(),), skipped=())  # type: ignore[arg-type]  # only its truth is read
     outcome = innereye_outcome("segmentation", [failed], scan, ())
     assert outcome.reason == f"{key}: no_readable_images: none can be read"
+
+
+_FIRST_SCHEMA = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, model_id TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, started REAL,
+    finished REAL, attempts INTEGER NOT NULL DEFAULT 0, stage TEXT NOT NULL DEFAULT '',
+    items_total INTEGER NOT NULL DEFAULT 0, items_done INTEGER NOT NULL DEFAULT 0, http_status INTEGER,
+    extra_details TEXT, reason TEXT NOT NULL DEFAULT '', report TEXT
+);
+CREATE INDEX jobs_by_state ON jobs (state, created);
+"""
+"""The store's schema before jobs kept the fingerprint of the model that accepted them."""
+
+
+@pytest.fixture
+def app_with_a_model(tmp_path: Path) -> Iterator[tuple[Service, TestClient]]:
+    """As ``app_keeping_results``, serving a stand-in for model ``m:1`` (only its results fingerprint is read
+    before the upload is extracted)."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(model_id="m:1", results_fp="b" * 64, device=None)
+    service = build_service(_options(tmp_path / "state", keep_results_hours=1.0), {"m:1": model}, SECRET)  # type: ignore[dict-item]
+    with TestClient(create_app(service), headers={HEADER: SECRET}) as client:
+        yield service, client
+
+
+def test_a_job_accepted_for_another_model_under_the_same_id_is_cancelled(
+    app_with_a_model: tuple[Service, TestClient],
+) -> None:
+    """A model folder replaced by a retrained one, the service restarted: the jobs accepted before ran silently on
+    the new model, which serves under the same id (``<model_name>:1``)."""
+    service, client = app_with_a_model
+    upload = service.runner.upload_path(ID_A)
+    upload.write_bytes(zip_members([("a.dcm", b"x")]))
+    service.store.add(ID_A, "m:1", results_fp="a" * 64)
+    service.runner.wake()
+    _wait_for_state(service.store, ID_A, "cancelled")
+    body = assert_innereye_error(client.get(f"/v1/model/results/{ID_A}"), 500, "RunCancelled")
+    assert "changed since the job was accepted" in body["reason"]
+    assert "a" * 16 in body["reason"] and "b" * 16 in body["reason"] and "a" * 17 not in body["reason"]
+    assert not upload.exists()
+
+
+def test_a_database_of_an_earlier_version_gains_the_fingerprint_and_its_jobs_run_as_before(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / "jobs.sqlite3")
+    old.executescript(_FIRST_SCHEMA)
+    old.execute(
+        "INSERT INTO jobs (id, model_id, state, created, stage) VALUES (?, 'm:1', 'queued', 1.0, 'queued')", (ID_A,)
+    )
+    old.commit()
+    old.close()
+    store = JobStore(state)
+    job_a = store.get(ID_A)
+    assert job_a is not None and job_a.state == "queued" and job_a.results_fp is None
+    store.add(ID_B, "m:1", results_fp="b" * 64)
+    job_b = store.get(ID_B)
+    assert job_b is not None and job_b.results_fp == "b" * 64
+    store.close()
+    JobStore(state).close()  # opened again: the column is there already
+
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(model_id="m:1", results_fp="b" * 64, device=None)
+    service = build_service(_options(state, keep_results_hours=1.0), {"m:1": model}, SECRET)  # type: ignore[dict-item]
+    service.runner.upload_path(ID_A).parent.mkdir(parents=True, exist_ok=True)
+    service.runner.upload_path(ID_A).write_bytes(b"not a zip")
+    claimed = service.store.claim_next()
+    assert claimed is not None and claimed.id == ID_A
+    service.runner.run_job(claimed)  # no fingerprint: not cancelled, it runs (and its upload is refused)
+    job_a = service.store.get(ID_A)
+    assert job_a is not None and (job_a.state, job_a.extra_details) == ("failed", "InvalidZipFile")
+    service.store.close()
+    service.device_queue.close()

@@ -177,6 +177,15 @@ def run(
             max=1_000_000,
         ),
     ] = 1800,
+    write_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the writers may take over one series' outputs before that series fails, its outputs are "
+            "removed and its writer is given up (storage that stopped answering, a hung network mount); 0: no limit.",
+            min=0,
+            max=1_000_000,
+        ),
+    ] = 1800,
     patch_batch: _PatchBatch = "auto",
     writers: Annotated[
         str,
@@ -301,6 +310,7 @@ def run(
         device=device,
         workers=workers,
         decode_timeout_s=decode_timeout,
+        write_timeout_s=write_timeout,
         patch_batch=_patch_batch(patch_batch),
         writer_processes=_writer_processes(writers),
         batch_size=batch_size,

@@ -131,12 +131,14 @@ def run_local(
     writer_threads: int,
     writer_processes: int | None = None,
     decode_timeout: float = 0,
+    write_timeout: float = 0,
 ) -> None:
     """Every job through the loader, the replicas and the writers; returns when every write has finished.
 
     Results are recorded through ``context.finish``; jobs never reached (--fail-fast, Ctrl-C) are not recorded.
     ``writer_processes``: None chooses (``writer_pool.writer_processes_for``), 0 writes in ``writer_threads``.
-    ``decode_timeout``: seconds a series' decoding may take in a worker before it fails (0: no limit).
+    ``decode_timeout``: seconds a series' decoding may take in a worker before it fails (0: no limit);
+    ``write_timeout``: seconds its writing may take before it fails (``writer_pool.call_within``; 0: no limit).
     """
     from innereye_batch.pipeline.loader import load_items
 
@@ -149,7 +151,7 @@ def run_local(
     )
     try:
         processes = writer_processes_for(devices, workers, writer_processes)
-        with Writers(context, writer_threads, processes) as writers:
+        with Writers(context, writer_threads, processes, timeout=write_timeout) as writers:
             replicas = [Replica(p, d, context, writers) for p, d in zip(predictors, devices, strict=True)]
             try:
                 if len(replicas) == 1:

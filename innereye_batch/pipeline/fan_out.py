@@ -13,7 +13,9 @@ while the device idles. With two or more writer processes, a segmentation's outp
    (``process.finish_outputs``). The temporary file is removed whatever happened.
 
 A format that fails fails the item, and the files its siblings wrote are removed, as in one process. A writer
-process that dies breaks the pool: the whole item is then written again alone (the writer pool's retry).
+process that dies breaks the pool: the whole item is then written again alone (the writer pool's retry). A step
+that outlives the write timeout (``writer_pool.call_within``: each step is given the whole of it) is raised to the
+writer pool, which fails the item and kills the writer process that gave up on it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def write_fanned_out(
     options: WriterOptions,
 ) -> ItemResult:
     """Write ``prediction``'s outputs in the writer processes, each file in a task of its own (see the module);
-    blocks until the item's result. Raises ``BrokenProcessPool`` when a writer process died meanwhile."""
+    blocks until the item's result. Raises ``BrokenProcessPool`` when a writer process died meanwhile, and
+    ``WriteTimeout`` when a step was given up on at its deadline (``submit`` of the writer pool gives each one)."""
+    from innereye_batch.pipeline.writer_pool import WriteTimeout  # here: the writer pool imports this module
+
     prepared = submit(_prepare, job, prediction, model_fp, timings).result()
     if isinstance(prepared, ItemResult):
         return prepared
@@ -72,9 +77,9 @@ def write_fanned_out(
             futures.append(submit(_write_file, job, bare, labels_file, output, package, timings, options))
         wait(futures)
         errors = [future.exception() for future in futures]
-        broken = [error for error in errors if isinstance(error, BrokenProcessPool)]
-        if broken:
-            raise broken[0]
+        stopped = [error for error in errors if isinstance(error, (BrokenProcessPool, WriteTimeout))]
+        if stopped:  # the writer pool's to handle: the item is tried again alone, or fails with the deadline
+            raise stopped[0]
         outcomes = list(zip(files, futures, errors, strict=True))
         written = {f.name: future.result() for f, future, error in outcomes if error is None}
         failed = [(f.name, error) for f, _, error in outcomes if error is not None]

@@ -51,6 +51,8 @@ class RunOptions:
     workers: int = 2
     decode_timeout_s: float = 1800.0
     """Longest a decoding worker may take over one series before the series fails (0: no limit)."""
+    write_timeout_s: float = 1800.0
+    """Longest the writers may take over one series' outputs before the series fails (0: no limit)."""
     patch_batch: int = 0
     """Segmentation: patches per forward pass; 0 chooses from the device (free memory on CUDA)."""
     amp: bool = False
@@ -339,6 +341,7 @@ def _run_jobs(
         writer_threads=options.writer_threads,
         writer_processes=options.writer_processes,
         decode_timeout=options.decode_timeout_s,
+        write_timeout=options.write_timeout_s,
     )
     return device_names(devices)
 

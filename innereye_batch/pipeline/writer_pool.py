@@ -12,15 +12,26 @@ longest file's time, not the sum (the run's last series is not waited for as lon
 A writer process that dies (killed, out of memory) breaks the pool, and every write in it fails: each is tried
 once more, alone in a process of its own, so that only the item that kills its writer fails (with the reason);
 later writes go to a fresh pool, and the run goes on. Writer processes die with this process and leave Ctrl-C to it.
+
+Every write has a deadline (``--write-timeout``, 30 minutes by default; ``call_within``): storage that stopped
+answering (a hung network mount) would otherwise fill the slots and keep the run, and an interrupt, waiting forever.
+The write runs in a daemon thread of its own that the writer (a pool thread, or a writer process) gives up on when
+the deadline passes: the series then fails with the reason, its outputs and temporary files are removed, and its
+slot is free for the next. A writer process that gave up is killed (its writes in flight are tried again alone, as
+after a death); a thread cannot be killed, so it is left behind, at most as many at a time as there are slots:
+past that, writes fail at once until one of them ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
+import signal
 import threading
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,6 +53,88 @@ log = logging.getLogger(__name__)
 
 MAX_WRITER_PROCESSES = 8
 T = TypeVar("T")
+
+MAX_WRITE_TIMEOUT = 1_000_000.0
+"""The longest write timeout in seconds (about 11 days); larger values, and infinity, mean no limit."""
+
+
+class WriteTimeout(Exception):
+    """A write given up on at its deadline (``pid``: the process it was left running in), or refused because too
+    many such writes still run in this process's threads (``pid`` None)."""
+
+    def __init__(self, reason: str, pid: int | None) -> None:
+        super().__init__(reason, pid)  # both in args: it crosses from a writer process, pickled
+        self.reason = reason
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class Abandoned:
+    """Writes left running in this process's threads past their deadline (a thread cannot be stopped), each holding
+    its prediction: at most ``limit`` at a time; ``full`` while that many still run."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def full(self) -> bool:
+        with self._lock:
+            return self.running >= self.limit
+
+    def add(self, write: Future[Any]) -> None:
+        """Count ``write`` until it ends (if ever)."""
+        with self._lock:
+            self.running += 1
+        write.add_done_callback(self._ended)
+
+    def _ended(self, _: Future[Any]) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+def call_within(
+    seconds: float,
+    function: Callable[..., T],
+    *arguments: Any,
+    abandoned: Abandoned | None = None,
+    late: Callable[[], object] | None = None,
+) -> T:
+    """``function(*arguments)`` run in a daemon thread, given up on after ``seconds`` (0: no limit): it then raises
+    ``WriteTimeout``, and the thread is left running (a daemon: it keeps no process alive; ``abandoned`` counts it;
+    ``late`` is called if it ever ends: what it wrote after the series was reported failed is removed). Called in a
+    writer: a pool thread, or a writer process (which the writer pool then kills)."""
+    if not 0 < seconds <= MAX_WRITE_TIMEOUT:
+        return function(*arguments)
+    if abandoned is not None and abandoned.full():
+        reason = (
+            f"not written: {abandoned.running} earlier writes of this run are still stuck past --write-timeout "
+            f"({seconds:g} s) in writer threads, which cannot be stopped; the output storage may have stopped answering"
+        )
+        raise WriteTimeout(reason, None)
+    outcome: Future[T] = Future()
+
+    def call() -> None:
+        outcome.set_running_or_notify_cancel()
+        try:
+            outcome.set_result(function(*arguments))
+        except BaseException as error:  # handed to the writer, which raises it
+            outcome.set_exception(error)
+
+    threading.Thread(target=call, name="writer-write", daemon=True).start()
+    if not wait([outcome], timeout=seconds).done:
+        if abandoned is not None:
+            abandoned.add(outcome)
+        if late is not None:
+            outcome.add_done_callback(lambda _: late())
+        reason = (
+            f"writing took longer than {seconds:g} s (--write-timeout), so it was given up and its outputs removed: "
+            "storage that stopped answering (a hung network mount?) or a writer that never returns"
+        )
+        raise WriteTimeout(reason, os.getpid())
+    return outcome.result()
 
 
 def writer_processes_for(devices: Sequence[torch.device], workers: int, requested: int | None) -> int:
@@ -75,12 +168,15 @@ class Writers:
     written. At most twice as many writes as pool members wait, so memory stays bounded: each holds a slot
     from its submission until its result (after any retry) is recorded."""
 
-    def __init__(self, context: RunContext, threads: int, processes: int = 0) -> None:
+    def __init__(self, context: RunContext, threads: int, processes: int = 0, *, timeout: float = 0) -> None:
+        """``timeout``: seconds each write may take (``call_within``; 0: no limit)."""
         self.context = context
         self.processes = processes
+        self.timeout = timeout
         size = processes if processes > 0 else max(threads, 1)
         self._slot_count = 2 * size
         self.slots = threading.BoundedSemaphore(self._slot_count)
+        self._abandoned = Abandoned(self._slot_count)
         self._lock = threading.Lock()
         self._futures: set[Future[ItemResult]] = set()
         self.pool: Executor = self._new_pool(size)
@@ -145,7 +241,7 @@ class Writers:
                 future = self._fan_out(job, prediction, timings)
             else:
                 future = self._submit(write_outputs, *self._write_arguments(job, prediction, timings))
-                self._track(future)
+                self._track(future)  # done by the deadline at the latest (``call_within``)
         except BaseException:
             self.slots.release()
             raise
@@ -164,14 +260,23 @@ class Writers:
         )
 
     def _submit(self, function: Callable[..., T], *arguments: Any) -> Future[T]:
-        """``function(*arguments)`` in the pool; a pool found broken since its last use is replaced first."""
+        """``function(*arguments)`` in the pool, within the deadline; a pool found broken since its last use is
+        replaced first."""
         with self._lock:
             pool = self.pool
         try:
-            future = pool.submit(function, *arguments)
+            future = self._within(pool, function, *arguments)
         except BrokenProcessPool:  # broken since the last write: a fresh pool for this one and the next
-            future = self._fresh_pool(pool).submit(function, *arguments)
+            future = self._within(self._fresh_pool(pool), function, *arguments)
         return future
+
+    def _within(self, pool: Executor, function: Callable[..., T], *arguments: Any) -> Future[T]:
+        """``function(*arguments)`` in ``pool``, given up on after the write timeout (``call_within``)."""
+        if self.processes > 0:  # a writer process that gives up is killed, and its stuck write with it
+            return pool.submit(call_within, self.timeout, function, *arguments)
+        job = next((a for a in arguments if isinstance(a, Job)), None)
+        late = None if job is None else functools.partial(outputs_removed, job.folder)
+        return pool.submit(call_within, self.timeout, function, *arguments, abandoned=self._abandoned, late=late)
 
     def _fan_out(self, job: Job, prediction: Prediction, timings: dict[str, float]) -> Future[ItemResult]:
         """The item's files written side by side by the writer processes (``pipeline.fan_out``), coordinated from
@@ -192,7 +297,7 @@ class Writers:
     def _write_in(
         self, pool: Executor, job: Job, prediction: Prediction, timings: dict[str, float]
     ) -> Future[ItemResult]:
-        future = pool.submit(write_outputs, *self._write_arguments(job, prediction, timings))
+        future = self._within(pool, write_outputs, *self._write_arguments(job, prediction, timings))
         self._track(future)
         return future
 
@@ -221,8 +326,11 @@ class Writers:
             self.slots.release()
             return
         error = future.exception()
-        if isinstance(error, BrokenProcessPool):
-            # the dead process's temporary files, and those of the processes the broken pool stopped with it
+        if isinstance(error, WriteTimeout) and error.pid is not None and error.pid != os.getpid():
+            _kill(error.pid)  # the writer process that gave up: its stuck thread goes with it (its pool breaks)
+        if isinstance(error, (BrokenProcessPool, WriteTimeout)):
+            # the dead process's temporary files, and those of the processes the broken pool stopped with it; or
+            # those of the write given up on
             remove_stale_temporaries(job.folder.parent, [job.folder])
         if isinstance(error, BrokenProcessPool) and retry:
             # a writer process died: every write it shared the pool with failed too. Each is tried once more,
@@ -236,7 +344,10 @@ class Writers:
             if error is None:
                 self.context.finish(future.result())
             else:
-                reason = f"writing: the writer process failed ({error_text(error) if str(error) else 'it died'})"
+                if isinstance(error, WriteTimeout):
+                    reason = str(error)
+                else:
+                    reason = f"writing: the writer process failed ({error_text(error) if str(error) else 'it died'})"
                 log.warning("%s: %s", job.item.key, reason)
                 # what the dead writer left has no done record to vouch for it
                 result = with_problem(item_result(job.item.primary, "failed", reason), outputs_removed(job.folder))
@@ -246,6 +357,12 @@ class Writers:
 
 
 _EXIT_POLL_SECONDS = 0.2
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL to a writer process (already gone: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _without_image(prediction: Prediction) -> Prediction:

@@ -241,7 +241,7 @@ def _execute(
     holds: Callable[[ItemResult], bool] | None = None,
 ) -> RunReport:
     from innereye_batch.pipeline.executors import RunContext
-    from innereye_batch.pipeline.state import remove_stale_temporaries, safe_folder_name
+    from innereye_batch.pipeline.state import orphaned_results, remove_stale_temporaries, safe_folder_name
 
     started = datetime.datetime.now(datetime.timezone.utc)
     wall = time.perf_counter()
@@ -252,6 +252,15 @@ def _execute(
     removed = remove_stale_temporaries(options.output, owned if shard else None)
     if removed:
         progress.event("cleanup", message=f"removed {removed} temporary file(s) left by an interrupted run")
+    whole_input = shard is None and not options.series_uids and not options.modalities
+    orphans = orphaned_results(options.output, owned) if whole_input else []
+    if orphans:  # a rerun after series left the input: their results stay, but no summary row vouches for them
+        shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        progress.event(
+            "orphaned_results",
+            message=f"{len(orphans)} folder(s) of {options.output} hold results of series no longer in the input "
+            f"(deleted, or their files relabelled), kept and left out of the summary: {shown}",
+        )
 
     def record(result: ItemResult) -> None:
         result = _relative(result, root)
@@ -310,6 +319,8 @@ def _execute(
             "stage_seconds": report.stage_seconds,
             "peak_memory_gib": run_peak_memory_gib(),
         }
+        if whole_input:
+            run_info["orphaned_results"] = orphans
         write_summaries(options, report, run_info, progress, holds)
     return report
 

@@ -228,3 +228,15 @@ def remove_stale_temporaries(output_dir: Path, folders: Iterable[Path] | None = 
             temp.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def orphaned_results(output_dir: Path, folders: Iterable[Path]) -> list[str]:
+    """Folders of ``output_dir`` holding a done record whose series is none of ``folders`` (the run's, every series
+    of the input): results of series that left the input (deleted, or their files relabelled), sorted. They are
+    kept (never a result deleted for what is missing), only named."""
+    known = {folder.name for folder in folders}
+    try:
+        entries = sorted(output_dir.iterdir())
+    except OSError:
+        return []
+    return [e.name for e in entries if e.name not in known and e.is_dir() and (e / DONE_RECORD).is_file()]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from innereye_batch.pipeline import state
+from innereye_batch.pipeline.progress import RunProgress
 from innereye_batch.pipeline.run import RunOptions, run_batch
 from tests.factory import write_series
 from tests.pipeline.cohort import model_folder
@@ -71,3 +72,36 @@ def test_a_run_that_stops_while_planning_leaves_no_summary_of_an_earlier_run(
 
     # the earlier summary said "ok" for a series this run may have been about to redo or fail
     assert not any((out / name).exists() for name in ("summary.json", "summary.csv", "report.html"))
+
+
+def test_results_of_series_that_left_the_input_are_kept_and_named(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A series deleted from the input (or its files relabelled) kept its folder and done record, and no rerun said
+    so: a reader taking every folder with a done record for a result of this input took it too (a reviewer's
+    probe). Its results stay; the summary names them (``run.orphaned_results``), a run over part of the input
+    (--series, --modality, a shard) does not look."""
+    import shutil
+
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    leaving = write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    staying = write_series(scans / "b", shape=(8, 16, 16), seed=2)
+    first = _run(model, scans, out)
+    assert first.exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["run"]["orphaned_results"] == []
+    shutil.rmtree(scans / "a")
+    options = RunOptions(model=model, input=scans, output=out, device="cpu", workers=0, formats=("nifti",))
+    assert run_batch(options, progress=RunProgress(log_json=True)).exit_code == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["orphaned_results"] == [leaving.series_instance_uid]
+    assert [s["key"] for s in summary["series"]] == [staying.series_instance_uid]
+    assert (out / leaving.series_instance_uid / "done.json").is_file()  # kept: never a result deleted for this
+    (message,) = [e["message"] for e in events if e["event"] == "orphaned_results"]
+    assert "1 folder(s)" in message and leaving.series_instance_uid in message
+    chosen = RunOptions(
+        model=model, input=scans, output=out, device="cpu", workers=0, formats=("nifti",),
+        series_uids=(staying.series_instance_uid,),
+    )  # fmt: skip
+    assert run_batch(chosen).exit_code == 0
+    assert "orphaned_results" not in json.loads((out / "summary.json").read_text())["run"]

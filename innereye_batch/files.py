@@ -32,6 +32,21 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         temp.unlink(missing_ok=True)
 
 
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that the files just renamed into it survive a power cut; a file system that cannot
+    (some network and FUSE ones refuse a folder's fsync) is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def json_text(document: Any) -> str:
     """Indented UTF-8 JSON text; NaN and infinity are refused (they are not JSON)."""
     return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

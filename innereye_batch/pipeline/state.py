@@ -18,7 +18,7 @@ from typing import Any
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import error_text
-from innereye_batch.files import TEMP_PREFIX, write_json_atomic
+from innereye_batch.files import TEMP_PREFIX, sync_folder, write_json_atomic
 from innereye_batch.pipeline.locks import LOCK_FILE, output_lock
 from innereye_batch.results import ItemResult, StructureStats
 
@@ -174,6 +174,7 @@ def mark_done(
         "findings": _findings_record(findings or {}),
     }
     write_json_atomic(folder / DONE_RECORD, record)
+    sync_folder(folder)  # the record's rename, and the outputs' before it, on disk before the series counts as done
 
 
 def _findings_record(findings: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from innereye_batch.files import TEMP_PREFIX, remove_tree
+from innereye_batch.files import TEMP_PREFIX, remove_tree, sync_folder
 from innereye_batch.service import auth
 from innereye_batch.service.batching import Batchers
 from innereye_batch.service.device import DeviceQueue
@@ -375,7 +375,7 @@ def _accept(service: Service, upload: Path, job_id: str, served: ServedModel) ->
     accepted it: only then does the client hear of it."""
     final = service.runner.upload_path(job_id)
     os.replace(upload, final)
-    _sync_folder(final.parent)
+    sync_folder(final.parent)
     service.store.add(job_id, served.model_id, results_fp=served.results_fp)
     service.runner.wake()
 
@@ -398,12 +398,3 @@ def _check_free_space(state_dir: Path, declared: int | None) -> None:
 
 def _remove(folder: Path) -> None:
     remove_tree(folder)
-
-
-def _sync_folder(folder: Path) -> None:
-    """fsync a folder, so that a file just renamed into it survives a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -148,3 +148,33 @@ def test_the_input_fingerprint_records_the_files_as_the_scan_read_them(tmp_path:
     truth.paths[1].write_bytes(truth.paths[1].read_bytes())  # rewritten in place, same bytes: new times
     assert input_fingerprint(scanned) == before  # the series as scanned
     assert input_fingerprint(scan_tree(tmp_path).series[0]) != before  # as a rerun scans it
+
+
+def test_the_done_record_is_on_disk_with_its_folder_before_the_series_counts_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut after the record's rename could leave the folder without it, or with it but not an output
+    renamed before it: the folder is fsynced after the record's rename, before ``mark_done`` returns."""
+    import innereye_batch.files as files
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    nifti = folder / "segmentation.nii.gz"
+    nifti.write_bytes(b"labels")
+    events: list[tuple[str, str]] = []
+    replace, fsync = files.os.replace, files.os.fsync
+
+    def recording_replace(source: str | Path, target: str | Path) -> None:
+        replace(source, target)
+        events.append(("rename", Path(target).name))
+
+    def recording_fsync(fd: int) -> None:
+        fsync(fd)
+        synced = os.fstat(fd)
+        if (synced.st_ino, synced.st_dev) == (folder.stat().st_ino, folder.stat().st_dev):
+            events.append(("fsync", "folder"))
+
+    monkeypatch.setattr(files.os, "replace", recording_replace)
+    monkeypatch.setattr(files.os, "fsync", recording_fsync)
+    mark_done(folder, "in-fp", "model-fp", {"nifti": nifti})
+    assert events[-2:] == [("rename", "done.json"), ("fsync", "folder")]

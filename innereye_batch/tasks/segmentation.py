@@ -1,10 +1,11 @@
 """Segmentation: decode a work item into a (channels, z, y, x) volume, predict a label map on its grid.
 
-On the device: normalise each channel, resample to the model's spacing, the ensemble's mean softmax posteriors
-(sliding window), back to the source grid, smoothing when configured, argmax, summed-probability rules (they need
-the posteriors): only the uint8 label map leaves the device. On the CPU, off the device loop
-(``SegmentationPrediction.finished``, called by the writers' thread): largest connected component, slice-exclusion
-rules, hole filling and each structure's size.
+On the device: turn the image to the model's orientation when it states one (``Geometry.reorientation``: axes
+swapped and reversed, the label map turned back at the end), normalise each channel, resample to the model's
+spacing, the ensemble's mean softmax posteriors (sliding window), back to the source grid, smoothing when
+configured, argmax, summed-probability rules (they need the posteriors): only the uint8 label map leaves the
+device. On the CPU, off the device loop (``SegmentationPrediction.finished``, called by the writers' thread): largest
+connected component, slice-exclusion rules, hole filling and each structure's size.
 """
 
 from __future__ import annotations

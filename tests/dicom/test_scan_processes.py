@@ -14,6 +14,7 @@ import pytest
 from innereye_batch.dicom import scan
 from innereye_batch.dicom.scan import scan_tree
 from tests.factory import write_series
+from tests.processes import process_alive
 
 
 @pytest.fixture
@@ -82,14 +83,6 @@ scan.scan_tree(Path(sys.argv[1]), workers=2)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")  # a zombie has ended
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_a_killed_scan(tmp_path: Path) -> None:
     """Rule 8 of issue 14 for the scan: a SIGKILLed run leaves no header-reading worker behind."""
@@ -104,9 +97,9 @@ def test_workers_die_with_a_killed_scan(tmp_path: Path) -> None:
     process.kill()
     process.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+    while time.monotonic() < deadline and any(process_alive(pid) for pid in workers):
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(process_alive(pid) for pid in workers)
 
 
 def test_headers_cross_the_process_boundary_whole(tree: Path) -> None:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from innereye_batch.cli import app
 from tests.factory import write_series
 from tests.pipeline.cohort import labels_from_nifti, model_folder
+from tests.processes import process_alive
 
 SERIES = 6
 
@@ -109,14 +110,6 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_sigkill_of_the_main_process_alone_leaves_no_worker_holding_the_lock(tmp_path: Path) -> None:
     from innereye_batch.pipeline.state import LOCK_FILE
 
@@ -134,9 +127,9 @@ def test_sigkill_of_the_main_process_alone_leaves_no_worker_holding_the_lock(tmp
         process.send_signal(signal.SIGKILL)  # the main process only, as a crash or the OOM killer would
         process.wait()
         deadline = time.monotonic() + 30  # before leaving the block, whose kill of the group would take them
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(process_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(w) for w in workers), "decoding workers must die with their run"
+        assert not any(process_alive(w) for w in workers), "decoding workers must die with their run"
     import fcntl
 
     with open(out / LOCK_FILE, "a+") as handle:  # a new run can take the folder at once

@@ -24,6 +24,7 @@ from innereye_batch.pipeline.run import RunOptions, run_batch
 from innereye_batch.writers.registry import OutputFormat, register_format, unregister_format
 from tests.factory import write_series
 from tests.pipeline.cohort import model_folder
+from tests.processes import process_alive
 
 STUCK = "stuck"
 """The series description of the series whose writes hang."""
@@ -157,17 +158,9 @@ def test_a_write_stuck_in_a_writer_process_fails_its_series_and_the_process_is_k
     if processes == 1:  # the write queued behind the stuck one may slip in before the kill: no later one
         assert writers.count(hung) <= 1, (hung, writers)
     deadline = time.monotonic() + 60  # a bound on the kill's taking effect, not a speed goal
-    while _alive(hung) and time.monotonic() < deadline:
+    while process_alive(hung) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(hung), "the writer process that hung is still running"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert not process_alive(hung), "the writer process that hung is still running"
 
 
 @pytest.mark.timeout(240)

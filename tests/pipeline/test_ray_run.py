@@ -51,16 +51,25 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _actor_processes() -> list[int]:
-    pids = []
+    """The actors' own processes. An actor's decode worker is forked from it and inherits its process title, so
+    a process whose parent is an actor is left out."""
+    titled = set()
     for pid in _descendants(os.getpid()):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
         if command.startswith(b"ray::InferenceActor"):
-            pids.append(pid)
-    return sorted(pids)
+            titled.add(pid)
+    return sorted(pid for pid in titled if _parent(pid) not in titled)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the actor's process through /proc")
@@ -79,11 +88,13 @@ def test_a_killed_actor_still_gives_a_complete_correct_folder(case: ScaleCase, t
     deadline = time.monotonic() + 300
     while not list(out.glob("*/done.json")) and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
-    actors = _actor_processes()
-    assert len(actors) == 2, "the run must have started two actors"
-    done_at_kill = len(list(out.glob("*/done.json")))
-    os.kill(actors[0], signal.SIGKILL)
-    thread.join(timeout=600)
+    try:
+        actors = _actor_processes()
+        assert len(actors) == 2, "the run must have started two actors"
+        done_at_kill = len(list(out.glob("*/done.json")))
+        os.kill(actors[0], signal.SIGKILL)
+    finally:  # a failed assertion must not leave the run, and its Ray session, to the next test
+        thread.join(timeout=600)
     assert 0 < done_at_kill < 6, "the kill must land part-way through the run"
     report = outcome[0]
     assert isinstance(report, RunReport), report

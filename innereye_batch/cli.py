@@ -224,6 +224,14 @@ def run(
         list[str] | None, typer.Option("--modality", help="Only series of this Modality (repeatable).")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo series that are already done.")] = False,
+    verify_outputs: Annotated[
+        bool,
+        typer.Option(
+            help="Skip a done series only when its outputs' sha256 equal those recorded when they were written "
+            "(reads every output; by default presence and size are checked). A series whose outputs changed, or "
+            "whose record has no sha256 (an earlier version's), is redone and named in summary.json."
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option(help="List what would run, in the order it would run (largest series first), write nothing.")
     ] = False,
@@ -321,6 +329,7 @@ def run(
         series_uids=_split(series or []),
         modalities=_split(modality or []),
         overwrite=overwrite,
+        verify_outputs=verify_outputs,
         dry_run=dry_run,
         fail_fast=fail_fast,
         trust_checkpoint=trust_checkpoint,

@@ -20,6 +20,7 @@ from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.shards import Shard
 from innereye_batch.pipeline.state import (
+    changed_outputs,
     clear_stale_result,
     done_record,
     done_result_fields,
@@ -144,12 +145,15 @@ def plan_run(
     model_fp: str | None = None,
     shard: Shard | None = None,
     clear_failed: bool = False,
+    verify: bool = False,
 ) -> tuple[list[Job], list[ItemResult]]:
     """Decide per discovered series: run it (a Job), or settle it now (skipped or failed, with the reason).
 
     With ``shard``, only the items (and unmatched series) whose key belongs to it, chosen before any file is
     looked at again, so each of N shards pays only for its own share. ``clear_failed`` (a run holding the output
     lock, never a dry run): the folder of a series that fails here loses an earlier run's stale result.
+    ``verify``: a done series counts as done only when its outputs' content is as recorded (``changed_outputs``
+    reads each); one whose outputs changed is redone, its Job naming them.
     """
     series = [s for s in scan.series if selection(s)]
     items, unmatched = task_for(package.task).plan_items(series, package)
@@ -176,10 +180,11 @@ def plan_run(
             continue
         fingerprint = item_fingerprint(item)
         record = None if overwrite else done_record(folder, fingerprint, model_fp, names)
-        if record is not None:  # the record read once: it says what the series found
+        changed = tuple(changed_outputs(folder, record)) if verify and record is not None else ()
+        if record is not None and not changed:  # the record read once: it says what the series found
             settled.append(item_result(item.primary, "skipped", ALREADY_DONE, **done_result_fields(folder, record)))
             continue
-        jobs.append(Job(item, folder, fingerprint))
+        jobs.append(Job(item, folder, fingerprint, changed))
     jobs.sort(key=_voxels, reverse=True)  # stable: equal sizes keep the scan's order
     return jobs, settled
 

@@ -26,11 +26,13 @@ from innereye_batch.writers.registry import OutputFormat, WriteContext, WriterOp
 
 @dataclass(frozen=True)
 class Job:
-    """A planned work item: where its outputs go and the fingerprint of its inputs."""
+    """A planned work item: where its outputs go and the fingerprint of its inputs. ``changed_outputs``: the files
+    of a done result whose content changed since they were written (``--verify-outputs``), redone for that."""
 
     item: WorkItem
     folder: Path
     input_fp: str
+    changed_outputs: tuple[str, ...] = ()
 
 
 def item_result(series: SeriesInfo, status: Status, reason: str = "", **extra: Any) -> ItemResult:

@@ -31,7 +31,7 @@ from innereye_batch.pipeline.state import input_fingerprint
 from innereye_batch.results import UNFINISHED, ItemResult
 from innereye_batch.tasks import task_for
 from innereye_batch.tasks.base import Predictor, PredictorOptions
-from innereye_batch.text import relative_paths
+from innereye_batch.text import printable, relative_paths
 from innereye_batch.writers.registry import OutputFormat, WriterOptions, resolve_formats
 
 if TYPE_CHECKING:
@@ -63,6 +63,9 @@ class RunOptions:
     series_uids: tuple[str, ...] = ()
     modalities: tuple[str, ...] = ()
     overwrite: bool = False
+    verify_outputs: bool = False
+    """A done series is skipped only when its outputs' sha256 equal those recorded; one whose outputs changed is
+    redone (named in summary.json run.changed_outputs)."""
     dry_run: bool = False
     fail_fast: bool = False
     trust_checkpoint: bool = False
@@ -196,6 +199,7 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
             model_fp=run_fingerprint(package, options),
             shard=options.shard,
             clear_failed=not options.dry_run,
+            verify=options.verify_outputs,
         )
         skipped = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
         # each series with its files as scanned: shards that saw the inputs in other states cannot merge
@@ -211,7 +215,7 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
 
             run_devices(options.device, options.devices)
         jobs, report, _ = plan()
-        report.planned = [{"key": j.item.key, "action": "run", "folder": str(j.folder)} for j in jobs]
+        report.planned = [_planned_run(j) for j in jobs]
         report.planned += [{"key": r.key, "action": r.status, "reason": r.reason} for r in report.results]
         return report
     from innereye_batch.pipeline.library_log import library_messages_to
@@ -260,6 +264,14 @@ def _execute(
             "orphaned_results",
             message=f"{len(orphans)} folder(s) of {options.output} hold results of series no longer in the input "
             f"(deleted, or their files relabelled), kept and left out of the summary: {shown}",
+        )
+
+    changed = {printable(j.item.key): list(j.changed_outputs) for j in jobs if j.changed_outputs}
+    if changed:  # a done result whose files were altered after they were written: redone, and said
+        progress.event(
+            "changed_outputs",
+            message=f"{len(changed)} done series had outputs that changed since they were written, redone: "
+            + "; ".join(_changed_text(j) for j in jobs if j.changed_outputs)[:2000],
         )
 
     def record(result: ItemResult) -> None:
@@ -321,8 +333,21 @@ def _execute(
         }
         if whole_input:
             run_info["orphaned_results"] = orphans
+        if options.verify_outputs:
+            run_info["changed_outputs"] = changed
         write_summaries(options, report, run_info, progress, holds)
     return report
+
+
+def _planned_run(job: Job) -> dict[str, str]:
+    planned = {"key": job.item.key, "action": "run", "folder": str(job.folder)}
+    if job.changed_outputs:
+        planned["reason"] = _changed_text(job)
+    return planned
+
+
+def _changed_text(job: Job) -> str:
+    return f"{printable(job.item.key)}: {', '.join(job.changed_outputs)} changed since written (--verify-outputs)"
 
 
 def _run_jobs(

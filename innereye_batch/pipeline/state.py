@@ -1,7 +1,8 @@
 """Output-folder state for safe reruns: sanitised folder names, atomic writes, done records, the run lock.
 
 A series counts as done only when ``done.json`` exists in its folder, names the same input and model
-fingerprints, and every output it records is present with the recorded size. ``done.json`` and the outputs of an
+fingerprints, and every output it records is present with the recorded size (and, when the run verifies, the
+recorded sha256: ``changed_outputs``). ``done.json`` and the outputs of an
 earlier run are removed before a series is redone; ``done.json`` is written last, after every output has been
 renamed into place, so an interrupted run never leaves a series that looks done but is not.
 """
@@ -109,6 +110,31 @@ def done_record(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, 
     return record
 
 
+def changed_outputs(folder: Path, record: Mapping[str, Any]) -> list[str]:
+    """The outputs of ``folder``'s done record (from ``done_record``) whose content is no longer what was written:
+    their sha256 differs from the recorded one, or none was recorded (a record of an earlier version), or they
+    cannot be read. Empty when every output is as written."""
+    changed = []
+    for entry in record.get("outputs", {}).values():
+        name = str(entry.get("file", ""))
+        try:
+            same = isinstance(entry.get("sha256"), str) and file_sha256(folder / name) == entry["sha256"]
+        except OSError:
+            same = False
+        if not same:
+            changed.append(name)
+    return sorted(changed)
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of the file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while block := fp.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def mark_not_done(folder: Path) -> None:
     """Before a series is (re)done, or after it failed: remove its done record, then every output an earlier run
     may have left there (the files its record listed, and the file of every registered format), so that no older
@@ -166,11 +192,14 @@ def mark_done(
 ) -> None:
     """Record a finished series; called after every output is in place. ``findings`` (the prediction's: structure
     sizes, or class probabilities and labels) are kept, so that a rerun's summary shows them for a series it
-    skips as done."""
+    skips as done. Each output's size and sha256 are recorded (a rerun with ``--verify-outputs`` checks both)."""
     record = {
         "input_fingerprint": input_fp,
         "model_fingerprint": model_fp,
-        "outputs": {fmt: {"file": p.name, "size": p.stat().st_size} for fmt, p in sorted(outputs.items())},
+        "outputs": {
+            fmt: {"file": p.name, "size": p.stat().st_size, "sha256": file_sha256(p)}
+            for fmt, p in sorted(outputs.items())
+        },
         "findings": _findings_record(findings or {}),
     }
     write_json_atomic(folder / DONE_RECORD, record)

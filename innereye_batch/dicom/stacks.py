@@ -21,7 +21,7 @@ from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.headers import FileHeader, ImageHeader, plausible_spacing
 from innereye_batch.dicom.regrid import regular_grid
 from innereye_batch.dicom.series import Problem, SeriesInfo, SliceRef
-from innereye_batch.dicom.slice_steps import spacing_problems, tilt_problems
+from innereye_batch.dicom.slice_steps import numbering_gaps, spacing_problems, tilt_problems
 from innereye_batch.dicom.splitting import Part, split_acquisition, split_identity, split_repeats
 
 IDENTITY_ROWS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -355,6 +355,8 @@ def _placed_stack(
             positions, normal, min(reference.pixel_spacing), regrid_irregular=regrid_irregular
         )
         problems += spacing_found + tilt_found
+        if variable and regrid_irregular and all(im.frame is None for im in images):
+            problems += numbering_gaps([im.split.instance_number for im in images])
         irregular = variable or tilted
     geometry = Geometry(
         shape=(len(images), reference.rows, reference.columns),

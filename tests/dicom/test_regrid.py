@@ -12,6 +12,7 @@ import pytest
 
 from innereye_batch.dicom.geometry import Geometry
 from innereye_batch.dicom.scan import scan_tree
+from innereye_batch.dicom.slice_steps import numbering_gaps
 from innereye_batch.dicom.volume import load_volume
 from innereye_batch.errors import SeriesError
 from tests.dicom.oracle import only_series
@@ -263,3 +264,45 @@ def test_dcm2niix_tilt_and_equalised_outputs_agree(tmp_path: Path) -> None:
     points = points + their_eq.affine[:3, 3]
     lps = points * np.array([-1.0, -1.0, 1.0])
     assert np.abs(their_eq.get_fdata() - phantom(lps)).max() <= 1.0  # dcm2niix: the same phantom, rounded
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_a_slice_missing_from_a_variable_spacing_stack_is_refused_even_when_resampling(
+    tmp_path: Path, descending: bool
+) -> None:
+    """Uneven steps cannot show a missing slice: with --regrid-irregular, the gap it leaves was filled in by the
+    resampling and the series was ok. Its InstanceNumbers show it."""
+    offsets = np.concatenate([[0.0], np.cumsum(GE_STEPS)])
+    positions = [(-50.0, -60.0, 20.0 + float(d)) for d in offsets]
+    voxels = sampled((len(positions), 24, 20), positions, (1, 0, 0), (0, 1, 0), (0.8, 0.7))
+    written = write_series(
+        tmp_path, voxels=voxels, positions=positions, rescale_intercept=0.0, instance_numbers_descending=descending
+    )
+    assert kinds(scan_tree(tmp_path, regrid_irregular=True).series[0]) == {"variable_spacing": False}
+    written.paths[4].unlink()  # between the two 7 mm steps: one 14 mm step, still no multiple of any base step
+    series = scan_tree(tmp_path, regrid_irregular=True).series[0]
+    assert kinds(series) == {"variable_spacing": False, "missing_slices": True}
+    gap = next(p.message for p in series.problems if p.kind == "missing_slices")
+    assert ("from 5 to 3" if descending else "from 4 to 6") in gap and "between slices 4 and 5" in gap
+    with pytest.raises(SeriesError, match="missing_slices"):
+        load_volume(series)
+    assert kinds(scan_tree(tmp_path).series[0]) == {"variable_spacing": True}  # refused as before without the flag
+
+
+@pytest.mark.parametrize(
+    ("numbers", "gap"),
+    [
+        ([1, 2, 3, 4], None),
+        ([2, 4, 6, 8], None),  # every other number: another echo's
+        ([2, 4, 8, 10], "from 4 to 8"),
+        ([9, 7, 3, 1], "from 7 to 3"),
+        ([1, 3, 2, 5], None),  # numbered in another order than the slices: says nothing
+        ([1, None, 4, 5], None),
+        ([1, 1, 3, 4], None),
+    ],
+)
+def test_numbering_gaps(numbers: list[int | None], gap: str | None) -> None:
+    found = numbering_gaps(numbers)
+    assert [p.kind for p in found] == ([] if gap is None else ["missing_slices"])
+    if gap is not None:
+        assert gap in found[0].message and found[0].fatal

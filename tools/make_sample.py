@@ -70,6 +70,7 @@ def inference_block() -> dict[str, Any]:
         ],
         "architecture": {"name": ARCHITECTURE_NAME, **ARCHITECTURE_PARAMS},
         "channels": [{"name": "ct", "modality": "CT"}],
+        "orientation": "LPS",  # trained on head-first supine axial phantoms: other stacks are turned to it
         "normalisation": [
             {
                 "method": "ct_window",

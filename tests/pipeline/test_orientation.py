@@ -143,9 +143,10 @@ def _labels(out: Path, uid: str) -> np.ndarray:
 
 
 def test_a_model_with_an_orientation_sees_every_stack_of_one_anatomy_alike(tmp_path: Path) -> None:
-    """The sample model, told it was trained on head-first supine stacks (LPS), gives the same label map in the
-    patient for one phantom written head-first, feet-first, prone and sagittal; fed as stored (no orientation),
-    the feet-first stack's kidneys came out swapped."""
+    """The shipped sample model states that it was trained on head-first supine stacks (LPS): it gives the same
+    label map in the patient for one phantom written head-first, feet-first, prone and sagittal. Fed as stored
+    (no orientation, as it was shipped before a reviewer found it), the feet-first stack's kidneys came out
+    swapped, reported ok."""
     stacks = _stacks_of_one_anatomy(tmp_path / "scans")
     reference_uid = stacks["head_first_supine"][0]
 
@@ -158,7 +159,8 @@ def test_a_model_with_an_orientation_sees_every_stack_of_one_anatomy_alike(tmp_p
     assert np.count_nonzero(mirrored != reference) > 100  # the model is not mirror-blind: the check means something
 
     out = tmp_path / "out"
-    assert _run(_model(tmp_path / "model", "LPS"), tmp_path / "scans", out) == 0
+    assert load_model_package(SAMPLE_MODEL).segmentation.orientation == "LPS"
+    assert _run(SAMPLE_MODEL, tmp_path / "scans", out) == 0
     assert np.array_equal(_labels(out, reference_uid), reference)
     for name, (uid, back) in stacks.items():
         assert np.array_equal(back(_labels(out, uid)), reference), name
@@ -179,7 +181,13 @@ def test_a_model_without_an_orientation_takes_every_stack_as_stored(tmp_path: Pa
     """As InnerEye: no orientation stated, nothing refused for it (and the model keeps its fingerprint)."""
     uids = _scans(tmp_path / "scans")
     model = _model(tmp_path / "model", None)
-    assert load_model_package(model).fingerprint() == load_model_package(SAMPLE_MODEL).fingerprint()
+    unstated = _model(tmp_path / "unstated", None)  # the key left out, as a folder written before it existed
+    config = unstated / "model_inference_config.json"
+    document = json.loads(config.read_text())
+    del document["inference"]["orientation"]
+    config.write_text(json.dumps(document))
+    assert load_model_package(model).fingerprint() == load_model_package(unstated).fingerprint()
+    assert load_model_package(model).fingerprint() != load_model_package(SAMPLE_MODEL).fingerprint()  # it says LPS
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app, ["run", "--model", str(model), "--input", str(tmp_path / "scans"), "--output", str(out), "--workers", "0"]
@@ -227,5 +235,6 @@ def test_refusing_instead_of_turning_is_another_fingerprint_and_turning_keeps_th
     stated = load_model_package(_model(tmp_path / "stated", "LPS")).fingerprint()
     turning = load_model_package(_model(tmp_path / "turning", "LPS", reorient=True)).fingerprint()
     refusing = load_model_package(_model(tmp_path / "refusing", "LPS", reorient=False)).fingerprint()
-    plain = load_model_package(SAMPLE_MODEL).fingerprint()
-    assert stated == turning and len({turning, refusing, plain}) == 3
+    plain = load_model_package(_model(tmp_path / "plain", None)).fingerprint()
+    assert stated == turning == load_model_package(SAMPLE_MODEL).fingerprint()  # the shipped model states LPS
+    assert len({turning, refusing, plain}) == 3

@@ -9,6 +9,7 @@ renamed into place, so an interrupted run never leaves a series that looks done 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -94,6 +95,8 @@ def is_done(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]
 def done_record(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, ...]) -> dict[str, Any] | None:
     """``folder``'s done record when it vouches for a complete result for these fingerprints covering
     ``formats`` (``is_done``); None otherwise, and for a record unreadable or edited by hand (then redone)."""
+    if folder.is_symlink():  # never vouched for: the series is redone, and refused there (``mark_not_done``)
+        return None
     try:
         record: dict[str, Any] = json.loads((folder / DONE_RECORD).read_text())
         if record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
@@ -138,8 +141,13 @@ def file_sha256(path: Path) -> str:
 def mark_not_done(folder: Path) -> None:
     """Before a series is (re)done, or after it failed: remove its done record, then every output an earlier run
     may have left there (the files its record listed, and the file of every registered format), so that no older
-    result ever lies beside the new one, nor stays in the folder of a series that failed."""
+    result ever lies beside the new one, nor stays in the folder of a series that failed.
+
+    Raises OSError, removing nothing, for a folder that is a symbolic link: it could lead outside the output
+    folder, and neither removing there nor writing there (which follows this) is this run's to do."""
     from innereye_batch.writers.registry import registered_formats
+
+    refuse_linked_folder(folder)
 
     record = folder / DONE_RECORD
     try:
@@ -151,6 +159,13 @@ def mark_not_done(folder: Path) -> None:
     for name in sorted(names):
         if name not in ("", ".", "..") and Path(name).name == name:  # plain file names in this folder only
             (folder / name).unlink(missing_ok=True)
+
+
+def refuse_linked_folder(folder: Path) -> None:
+    """OSError (ELOOP) when the series folder ``folder`` is a symbolic link (someone put it in the output folder):
+    a run writes and removes files only in the output folder's own folders."""
+    if folder.is_symlink():
+        raise OSError(errno.ELOOP, "the series' folder in the output folder is a symbolic link, not followed")
 
 
 def clear_stale_result(folder: Path, input_fp: str | None, model_fp: str) -> str:
@@ -165,7 +180,7 @@ def clear_stale_result(folder: Path, input_fp: str | None, model_fp: str) -> str
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict):
-        if folder.is_dir():
+        if folder.is_dir() or folder.is_symlink():
             return outputs_removed(folder)  # no readable record: whatever lies there vouches for nothing
         return ""
     if input_fp is None or record.get("input_fingerprint") != input_fp or record.get("model_fingerprint") != model_fp:
@@ -253,8 +268,9 @@ def remove_stale_temporaries(output_dir: Path, folders: Iterable[Path] | None = 
     else:
         candidates = (temp for folder in folders for temp in folder.glob(f"{TEMP_PREFIX}*"))
     removed = 0
-    for temp in candidates:
-        if temp.is_file():
+    inside = output_dir.resolve()
+    for temp in candidates:  # not through a folder linked from elsewhere (``**`` follows links before Python 3.13)
+        if temp.is_file() and not temp.is_symlink() and temp.parent.resolve().is_relative_to(inside):
             temp.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -105,3 +105,35 @@ def test_results_of_series_that_left_the_input_are_kept_and_named(
     )  # fmt: skip
     assert run_batch(chosen).exit_code == 0
     assert "orphaned_results" not in json.loads((out / "summary.json").read_text())["run"]
+
+
+def test_a_series_folder_that_is_a_symbolic_link_is_refused_and_nothing_outside_the_output_changes(
+    tmp_path: Path, model: Path
+) -> None:
+    """A link planted in the output folder under a series' name led the run outside it: the series' outputs
+    replaced files there, and a planted done record's listed file was deleted. Now that series fails, saying why,
+    and the others run."""
+    scans, out, elsewhere = tmp_path / "scans", tmp_path / "out", tmp_path / "elsewhere"
+    linked = write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    plain = write_series(scans / "b", shape=(8, 16, 16), seed=2)
+    elsewhere.mkdir()
+    kept = {
+        "notes.txt": b"precious",
+        "segmentation.nii.gz": b"someone else's",
+        f"{state.TEMP_PREFIX}1-x.nii.gz": b"not ours either",
+    }
+    for name, content in kept.items():
+        (elsewhere / name).write_bytes(content)
+    (elsewhere / "done.json").write_text(json.dumps({"outputs": {"nifti": {"file": "notes.txt", "size": 8}}}))
+    out.mkdir()
+    (out / linked.series_instance_uid).symlink_to(elsewhere, target_is_directory=True)
+
+    report = _run(model, scans, out)
+
+    results = {r.key: r for r in report.results}
+    assert report.exit_code == 1
+    assert results[plain.series_instance_uid].status == "ok"
+    refused = results[linked.series_instance_uid]
+    assert refused.status == "failed" and "symbolic link" in refused.reason, refused.reason
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.name != "done.json"} == kept
+    assert (out / linked.series_instance_uid).is_symlink()

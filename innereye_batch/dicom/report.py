@@ -19,7 +19,9 @@ from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.text import printable, relative_paths
 
 
-def _path(path: Path, root: Path | None) -> str:
+def _path(path: Path | str, root: Path | None) -> str:
+    """A path, or a text naming paths (a reason), printable and relative to ``root`` (folder names may name the
+    patient)."""
     return printable(relative_paths(str(path), root))
 
 
@@ -55,7 +57,7 @@ def scan_to_json(result: ScanResult, root: Path | None = None) -> dict[str, Any]
     """The whole scan: {"series": [...], "skipped": [{"path", "reason"}]}; paths relative to ``root``."""
     return {
         "series": [series_to_json(s, root) for s in result.series],
-        "skipped": [{"path": _path(s.path, root), "reason": printable(s.reason)} for s in result.skipped],
+        "skipped": [{"path": _path(s.path, root), "reason": _path(s.reason, root)} for s in result.skipped],
     }
 
 
@@ -116,6 +118,6 @@ def render_scan_table(result: ScanResult, console: Console, root: Path | None = 
         console.print(Text(f"{len(result.skipped)} file(s) skipped:", style="yellow"))
         reasons: dict[str, list[str]] = {}
         for skipped in result.skipped:
-            reasons.setdefault(printable(skipped.reason), []).append(_path(skipped.path, root))
+            reasons.setdefault(_path(skipped.reason, root), []).append(_path(skipped.path, root))
         for reason, paths in sorted(reasons.items(), key=lambda item: -len(item[1]))[:20]:
             console.print(Text.assemble(f"  {len(paths):>5} × {reason}  ", (f"(e.g. {paths[0]})", "dim")))

@@ -201,7 +201,9 @@ def run_batch(options: RunOptions, progress: RunProgress | None = None, source: 
             clear_failed=not options.dry_run,
             verify=options.verify_outputs,
         )
-        skipped = tuple(SkippedFile(Path(relative_paths(str(f.path), root)), f.reason) for f in scan.skipped)
+        skipped = tuple(
+            SkippedFile(Path(relative_paths(str(f.path), root)), relative_paths(f.reason, root)) for f in scan.skipped
+        )
         # each series with its files as scanned: shards that saw the inputs in other states cannot merge
         cohort = [f"{s.key}\0{input_fingerprint(s)}" for s in scan.series if selection(s)]
         plan_fp = plan_fingerprint(cohort + [f"file:{f.path}" for f in skipped])

@@ -66,3 +66,17 @@ def test_scan_table_for_people(tree: tuple[Path, list]) -> None:
 def test_scan_of_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["scan", "--input", str(tmp_path / "nope")])
     assert result.exit_code == 2
+
+
+def test_skipped_files_reasons_name_paths_relative_to_the_input(tmp_path: Path) -> None:
+    """A skipped file's reason quoted its absolute path (a dangling link: the library's FileNotFoundError), and so
+    the input folder's name, which often names the patient; its ``path`` field was already relative."""
+    folder = tmp_path / "SMITH_JOHN"
+    write_series(folder / "a")
+    (folder / "a" / "dangling.dcm").symlink_to(tmp_path / "gone.dcm")
+    result = CliRunner().invoke(app, ["scan", "--input", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    (skipped,) = json.loads(result.output)["skipped"]
+    assert skipped["path"] == "a/dangling.dcm"
+    assert "FileNotFoundError" in skipped["reason"] and "a/dangling.dcm" in skipped["reason"], skipped
+    assert "SMITH_JOHN" not in result.output

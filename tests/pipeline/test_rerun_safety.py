@@ -137,3 +137,17 @@ def test_a_series_folder_that_is_a_symbolic_link_is_refused_and_nothing_outside_
     assert refused.status == "failed" and "symbolic link" in refused.reason, refused.reason
     assert {p.name: p.read_bytes() for p in elsewhere.iterdir() if p.name != "done.json"} == kept
     assert (out / linked.series_instance_uid).is_symlink()
+
+
+def test_the_summarys_skipped_file_reasons_do_not_name_the_input_folder(tmp_path: Path, model: Path) -> None:
+    scans, out = tmp_path / "SMITH_JOHN", tmp_path / "out"
+    write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    (scans / "dangling.dcm").symlink_to(tmp_path / "gone.dcm")
+    assert _run(model, scans, out).exit_code == 1  # the link's folder holds no series: an unreadable row too
+    summary = json.loads((out / "summary.json").read_text())
+    (skipped,) = summary["skipped_files"]
+    assert skipped["path"] == "dangling.dcm" and "FileNotFoundError" in skipped["reason"], skipped
+    assert "'dangling.dcm'" in skipped["reason"] and "SMITH_JOHN" not in skipped["reason"]
+    assert all("SMITH_JOHN" not in row["reason"] for row in summary["series"])
+    del summary["run"]["input"]  # the folder the run was given, as given
+    assert "SMITH_JOHN" not in json.dumps(summary)

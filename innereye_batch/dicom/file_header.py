@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
@@ -278,6 +278,16 @@ def read_tags(path: Path, tags: list[int]) -> FileDataset:
     other elements' values skipped, not read (on a scanner's header of hundreds of elements, much the faster)."""
     with open(path, "rb") as fp:
         return read_partial(fp, _at_pixel_data, defer_size=None, force=False, specific_tags=tags)
+
+
+SOURCE_DEFER_SIZE = 1 << 20
+"""Header elements longer than this (bytes) stay on disk until read: a private blob of gigabytes is never held."""
+
+
+def read_source_header(path: Path) -> Dataset:
+    """Every element of a source image's header for a writer to copy from (no pixel data), the values of those
+    over ``SOURCE_DEFER_SIZE`` read only if asked for (pydicom reads them from the file then)."""
+    return pydicom.dcmread(path, stop_before_pixels=True, defer_size=SOURCE_DEFER_SIZE)
 
 
 def _at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:

@@ -288,11 +288,10 @@ def _source_header(path: Path, series: SeriesInfo, *, whole: bool = True) -> Dat
 
     ``whole``: every element; else only ``SOURCE_TAGS``, what highdicom reads from a series' other images (the
     first one's header gives the SEG its patient, study and equipment)."""
-    import pydicom
 
-    from innereye_batch.dicom.file_header import read_tags
+    from innereye_batch.dicom.file_header import read_source_header, read_tags
 
-    header = pydicom.dcmread(path, stop_before_pixels=True) if whole else read_tags(path, SOURCE_TAGS)
+    header = read_source_header(path) if whole else read_tags(path, SOURCE_TAGS)
     source = with_type2_patient_and_study(header)
     if not source.get("SliceThickness") and "PerFrameFunctionalGroupsSequence" not in source:
         source.SliceThickness = format_number_as_ds(float(series.geometry.spacing[0]))

@@ -100,12 +100,13 @@ def write_heatmap_secondary_capture(
     (``series_instance_uid`` or a new UID) numbered the source's + 2000. Returns the dataset.
     """
     import highdicom as hd
-    import pydicom
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian
 
+    from innereye_batch.dicom.file_header import read_source_header
+
     if not isinstance(source, Dataset):
-        source = pydicom.dcmread(source, stop_before_pixels=True)
+        source = read_source_header(source)
     pixels = overlay_rgb(image, heatmap, alpha=alpha)
     rows, columns = int(source.get("Rows", 0)), int(source.get("Columns", 0))
     if (rows, columns) != pixels.shape[:2]:

@@ -105,6 +105,8 @@ def write_rtstruct(
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+    from innereye_batch.dicom.file_header import read_source_header
+
     if tuple(labels.shape) != tuple(series.geometry.shape) or len(series.slices) != labels.shape[0]:
         raise ValueError(f"label map shape {labels.shape} does not match series {series.key} {series.geometry.shape}")
     spec = package.segmentation
@@ -114,7 +116,7 @@ def write_rtstruct(
         raise ValueError(f"series {series.key} has no FrameOfReferenceUID for the structure set to reference")
     if masks is None:
         masks = structure_masks(labels, spec.structures, spec.postprocessing.fill_holes)
-    source = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    source = read_source_header(series.files[0])
     now = datetime.datetime.now()
     version = model_version(package)
 

@@ -131,3 +131,39 @@ def test_a_mirrored_dicom_output_fails_its_series_and_leaves_no_output(
     ), result.reason
     assert "'islands': centroid" in result.reason and "from the label map's" in result.reason
     assert list(folder.iterdir()) == []  # the NIfTI written before is gone, and there is no done record
+
+
+def test_a_large_private_element_of_the_source_is_never_read_by_the_writers(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DICOM-SEG and RT Structure Set writers read the first source image's whole header: a private element of
+    1.5 GiB on each slice took a run from 0.5 to 2 GB (one of 30 GB would have ended it). Such values now stay on
+    disk (``read_source_header``), and the outputs are as without them."""
+    from innereye_batch.dicom import file_header
+
+    series = write_series(tmp_path / "scans" / "a", shape=(8, 16, 16), seed=3)
+    blob = bytes(range(256)) * 8192  # 2 MiB
+    for path in series.paths:
+        ds = pydicom.dcmread(path)
+        ds.private_block(0x0029, "BLOB VENDOR", create=True).add_new(0x10, "OB", blob)
+        ds.save_as(path)
+    source = file_header.read_source_header(series.paths[0])
+    element = source.get_item(0x00291010, keep_deferred=True)
+    assert element is not None and element.value is None, "the blob's value was read"  # deferred: on disk
+    assert source.SeriesInstanceUID == series.series_instance_uid
+
+    read_whole: list[Path] = []
+    original = pydicom.dcmread
+
+    def watched(path: object, *args: object, **kwargs: object) -> object:
+        if kwargs.get("defer_size") is None and not kwargs.get("specific_tags") and Path(str(path)) in series.paths:
+            read_whole.append(Path(str(path)))
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom, "dcmread", watched)
+    report = run_batch(
+        RunOptions(model=model, input=tmp_path / "scans", output=tmp_path / "out", device="cpu", workers=0)
+    )
+    assert [r.status for r in report.results] == ["ok"] and read_whole == []
+    seg = pydicom.dcmread(tmp_path / "out" / series.series_instance_uid / "segmentation.dcm")
+    assert 0x00291010 not in seg and seg.PatientID == "PAT001"

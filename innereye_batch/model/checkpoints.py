@@ -323,7 +323,6 @@ def load_networks(
     as background (an empty segmentation). A file whose sha256 is no longer the package's (replaced since the
     folder was read) is refused too: the run's records name the package's checksums. Two members of the same
     weights (``weights_digest``) are refused: the ensemble's mean would count that member twice."""
-    from innereye_batch.model.architectures import build_network
 
     networks = []
     in_channels = len(package.channels)
@@ -358,14 +357,42 @@ def load_networks(
             networks.append(network.to(device))
             continue
         else:
-            network = build_network(package.architecture, in_channels, package.num_outputs)
-            problems = _mismatch_report(dict(network.state_dict()), loaded.state_dict)
-            if problems:
-                raise CheckpointError(
-                    f"checkpoint {ref.path} ({loaded.format}) does not match architecture "
-                    f"{package.architecture.name} {dict(package.architecture.params)} with {in_channels} input "
-                    f"channel(s) and {package.num_outputs} outputs: " + "; ".join(problems)
-                )
+            network = _network_for(package, in_channels, ref.path, loaded)
             network.load_state_dict(loaded.state_dict, strict=True)
         networks.append(network.to(device).eval())
     return networks
+
+
+def _network_for(package: ModelPackage, in_channels: int, path: Path, loaded: LoadedCheckpoint) -> torch.nn.Module:
+    """The package's network, built once its shapes are known to match the checkpoint's: they are compared on
+    the meta device first (no memory), so an architecture that does not fit its weights is refused before it is
+    allocated (a mistyped width of a million channels asked for 100 TB)."""
+    import torch
+
+    from innereye_batch.model.architectures import build_network
+
+    def refuse(problems: list[str]) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {path} ({loaded.format}) does not match architecture {package.architecture.name} "
+            f"{dict(package.architecture.params)} with {in_channels} input channel(s) and {package.num_outputs} "
+            "outputs: " + "; ".join(problems)
+        )
+
+    try:
+        with torch.device("meta"):
+            shapes = dict(build_network(package.architecture, in_channels, package.num_outputs).state_dict())
+    except Exception:  # an architecture that computes while it is built: compared once built below
+        shapes = {}
+    if shapes and (problems := _mismatch_report(shapes, loaded.state_dict)):
+        raise refuse(problems)
+    try:
+        network = build_network(package.architecture, in_channels, package.num_outputs)
+    except (RuntimeError, MemoryError) as error:
+        raise CheckpointError(
+            f"checkpoint {path}: architecture {package.architecture.name} {dict(package.architecture.params)} "
+            f"cannot be built: {type(error).__name__}: {error}"
+        ) from error
+    problems = _mismatch_report(dict(network.state_dict()), loaded.state_dict)
+    if problems:
+        raise refuse(problems)
+    return network

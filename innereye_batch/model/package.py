@@ -23,7 +23,7 @@ from innereye_batch.model.inference_block import (
     parse_colour,
     parse_inference_block,
 )
-from innereye_batch.model.spec import CheckpointRef, ModelPackage
+from innereye_batch.model.spec import CheckpointRef, ModelPackage, dicom_label_problem
 
 CONFIG_FILE = "model_inference_config.json"
 BLOCK_FILE = "inference_config.json"
@@ -43,6 +43,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(text, parse_constant=_not_json)
     except ValueError as error:  # JSONDecodeError, or a NaN / Infinity token
         raise ModelFolderError(f"{path}: not valid JSON: {error}") from error
+    except RecursionError as error:  # thousands of nested brackets
+        raise ModelFolderError(f"{path}: nested too deeply to be a model's configuration") from error
 
 
 def _apply_older_form(config: Mapping[str, Any], block: dict[str, Any], file: Path) -> None:
@@ -191,6 +193,8 @@ def load_model_package(folder: Path) -> ModelPackage:
     name = config.get("model_name")
     if not isinstance(name, str) or not name:
         raise fields.error("model_name", "missing or not a string")
+    if problem := dicom_label_problem(name):  # it names the DICOM outputs' series, and shows in terminals
+        raise fields.error("model_name", problem)
     namespace = config.get("model_configs_namespace") or ""
     if not isinstance(namespace, str):
         raise fields.error("model_configs_namespace", f"must be a string, got {namespace!r}", "model_name")

@@ -160,6 +160,35 @@ def test_shape_mismatch_is_reported(tmp_path: Path, block: dict[str, Any]) -> No
         load_networks(wider)
 
 
+def test_an_architecture_far_too_wide_for_its_weights_is_refused_before_it_is_built(
+    tmp_path: Path, block: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped width (a million channels) was built before its shapes were compared with the checkpoint's:
+    a RuntimeError asking for 108 TB, a traceback. Its shapes are now compared on the meta device first."""
+    from innereye_batch.model import architectures
+
+    path = tmp_path / "last.ckpt"
+    _save_lightning(tiny_network(), path)
+    package = _package_with(tmp_path, block, path)
+    huge = dataclasses.replace(
+        package,
+        architecture=ArchitectureSpec("UNet3D", {"initial_feature_channels": 1_000_000, "num_downsampling_paths": 2}),
+    )
+    built_on: list[str] = []
+    original = architectures.build_network
+
+    def watched(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        network = original(*args, **kwargs)
+        built_on.append(next(network.parameters()).device.type)
+        return network
+
+    monkeypatch.setattr(architectures, "build_network", watched)
+    with pytest.raises(CheckpointError, match=r"checkpoint \(2, 1, 3, 3, 3\) vs network \(1000000,"):
+        load_networks(huge)
+    assert built_on == ["meta"]  # never in memory
+    assert len(load_networks(package)) == 1 and built_on == ["meta", "meta", "cpu"]  # a match is built for real
+
+
 def test_damaged_and_foreign_files_give_checkpoint_errors(tmp_path: Path) -> None:
     junk = tmp_path / "last.ckpt"
     junk.write_bytes(b"not a checkpoint at all")

@@ -265,6 +265,23 @@ def test_missing_config_and_bad_json(tmp_path: Path) -> None:
         load_model_package(tmp_path / "nowhere")
 
 
+def test_a_configuration_nested_thousands_deep_is_a_model_folder_error(tmp_path: Path) -> None:
+    folder = _folder_with_checkpoint(tmp_path)
+    for deep in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+        (folder / "model_inference_config.json").write_text(deep)  # was a RecursionError's traceback
+        with pytest.raises(ModelFolderError, match="nested too deeply"):
+            load_model_package(folder)
+
+
+def test_a_model_name_with_a_control_character_is_refused(tmp_path: Path, block: dict[str, Any]) -> None:
+    """It names the DICOM outputs' series and is printed by inspect: an escape sequence went to the terminal."""
+    folder = _folder_with_checkpoint(tmp_path)
+    for name in ("Tiny\x1b[31mRed", "Tiny\\Two"):
+        _write_config(folder, {"model_name": name, "checkpoint_paths": ["checkpoints/last.ckpt"], "inference": block})
+        with pytest.raises(ModelFolderError, match="model_name"):
+            load_model_package(folder)
+
+
 def test_documented_example_is_valid_and_matches_the_prostate_preset() -> None:
     from innereye_batch.model.inference_block import parse_inference_block
 

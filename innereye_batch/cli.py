@@ -294,8 +294,9 @@ def run(
     and JSON per series; classification writes JSON (and explanation heat maps) per image.
 
     Exit code 0 when every series succeeded (or was already done), 1 when some failed or were not run (the run
-    stopped before them: --fail-fast; an interrupt exits 130), 2 for usage errors. A shard that merges the summary
-    exits 1 also when a series of another shard failed or was not run.
+    stopped before them: --fail-fast; an interrupt exits 130) or the summary could not be written, 2 for usage
+    and model-folder errors and for an output folder held by another run. A shard that merges the summary exits 1
+    also when a series of another shard failed or was not run.
     Safe to rerun: finished series are skipped, interrupted ones are redone.
     """
     from innereye_batch.pipeline.progress import RunProgress
@@ -349,8 +350,23 @@ def run(
         return
     if not quiet and not log_json:
         render_run_report(report, output, stdout)
-    elif quiet and not log_json and report.summary_error:  # cron reads stderr: never a silent exit 1
-        print(f"error: the run summary could not be written: {printable(report.summary_error)}", file=sys.stderr)
+    elif quiet and not log_json:  # cron mails stderr: each failed series, and the summary's failure, a line each
+        for result in report.results:
+            if result.status == "failed":
+                print(f"failed {printable(result.key)}: {printable(result.reason)}", file=sys.stderr)
+        if report.summary_error:  # never a silent exit 1
+            print(f"error: the run summary could not be written: {printable(report.summary_error)}", file=sys.stderr)
+    if log_json:  # the run's last line: what a log reader needs without opening the summary
+        from innereye_batch.writers.summary import status_counts
+
+        progress.event(
+            "run_finished",
+            exit_code=report.exit_code,
+            series=status_counts(report.results),
+            skipped_files=len(report.skipped_files),
+            summary=[str(p) for p in report.summary_paths],
+            summary_error=report.summary_error,
+        )
     raise typer.Exit(report.exit_code)
 
 

@@ -70,6 +70,29 @@ def test_statuses_reasons_and_exit_code(finished_run: tuple[Cohort, Path, Path, 
     assert "Doe^Jane" not in text and "P1" not in text.split(",")  # no patient identity
 
 
+def test_quiet_and_log_json_reruns_say_what_failed_on_stderr(
+    finished_run: tuple[Cohort, Path, Path, int], tmp_path: Path
+) -> None:
+    """Cron mails stderr: with --quiet a rerun whose series fail printed nothing at all (exit 1 only); --log-json
+    ended without a line saying how the run went."""
+    cohort, model, out, _ = finished_run
+    failing = {cohort.missing_slice.series_instance_uid, cohort.corrupt_pixels.series_instance_uid}
+    args = ["run", "--model", str(model), "--input", str(cohort.root), "--output", str(out), "--workers", "0"]
+    quiet = CliRunner().invoke(app, [*args, "--quiet"])
+    assert quiet.exit_code == 1 and quiet.stdout == ""
+    lines = quiet.stderr.splitlines()
+    assert {line.split(":", 1)[0] for line in lines} == {f"failed {key}" for key in failing}, lines
+    assert any("missing" in line for line in lines)
+
+    logged = CliRunner().invoke(app, [*args, "--log-json"])
+    assert logged.exit_code == 1 and logged.stdout == ""
+    last = json.loads(logged.stderr.splitlines()[-1])
+    counts = json.loads((out / "summary.json").read_text())["counts"]
+    assert last["event"] == "run_finished" and last["exit_code"] == 1
+    assert {**last["series"], "skipped_files": last["skipped_files"]} == counts  # as summary.json counts them
+    assert last["summary"][0].endswith("summary.json") and last["summary_error"] == ""
+
+
 def test_nifti_has_the_source_geometry_and_the_library_labels(finished_run: tuple[Cohort, Path, Path, int]) -> None:
     cohort, model, out, _ = finished_run
     package = load_model_package(model)

@@ -132,6 +132,16 @@ def _keep_worker_deaths_synchronous() -> None:
     signal_handling._SIGCHLD_handler_set = True
 
 
+def _share_temporary_folder() -> None:
+    """Make this process's multiprocessing folder (``pymp-*`` under TMPDIR) before any worker is forked, so that
+    the workers inherit it and put their sockets (torch passes shared memory to this process through them) in
+    it: it is removed when this process ends. A worker forked before it existed made one of its own, which
+    stayed in TMPDIR for ever when the worker was killed (a death, a timeout, an interrupt)."""
+    from multiprocessing import util
+
+    util.get_temp_dir()
+
+
 POLL_SECONDS = 5.0
 """The longest single wait on the loader: torch looks for dead workers only when a wait of its ends empty (its
 own check interval with no timeout, else the whole timeout), so a decode timeout is waited out in these steps and
@@ -165,6 +175,7 @@ def load_items(
     """
     if workers > 0:
         _keep_worker_deaths_synchronous()
+        _share_temporary_folder()
     timeout = timeout if 0 < timeout <= MAX_DECODE_TIMEOUT else 0
     position = 0
     suspects = 0

@@ -164,3 +164,31 @@ def test_pytorch_still_has_the_flag_that_keeps_worker_deaths_synchronous() -> No
         iterator._shutdown_workers
     )  # loader._stop_workers uses them
     assert [int(x.decoded.value) for x in iterator] == [0]  # type: ignore[attr-defined]
+
+
+LEAK_SCRIPT = """
+import signal, sys
+sys.path.insert(0, {root!r})
+from tests.pipeline.test_loader import _decoder_killing, _items
+from innereye_batch.pipeline.loader import load_items
+
+decoder = _decoder_killing(frozenset({{"1.4"}}), signal.SIGKILL)
+loaded = list(load_items(_items(9), decoder, workers=2, pin_memory=False))
+assert sum(x.decoded is None for x in loaded) == 2, loaded
+"""
+
+
+def test_killed_workers_leave_no_temporary_folders(tmp_path: Path) -> None:
+    """Each decoding worker that was killed (a death, a timeout, the workers of an item decoded alone, an
+    interrupt) left its multiprocessing folder (pymp-*, holding a listener socket) in the temporary folder for
+    ever: six after one worker death. The workers now share the run process's, removed when it ends."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", LEAK_SCRIPT.format(root=root)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -103,26 +103,33 @@ def spacing_problems(steps: np.ndarray, *, regrid_irregular: bool = False) -> tu
     return step, problems, False
 
 
-def numbering_gaps(numbers: list[int | None]) -> list[Problem]:
+def numbering_gaps(numbers: list[int | None], held: frozenset[int] = frozenset()) -> list[Problem]:
     """A fatal ``missing_slices`` problem when the InstanceNumbers of a variable-spacing stack to be resampled
-    (``numbers``, in slice order, one per file) skip where their stride says a slice should be: its uneven steps
-    cannot show a missing slice, and resampling would fill it in silently. Nothing where a number is absent or
-    repeated, or the numbers do not run with the slices (they then say nothing of gaps)."""
+    (``numbers``, in slice order, one per file) skip where their stride says a slice should be, and no image of
+    the series (``held``: the numbers of all its images, other stacks and echoes included) holds the skipped
+    number: uneven steps cannot show a missing slice, and resampling would fill it in silently. Nothing where a
+    number is absent or repeated, or the numbers do not run with the slices (they then say nothing of gaps)."""
     if len(numbers) < 3 or any(n is None for n in numbers) or len(set(numbers)) != len(numbers):
         return []
-    steps = np.diff(np.asarray(numbers, dtype=np.int64))
+    known = [int(n) for n in numbers if n is not None]
+    steps = np.diff(np.asarray(known, dtype=np.int64))
     if not ((steps > 0).all() or (steps < 0).all()):
         return []
     stride = int(np.abs(steps).min())  # 1; 2 where another echo or phase holds every other number
-    gaps = np.flatnonzero(np.abs(steps) != stride)
-    if gaps.size == 0:
+    gaps = []
+    for k, step in enumerate(steps.tolist()):
+        direction = stride if step > 0 else -stride
+        skipped = [n for n in range(known[k] + direction, known[k + 1], direction) if n not in held]
+        if skipped:
+            gaps.append((k, skipped))
+    if not gaps:
         return []
-    first = int(gaps[0])
-    missing = int(sum(abs(int(steps[g])) // stride - 1 for g in gaps))
+    first = gaps[0][0]
+    missing = sum(len(numbers_skipped) for _, numbers_skipped in gaps)
     message = (
-        f"InstanceNumbers skip from {numbers[first]} to {numbers[first + 1]} between slices {first + 1} and "
-        f"{first + 2} (about {missing} number(s) missing in all): a slice may be missing, which variable spacing "
-        "cannot show; not resampled"
+        f"InstanceNumbers skip from {known[first]} to {known[first + 1]} between slices {first + 1} and "
+        f"{first + 2} (about {missing} number(s) missing in all, held by no image of the series): a slice may be "
+        "missing, which variable spacing cannot show; not resampled"
     )
     return [Problem(MISSING_SLICES, message, True)]
 

@@ -35,8 +35,10 @@ def build_series(headers: list[FileHeader], *, regrid_irregular: bool = False) -
     """Every series (stack) formed by ``headers``, each with a unique, stable key."""
     result = []
     for group in _group_by_series(headers).values():
+        held = frozenset(n for f in group for im in f.images if (n := im.split.instance_number) is not None)
         for identity in split_identity(group):
-            stacks = [info for part in split_acquisition(identity) for info in _build_part(part, regrid_irregular)]
+            parts = split_acquisition(identity)
+            stacks = [info for part in parts for info in _build_part(part, regrid_irregular, held)]
             result += _sibling_problems(stacks)
     return _unique_keys(result)
 
@@ -128,7 +130,8 @@ def _stack_order(images: list[ImageHeader]) -> tuple[object, ...]:
     )
 
 
-def _build_part(part: Part, regrid_irregular: bool) -> list[SeriesInfo]:
+def _build_part(part: Part, regrid_irregular: bool, held: frozenset[int]) -> list[SeriesInfo]:
+    """The part's stacks. ``held``: the InstanceNumbers of every image of the SeriesInstanceUID (numbering_gaps)."""
     by_path = {f.path: f for f in part.files}
     projection = [im for im in part.images if by_path[im.path].is_projection]
     unplaced = [
@@ -147,7 +150,7 @@ def _build_part(part: Part, regrid_irregular: bool) -> list[SeriesInfo]:
             result.append(_projection_stack(part, images[0], suffix, stack))
             continue
         for more, split_by, repeat in split_repeats(images):
-            result.append(_placed_stack(part, repeat, suffix + more, split_by, stack, regrid_irregular))
+            result.append(_placed_stack(part, repeat, suffix + more, split_by, stack, regrid_irregular, held))
     if unplaced:
         key = part.files[0].series_instance_uid + part.suffix + (".unplaced" if result else "")
         result = [
@@ -325,7 +328,13 @@ def _unplaced_stack(part: Part, images: list[ImageHeader], suffix: str) -> Serie
 
 
 def _placed_stack(
-    part: Part, images: list[ImageHeader], suffix: str, split_by: dict[str, str], stack: int, regrid_irregular: bool
+    part: Part,
+    images: list[ImageHeader],
+    suffix: str,
+    split_by: dict[str, str],
+    stack: int,
+    regrid_irregular: bool,
+    held: frozenset[int] = frozenset(),
 ) -> SeriesInfo:
     """Sort along the slice normal; geometry as SimpleITK defines it; the stack's spacing problems."""
     reference = images[0]
@@ -356,7 +365,7 @@ def _placed_stack(
         )
         problems += spacing_found + tilt_found
         if variable and regrid_irregular and all(im.frame is None for im in images):
-            problems += numbering_gaps([im.split.instance_number for im in images])
+            problems += numbering_gaps([im.split.instance_number for im in images], held)
         irregular = variable or tilted
     geometry = Geometry(
         shape=(len(images), reference.rows, reference.columns),

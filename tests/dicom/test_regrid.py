@@ -290,19 +290,50 @@ def test_a_slice_missing_from_a_variable_spacing_stack_is_refused_even_when_resa
 
 
 @pytest.mark.parametrize(
-    ("numbers", "gap"),
+    ("numbers", "held", "gap"),
     [
-        ([1, 2, 3, 4], None),
-        ([2, 4, 6, 8], None),  # every other number: another echo's
-        ([2, 4, 8, 10], "from 4 to 8"),
-        ([9, 7, 3, 1], "from 7 to 3"),
-        ([1, 3, 2, 5], None),  # numbered in another order than the slices: says nothing
-        ([1, None, 4, 5], None),
-        ([1, 1, 3, 4], None),
+        ([1, 2, 3, 4], (), None),
+        ([2, 4, 6, 8], (), None),  # every other number: another echo's
+        ([2, 4, 8, 10], (), "from 4 to 8"),
+        ([2, 4, 8, 10], (6,), None),  # the series holds 6 (another stack, another grid)
+        ([1, 2, 4, 5, 7], (3,), "from 5 to 7"),  # 3 is held, 6 is not
+        ([9, 7, 3, 1], (), "from 7 to 3"),
+        ([1, 3, 2, 5], (), None),  # numbered in another order than the slices: says nothing
+        ([1, None, 4, 5], (), None),
+        ([1, 1, 3, 4], (), None),
     ],
 )
-def test_numbering_gaps(numbers: list[int | None], gap: str | None) -> None:
-    found = numbering_gaps(numbers)
+def test_numbering_gaps(numbers: list[int | None], held: tuple[int, ...], gap: str | None) -> None:
+    found = numbering_gaps(numbers, frozenset(held))
     assert [p.kind for p in found] == ([] if gap is None else ["missing_slices"])
     if gap is not None:
         assert gap in found[0].message and found[0].fatal
+
+
+def test_a_number_another_stack_of_the_series_holds_is_no_gap(tmp_path: Path) -> None:
+    """A reviewer's case: a complete variable-spacing axial stack numbered 1-4 and 6-9, number 5 being a coronal
+    image of the same series, was refused as missing a slice."""
+    offsets = np.concatenate([[0.0], np.cumsum(GE_STEPS)])
+    positions = [(-50.0, -60.0, 20.0 + float(d)) for d in offsets]
+    numbers = [1, 2, 3, 4, 6, 7, 8, 9]
+
+    def renumber(k: int, ds: object) -> None:
+        ds.InstanceNumber = numbers[k]  # type: ignore[attr-defined]
+
+    axial = write_series(tmp_path, shape=(len(positions), 16, 16), positions=positions, edit=renumber)
+    common = {"shape": (1, 16, 16), "series_instance_uid": axial.series_instance_uid, "name_prefix": "COR"}
+    coronal = dict(row_direction=(1, 0, 0), column_direction=(0, 0, -1), first_instance=5)
+    write_series(
+        tmp_path,
+        **common,  # type: ignore[arg-type]
+        **coronal,  # type: ignore[arg-type]
+        study_instance_uid=axial.study_instance_uid,
+        frame_of_reference_uid=axial.frame_of_reference_uid,
+    )
+    stacks = {len(s.slices): kinds(s) for s in scan_tree(tmp_path, regrid_irregular=True).series}
+    assert stacks == {8: {"variable_spacing": False}, 1: {}}
+    (tmp_path / "COR0000.dcm").unlink()  # now no image holds number 5
+    assert kinds(scan_tree(tmp_path, regrid_irregular=True).series[0]) == {
+        "variable_spacing": False,
+        "missing_slices": True,
+    }

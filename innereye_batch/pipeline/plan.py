@@ -20,6 +20,7 @@ from innereye_batch.model.spec import ModelPackage
 from innereye_batch.pipeline.process import Job, item_result
 from innereye_batch.pipeline.shards import Shard
 from innereye_batch.pipeline.state import (
+    DONE_RECORD,
     changed_outputs,
     clear_stale_result,
     done_record,
@@ -175,7 +176,7 @@ def plan_run(
         if reasons:
             result = item_result(item.primary, "failed", "; ".join(reasons))
             if clear_failed:
-                result = with_problem(result, clear_stale_result(folder, item_fingerprint(item), model_fp))
+                result = with_problem(result, _cleared(folder, item, model_fp))
             settled.append(result)
             continue
         fingerprint = item_fingerprint(item)
@@ -187,6 +188,21 @@ def plan_run(
         jobs.append(Job(item, folder, fingerprint, changed))
     jobs.sort(key=_voxels, reverse=True)  # stable: equal sizes keep the scan's order
     return jobs, settled
+
+
+def _cleared(folder: Path, item: WorkItem, model_fp: str) -> str:
+    """After ``item`` failed at planning: its folder cleared of an earlier run's stale result (``clear_stale_result``,
+    whose problem it returns). Where the files themselves are refused (fatal scan problems: a missing slice, an
+    unreadable file), a result made of these very files by this model is stale too: a version that did not see
+    the problem made it (it resampled across the gap that ``numbering_gaps`` now finds), and it is removed, said in
+    the reason. A series refused for this run's options alone (``--max-voxels``) keeps its result."""
+    problem = clear_stale_result(folder, item_fingerprint(item), model_fp)  # of other files, or another model
+    kept = not folder.is_symlink() and (folder / DONE_RECORD).is_file()  # made of these files by this model
+    if problem or not kept or not any(s.fatal_problems for s in item.inputs):
+        return problem
+    return clear_stale_result(folder, None, model_fp) or (
+        "the result an earlier run made of these files was removed: it did not see this problem"
+    )
 
 
 def _voxels(job: Job) -> int:

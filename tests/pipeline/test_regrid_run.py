@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
+import pytest
 import SimpleITK as sitk
 
 from innereye_batch.dicom.geometry import Geometry
@@ -47,3 +49,33 @@ def test_tilted_series_refused_by_default_and_resampled_on_request(tmp_path: Pat
     expected = regridding.to_source(labels_from_nifti(folder / "segmentation.nii.gz"))
     np.testing.assert_array_equal(read_back_labels(folder / "segmentation.dcm", series), expected)
     assert expected.shape == series.geometry.shape and expected.any()
+
+
+def test_a_result_made_before_a_problem_was_seen_goes_when_the_series_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier version resampled a variable-spacing stack across a missing slice and reported it ok. Its
+    files unchanged, the fixed version refuses the series, but kept that result (same input and model
+    fingerprints) with its done record: it still looked done. Now it is removed, and the reason says so."""
+    from innereye_batch.dicom import stacks
+    from tests.dicom.test_regrid import GE_STEPS, write_variable
+
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_variable(scans, steps=(*GE_STEPS[:3], GE_STEPS[3] + GE_STEPS[4], *GE_STEPS[5:]))  # a slice of 7 mm gone
+    for path in sorted(scans.iterdir())[4:]:  # the numbers after the gap skip one, as the scanner numbered them
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = int(ds.InstanceNumber) + 1
+        ds.save_as(path)
+    model = model_folder(tmp_path / "model", members=1)
+    options = RunOptions(model=model, input=scans, output=out, workers=0, regrid_irregular=True, formats=("nifti",))
+    monkeypatch.setattr(stacks, "numbering_gaps", lambda *args: [])  # as the version that did not look
+    (before,) = run_batch(options).results
+    assert before.status == "ok"
+    monkeypatch.undo()
+    folder = out / before.key
+    assert (folder / "done.json").is_file()
+
+    (after,) = run_batch(options).results
+    assert after.status == "failed" and "missing_slices" in after.reason
+    assert "the result an earlier run made of these files was removed" in after.reason
+    assert sorted(p.name for p in folder.iterdir()) == []

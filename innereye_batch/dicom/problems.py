@@ -98,6 +98,10 @@ MOSAIC = "mosaic"
 REGRIDDABLE = frozenset({VARIABLE_SPACING, GANTRY_TILT})
 """Kinds that resampling onto a regular orthogonal grid (``regrid.py``) resolves."""
 
+OF_THE_READING = frozenset({UNREADABLE_FILE, UNREADABLE_FILE_IN_FOLDER, NO_READABLE_IMAGES, NO_DECODER})
+"""Kinds that may come from this reading rather than from the files' content: an I/O error, a folder's
+permissions, a decoder not installed here. The others follow from what the files hold."""
+
 ALL_KINDS = frozenset(
     {
         UNREADABLE_FILE,

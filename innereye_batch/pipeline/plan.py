@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from innereye_batch.dicom.problems import OF_THE_READING
 from innereye_batch.dicom.scan import ScanResult
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.model.spec import ModelPackage
@@ -195,10 +196,12 @@ def _cleared(folder: Path, item: WorkItem, model_fp: str) -> str:
     whose problem it returns). Where the files themselves are refused (fatal scan problems: a missing slice, an
     unreadable file), a result made of these very files by this model is stale too: a version that did not see
     the problem made it (it resampled across the gap that ``numbering_gaps`` now finds), and it is removed, said in
-    the reason. A series refused for this run's options alone (``--max-voxels``) keeps its result."""
+    the reason. A series refused for this run's options alone (``--max-voxels``), or for what this reading met (an
+    I/O error, a decoder not installed here: ``OF_THE_READING``), keeps its result."""
     problem = clear_stale_result(folder, item_fingerprint(item), model_fp)  # of other files, or another model
     kept = not folder.is_symlink() and (folder / DONE_RECORD).is_file()  # made of these files by this model
-    if problem or not kept or not any(s.fatal_problems for s in item.inputs):
+    of_content = [p for s in item.inputs for p in s.fatal_problems if p.kind not in OF_THE_READING]
+    if problem or not kept or not of_content:
         return problem
     return clear_stale_result(folder, None, model_fp) or (
         "the result an earlier run made of these files was removed: it did not see this problem"

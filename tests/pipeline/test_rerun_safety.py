@@ -151,3 +151,19 @@ def test_the_summarys_skipped_file_reasons_do_not_name_the_input_folder(tmp_path
     assert all("SMITH_JOHN" not in row["reason"] for row in summary["series"])
     del summary["run"]["input"]  # the folder the run was given, as given
     assert "SMITH_JOHN" not in json.dumps(summary)
+
+
+def test_a_series_refused_for_what_this_reading_met_keeps_its_result(tmp_path: Path, model: Path) -> None:
+    """An unreadable file beside a done series (an I/O error, a folder's permissions: this reading, not the
+    series' content) fails the series, but the result made of its unchanged files stays for the next run."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    series = write_series(scans / "a", shape=(8, 16, 16), seed=1)
+    assert _run(model, scans, out).exit_code == 0
+    (scans / "a" / "odd.dcm").write_bytes(b"")  # cannot be read: it may be a slice of the series
+    (result,) = [r for r in _run(model, scans, out).results if r.key == series.series_instance_uid]
+    assert result.status == "failed" and "unreadable_file_in_folder" in result.reason
+    assert "removed" not in result.reason
+    assert {p.name for p in (out / series.series_instance_uid).iterdir()} == {"done.json", "segmentation.nii.gz"}
+    (scans / "a" / "odd.dcm").unlink()
+    (again,) = _run(model, scans, out).results
+    assert again.status == "skipped"  # still done: nothing was redone

@@ -354,6 +354,12 @@ def run(
         for result in report.results:
             if result.status == "failed":
                 print(f"failed {printable(result.key)}: {printable(result.reason)}", file=sys.stderr)
+        if report.merged and report.merged_unfinished:  # this shard merged: the exit code counts every shard's
+            print(
+                f"{report.merged_unfinished} series of the merged summary (every shard's) failed or were not run: "
+                "see summary.json",
+                file=sys.stderr,
+            )
         if report.summary_error:  # never a silent exit 1
             print(f"error: the run summary could not be written: {printable(report.summary_error)}", file=sys.stderr)
     if log_json:  # the run's last line: what a log reader needs without opening the summary
@@ -362,7 +368,8 @@ def run(
         progress.event(
             "run_finished",
             exit_code=report.exit_code,
-            series=status_counts(report.results),
+            series=status_counts(report.results),  # this run's (this shard's)
+            merged_unfinished=report.merged_unfinished if report.merged else None,
             skipped_files=len(report.skipped_files),
             summary=[str(p) for p in report.summary_paths],
             summary_error=report.summary_error,

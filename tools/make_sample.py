@@ -322,7 +322,8 @@ which also writes `../scans/`. Same command, library versions and thread count: 
 - Network: `{ARCHITECTURE_NAME}` ({params}); 1 input channel (CT), {len(STRUCTURE_NAMES) + 1} outputs
   (background + structures).
 - Inference block: CT window level {CT_WINDOW_LEVEL:g} HU, width {CT_WINDOW_WIDTH:g} HU onto [-1, 1];
-  whole-volume inference on the native grid (no resampling); largest connected component for every structure.
+  whole-volume inference on the native grid (no resampling); largest connected component for every structure;
+  orientation LPS (trained on head-first supine axial stacks: feet-first, prone or sagittal ones are turned to it).
 - Training data: {len(TRAIN_SEEDS)} phantoms, seeds {TRAIN_SEEDS[0]}..{TRAIN_SEEDS[-1]}, each 40 x 96 x 96
   voxels at 3 x 2 x 2 mm (z, y, x).
 - Training: random crops {" x ".join(map(str, TRAIN_CROP))}, batch {BATCH_SIZE}, {steps} steps per checkpoint,

@@ -105,7 +105,10 @@ def done_record(folder: Path, input_fp: str, model_fp: str, formats: tuple[str, 
         if not set(formats) <= set(outputs):
             return None
         for entry in outputs.values():
-            target = folder / entry["file"]
+            name = entry["file"]
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                return None  # a record of ours names plain files of its own folder
+            target = folder / name
             if not target.is_file() or target.stat().st_size != entry["size"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -269,7 +272,7 @@ def remove_stale_temporaries(output_dir: Path, folders: Iterable[Path] | None = 
         candidates = (temp for folder in folders for temp in folder.glob(f"{TEMP_PREFIX}*"))
     removed = 0
     inside = output_dir.resolve()
-    for temp in candidates:  # not through a folder linked from elsewhere (``**`` follows links before Python 3.13)
+    for temp in candidates:  # never through a series folder that is a link to elsewhere
         if temp.is_file() and not temp.is_symlink() and temp.parent.resolve().is_relative_to(inside):
             temp.unlink(missing_ok=True)
             removed += 1

@@ -216,6 +216,9 @@ def merged_run_info(shards: Sequence[ShardSummary]) -> dict[str, Any]:
         run["started"], run["finished"] = min(starts).isoformat(), max(ends).isoformat()
         stages["wall"] = round((max(ends) - min(starts)).total_seconds(), 3)
     run["stage_seconds"] = stages
+    changed = [s.run["changed_outputs"] for s in shards if isinstance(s.run.get("changed_outputs"), dict)]
+    if changed:  # --verify-outputs: every shard's redone series, not the first shard's alone
+        run["changed_outputs"] = {key: files for shard_changed in changed for key, files in shard_changed.items()}
     peaks: dict[str, float] = {}
     for summary in shards:  # the largest of any shard: what a node must have to run one
         for where, gib in (summary.run.get("peak_memory_gib") or {}).items():

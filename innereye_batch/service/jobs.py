@@ -269,7 +269,10 @@ class JobRunner:
             results.append(process_item(planned_job, predictor, formats, package, served.results_fp, writer_options))
             self.store.progress(job.id, "running", items_done=done)
         results = [r if not r.reason else _with_reason(r, relative_paths(r.reason, input_dir)) for r in results]
-        skipped = tuple(SkippedFile(Path(relative_paths(str(f.path), input_dir)), f.reason) for f in scan.skipped)
+        skipped = tuple(
+            SkippedFile(Path(relative_paths(str(f.path), input_dir)), relative_paths(f.reason, input_dir))
+            for f in scan.skipped
+        )
         self.store.progress(job.id, "summarising")
         run_info = {
             "tool": "innereye-batch serve",

@@ -167,3 +167,17 @@ def test_a_series_refused_for_what_this_reading_met_keeps_its_result(tmp_path: P
     (scans / "a" / "odd.dcm").unlink()
     (again,) = _run(model, scans, out).results
     assert again.status == "skipped"  # still done: nothing was redone
+
+
+def test_a_done_record_naming_a_file_outside_its_folder_vouches_for_nothing(tmp_path: Path) -> None:
+    """A record of ours names plain files of its own folder: one naming ``../x`` or an absolute path (planted, or
+    edited) made the series done on a file elsewhere, and --verify-outputs hashed that file."""
+    folder = tmp_path / "out" / "1.2.3"
+    folder.mkdir(parents=True)
+    (tmp_path / "out" / "x").write_bytes(b"12345678")
+    (folder / "segmentation.nii.gz").write_bytes(b"12345678")
+    for name in ("../x", str(tmp_path / "out" / "x"), "segmentation.nii.gz"):
+        record = {"input_fingerprint": "i", "model_fingerprint": "m", "outputs": {"nifti": {"file": name, "size": 8}}}
+        (folder / state.DONE_RECORD).write_text(json.dumps(record))
+        found = state.done_record(folder, "i", "m", ("nifti",))
+        assert (found is not None) == (name == "segmentation.nii.gz"), name

@@ -93,6 +93,19 @@ def test_quiet_and_log_json_reruns_say_what_failed_on_stderr(
     assert last["summary"][0].endswith("summary.json") and last["summary_error"] == ""
 
 
+def test_the_quiet_shard_that_merges_says_how_many_series_of_every_shard_failed(
+    finished_run: tuple[Cohort, Path, Path, int], tmp_path: Path
+) -> None:
+    """Its exit code counts every shard's series: with --quiet it exited 1 saying nothing of the other shard's."""
+    cohort, model, _, _ = finished_run
+    args = ["run", "--model", str(model), "--input", str(cohort.root), "--output", str(tmp_path), "--workers", "0"]
+    first = CliRunner().invoke(app, [*args, "--quiet", "--shard", "0/2"])
+    last = CliRunner().invoke(app, [*args, "--quiet", "--shard", "1/2"])
+    assert last.exit_code == 1 and last.stdout == ""
+    assert "2 series of the merged summary (every shard's) failed or were not run" in last.stderr, last.stderr
+    assert "merged summary" not in first.stderr  # the first shard to finish merges nothing
+
+
 def test_nifti_has_the_source_geometry_and_the_library_labels(finished_run: tuple[Cohort, Path, Path, int]) -> None:
     cohort, model, out, _ = finished_run
     package = load_model_package(model)

@@ -46,7 +46,8 @@ def run(scans: Path, model: Path, out: Path, *extra: str) -> tuple[int, str, dic
         ],
     )
     assert "Traceback" not in result.output, result.output
-    return result.exit_code, result.output, json.loads((out / "summary.json").read_text())
+    summary = out / "summary.json"  # a shard that does not finish last writes none
+    return result.exit_code, result.output, json.loads(summary.read_text()) if summary.is_file() else {}
 
 
 SAME_EVERY_RUN = ("model", "input", "structures", "inference")
@@ -129,3 +130,27 @@ def test_a_record_of_an_earlier_version_without_sha256_is_redone_when_verifying(
     assert code == 0 and statuses(summary)[old] == ("ok", "") and statuses(summary)[current][0] == "skipped"
     assert summary["run"]["changed_outputs"] == {old: ["predictions.json", "segmentation.nii.gz"]}
     assert all("sha256" in entry for entry in json.loads(record_path.read_text())["outputs"].values())
+
+
+def test_the_merged_summary_of_shards_names_every_shards_changed_outputs(
+    inputs: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """A reviewer's case: the merge took run.changed_outputs from the first shard's summary alone."""
+    from innereye_batch.pipeline.shards import parse_shard
+
+    _, model, _ = inputs
+    scans = tmp_path / "scans"
+    candidates = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(1, 40)]  # one series in each shard
+    uids = [next(u for u in candidates if parse_shard(f"{k}/2").owns(u)) for k in range(2)]
+    for seed, uid in enumerate(uids):
+        write_series(scans / str(seed), shape=(8, 16, 16), seed=seed, series_instance_uid=uid)
+    for k in range(2):
+        assert run(scans, model, tmp_path / "out", "--shard", f"{k}/2")[0] == 0
+    for uid in uids:
+        tamper_same_size(tmp_path / "out" / uid / "predictions.json")
+    for k in range(2):
+        code, _, _ = run(scans, model, tmp_path / "out", "--shard", f"{k}/2", "--verify-outputs")
+        assert code == 0
+    merged = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert merged["run"]["changed_outputs"] == {uid: ["predictions.json"] for uid in uids}
+    assert {row["status"] for row in merged["series"]} == {"ok"}

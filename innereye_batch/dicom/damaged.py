@@ -66,8 +66,18 @@ class Damaged:
     in a folder no sign of anything."""
 
 
+_NEVER_PIXELS = ("1.2.840.10008.5.1.4.1.1.66", "1.2.840.10008.5.1.4.1.1.4.2")
+"""Raw Data Storage and MR Spectroscopy Storage: classes whose IOD holds no pixel data, though scanners copy the
+image's Rows and Columns into them (Philips' raw data files beside its enhanced MR images)."""
+_NEVER_PIXELS_FAMILIES = tuple(f"1.2.840.10008.5.1.4.1.1.{family}." for family in ("9", "11", "88", "104"))
+"""Waveforms, presentation states, structured reports and encapsulated documents."""
+
+
 def is_image_claim(sop_class: str, fields: Mapping[Any, Any]) -> bool:
-    """True unless the file is known not to be an image: a known non-image SOP class without image dimensions."""
+    """True unless the file is known not to be an image: a SOP class that never holds pixel data, or a known
+    non-image SOP class without image dimensions."""
+    if sop_class in _NEVER_PIXELS or sop_class.startswith(_NEVER_PIXELS_FAMILIES):
+        return False
     if fields.get("Rows") or fields.get("Columns"):
         return True
     if not sop_class:

@@ -121,6 +121,28 @@ def test_report_without_pixel_data_in_the_folder_claims_nothing(tmp_path: Path) 
     assert [s.reason for s in result.skipped] == ["no pixel data (Basic Text SR Storage)"]
 
 
+def test_raw_data_of_the_series_with_the_images_rows_claims_nothing(tmp_path: Path) -> None:
+    """Philips writes a Raw Data Storage file into the series of its enhanced MR images, with the images' Rows:
+    it was taken for an image cut before its pixel data, and three complete series of a real corpus
+    (neurolabusc's dcm_qa_cs_dl) were refused. Raw data never holds pixel data."""
+    truth = write_series(tmp_path)
+    source = pydicom.dcmread(truth.paths[0])
+    raw = Dataset()
+    raw.SOPClassUID = pydicom.uid.RawDataStorage
+    raw.SOPInstanceUID = pydicom.uid.generate_uid()
+    raw.SeriesInstanceUID, raw.StudyInstanceUID = source.SeriesInstanceUID, source.StudyInstanceUID
+    raw.Modality, raw.Rows, raw.Columns, raw.InstanceNumber = "MR", source.Rows, source.Columns, 1
+    raw.file_meta = pydicom.dataset.FileMetaDataset()
+    raw.file_meta.MediaStorageSOPClassUID = raw.SOPClassUID
+    raw.file_meta.MediaStorageSOPInstanceUID = raw.SOPInstanceUID
+    raw.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    raw.save_as(tmp_path / "0001_Raw.dcm", enforce_file_format=True)
+    result = scan_tree(tmp_path)
+    assert [s.problems for s in result.series] == [()]
+    assert [s.reason for s in result.skipped] == ["no pixel data (Raw Data Storage)"]
+    assert load_volume(result.series[0]).array.shape == truth.voxels.shape
+
+
 def test_instance_numbers_that_start_above_one_are_a_warning(tmp_path: Path) -> None:
     write_series(tmp_path, first_instance=2)
     series = only_series(tmp_path)

@@ -61,6 +61,8 @@ class Damaged:
     modality: str = ""
     unsupported: bool = False
     """Readable, but of a kind this tool does not process (colour, 1-bit), rather than damaged."""
+    instance_number: int | None = None
+    """Of an unsupported image: the InstanceNumber it holds in its series (no gap of a stack, ``numbering_gaps``)."""
     empty: bool = False
     """0 bytes (or only NUL bytes, or a preamble and no more): a lost slice beside images of its folder, but alone
     in a folder no sign of anything."""

@@ -139,6 +139,7 @@ def _claim(path: Path, reason: str, fields: Fields, *, unsupported: bool = False
         str(fields.get("StudyInstanceUID", "")),
         str(fields.get("Modality", "")),
         unsupported=unsupported,
+        instance_number=h.single_int(h.value(fields, "InstanceNumber")) if unsupported else None,
     )
 
 

@@ -50,7 +50,12 @@ def scan_tree(root: Path, *, workers: int | None = None, regrid_irregular: bool 
     headers = [o for o in outcomes if isinstance(o, FileHeader)]
     damaged = [o for o in outcomes if isinstance(o, Damaged)]
     skipped = [o for o in outcomes if isinstance(o, SkippedFile)] + [d.skipped for d in damaged] + unreadable_folders
-    series = attach_damage(build_series(headers, regrid_irregular=regrid_irregular), damaged)
+    held: dict[str, set[int]] = {}  # InstanceNumbers of images left out (colour): numbers no stack lost
+    for d in damaged:
+        if d.unsupported and d.series_instance_uid and d.instance_number is not None:
+            held.setdefault(d.series_instance_uid, set()).add(d.instance_number)
+    built = build_series(headers, regrid_irregular=regrid_irregular, numbers_held_elsewhere=held)
+    series = attach_damage(built, damaged)
     series.sort(key=lambda s: (s.study_instance_uid, s.series_number is None, s.series_number or 0, s.key))
     skipped.sort(key=lambda s: str(s.path))
     return ScanResult(series=tuple(series), skipped=tuple(skipped))

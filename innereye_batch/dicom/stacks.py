@@ -10,6 +10,7 @@ as SimpleITK defines it, and checked (``slice_steps.py`` for the steps between s
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,11 +32,18 @@ ORIENTATION_TOLERANCE = 1e-3
 _NAMES_SHOWN = 3
 
 
-def build_series(headers: list[FileHeader], *, regrid_irregular: bool = False) -> list[SeriesInfo]:
-    """Every series (stack) formed by ``headers``, each with a unique, stable key."""
+def build_series(
+    headers: list[FileHeader],
+    *,
+    regrid_irregular: bool = False,
+    numbers_held_elsewhere: Mapping[str, Iterable[int]] | None = None,
+) -> list[SeriesInfo]:
+    """Every series (stack) formed by ``headers``, each with a unique, stable key. ``numbers_held_elsewhere``:
+    per SeriesInstanceUID, InstanceNumbers of its images that are not among ``headers`` (left out as colour)."""
     result = []
-    for group in _group_by_series(headers).values():
-        held = frozenset(n for f in group for im in f.images if (n := im.split.instance_number) is not None)
+    for uid, group in _group_by_series(headers).items():
+        own = {n for f in group for im in f.images if (n := im.split.instance_number) is not None}
+        held = frozenset(own.union((numbers_held_elsewhere or {}).get(uid, ())))
         for identity in split_identity(group):
             parts = split_acquisition(identity)
             stacks = [info for part in parts for info in _build_part(part, regrid_irregular, held)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from innereye_batch.dicom.geometry import Geometry
@@ -333,6 +334,15 @@ def test_a_number_another_stack_of_the_series_holds_is_no_gap(tmp_path: Path) ->
     stacks = {len(s.slices): kinds(s) for s in scan_tree(tmp_path, regrid_irregular=True).series}
     assert stacks == {8: {"variable_spacing": False}, 1: {}}
     (tmp_path / "COR0000.dcm").unlink()  # now no image holds number 5
+    colour = pydicom.dcmread(axial.paths[0])  # a colour image (left out of the series) holds it: no gap either
+    colour.SamplesPerPixel, colour.PhotometricInterpretation, colour.PlanarConfiguration = 3, "RGB", 0
+    colour.BitsAllocated, colour.BitsStored, colour.HighBit, colour.PixelRepresentation = 8, 8, 7, 0
+    colour.PixelData = np.zeros((colour.Rows, colour.Columns, 3), np.uint8).tobytes()
+    colour.SOPInstanceUID, colour.InstanceNumber = pydicom.uid.generate_uid(), 5
+    colour.save_as(tmp_path / "SUMMARY.dcm")
+    with_colour = scan_tree(tmp_path, regrid_irregular=True).series[0]
+    assert kinds(with_colour) == {"variable_spacing": False, "unsupported_images": False}
+    (tmp_path / "SUMMARY.dcm").unlink()
     assert kinds(scan_tree(tmp_path, regrid_irregular=True).series[0]) == {
         "variable_spacing": False,
         "missing_slices": True,

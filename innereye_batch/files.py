@@ -5,6 +5,7 @@ Shared by the writers, the run state and the summary, so that no reader ever see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -30,6 +31,15 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sync_folder(folder: Path) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from innereye_batch.errors import CheckpointError
+from innereye_batch.files import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -67,15 +68,6 @@ class LoadedCheckpoint:
     mean_teacher: bool = False
     """True when ``state_dict`` is a legacy checkpoint's mean teacher (``mean_teacher_state_dict``), not its
     student ``state_dict``."""
-
-
-def sha256_file(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _archive_kind(path: Path) -> str:
@@ -323,7 +315,6 @@ def load_networks(
     as background (an empty segmentation). A file whose sha256 is no longer the package's (replaced since the
     folder was read) is refused too: the run's records name the package's checksums. Two members of the same
     weights (``weights_digest``) are refused: the ensemble's mean would count that member twice."""
-
     networks = []
     in_channels = len(package.channels)
     by_weights: dict[str, Path] = {}

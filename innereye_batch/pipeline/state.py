@@ -20,7 +20,7 @@ from typing import Any
 
 from innereye_batch.dicom.series import SeriesInfo
 from innereye_batch.errors import error_text
-from innereye_batch.files import TEMP_PREFIX, sync_folder, write_json_atomic
+from innereye_batch.files import TEMP_PREFIX, sha256_file, sync_folder, write_json_atomic
 from innereye_batch.pipeline.locks import LOCK_FILE, output_lock
 from innereye_batch.results import ItemResult, StructureStats
 
@@ -124,21 +124,12 @@ def changed_outputs(folder: Path, record: Mapping[str, Any]) -> list[str]:
     for entry in record.get("outputs", {}).values():
         name = str(entry.get("file", ""))
         try:
-            same = isinstance(entry.get("sha256"), str) and file_sha256(folder / name) == entry["sha256"]
+            same = isinstance(entry.get("sha256"), str) and sha256_file(folder / name) == entry["sha256"]
         except OSError:
             same = False
         if not same:
             changed.append(name)
     return sorted(changed)
-
-
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of the file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while block := fp.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mark_not_done(folder: Path) -> None:
@@ -215,7 +206,7 @@ def mark_done(
         "input_fingerprint": input_fp,
         "model_fingerprint": model_fp,
         "outputs": {
-            fmt: {"file": p.name, "size": p.stat().st_size, "sha256": file_sha256(p)}
+            fmt: {"file": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
             for fmt, p in sorted(outputs.items())
         },
         "findings": _findings_record(findings or {}),

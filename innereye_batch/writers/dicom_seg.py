@@ -288,7 +288,6 @@ def _source_header(path: Path, series: SeriesInfo, *, whole: bool = True) -> Dat
 
     ``whole``: every element; else only ``SOURCE_TAGS``, what highdicom reads from a series' other images (the
     first one's header gives the SEG its patient, study and equipment)."""
-
     from innereye_batch.dicom.file_header import read_source_header, read_tags
 
     header = read_source_header(path) if whole else read_tags(path, SOURCE_TAGS)

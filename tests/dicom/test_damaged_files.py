@@ -104,17 +104,24 @@ def test_image_without_pixel_data_is_a_damaged_member(tmp_path: Path) -> None:
     assert "no pixel data (CT Image Storage)" in str(series.problems)
 
 
+def _without_pixels(sop_class: str, **elements: object) -> Dataset:
+    """A dataset of ``sop_class`` holding ``elements`` and no pixel data, with file meta, ready to save."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, pydicom.uid.generate_uid()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return ds
+
+
 def test_report_without_pixel_data_in_the_folder_claims_nothing(tmp_path: Path) -> None:
     write_series(tmp_path)
-    report = Dataset()
-    report.SOPClassUID = pydicom.uid.BasicTextSRStorage
-    report.SOPInstanceUID = pydicom.uid.generate_uid()
-    report.SeriesInstanceUID = pydicom.uid.generate_uid()
-    report.Modality = "SR"
-    report.file_meta = pydicom.dataset.FileMetaDataset()
-    report.file_meta.MediaStorageSOPClassUID = report.SOPClassUID
-    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
-    report.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    report = _without_pixels(
+        pydicom.uid.BasicTextSRStorage, SeriesInstanceUID=pydicom.uid.generate_uid(), Modality="SR"
+    )
     report.save_as(tmp_path / "report.dcm", enforce_file_format=True)
     result = scan_tree(tmp_path)
     assert result.series[0].problems == ()
@@ -127,15 +134,15 @@ def test_raw_data_of_the_series_with_the_images_rows_claims_nothing(tmp_path: Pa
     (neurolabusc's dcm_qa_cs_dl) were refused. Raw data never holds pixel data."""
     truth = write_series(tmp_path)
     source = pydicom.dcmread(truth.paths[0])
-    raw = Dataset()
-    raw.SOPClassUID = pydicom.uid.RawDataStorage
-    raw.SOPInstanceUID = pydicom.uid.generate_uid()
-    raw.SeriesInstanceUID, raw.StudyInstanceUID = source.SeriesInstanceUID, source.StudyInstanceUID
-    raw.Modality, raw.Rows, raw.Columns, raw.InstanceNumber = "MR", source.Rows, source.Columns, 1
-    raw.file_meta = pydicom.dataset.FileMetaDataset()
-    raw.file_meta.MediaStorageSOPClassUID = raw.SOPClassUID
-    raw.file_meta.MediaStorageSOPInstanceUID = raw.SOPInstanceUID
-    raw.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    raw = _without_pixels(
+        pydicom.uid.RawDataStorage,
+        SeriesInstanceUID=source.SeriesInstanceUID,
+        StudyInstanceUID=source.StudyInstanceUID,
+        Modality="MR",
+        Rows=source.Rows,
+        Columns=source.Columns,
+        InstanceNumber=1,
+    )
     raw.save_as(tmp_path / "0001_Raw.dcm", enforce_file_format=True)
     result = scan_tree(tmp_path)
     assert [s.problems for s in result.series] == [()]

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from innereye_batch.cli import app
-from innereye_batch.pipeline.state import DONE_RECORD, changed_outputs, file_sha256
+from innereye_batch.files import sha256_file
+from innereye_batch.pipeline.state import DONE_RECORD, changed_outputs
 from tests.factory import write_series
 from tests.pipeline.cohort import model_folder
 
@@ -72,8 +73,8 @@ def test_done_records_hold_each_outputs_sha256(inputs: tuple[Path, Path, list[st
     folder = tmp_path / uids[0]
     record = json.loads((folder / DONE_RECORD).read_text())
     assert {fmt: entry["sha256"] for fmt, entry in record["outputs"].items()} == {
-        "nifti": file_sha256(folder / "segmentation.nii.gz"),
-        "json": file_sha256(folder / "predictions.json"),
+        "nifti": sha256_file(folder / "segmentation.nii.gz"),
+        "json": sha256_file(folder / "predictions.json"),
     }
     assert changed_outputs(folder, record) == []
     (folder / "predictions.json").unlink()  # unreadable counts as changed, as does a record with no sha256
